@@ -1,0 +1,134 @@
+//! [`Agent`]: wires the loops together — offline restore, NATS connection, desired-state
+//! watch, deployment supervisor and workers, reporter, command server — and stops them on a
+//! shutdown token.
+//!
+//! Start-up order is what makes the agent offline-first: the state kept on disk is restored
+//! (workloads adopted or restarted) *before* NATS is even tried, and the client connects in the
+//! background, so a device that boots without network runs its last known workloads.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use harmony_fleet_contracts::{AgentVersion, device_inbox_prefix};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::commands::{self, CommandContext};
+use crate::config::Config;
+use crate::connection::Connection;
+use crate::deployments::{Supervisor, WorkerSettings};
+use crate::error::Error;
+use crate::reports::{self, ReporterSettings};
+use crate::runtime::{ContainerRuntime, PodmanCli};
+use crate::store::Store;
+use crate::watch;
+
+/// How long the loops get to finish after shutdown is requested.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The agent's version as reported in `device-info`, heartbeats and `ping`.
+pub fn agent_version() -> AgentVersion {
+    AgentVersion::lossy(env!("CARGO_PKG_VERSION"))
+}
+
+/// The device agent. Build it from a validated [`Config`], then [`run`](Agent::run) it.
+#[derive(Debug, Clone)]
+pub struct Agent {
+    config: Config,
+}
+
+impl Agent {
+    /// An agent for this configuration.
+    pub fn new(config: Config) -> Self {
+        Self { config }
+    }
+
+    /// Run with the podman CLI runtime until `shutdown` is cancelled. Containers keep running
+    /// after the agent stops: stopping the agent never stops workloads.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+        let runtime = Arc::new(PodmanCli::new(self.config.podman_options()));
+        self.run_with_runtime(runtime, shutdown).await
+    }
+
+    /// Run with any runtime (the seam used by tests of the wiring).
+    pub async fn run_with_runtime<R: ContainerRuntime>(
+        self,
+        runtime: Arc<R>,
+        shutdown: CancellationToken,
+    ) -> Result<(), Error> {
+        let started = Instant::now();
+        let config = self.config;
+        let device = config.agent.device_id.clone();
+        tracing::info!(%device, version = %agent_version(), "fleet agent starting");
+
+        let store = Store::open(&config.agent.data_dir)?;
+        let held = store.load()?;
+        let (report_tx, report_rx) = mpsc::unbounded_channel();
+        let stop = shutdown.child_token();
+        let mut supervisor = Supervisor::new(
+            device.clone(),
+            runtime.clone(),
+            store,
+            held,
+            report_tx,
+            WorkerSettings {
+                reconcile_interval: config.reconcile_interval(),
+                runtime_enabled: config.agent.runtime_enabled,
+            },
+            stop.clone(),
+        );
+        // Offline-first: workloads come back from disk before NATS is tried.
+        supervisor.restore();
+
+        let connection = Connection::connect(&config, &device_inbox_prefix(&device)).await?;
+        let (watch_tx, watch_rx) = mpsc::channel(64);
+        let mut tasks = JoinSet::new();
+        tasks.spawn(watch::run(
+            connection.clone(),
+            device.clone(),
+            watch_tx,
+            stop.clone(),
+        ));
+        tasks.spawn(supervisor.run(watch_rx));
+        tasks.spawn(reports::run(
+            connection.clone(),
+            ReporterSettings {
+                device: device.clone(),
+                labels: config.labels.clone(),
+                agent_version: agent_version(),
+                heartbeat_interval: config.heartbeat_interval(),
+            },
+            report_rx,
+            stop.clone(),
+        ));
+        tasks.spawn(commands::serve(
+            connection.clone(),
+            Arc::new(CommandContext {
+                device: device.clone(),
+                agent_version: agent_version(),
+                started,
+                runtime,
+            }),
+            stop.clone(),
+        ));
+
+        shutdown.cancelled().await;
+        tracing::info!("fleet agent stopping");
+        stop.cancel();
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                "some agent loops did not stop within {SHUTDOWN_GRACE:?}; aborting them"
+            );
+            tasks.abort_all();
+        }
+        if let Err(err) = connection.client().flush().await {
+            tracing::debug!(error = %err, "final flush");
+        }
+        Ok(())
+    }
+}

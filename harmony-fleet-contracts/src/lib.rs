@@ -1,0 +1,50 @@
+//! Wire contract of harmony fleet: every name and shape that crosses NATS between the
+//! operator, the agents and the tools (MISSION.md §5).
+//!
+//! Pure types and functions — no async runtime, no NATS client, no Kubernetes client — so
+//! every side of the wire can depend on it, and everything here is tested without a server.
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`buckets`] | the four KV bucket names and how to create them ([`BucketSpec`]) |
+//! | [`ids`] | [`DeviceId`], [`DeploymentName`]: validated at every entry point, serde included |
+//! | [`keys`] | key builders/parsers, watch patterns, command subjects |
+//! | [`payload`] | the Score payload [`ReconcileScore`] (`PodmanV0`) and its validation |
+//! | [`canonical`] | deterministic JSON and the [`ContentHash`] of a payload |
+//! | [`device`] | [`DeviceInfo`], [`Inventory`], [`AgentVersion`], label rules |
+//! | [`state`] | [`DeploymentState`] and [`Phase`] |
+//! | [`heartbeat`] | [`Heartbeat`], the < 96-byte liveness record |
+//! | [`commands`] | the request/reply command protocol: verbs, requests, replies, caps |
+//! | [`permissions`] | per-device and operator NATS permission templates |
+//! | [`jetstream`] | the JetStream API subjects behind KV operations |
+//! | [`subject`] | NATS subject syntax and the `*`/`>` matcher |
+//! | [`validation`] | field-path validation errors |
+//!
+//! Compatibility rule: names are frozen (golden tests pin them); payloads evolve additively,
+//! with new optional fields that are omitted when at their default (see [`payload`]).
+
+pub mod buckets;
+pub mod canonical;
+pub mod commands;
+pub mod device;
+pub mod heartbeat;
+pub mod ids;
+pub mod jetstream;
+pub mod keys;
+pub mod payload;
+pub mod permissions;
+pub mod state;
+pub mod subject;
+pub mod validation;
+
+pub use buckets::{BucketSpec, Writer};
+pub use canonical::{CanonicalError, ContentHash, to_canonical_json};
+pub use commands::{CommandError, CommandReply, ErrorKind, Verb};
+pub use device::{AgentVersion, DeviceInfo, Inventory};
+pub use heartbeat::Heartbeat;
+pub use ids::{DeploymentName, DeviceId, IdError};
+pub use keys::{CommandSubject, DesiredKey, HeartbeatKey, InfoKey, KeyError, StateKey};
+pub use payload::{PayloadError, PodmanV0, ReconcileScore};
+pub use permissions::{Permissions, device_inbox_prefix, device_permissions, operator_permissions};
+pub use state::{DeploymentState, Phase};
+pub use validation::{FieldError, ValidationErrors};

@@ -1,0 +1,210 @@
+//! Command line and environment: clap arguments, validated into a typed [`Config`].
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::error::Error;
+
+/// `harmony-fleet-operator [run|gen-crd]`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "harmony-fleet-operator",
+    version,
+    about = "harmony fleet operator: Deployments and Devices reconciled through NATS KV"
+)]
+pub struct Cli {
+    /// What to do (default: `run`).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Arguments of `run` when no subcommand is given.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the operator (the default).
+    Run(RunArgs),
+    /// Print the CustomResourceDefinitions as YAML.
+    GenCrd,
+}
+
+/// Flags of `run`. Every flag has an environment variable.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// NATS server URLs (comma separated).
+    #[arg(
+        long = "nats-url",
+        env = "FLEET_NATS_URL",
+        value_delimiter = ',',
+        default_value = "nats://127.0.0.1:4222"
+    )]
+    pub nats_urls: Vec<String>,
+    /// NATS user.
+    #[arg(long, env = "FLEET_NATS_USER")]
+    pub nats_user: Option<String>,
+    /// NATS password (prefer the environment variable over the flag).
+    #[arg(long, env = "FLEET_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// Only reconcile Deployments of this namespace (default: every namespace).
+    #[arg(long, env = "FLEET_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// A device is offline when its last heartbeat is older than this many seconds.
+    #[arg(long, env = "FLEET_HEARTBEAT_TIMEOUT_SECS", default_value_t = 90)]
+    pub heartbeat_timeout_secs: u64,
+    /// Refresh `Device.status.lastHeartbeat` of online devices at most this often (seconds).
+    #[arg(long, env = "FLEET_LAST_SEEN_REFRESH_SECS", default_value_t = 300)]
+    pub last_seen_refresh_secs: u64,
+    /// Address of `/healthz`, `/readyz` and `/metrics`.
+    #[arg(long, env = "FLEET_OPERATOR_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+    /// Create missing fleet KV buckets (development; production buckets come from FleetNatsScore).
+    #[arg(long, env = "FLEET_CREATE_BUCKETS")]
+    pub create_buckets: bool,
+    /// Do not create or update `Device` resources.
+    #[arg(long, env = "FLEET_NO_DEVICE_RESOURCES")]
+    pub no_device_resources: bool,
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, env = "FLEET_LOG_JSON")]
+    pub log_json: bool,
+}
+
+/// NATS connection settings.
+#[derive(Clone, Debug)]
+pub struct NatsConfig {
+    /// Server URLs.
+    pub urls: Vec<String>,
+    /// User and password, when the server requires them.
+    pub credentials: Option<(String, String)>,
+}
+
+/// Validated operator configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// NATS settings.
+    pub nats: NatsConfig,
+    /// Namespace scope (`None`: all namespaces).
+    pub namespace: Option<String>,
+    /// Heartbeat age after which a device is offline.
+    pub heartbeat_timeout: Duration,
+    /// Minimum interval between `lastHeartbeat` refreshes of an online device.
+    pub last_seen_refresh: Duration,
+    /// Listen address of the HTTP endpoints.
+    pub listen: SocketAddr,
+    /// Whether to create missing buckets.
+    pub create_buckets: bool,
+    /// Whether to write `Device` resources.
+    pub device_resources: bool,
+}
+
+impl Config {
+    /// A configuration for NATS at `url` with every other setting at its default (tests).
+    pub fn for_nats(url: impl Into<String>) -> Self {
+        Self {
+            nats: NatsConfig {
+                urls: vec![url.into()],
+                credentials: None,
+            },
+            namespace: None,
+            heartbeat_timeout: Duration::from_secs(90),
+            last_seen_refresh: Duration::from_secs(300),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            create_buckets: false,
+            device_resources: true,
+        }
+    }
+}
+
+impl TryFrom<RunArgs> for Config {
+    type Error = Error;
+
+    fn try_from(args: RunArgs) -> Result<Self, Error> {
+        let RunArgs {
+            nats_urls,
+            nats_user,
+            nats_password,
+            namespace,
+            heartbeat_timeout_secs,
+            last_seen_refresh_secs,
+            listen,
+            create_buckets,
+            no_device_resources,
+            log_json: _,
+        } = args;
+        let urls: Vec<String> = nats_urls
+            .into_iter()
+            .map(|u| u.trim().to_owned())
+            .filter(|u| !u.is_empty())
+            .collect();
+        if urls.is_empty() {
+            return Err(Error::Config(
+                "--nats-url / FLEET_NATS_URL is empty: give at least one nats:// URL".into(),
+            ));
+        }
+        let credentials = match (nats_user, nats_password) {
+            (Some(u), Some(p)) => Some((u, p)),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(Error::Config(
+                    "--nats-user is set but --nats-password / FLEET_NATS_PASSWORD is not".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(Error::Config(
+                    "--nats-password is set but --nats-user / FLEET_NATS_USER is not".into(),
+                ));
+            }
+        };
+        if heartbeat_timeout_secs == 0 {
+            return Err(Error::Config(
+                "--heartbeat-timeout-secs must be at least 1".into(),
+            ));
+        }
+        Ok(Self {
+            nats: NatsConfig { urls, credentials },
+            namespace: namespace.filter(|n| !n.is_empty()),
+            heartbeat_timeout: Duration::from_secs(heartbeat_timeout_secs),
+            last_seen_refresh: Duration::from_secs(last_seen_refresh_secs.max(1)),
+            listen,
+            create_buckets,
+            device_resources: !no_device_resources,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Cli {
+        Cli::try_parse_from(std::iter::once("harmony-fleet-operator").chain(args.iter().copied()))
+            .expect("arguments parse")
+    }
+
+    #[test]
+    fn run_is_the_default_subcommand() {
+        let cli = parse(&["--nats-url", "nats://a:4222,nats://b:4222"]);
+        assert!(cli.command.is_none());
+        let config = Config::try_from(cli.run).expect("valid");
+        assert_eq!(config.nats.urls, ["nats://a:4222", "nats://b:4222"]);
+        assert_eq!(config.heartbeat_timeout, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn rejects_a_user_without_password() {
+        let cli = parse(&["run", "--nats-user", "op"]);
+        let Some(Command::Run(args)) = cli.command else {
+            panic!("run subcommand");
+        };
+        let err = Config::try_from(args).expect_err("invalid").to_string();
+        assert!(err.contains("FLEET_NATS_PASSWORD"), "{err}");
+    }
+
+    #[test]
+    fn gen_crd_parses() {
+        assert!(matches!(parse(&["gen-crd"]).command, Some(Command::GenCrd)));
+    }
+}

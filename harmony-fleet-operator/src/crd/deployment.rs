@@ -1,0 +1,337 @@
+//! The namespaced `Deployment` resource (`fleet.nationtech.io/v1alpha1`, short name
+//! `fleetdep`): which devices run which payload, how it rolls out, and how it went.
+//!
+//! Admission-time validation lives in the generated schema: required fields, enums, ranges,
+//! and CEL rules (`x-kubernetes-validations`) for what shape alone cannot say (the name must
+//! be a valid deployment name of the wire contract; `In`/`NotIn` need values; batch
+//! percentages add up to at most 100; ...). Every rule carries a message naming the field.
+
+// The kube derive's repeated `printcolumn(type_ = ...)` arguments are not duplicates.
+#![allow(clippy::duplicated_attributes)]
+
+use std::collections::BTreeMap;
+
+use harmony_fleet_contracts::payload::ReconcileScore;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::index;
+use crate::rollout;
+
+/// Desired state of a fleet `Deployment`: run `score` on every device matched by
+/// `targetSelector`, rolled out as `rollout` says.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "fleet.nationtech.io",
+    version = "v1alpha1",
+    kind = "Deployment",
+    namespaced,
+    shortname = "fleetdep",
+    status = "DeploymentStatus",
+    derive = "PartialEq",
+    doc = "A workload for every device whose labels match targetSelector.",
+    printcolumn(
+        name = "Matched",
+        type_ = "integer",
+        json_path = ".status.aggregate.matchedDeviceCount"
+    ),
+    printcolumn(
+        name = "Succeeded",
+        type_ = "integer",
+        json_path = ".status.aggregate.succeeded"
+    ),
+    printcolumn(name = "Failed", type_ = "integer", json_path = ".status.aggregate.failed"),
+    printcolumn(name = "Pending", type_ = "integer", json_path = ".status.aggregate.pending"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    validation = Rule::new("!self.metadata.name.contains('.')")
+        .message("metadata.name must not contain '.': the name is a token of the desired-state key <device>.<deployment>"),
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentSpec {
+    /// Devices to run the payload on: a standard label selector over the labels agents report.
+    /// `{}` selects every device.
+    pub target_selector: TargetSelector,
+    /// The payload every matched device runs (`{"type": "PodmanV0", "data": {...}}`).
+    pub score: ReconcileScore,
+    /// How a change of `score` reaches the devices.
+    #[serde(default)]
+    pub rollout: RolloutSpec,
+}
+
+/// A label selector (`matchLabels` AND `matchExpressions`), like `metav1.LabelSelector` but
+/// with the operator as an enum so that typos are rejected at admission.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct TargetSelector {
+    /// Labels a device must carry with exactly these values.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub match_labels: BTreeMap<String, String>,
+    /// Set-based requirements, all of which must hold.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub match_expressions: Vec<SelectorRequirement>,
+}
+
+/// One set-based requirement.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "(self.operator == 'In' || self.operator == 'NotIn') ? (has(self.values) && size(self.values) > 0) : (!has(self.values) || size(self.values) == 0)"
+).message("values must be non-empty for operator In or NotIn, and empty for Exists or DoesNotExist").field_path(".values"))]
+pub struct SelectorRequirement {
+    /// Label key.
+    #[schemars(length(min = 1, max = 317))]
+    pub key: String,
+    /// How `key` and `values` are compared.
+    pub operator: SelectorOperator,
+    /// Values for `In` and `NotIn`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub values: Vec<String>,
+}
+
+/// Selector operators (Kubernetes semantics).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SelectorOperator {
+    /// Label present with one of the values.
+    In,
+    /// Label absent or with none of the values.
+    NotIn,
+    /// Label present.
+    Exists,
+    /// Label absent.
+    DoesNotExist,
+}
+
+/// Rollout parameters. Defaults: `AllAtOnce`, stop (`Pause`) at the first failed device.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "self.strategy == 'Batches' ? (has(self.batches) && size(self.batches) > 0) : (!has(self.batches) || size(self.batches) == 0)"
+).message("rollout.batches must list at least one batch when strategy is Batches, and must be empty for AllAtOnce").field_path(".batches"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.batches) || self.batches.map(b, has(b.percent) ? b.percent : 0).sum() <= 100"
+).message("rollout.batches[*].percent must add up to at most 100").field_path(".batches"))]
+pub struct RolloutSpec {
+    /// `AllAtOnce` or `Batches`.
+    #[serde(default)]
+    pub strategy: RolloutStrategy,
+    /// Batches, in order; an implicit last batch takes every remaining device.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub batches: Vec<BatchSpec>,
+    /// Percentage (1-100) of released devices that must succeed before the next batch starts.
+    #[serde(default = "default_success_threshold")]
+    #[schemars(range(min = 1, max = 100))]
+    pub success_threshold: u32,
+    /// Disruption budget: most devices that may hold the new revision without having
+    /// succeeded on it. Unlimited when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_unavailable: Option<u32>,
+    /// Devices that must have finished (succeeded or failed) before the failure share is judged.
+    #[serde(default = "default_min_completed")]
+    #[schemars(range(min = 1))]
+    pub min_completed: u32,
+    /// Failed share (0-100) of finished devices above which the rollout stops.
+    #[serde(default)]
+    #[schemars(range(max = 100))]
+    pub max_failed_percent: u32,
+    /// `Pause` (default: roll forward only) or `RollBack`.
+    #[serde(default)]
+    pub on_failure: OnFailure,
+}
+
+impl Default for RolloutSpec {
+    fn default() -> Self {
+        Self {
+            strategy: RolloutStrategy::default(),
+            batches: Vec::new(),
+            success_threshold: default_success_threshold(),
+            max_unavailable: None,
+            min_completed: default_min_completed(),
+            max_failed_percent: 0,
+            on_failure: OnFailure::default(),
+        }
+    }
+}
+
+fn default_success_threshold() -> u32 {
+    100
+}
+
+fn default_min_completed() -> u32 {
+    1
+}
+
+/// Rollout strategy.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RolloutStrategy {
+    /// Every device at once (bounded by `maxUnavailable`).
+    #[default]
+    AllAtOnce,
+    /// Batch after batch.
+    Batches,
+}
+
+/// What to do when the failure criteria are exceeded.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnFailure {
+    /// Stop releasing; devices keep what they have.
+    #[default]
+    Pause,
+    /// Devices go back to the last payload that succeeded on them.
+    RollBack,
+}
+
+/// One batch: `count` devices, or `percent` of the matched devices, optionally only devices
+/// carrying the `pick` labels; with only `pick`, every remaining device carrying them.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "has(self.count) ? !has(self.percent) : (has(self.percent) || (has(self.pick) && size(self.pick) > 0))"
+).message("a batch sets exactly one of count or percent, or only pick (every remaining device with those labels)"))]
+pub struct BatchSpec {
+    /// Devices this batch adds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub count: Option<u32>,
+    /// Percentage (1-100) of matched devices this batch adds, rounded up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub percent: Option<u32>,
+    /// Only devices carrying all these labels are picked for this batch.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pick: BTreeMap<String, String>,
+}
+
+/// Observed state of a `Deployment`. Bounded in size at any fleet size: counts, the rollout's
+/// progress and at most [`MAX_FAILING_DEVICES`] failing devices.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeploymentStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `Progressing`, `Paused`, `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Counts over the matched devices.
+    #[serde(default)]
+    pub aggregate: Aggregate,
+    /// The current rollout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+    /// Up to ten failing devices, in device-id order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 10))]
+    pub failing_devices: Vec<FailingDevice>,
+}
+
+/// Most failing devices listed in a status.
+pub const MAX_FAILING_DEVICES: usize = 10;
+
+/// Counts over the matched devices, against the revision assigned to each.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Aggregate {
+    /// Devices the selector matches.
+    pub matched_device_count: u64,
+    /// Devices running their assigned payload.
+    pub succeeded: u64,
+    /// Devices that failed their assigned payload.
+    pub failed: u64,
+    /// Devices still converging (or not reporting).
+    pub pending: u64,
+    /// The most recent error among failing devices, as `<device>: <message>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+/// Progress of the current rollout.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// Content hash of the target payload.
+    pub revision: String,
+    /// Content hash of the last payload whose rollout completed, if known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_revision: Option<String>,
+    /// `Progressing`, `Complete`, `Paused` or `RolledBack`.
+    pub phase: String,
+    /// Current batch, 1-based.
+    pub current_batch: u32,
+    /// Number of batches, counting the implicit last one.
+    pub total_batches: u32,
+    /// Devices holding the target revision.
+    pub updated: u64,
+    /// Why the rollout stopped, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// A failing device and its error.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct FailingDevice {
+    /// Device id.
+    pub device: String,
+    /// What the device reported.
+    pub error: String,
+}
+
+impl TargetSelector {
+    /// The selector in the index's terms.
+    pub fn to_index(&self) -> index::Selector {
+        index::Selector {
+            match_labels: self.match_labels.clone(),
+            match_expressions: self
+                .match_expressions
+                .iter()
+                .map(|r| index::Requirement {
+                    key: r.key.clone(),
+                    operator: match r.operator {
+                        SelectorOperator::In => index::Operator::In,
+                        SelectorOperator::NotIn => index::Operator::NotIn,
+                        SelectorOperator::Exists => index::Operator::Exists,
+                        SelectorOperator::DoesNotExist => index::Operator::DoesNotExist,
+                    },
+                    values: r.values.iter().cloned().collect(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl RolloutSpec {
+    /// The rollout policy in the state machine's terms.
+    pub fn to_policy(&self) -> rollout::Policy {
+        let strategy = match self.strategy {
+            RolloutStrategy::AllAtOnce => rollout::Strategy::AllAtOnce,
+            RolloutStrategy::Batches => rollout::Strategy::Batches(
+                self.batches
+                    .iter()
+                    .map(|b| rollout::Batch {
+                        size: match (b.count, b.percent) {
+                            (Some(c), _) => rollout::BatchSize::Count(c),
+                            (None, Some(p)) => rollout::BatchSize::Percent(p.min(100)),
+                            (None, None) => rollout::BatchSize::Rest,
+                        },
+                        pick: b.pick.clone(),
+                    })
+                    .collect(),
+            ),
+        };
+        rollout::Policy {
+            strategy,
+            success_threshold: self.success_threshold.clamp(1, 100),
+            max_unavailable: self.max_unavailable,
+            min_completed: self.min_completed.max(1),
+            max_failed_percent: self.max_failed_percent.min(100),
+            on_failure: match self.on_failure {
+                OnFailure::Pause => rollout::OnFailure::Pause,
+                OnFailure::RollBack => rollout::OnFailure::RollBack,
+            },
+        }
+    }
+}

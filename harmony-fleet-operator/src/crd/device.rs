@@ -1,0 +1,104 @@
+//! The cluster-scoped `Device` resource (`fleetdev`), one per device that ever reported
+//! `device-info`: name = device id, labels = the labels the agent reports, `spec` = its
+//! inventory, `status` = agent version, last heartbeat, online/offline.
+//!
+//! The operator owns these objects and writes them by server-side apply; people read them
+//! (`kubectl get fleetdev -l site=plant-3`). Targeting does not read them back: it works
+//! from `device-info` directly, so the API server is never on the device→key path.
+
+// The kube derive's repeated `printcolumn(type_ = ...)` arguments are not duplicates.
+#![allow(clippy::duplicated_attributes)]
+
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// What a device is: its inventory, as its agent reports it.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[kube(
+    group = "fleet.nationtech.io",
+    version = "v1alpha1",
+    kind = "Device",
+    shortname = "fleetdev",
+    status = "DeviceStatus",
+    derive = "PartialEq",
+    doc = "A device of the fleet, as its agent reports it. Written by the operator.",
+    printcolumn(name = "Online", type_ = "boolean", json_path = ".status.online"),
+    printcolumn(
+        name = "Agent Version",
+        type_ = "string",
+        json_path = ".status.agentVersion"
+    ),
+    printcolumn(
+        name = "Last Seen",
+        type_ = "date",
+        json_path = ".status.lastHeartbeat"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceSpec {
+    /// Hardware and OS facts.
+    #[serde(default)]
+    pub inventory: Inventory,
+}
+
+/// Hardware and OS facts of a device (the `inventory` of its `device-info`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Inventory {
+    /// Host name.
+    #[serde(default)]
+    pub hostname: String,
+    /// CPU architecture (`aarch64`, `x86_64`).
+    #[serde(default)]
+    pub arch: String,
+    /// Operating system.
+    #[serde(default)]
+    pub os: String,
+    /// OS release (`PRETTY_NAME` of os-release).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub os_release: Option<String>,
+    /// Kernel version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_version: Option<String>,
+    /// Logical CPUs.
+    #[serde(default)]
+    pub cpu_count: u32,
+    /// Memory in bytes.
+    #[serde(default)]
+    pub memory_bytes: u64,
+}
+
+impl From<&harmony_fleet_contracts::device::Inventory> for Inventory {
+    fn from(i: &harmony_fleet_contracts::device::Inventory) -> Self {
+        Self {
+            hostname: i.hostname.clone(),
+            arch: i.arch.clone(),
+            os: i.os.clone(),
+            os_release: i.os_release.clone(),
+            kernel_version: i.kernel_version.clone(),
+            cpu_count: i.cpu_count,
+            memory_bytes: i.memory_bytes,
+        }
+    }
+}
+
+/// Liveness of a device.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct DeviceStatus {
+    /// Agent version the device reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+    /// Last heartbeat seen (RFC 3339). Refreshed at most every few minutes while the device
+    /// stays online, to keep API server writes bounded at fleet scale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat: Option<String>,
+    /// Whether a heartbeat arrived within the operator's heartbeat timeout.
+    #[serde(default)]
+    pub online: bool,
+}

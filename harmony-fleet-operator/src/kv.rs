@@ -1,0 +1,238 @@
+//! NATS adapter: connection, the four fleet KV buckets, ordered watches from the beginning of
+//! each bucket, and the `desired-state` writer.
+//!
+//! Watches deliver the latest value of every key first (the backlog), then live updates, in
+//! stream order. [`KvEvent::CaughtUp`] marks the end of the backlog, so the controller knows
+//! when its cold-start picture of the fleet is complete.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use bytes::Bytes;
+use futures::{Stream, StreamExt, stream};
+use harmony_fleet_contracts::buckets::{self, BucketSpec};
+use jiff::Timestamp;
+use tokio::sync::mpsc;
+
+use crate::config::NatsConfig;
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+
+/// One event of a bucket watch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KvEvent {
+    /// A key got a value.
+    Put {
+        /// The key.
+        key: String,
+        /// The value bytes.
+        value: Bytes,
+        /// Server time of the write.
+        at: Timestamp,
+    },
+    /// A key was deleted or purged.
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// Every value that existed when the watch started has been delivered.
+    CaughtUp,
+}
+
+/// Connects to NATS with automatic reconnect.
+pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name("harmony-fleet-operator")
+        .retry_on_initial_connect()
+        .connection_timeout(Duration::from_secs(5));
+    if let Some((user, password)) = &config.credentials {
+        options = options.user_and_password(user.clone(), password.clone());
+    }
+    let addrs = config
+        .urls
+        .iter()
+        .map(|u| {
+            u.parse::<async_nats::ServerAddr>()
+                .map_err(|e| Error::Config(format!("NATS URL `{u}` is invalid: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    options
+        .connect(addrs)
+        .await
+        .map_err(|e| Error::nats(format!("connecting to {}", config.urls.join(",")), e))
+}
+
+/// The four fleet buckets.
+#[derive(Clone, Debug)]
+pub struct FleetKv {
+    /// `desired-state` (written by the operator).
+    pub desired: kv::Store,
+    /// `device-info`.
+    pub info: kv::Store,
+    /// `device-state`.
+    pub state: kv::Store,
+    /// `device-heartbeat`.
+    pub heartbeat: kv::Store,
+}
+
+impl FleetKv {
+    /// Opens the buckets; creates missing ones from the contract's specs when `create` is set.
+    pub async fn open(client: async_nats::Client, create: bool) -> Result<Self> {
+        let js = jetstream::new(client);
+        Ok(Self {
+            desired: open_bucket(&js, &buckets::DESIRED_STATE_SPEC, create).await?,
+            info: open_bucket(&js, &buckets::DEVICE_INFO_SPEC, create).await?,
+            state: open_bucket(&js, &buckets::DEVICE_STATE_SPEC, create).await?,
+            heartbeat: open_bucket(&js, &buckets::DEVICE_HEARTBEAT_SPEC, create).await?,
+        })
+    }
+}
+
+async fn open_bucket(
+    js: &jetstream::Context,
+    spec: &BucketSpec,
+    create: bool,
+) -> Result<kv::Store> {
+    match js.get_key_value(spec.name).await {
+        Ok(store) => Ok(store),
+        Err(e) if create => {
+            tracing::info!(bucket = spec.name, reason = %e, "creating missing KV bucket");
+            js.create_key_value(kv::Config {
+                bucket: spec.name.to_owned(),
+                description: spec.description.to_owned(),
+                history: spec.history,
+                max_value_size: spec.max_value_size,
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| Error::nats(format!("creating bucket {}", spec.name), e))
+        }
+        Err(_) => Err(Error::MissingBucket {
+            bucket: spec.name.to_owned(),
+        }),
+    }
+}
+
+/// Watches every key of `store` from its latest values on, as a stream of [`KvEvent`]s with
+/// exactly one [`KvEvent::CaughtUp`] after the backlog.
+pub async fn watch_from_start(
+    store: &kv::Store,
+) -> Result<impl Stream<Item = Result<KvEvent>> + Send + 'static + use<>> {
+    let bucket = store.name.clone();
+    let status = store
+        .status()
+        .await
+        .map_err(|e| Error::nats(format!("reading status of bucket {bucket}"), e))?;
+    let last = status.info.state.last_sequence;
+    let empty = status.info.state.messages == 0;
+    let watch = store
+        .watch_with_history(">")
+        .await
+        .map_err(|e| Error::nats(format!("watching bucket {bucket}"), e))?;
+    let head = stream::iter(empty.then_some(Ok(KvEvent::CaughtUp)));
+    let mut caught_up = empty;
+    let body = watch.flat_map(move |entry| {
+        let mut out = Vec::with_capacity(2);
+        match entry {
+            Ok(entry) => {
+                let seen_current = entry.seen_current || entry.revision >= last;
+                out.push(Ok(match entry.operation {
+                    kv::Operation::Put => KvEvent::Put {
+                        at: Timestamp::from_nanosecond(entry.created.unix_timestamp_nanos())
+                            .unwrap_or(Timestamp::UNIX_EPOCH),
+                        key: entry.key,
+                        value: entry.value,
+                    },
+                    kv::Operation::Delete | kv::Operation::Purge => {
+                        KvEvent::Delete { key: entry.key }
+                    }
+                }));
+                if !caught_up && seen_current {
+                    caught_up = true;
+                    out.push(Ok(KvEvent::CaughtUp));
+                }
+            }
+            Err(e) => out.push(Err(Error::nats(format!("watch on bucket {bucket}"), e))),
+        }
+        stream::iter(out)
+    });
+    Ok(head.chain(body))
+}
+
+/// Spawns a task that forwards a bucket watch into `tx` (mapped by `wrap`). Transient watch
+/// errors are logged; the task ends when the receiver is gone or the watch ends.
+pub fn forward<T: Send + 'static>(
+    events: impl Stream<Item = Result<KvEvent>> + Send + 'static,
+    tx: mpsc::Sender<T>,
+    wrap: impl Fn(KvEvent) -> T + Send + 'static,
+    bucket: &'static str,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut events = std::pin::pin!(events);
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(event) => {
+                    if tx.send(wrap(event)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(bucket, error = %e, "KV watch error; the ordered consumer resumes by itself")
+                }
+            }
+        }
+        tracing::error!(bucket, "KV watch ended");
+    })
+}
+
+/// One `desired-state` operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KvOp {
+    /// Write these bytes.
+    Put(Bytes),
+    /// Delete the key.
+    Delete,
+}
+
+/// Writes `desired-state` keys with bounded concurrency.
+#[derive(Clone, Debug)]
+pub struct DesiredWriter {
+    store: kv::Store,
+    metrics: Metrics,
+    concurrency: usize,
+}
+
+impl DesiredWriter {
+    /// A writer on the `desired-state` store.
+    pub fn new(store: kv::Store, metrics: Metrics) -> Self {
+        Self {
+            store,
+            metrics,
+            concurrency: 128,
+        }
+    }
+
+    /// Applies every operation (in parallel, at most one per key is expected) and returns,
+    /// in any order, `(key, op, ok)` for each.
+    pub async fn apply(&self, ops: Vec<(String, KvOp)>) -> Vec<(String, KvOp, bool)> {
+        stream::iter(ops)
+            .map(|(key, op)| async move {
+                let result = match &op {
+                    KvOp::Put(bytes) => self.store.put(&key, bytes.clone()).await.map(|_| ()).map_err(|e| e.to_string()),
+                    KvOp::Delete => self.store.delete(&key).await.map_err(|e| e.to_string()),
+                };
+                let name = match op {
+                    KvOp::Put(_) => "put",
+                    KvOp::Delete => "delete",
+                };
+                if let Err(e) = &result {
+                    tracing::warn!(key, op = name, error = %e, "desired-state write failed; will retry");
+                }
+                self.metrics.kv_write(name, result.is_ok());
+                (key, op, result.is_ok())
+            })
+            .buffer_unordered(self.concurrency)
+            .collect()
+            .await
+    }
+}

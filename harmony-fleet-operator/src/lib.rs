@@ -1,0 +1,96 @@
+//! The harmony fleet operator: turns `Deployment` resources into one `desired-state` entry per
+//! matching device in NATS KV, folds what devices report back into `Deployment` status and
+//! `Device` resources, and offers a typed client for the device command verbs.
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`crd`] | the `Deployment` and `Device` resources (schema, CEL rules, `gen-crd`) |
+//! | [`index`] | pure: label selectors → device sets, incremental |
+//! | [`rollout`] | pure: the rollout state machine (batches, budget, failure criteria) |
+//! | [`aggregate`] | pure: per-deployment counts and failing devices |
+//! | [`kv`] | NATS adapter: buckets, ordered watches, the `desired-state` writer |
+//! | [`registry`] | `Device` resources by server-side apply |
+//! | [`controller`] | the reconcile loop tying it all together |
+//! | [`commands`] | `ping` / `exec` / `logs` client |
+//! | [`metrics`], [`http`] | Prometheus metrics, `/healthz`, `/readyz`, `/metrics` |
+//! | [`config`], [`error`] | flags and environment, the error type |
+//!
+//! It does not depend on `harmony`.
+
+pub mod aggregate;
+pub mod commands;
+pub mod config;
+pub mod controller;
+pub mod crd;
+pub mod error;
+pub mod http;
+pub mod index;
+pub mod kv;
+pub mod metrics;
+pub mod registry;
+pub mod rollout;
+
+pub use controller::{OperatorHandle, start};
+pub use error::{Error, Result};
+
+use config::Config;
+use http::{AppState, Readiness};
+use metrics::Metrics;
+
+/// Runs the operator until a fatal error or Ctrl-C / SIGTERM: Kubernetes client from the
+/// environment (`KUBECONFIG` or in-cluster), NATS, HTTP endpoints, reconcile loop.
+pub async fn run(config: Config) -> Result<()> {
+    let client = kube::Client::try_default().await.map_err(|e| {
+        Error::kube(
+            "building a client from KUBECONFIG or the in-cluster config",
+            e,
+        )
+    })?;
+    let nats = kv::connect(&config.nats).await?;
+    let metrics = Metrics::new();
+    let readiness = Readiness::default();
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    tracing::info!(listen = %config.listen, namespace = config.namespace.as_deref().unwrap_or("<all>"), "starting");
+    let app = http::app(AppState {
+        readiness: readiness.clone(),
+        metrics: metrics.clone(),
+    });
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let operator = start(config, client, nats, metrics, readiness).await?;
+    let result = tokio::select! {
+        r = operator.wait() => r,
+        _ = shutdown_signal() => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+    };
+    server.abort();
+    result
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,370 @@
+//! The device registry: keeps one `Device` resource per device in step with `device-info`
+//! (labels, inventory) and with liveness (agent version, last heartbeat, online).
+//!
+//! The reconcile loop sends [`DeviceUpdate`]s; this task coalesces them per device (latest
+//! wins), compares with what it last wrote (seeded from a LIST at start, so a restart writes
+//! nothing that is already there) and writes by server-side apply with bounded concurrency.
+//! `lastHeartbeat` of a device that stays online is refreshed at most every
+//! `last_seen_refresh`: API server writes stay bounded at fleet scale while `online` flips
+//! are written at once.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use futures::{StreamExt, stream};
+use harmony_fleet_contracts::ids::DeviceId;
+use jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::crd::device::{Device, DeviceStatus, Inventory};
+use crate::crd::{FIELD_MANAGER, GROUP};
+use crate::metrics::Metrics;
+
+/// What the reconcile loop tells the registry.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DeviceUpdate {
+    /// `device-info` changed.
+    Info {
+        /// The device.
+        id: DeviceId,
+        /// Its labels.
+        labels: BTreeMap<String, String>,
+        /// Its inventory.
+        inventory: Inventory,
+        /// Its agent version.
+        agent_version: String,
+    },
+    /// A heartbeat arrived, or the device went offline.
+    Liveness {
+        /// The device.
+        id: DeviceId,
+        /// Whether the device is online.
+        online: bool,
+        /// Server time of its last heartbeat.
+        last_heartbeat: Option<Timestamp>,
+    },
+    /// `device-info` was deleted: the device left the fleet.
+    Removed {
+        /// The device.
+        id: DeviceId,
+    },
+}
+
+/// What the registry last wrote for one device.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Written {
+    exists: bool,
+    labels: BTreeMap<String, String>,
+    inventory: Inventory,
+    status: DeviceStatus,
+}
+
+/// Work queued for one device.
+#[derive(Clone, Debug, Default)]
+struct Pending {
+    info: Option<(BTreeMap<String, String>, Inventory, String)>,
+    liveness: Option<(bool, Option<Timestamp>)>,
+    removed: bool,
+}
+
+/// Spawns the registry task; returns the sender the reconcile loop uses.
+pub fn spawn(
+    client: kube::Client,
+    metrics: Metrics,
+    last_seen_refresh: Duration,
+) -> (
+    mpsc::UnboundedSender<DeviceUpdate>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(run(Api::all(client), metrics, last_seen_refresh, rx));
+    (tx, task)
+}
+
+async fn run(
+    api: Api<Device>,
+    metrics: Metrics,
+    last_seen_refresh: Duration,
+    mut rx: mpsc::UnboundedReceiver<DeviceUpdate>,
+) {
+    let mut written = seed(&api).await;
+    let mut pending: HashMap<DeviceId, Pending> = HashMap::new();
+    loop {
+        if pending.is_empty() {
+            match rx.recv().await {
+                Some(update) => queue(&mut pending, update),
+                None => return,
+            }
+        }
+        while let Ok(update) = rx.try_recv() {
+            queue(&mut pending, update);
+        }
+        let batch: Vec<(DeviceId, Pending)> = pending.drain().collect();
+        let work: Vec<(DeviceId, Pending, Written)> = batch
+            .into_iter()
+            .filter_map(|(id, p)| {
+                let before = written.get(&id).cloned().unwrap_or_default();
+                plan(&before, &p, last_seen_refresh).map(|after| (id, p, after))
+            })
+            .collect();
+        let results: Vec<(DeviceId, Pending, Option<Written>)> = stream::iter(work)
+            .map(|(id, p, after)| {
+                let api = api.clone();
+                let metrics = metrics.clone();
+                let before = written.get(&id).cloned().unwrap_or_default();
+                async move {
+                    let ok = write(&api, &metrics, &id, &before, &after).await;
+                    (id, p, ok.then_some(after))
+                }
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        let mut failed = false;
+        for (id, p, after) in results {
+            match after {
+                Some(after) if !after.exists => {
+                    written.remove(&id);
+                }
+                Some(after) => {
+                    written.insert(id, after);
+                }
+                None => {
+                    failed = true;
+                    pending.entry(id).or_insert(p);
+                }
+            }
+        }
+        if failed {
+            // Give the API server a moment before retrying the failed writes.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+/// Lists existing `Device` resources so a restart does not rewrite them.
+async fn seed(api: &Api<Device>) -> HashMap<DeviceId, Written> {
+    let mut out = HashMap::new();
+    let mut params = ListParams::default().limit(500);
+    loop {
+        let list = match api.list(&params).await {
+            Ok(list) => list,
+            Err(e) => {
+                tracing::warn!(error = %e, "listing Device resources failed; every device will be re-applied");
+                return out;
+            }
+        };
+        for device in &list.items {
+            let Some(id) = device.metadata.name.as_deref().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            out.insert(
+                id,
+                Written {
+                    exists: true,
+                    labels: device.metadata.labels.clone().unwrap_or_default(),
+                    inventory: device.spec.inventory.clone(),
+                    status: device.status.clone().unwrap_or_default(),
+                },
+            );
+        }
+        match list.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return out,
+        }
+    }
+}
+
+fn queue(pending: &mut HashMap<DeviceId, Pending>, update: DeviceUpdate) {
+    match update {
+        DeviceUpdate::Info {
+            id,
+            labels,
+            inventory,
+            agent_version,
+        } => {
+            let p = pending.entry(id).or_default();
+            p.removed = false;
+            p.info = Some((labels, inventory, agent_version));
+        }
+        DeviceUpdate::Liveness {
+            id,
+            online,
+            last_heartbeat,
+        } => {
+            let p = pending.entry(id).or_default();
+            p.liveness = Some((online, last_heartbeat));
+        }
+        DeviceUpdate::Removed { id } => {
+            pending.insert(
+                id,
+                Pending {
+                    removed: true,
+                    ..Pending::default()
+                },
+            );
+        }
+    }
+}
+
+/// What to write for a device, or `None` when nothing changes (pure).
+fn plan(before: &Written, p: &Pending, last_seen_refresh: Duration) -> Option<Written> {
+    if p.removed {
+        return before.exists.then(Written::default);
+    }
+    let mut after = before.clone();
+    if let Some((labels, inventory, version)) = &p.info {
+        after.exists = true;
+        after.labels = labels.clone();
+        after.inventory = inventory.clone();
+        after.status.agent_version = Some(version.clone());
+    }
+    if !after.exists {
+        // Liveness of a device without device-info: nothing to attach it to yet.
+        return None;
+    }
+    if let Some((online, last)) = p.liveness {
+        after.status.online = online;
+        let stale = match (
+            before
+                .status
+                .last_heartbeat
+                .as_deref()
+                .and_then(|s| s.parse::<Timestamp>().ok()),
+            last,
+        ) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(old), Some(new)) => {
+                new.duration_since(old).unsigned_abs() >= last_seen_refresh
+                    || online != before.status.online
+            }
+        };
+        if stale && let Some(last) = last {
+            after.status.last_heartbeat = Some(last.to_string());
+        }
+    }
+    (after != *before).then_some(after)
+}
+
+async fn write(
+    api: &Api<Device>,
+    metrics: &Metrics,
+    id: &DeviceId,
+    before: &Written,
+    after: &Written,
+) -> bool {
+    let name = id.as_str();
+    if !after.exists {
+        let ok = match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => true,
+            Err(kube::Error::Api(s)) if s.code == 404 => true,
+            Err(e) => {
+                tracing::warn!(device = name, error = %e, "deleting Device failed");
+                false
+            }
+        };
+        metrics.status_patch("device", ok);
+        return ok;
+    }
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    let api_version = format!("{GROUP}/v1alpha1");
+    if !before.exists || before.labels != after.labels || before.inventory != after.inventory {
+        let body = json!({
+            "apiVersion": api_version,
+            "kind": "Device",
+            "metadata": { "name": name, "labels": after.labels },
+            "spec": { "inventory": after.inventory },
+        });
+        if let Err(e) = api.patch(name, &params, &Patch::Apply(body)).await {
+            tracing::warn!(device = name, error = %e, "applying Device failed");
+            metrics.status_patch("device", false);
+            return false;
+        }
+    }
+    if !before.exists || before.status != after.status {
+        let body = json!({
+            "apiVersion": api_version,
+            "kind": "Device",
+            "status": after.status,
+        });
+        if let Err(e) = api.patch_status(name, &params, &Patch::Apply(body)).await {
+            tracing::warn!(device = name, error = %e, "applying Device status failed");
+            metrics.status_patch("device", false);
+            return false;
+        }
+    }
+    metrics.status_patch("device", true);
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: i64) -> Timestamp {
+        Timestamp::from_second(s).expect("valid")
+    }
+
+    fn existing(online: bool, last: i64) -> Written {
+        Written {
+            exists: true,
+            labels: BTreeMap::new(),
+            inventory: Inventory::default(),
+            status: DeviceStatus {
+                agent_version: Some("1.0.0".into()),
+                last_heartbeat: Some(ts(last).to_string()),
+                online,
+            },
+        }
+    }
+
+    fn liveness(online: bool, last: i64) -> Pending {
+        Pending {
+            liveness: Some((online, Some(ts(last)))),
+            ..Pending::default()
+        }
+    }
+
+    const REFRESH: Duration = Duration::from_secs(300);
+
+    #[test]
+    fn frequent_heartbeats_of_an_online_device_write_nothing() {
+        assert_eq!(
+            plan(&existing(true, 1000), &liveness(true, 1030), REFRESH),
+            None
+        );
+    }
+
+    #[test]
+    fn last_seen_is_refreshed_after_the_interval() {
+        let after = plan(&existing(true, 1000), &liveness(true, 1300), REFRESH).expect("write");
+        assert_eq!(after.status.last_heartbeat, Some(ts(1300).to_string()));
+    }
+
+    #[test]
+    fn going_offline_is_written_at_once() {
+        let after = plan(&existing(true, 1000), &liveness(false, 1000), REFRESH).expect("write");
+        assert!(!after.status.online);
+    }
+
+    #[test]
+    fn liveness_before_info_is_not_written() {
+        assert_eq!(plan(&Written::default(), &liveness(true, 1), REFRESH), None);
+    }
+
+    #[test]
+    fn removal_of_an_unknown_device_is_a_no_op() {
+        let p = Pending {
+            removed: true,
+            ..Pending::default()
+        };
+        assert_eq!(plan(&Written::default(), &p, REFRESH), None);
+        assert_eq!(
+            plan(&existing(true, 1), &p, REFRESH),
+            Some(Written::default())
+        );
+    }
+}

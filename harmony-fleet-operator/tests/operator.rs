@@ -1,0 +1,892 @@
+//! Integration tests of the operator against a real kube-apiserver (`LocalControlPlane`) and
+//! real nats-servers (`LocalNats`). Devices are simulated by writing `device-info`,
+//! `device-state` and `device-heartbeat` from the test, exactly as agents would.
+//!
+//! The control plane is started once per test binary (on its own thread, so it outlives each
+//! test's runtime) with the CRDs installed. Each test gets its own namespace, its own
+//! nats-server, its own namespace-scoped operator and unique device and deployment names.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use futures::StreamExt;
+use harmony::local::{ControlPlaneOptions, LocalControlPlane, LocalNats, NatsOptions};
+use harmony_fleet_contracts::commands::{CommandReply, ExecRequest, PingReply};
+use harmony_fleet_contracts::device::{AgentVersion, DeviceInfo, Inventory};
+use harmony_fleet_contracts::ids::DeviceId;
+use harmony_fleet_contracts::payload::{PodmanV0, ReconcileScore, Service};
+use harmony_fleet_contracts::state::{DeploymentState, Phase};
+use harmony_fleet_contracts::{ContentHash, keys};
+use harmony_fleet_operator::OperatorHandle;
+use harmony_fleet_operator::commands::{CommandError, CommandsClient};
+use harmony_fleet_operator::config::Config;
+use harmony_fleet_operator::crd::{self, Deployment, Device};
+use harmony_fleet_operator::http::Readiness;
+use harmony_fleet_operator::kv::FleetKv;
+use harmony_fleet_operator::metrics::Metrics;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+// ----- shared control plane -----
+
+static KUBECONFIG: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
+
+/// Starts the control plane once, on a thread that keeps it alive for the whole binary.
+fn kubeconfig() -> Result<PathBuf> {
+    KUBECONFIG
+        .get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let runtime = match tokio::runtime::Runtime::new() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    let started = async {
+                        let cp = LocalControlPlane::start(ControlPlaneOptions {
+                            controller_manager: true,
+                            ..ControlPlaneOptions::default()
+                        })
+                        .await?;
+                        let client = cp.client().await?;
+                        install_crds(&client).await?;
+                        anyhow::Ok(cp)
+                    }
+                    .await;
+                    match started {
+                        Ok(cp) => {
+                            let _ = tx.send(Ok(cp.kubeconfig_path().to_owned()));
+                            // Keep the control plane alive until the test process exits.
+                            std::future::pending::<()>().await;
+                            drop(cp);
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(format!("{e:#}")));
+                        }
+                    }
+                });
+            });
+            rx.recv()
+                .unwrap_or_else(|_| Err("control plane thread died".to_owned()))
+        })
+        .clone()
+        .map_err(|e| anyhow::anyhow!("starting the local control plane: {e}"))
+}
+
+async fn install_crds(client: &kube::Client) -> Result<()> {
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in crd::crds() {
+        let name = crd.metadata.name.clone().context("CRD name")?;
+        api.patch(
+            &name,
+            &PatchParams::apply("operator-tests").force(),
+            &Patch::Apply(&crd),
+        )
+        .await?;
+        eventually(&format!("CRD {name} established"), || async {
+            let crd = api.get(&name).await.ok()?;
+            crd.status?
+                .conditions?
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+                .then_some(())
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+// ----- per-test environment -----
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+struct Env {
+    client: kube::Client,
+    ns: String,
+    tag: String,
+    nats: LocalNats,
+    nats_client: async_nats::Client,
+    kv: FleetKv,
+    operator: Option<OperatorHandle>,
+}
+
+impl Env {
+    async fn new() -> Result<Self> {
+        let kubeconfig = kubeconfig()?;
+        let client = harmony::local::control_plane::client_from_kubeconfig(&kubeconfig).await?;
+        let tag = format!(
+            "{:x}{:x}",
+            std::process::id() & 0xffff,
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        let ns = format!("op-{tag}");
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        namespaces
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
+            )
+            .await?;
+        let nats = LocalNats::start(NatsOptions::default()).await?;
+        let nats_client = async_nats::connect(nats.url()).await?;
+        let kv = FleetKv::open(nats_client.clone(), true).await?;
+        let mut env = Self {
+            client,
+            ns,
+            tag,
+            nats,
+            nats_client,
+            kv,
+            operator: None,
+        };
+        env.start_operator().await?;
+        Ok(env)
+    }
+
+    async fn start_operator(&mut self) -> Result<()> {
+        self.operator = None;
+        let mut config = Config::for_nats(self.nats.url());
+        config.namespace = Some(self.ns.clone());
+        config.heartbeat_timeout = Duration::from_secs(3);
+        config.last_seen_refresh = Duration::from_secs(1);
+        let handle = harmony_fleet_operator::start(
+            config,
+            self.client.clone(),
+            self.nats_client.clone(),
+            Metrics::new(),
+            Readiness::default(),
+        )
+        .await?;
+        let readiness = handle.readiness.clone();
+        self.operator = Some(handle);
+        eventually("operator converged", || async {
+            readiness.is_converged().then_some(())
+        })
+        .await
+    }
+
+    fn metrics(&self) -> &Metrics {
+        &self.operator.as_ref().expect("operator running").metrics
+    }
+
+    fn device(&self, n: u32) -> DeviceId {
+        DeviceId::new(format!("d{}-{n}", self.tag)).expect("valid device id")
+    }
+
+    fn deployment_name(&self, base: &str) -> String {
+        format!("{base}-{}", self.tag)
+    }
+
+    fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    async fn put_info(&self, device: &DeviceId, labels: &[(&str, &str)]) -> Result<()> {
+        let info = DeviceInfo {
+            device_id: device.clone(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            inventory: Inventory {
+                hostname: device.to_string(),
+                arch: "aarch64".into(),
+                os: "linux".into(),
+                os_release: None,
+                kernel_version: None,
+                cpu_count: 4,
+                memory_bytes: 8 << 30,
+            },
+            agent_version: AgentVersion::new("0.1.0")?,
+            boot_time: None,
+            observed_at: Timestamp::now(),
+        };
+        self.kv
+            .info
+            .put(keys::info_key(device), serde_json::to_vec(&info)?.into())
+            .await?;
+        Ok(())
+    }
+
+    async fn put_state(
+        &self,
+        device: &DeviceId,
+        deployment: &str,
+        phase: Phase,
+        hash: &ContentHash,
+        error: Option<&str>,
+    ) -> Result<()> {
+        let mut state = DeploymentState::new(phase, Timestamp::now());
+        state.payload_hash = Some(hash.clone());
+        if let Some(e) = error {
+            state.set_last_error(e);
+        }
+        let key = keys::state_key(device, &deployment.parse()?);
+        self.kv
+            .state
+            .put(key, serde_json::to_vec(&state)?.into())
+            .await?;
+        Ok(())
+    }
+
+    /// Every `desired-state` key of this test's devices, with its value.
+    async fn desired(&self) -> Result<BTreeMap<String, bytes::Bytes>> {
+        let mut out = BTreeMap::new();
+        let mut keys = self.kv.desired.keys().await?;
+        let prefix = format!("d{}-", self.tag);
+        while let Some(key) = keys.next().await {
+            let key = key?;
+            if !key.starts_with(&prefix) {
+                continue;
+            }
+            if let Some(value) = self.kv.desired.get(&key).await? {
+                out.insert(key, value);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn apply(&self, body: Value) -> Result<Deployment> {
+        let name = body["metadata"]["name"]
+            .as_str()
+            .context("metadata.name")?
+            .to_owned();
+        let mut body = body;
+        body["apiVersion"] = json!("fleet.nationtech.io/v1alpha1");
+        body["kind"] = json!("Deployment");
+        Ok(self
+            .deployments()
+            .patch(
+                &name,
+                &PatchParams::apply("operator-tests").force(),
+                &Patch::Apply(&body),
+            )
+            .await?)
+    }
+
+    async fn status(&self, name: &str) -> Option<crd::DeploymentStatus> {
+        self.deployments().get(name).await.ok()?.status
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        self.operator = None;
+    }
+}
+
+fn score(image: &str) -> ReconcileScore {
+    ReconcileScore::PodmanV0(PodmanV0::new(vec![Service::new("web", image)]))
+}
+
+fn deployment(name: &str, selector: Value, image: &str, rollout: Value) -> Value {
+    json!({
+        "metadata": { "name": name },
+        "spec": {
+            "targetSelector": selector,
+            "score": serde_json::to_value(score(image)).expect("score serialises"),
+            "rollout": rollout,
+        }
+    })
+}
+
+fn key(device: &DeviceId, deployment: &str) -> String {
+    format!("{device}.{deployment}")
+}
+
+/// Polls `probe` every 100 ms until it returns `Some`, or fails after [`DEADLINE`] naming
+/// what was awaited.
+async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = probe().await {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out after {DEADLINE:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn condition(status: &crd::DeploymentStatus, kind: &str) -> Option<(String, String)> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == kind)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+// ----- tests -----
+
+#[tokio::test]
+async fn applied_deployment_writes_keys_for_exactly_the_matching_devices() -> Result<()> {
+    let env = Env::new().await?;
+    let (a, b, c) = (env.device(1), env.device(2), env.device(3));
+    env.put_info(&a, &[("site", "plant-3")]).await?;
+    env.put_info(&b, &[("site", "plant-4")]).await?;
+    env.put_info(&c, &[("site", "plant-3"), ("ring", "canary")])
+        .await?;
+    let name = env.deployment_name("web");
+    env.apply(deployment(
+        &name,
+        json!({"matchLabels": {"site": "plant-3"}}),
+        "nginx:1",
+        json!({}),
+    ))
+    .await?;
+    let expected = score("nginx:1").to_canonical_json()?;
+    let keys = eventually("keys of the two plant-3 devices", || async {
+        let keys = env.desired().await.ok()?;
+        (keys.len() == 2).then_some(keys)
+    })
+    .await?;
+    assert_eq!(
+        keys.keys().cloned().collect::<Vec<_>>(),
+        vec![key(&a, &name), key(&c, &name)]
+    );
+    for value in keys.values() {
+        assert_eq!(value.as_ref(), expected.as_slice(), "canonical bytes");
+    }
+    // The finalizer is in place.
+    let d = env.deployments().get(&name).await?;
+    assert!(
+        d.metadata
+            .finalizers
+            .unwrap_or_default()
+            .iter()
+            .any(|f| f == crd::FINALIZER)
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn relabelled_device_moves_its_keys() -> Result<()> {
+    let env = Env::new().await?;
+    let a = env.device(1);
+    env.put_info(&a, &[("site", "plant-3")]).await?;
+    let p3 = env.deployment_name("p3");
+    let p4 = env.deployment_name("p4");
+    env.apply(deployment(
+        &p3,
+        json!({"matchLabels": {"site": "plant-3"}}),
+        "nginx:1",
+        json!({}),
+    ))
+    .await?;
+    env.apply(deployment(
+        &p4,
+        json!({"matchExpressions": [{"key": "site", "operator": "In", "values": ["plant-4"]}]}),
+        "nginx:1",
+        json!({}),
+    ))
+    .await?;
+    eventually("key of p3", || async {
+        let keys = env.desired().await.ok()?;
+        (keys.keys().collect::<Vec<_>>() == vec![&key(&a, &p3)]).then_some(())
+    })
+    .await?;
+    env.put_info(&a, &[("site", "plant-4")]).await?;
+    eventually("key moved to p4", || async {
+        let keys = env.desired().await.ok()?;
+        (keys.keys().collect::<Vec<_>>() == vec![&key(&a, &p4)]).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn deleted_deployment_releases_its_keys_and_finalizer() -> Result<()> {
+    let env = Env::new().await?;
+    let (a, b) = (env.device(1), env.device(2));
+    env.put_info(&a, &[]).await?;
+    env.put_info(&b, &[]).await?;
+    let name = env.deployment_name("gone");
+    env.apply(deployment(&name, json!({}), "nginx:1", json!({})))
+        .await?;
+    eventually("keys of both devices", || async {
+        (env.desired().await.ok()?.len() == 2).then_some(())
+    })
+    .await?;
+    eventually("finalizer added", || async {
+        let d = env.deployments().get(&name).await.ok()?;
+        d.metadata
+            .finalizers?
+            .iter()
+            .any(|f| f == crd::FINALIZER)
+            .then_some(())
+    })
+    .await?;
+    env.deployments()
+        .delete(&name, &DeleteParams::default())
+        .await?;
+    eventually("resource gone", || async {
+        env.deployments()
+            .get_opt(&name)
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await?;
+    assert!(
+        env.desired().await?.is_empty(),
+        "keys deleted before the finalizer was released"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn device_states_roll_up_into_status_and_conditions() -> Result<()> {
+    let env = Env::new().await?;
+    let devices: Vec<DeviceId> = (1..=3).map(|n| env.device(n)).collect();
+    for d in &devices {
+        env.put_info(d, &[("app", "web")]).await?;
+    }
+    let name = env.deployment_name("agg");
+    env.apply(deployment(
+        &name,
+        json!({"matchLabels": {"app": "web"}}),
+        "nginx:1",
+        json!({}),
+    ))
+    .await?;
+    let hash = score("nginx:1").content_hash()?;
+    eventually("matched 3 pending 3", || async {
+        let s = env.status(&name).await?;
+        (s.aggregate.matched_device_count == 3 && s.aggregate.pending == 3).then_some(())
+    })
+    .await?;
+    env.put_state(&devices[0], &name, Phase::Running, &hash, None)
+        .await?;
+    env.put_state(&devices[1], &name, Phase::Running, &hash, None)
+        .await?;
+    env.put_state(
+        &devices[2],
+        &name,
+        Phase::Failed,
+        &hash,
+        Some("image pull failed"),
+    )
+    .await?;
+    let status = eventually("2 succeeded, 1 failed", || async {
+        let s = env.status(&name).await?;
+        (s.aggregate.succeeded == 2 && s.aggregate.failed == 1).then_some(s)
+    })
+    .await?;
+    assert_eq!(status.aggregate.pending, 0);
+    assert_eq!(
+        status.aggregate.last_error.as_deref(),
+        Some(format!("{}: image pull failed", devices[2]).as_str())
+    );
+    assert_eq!(status.failing_devices.len(), 1);
+    assert_eq!(
+        condition(&status, "Degraded"),
+        Some(("True".into(), "DevicesFailing".into()))
+    );
+    assert_eq!(
+        condition(&status, "Ready").map(|c| c.0),
+        Some("False".into())
+    );
+    // Default policy: the first failure pauses the rollout.
+    assert_eq!(
+        condition(&status, "Paused"),
+        Some(("True".into(), "FailureCriteriaExceeded".into()))
+    );
+    assert!(status.observed_generation.is_some());
+
+    env.put_state(&devices[2], &name, Phase::Running, &hash, None)
+        .await?;
+    // A new revision is not blocked by the paused one; once all succeed it is Ready.
+    env.apply(deployment(
+        &name,
+        json!({"matchLabels": {"app": "web"}}),
+        "nginx:2",
+        json!({}),
+    ))
+    .await?;
+    let hash2 = score("nginx:2").content_hash()?;
+    eventually("keys at nginx:2", || async {
+        let keys = env.desired().await.ok()?;
+        let want = score("nginx:2").to_canonical_json().ok()?;
+        keys.values()
+            .all(|v| v.as_ref() == want.as_slice())
+            .then_some(())
+    })
+    .await?;
+    for d in &devices {
+        env.put_state(d, &name, Phase::Running, &hash2, None)
+            .await?;
+    }
+    let status = eventually("Ready", || async {
+        let s = env.status(&name).await?;
+        (condition(&s, "Ready")?.0 == "True").then_some(s)
+    })
+    .await?;
+    assert_eq!(
+        condition(&status, "Progressing").map(|c| c.0),
+        Some("False".into())
+    );
+    assert_eq!(
+        condition(&status, "Degraded").map(|c| c.0),
+        Some("False".into())
+    );
+    assert_eq!(status.rollout.map(|r| r.phase), Some("Complete".into()));
+    Ok(())
+}
+
+/// Installs revision 1 on `n` devices (all succeed), then applies revision 2 with `rollout`.
+async fn upgraded(
+    env: &Env,
+    name: &str,
+    n: u32,
+    rollout: Value,
+) -> Result<(Vec<DeviceId>, ContentHash, ContentHash)> {
+    let devices: Vec<DeviceId> = (1..=n).map(|i| env.device(i)).collect();
+    for d in &devices {
+        env.put_info(d, &[("app", "batch")]).await?;
+    }
+    env.apply(deployment(
+        name,
+        json!({"matchLabels": {"app": "batch"}}),
+        "app:1",
+        rollout.clone(),
+    ))
+    .await?;
+    let v1 = score("app:1").content_hash()?;
+    eventually("v1 everywhere", || async {
+        (env.desired().await.ok()?.len() == n as usize).then_some(())
+    })
+    .await?;
+    for d in &devices {
+        env.put_state(d, name, Phase::Running, &v1, None).await?;
+    }
+    eventually("v1 complete", || async {
+        let s = env.status(name).await?;
+        (s.rollout?.phase == "Complete").then_some(())
+    })
+    .await?;
+    env.apply(deployment(
+        name,
+        json!({"matchLabels": {"app": "batch"}}),
+        "app:2",
+        rollout,
+    ))
+    .await?;
+    Ok((devices, v1, score("app:2").content_hash()?))
+}
+
+async fn holding(env: &Env, bytes: &[u8]) -> Result<Vec<String>> {
+    Ok(env
+        .desired()
+        .await?
+        .into_iter()
+        .filter(|(_, v)| v.as_ref() == bytes)
+        .map(|(k, _)| k)
+        .collect())
+}
+
+#[tokio::test]
+async fn batches_pause_past_the_failure_criteria() -> Result<()> {
+    let env = Env::new().await?;
+    let name = env.deployment_name("pause");
+    let rollout = json!({
+        "strategy": "Batches",
+        "batches": [{"count": 2}, {"percent": 50}],
+        "minCompleted": 2,
+        "maxFailedPercent": 40,
+    });
+    let (_, _, v2) = upgraded(&env, &name, 6, rollout).await?;
+    let v2_bytes = score("app:2").to_canonical_json()?;
+    let first = eventually("first batch of 2 on v2", || async {
+        let keys = holding(&env, &v2_bytes).await.ok()?;
+        (keys.len() == 2).then_some(keys)
+    })
+    .await?;
+    // One succeeds, one fails: 50% > 40% once 2 completed.
+    let devices: Vec<DeviceId> = first
+        .iter()
+        .map(|k| k.split('.').next().expect("device").parse().expect("id"))
+        .collect();
+    env.put_state(&devices[0], &name, Phase::Running, &v2, None)
+        .await?;
+    env.put_state(&devices[1], &name, Phase::Failed, &v2, Some("crash loop"))
+        .await?;
+    let status = eventually("Paused", || async {
+        let s = env.status(&name).await?;
+        (condition(&s, "Paused")?.0 == "True").then_some(s)
+    })
+    .await?;
+    let rollout = status.rollout.context("rollout status")?;
+    assert_eq!(rollout.phase, "Paused");
+    assert!(
+        rollout
+            .reason
+            .unwrap_or_default()
+            .contains("maxFailedPercent 40%")
+    );
+    // Nothing more was released: the pausing step ran before the status was written.
+    assert_eq!(rollout.updated, 2);
+    assert_eq!(holding(&env, &v2_bytes).await?.len(), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn batches_roll_back_past_the_failure_criteria() -> Result<()> {
+    let env = Env::new().await?;
+    let name = env.deployment_name("back");
+    let rollout = json!({
+        "strategy": "Batches",
+        "batches": [{"count": 1}],
+        "onFailure": "RollBack",
+    });
+    let (_, _, v2) = upgraded(&env, &name, 3, rollout).await?;
+    let v1_bytes = score("app:1").to_canonical_json()?;
+    let v2_bytes = score("app:2").to_canonical_json()?;
+    let canary = eventually("canary on v2", || async {
+        let keys = holding(&env, &v2_bytes).await.ok()?;
+        (keys.len() == 1).then(|| keys[0].clone())
+    })
+    .await?;
+    let device: DeviceId = canary.split('.').next().context("device")?.parse()?;
+    env.put_state(&device, &name, Phase::Failed, &v2, Some("exit 1"))
+        .await?;
+    eventually("every device back on v1", || async {
+        (holding(&env, &v1_bytes).await.ok()?.len() == 3).then_some(())
+    })
+    .await?;
+    let status = eventually("RolledBack", || async {
+        let s = env.status(&name).await?;
+        (s.rollout.as_ref()?.phase == "RolledBack").then_some(s)
+    })
+    .await?;
+    assert_eq!(
+        condition(&status, "Degraded"),
+        Some(("True".into(), "RolledBack".into()))
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn restart_rewrites_nothing_and_collects_orphans() -> Result<()> {
+    let mut env = Env::new().await?;
+    let (a, b) = (env.device(1), env.device(2));
+    env.put_info(&a, &[("x", "y")]).await?;
+    env.put_info(&b, &[("x", "y")]).await?;
+    let name = env.deployment_name("keep");
+    env.apply(deployment(
+        &name,
+        json!({"matchLabels": {"x": "y"}}),
+        "nginx:1",
+        json!({}),
+    ))
+    .await?;
+    let before = eventually("two keys", || async {
+        let keys = env.desired().await.ok()?;
+        (keys.len() == 2).then_some(keys)
+    })
+    .await?;
+    let revisions_before: Vec<u64> = {
+        let mut r = Vec::new();
+        for k in before.keys() {
+            r.push(env.kv.desired.entry(k).await?.context("entry")?.revision);
+        }
+        r
+    };
+    // Stop the operator; meanwhile a key of a deployment that no longer exists appears.
+    env.operator = None;
+    let orphan = key(&a, &env.deployment_name("ghost"));
+    env.kv
+        .desired
+        .put(&orphan, bytes::Bytes::from_static(b"{}"))
+        .await?;
+    env.start_operator().await?;
+    let after = env.desired().await?;
+    assert!(
+        !after.contains_key(&orphan),
+        "orphaned key collected at cold start"
+    );
+    assert_eq!(after, before, "same keys, same bytes");
+    let mut revisions_after = Vec::new();
+    for k in after.keys() {
+        revisions_after.push(env.kv.desired.entry(k).await?.context("entry")?.revision);
+    }
+    assert_eq!(revisions_after, revisions_before, "no key was rewritten");
+    assert_eq!(env.metrics().kv_writes_ok(), 1, "only the orphan delete");
+    Ok(())
+}
+
+#[tokio::test]
+async fn malformed_deployments_are_rejected_naming_the_field() -> Result<()> {
+    let env = Env::new().await?;
+    let ok_score = serde_json::to_value(score("nginx:1"))?;
+    let cases = [
+        (
+            "missing-selector",
+            json!({"score": ok_score}),
+            "targetSelector",
+        ),
+        (
+            "bad-operator",
+            json!({"targetSelector": {"matchExpressions": [{"key": "a", "operator": "Maybe"}]}, "score": ok_score}),
+            "operator",
+        ),
+        (
+            "in-no-values",
+            json!({"targetSelector": {"matchExpressions": [{"key": "a", "operator": "In"}]}, "score": ok_score}),
+            "values",
+        ),
+        (
+            "bad-strategy",
+            json!({"targetSelector": {}, "score": ok_score, "rollout": {"strategy": "Yolo"}}),
+            "strategy",
+        ),
+        (
+            "batches-over-100",
+            json!({"targetSelector": {}, "score": ok_score, "rollout": {"strategy": "Batches", "batches": [{"percent": 60}, {"percent": 50}]}}),
+            "batches",
+        ),
+        (
+            "threshold-range",
+            json!({"targetSelector": {}, "score": ok_score, "rollout": {"successThreshold": 150}}),
+            "successThreshold",
+        ),
+        (
+            "score-without-services",
+            json!({"targetSelector": {}, "score": {"type": "PodmanV0", "data": {}}}),
+            "score.data.services",
+        ),
+        (
+            "bad-score-type",
+            json!({"targetSelector": {}, "score": {"type": "DockerV9", "data": {}}}),
+            "score.type",
+        ),
+    ];
+    for (name, spec, field) in cases {
+        let err = env
+            .apply(json!({"metadata": {"name": name}, "spec": spec}))
+            .await
+            .expect_err(name);
+        let message = format!("{err:#}");
+        eprintln!("{name}: {message}");
+        assert!(
+            message.contains(field),
+            "{name}: `{message}` should name `{field}`"
+        );
+    }
+    let err = env
+        .apply(json!({"metadata": {"name": "has.dot"}, "spec": {"targetSelector": {}, "score": ok_score}}))
+        .await
+        .expect_err("dotted name");
+    assert!(format!("{err:#}").contains("metadata.name"), "{err:#}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn devices_become_resources_with_liveness() -> Result<()> {
+    let env = Env::new().await?;
+    let a = env.device(1);
+    env.put_info(&a, &[("site", "plant-3")]).await?;
+    let devices: Api<Device> = Api::all(env.client.clone());
+    let device = eventually("Device resource", || async {
+        devices.get_opt(a.as_str()).await.ok()?
+    })
+    .await?;
+    assert_eq!(
+        device
+            .metadata
+            .labels
+            .unwrap_or_default()
+            .get("site")
+            .map(String::as_str),
+        Some("plant-3")
+    );
+    assert_eq!(device.spec.inventory.cpu_count, 4);
+    env.kv
+        .heartbeat
+        .put(keys::heartbeat_key(&a), bytes::Bytes::from_static(b"{}"))
+        .await?;
+    eventually("online with agent version", || async {
+        let s = devices.get(a.as_str()).await.ok()?.status?;
+        (s.online && s.agent_version.as_deref() == Some("0.1.0") && s.last_heartbeat.is_some())
+            .then_some(())
+    })
+    .await?;
+    // No more heartbeats: offline after the 3 s timeout.
+    eventually("offline", || async {
+        let s = devices.get(a.as_str()).await.ok()?.status?;
+        (!s.online).then_some(())
+    })
+    .await?;
+    env.kv.info.delete(keys::info_key(&a)).await?;
+    eventually("Device removed", || async {
+        devices
+            .get_opt(a.as_str())
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn commands_tell_offline_from_bad_replies() -> Result<()> {
+    let env = Env::new().await?;
+    let client = CommandsClient::new(env.nats_client.clone()).with_timeout(Duration::from_secs(2));
+    let offline = env.device(1);
+    let err = client.ping(&offline).await.expect_err("nobody answers");
+    assert!(matches!(err, CommandError::DeviceOffline { .. }), "{err}");
+
+    // A fake agent: answers ping properly, exec with garbage.
+    let online = env.device(2);
+    let mut sub = env
+        .nats_client
+        .subscribe(keys::command_serve_pattern(&online))
+        .await?;
+    let responder = env.nats_client.clone();
+    let device = online.clone();
+    let task = tokio::spawn(async move {
+        while let Some(msg) = sub.next().await {
+            let Some(reply) = msg.reply else { continue };
+            let body = if msg.subject.ends_with(".ping") {
+                serde_json::to_vec(&CommandReply::Result(PingReply {
+                    device_id: device.clone(),
+                    agent_version: AgentVersion::new("0.1.0").expect("version"),
+                    uptime_seconds: 5,
+                }))
+                .expect("encode")
+            } else {
+                b"not json".to_vec()
+            };
+            let _ = responder.publish(reply, body.into()).await;
+        }
+    });
+    env.nats_client.flush().await?;
+    let pong = client.ping(&online).await?;
+    assert_eq!(pong.device_id, online);
+    let err = client
+        .exec(&online, &ExecRequest::new("true"))
+        .await
+        .expect_err("garbage reply");
+    assert!(matches!(err, CommandError::BadReply { .. }), "{err}");
+    task.abort();
+    Ok(())
+}

@@ -1,0 +1,168 @@
+//! The certificates and keys a local control plane needs, generated fresh per start with rcgen
+//! (ring backend, the same crypto as kube's rustls):
+//!
+//! - a CA (`CA:TRUE`) that signs everything else and that clients trust;
+//! - the kube-apiserver serving leaf: `CA:FALSE`, EKU serverAuth, SANs `IP:127.0.0.1` and
+//!   `DNS:localhost` — rustls accepts it under both names;
+//! - an admin client certificate in group `system:masters` (full access without RBAC setup);
+//! - the service-account signing key pair (ECDSA P-256, PKCS#8) for the apiserver and the
+//!   controller-manager.
+//!
+//! All files are PEM; private keys are written with mode 0600.
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+
+use crate::local::error::{LocalError, Result};
+
+/// The admin identity's user name (certificate CN).
+pub const ADMIN_USER: &str = "harmony-admin";
+/// The admin identity's group: bound to `cluster-admin` by the apiserver's bootstrap policy.
+pub const ADMIN_GROUP: &str = "system:masters";
+
+/// Paths of the generated PEM files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PkiFiles {
+    /// CA certificate: `--client-ca-file`, the kubeconfig's certificate authority, KCM's
+    /// `--root-ca-file`.
+    pub ca_cert: PathBuf,
+    /// CA private key.
+    pub ca_key: PathBuf,
+    /// Serving certificate of kube-apiserver.
+    pub server_cert: PathBuf,
+    /// Its private key.
+    pub server_key: PathBuf,
+    /// Admin client certificate (`O=system:masters`).
+    pub admin_cert: PathBuf,
+    /// Its private key.
+    pub admin_key: PathBuf,
+    /// Service-account signing key (private, PKCS#8).
+    pub service_account_key: PathBuf,
+    /// Service-account verification key (public, SPKI).
+    pub service_account_pub: PathBuf,
+}
+
+impl PkiFiles {
+    /// Generates a fresh CA, serving leaf, admin client certificate and service-account key pair
+    /// into `dir` (created if needed), overwriting earlier files.
+    pub fn generate(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| LocalError::io(format!("creating {}", dir.display()), e))?;
+        let files = PkiFiles {
+            ca_cert: dir.join("ca.crt"),
+            ca_key: dir.join("ca.key"),
+            server_cert: dir.join("apiserver.crt"),
+            server_key: dir.join("apiserver.key"),
+            admin_cert: dir.join("admin.crt"),
+            admin_key: dir.join("admin.key"),
+            service_account_key: dir.join("sa.key"),
+            service_account_pub: dir.join("sa.pub"),
+        };
+
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::default();
+        ca_params.distinguished_name = name("harmony-local-ca", None);
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca_params.self_signed(&ca_key)?;
+        write(&files.ca_cert, &ca_cert.pem(), false)?;
+        write(&files.ca_key, &ca_key.serialize_pem(), true)?;
+        let issuer = Issuer::new(ca_params, ca_key);
+
+        let server_key = KeyPair::generate()?;
+        let mut server =
+            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
+        server.distinguished_name = name("kube-apiserver", None);
+        server.is_ca = IsCa::ExplicitNoCa;
+        server.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        server.use_authority_key_identifier_extension = true;
+        let server_cert = server.signed_by(&server_key, &issuer)?;
+        write(&files.server_cert, &server_cert.pem(), false)?;
+        write(&files.server_key, &server_key.serialize_pem(), true)?;
+
+        let admin_key = KeyPair::generate()?;
+        let mut admin = CertificateParams::default();
+        admin.distinguished_name = name(ADMIN_USER, Some(ADMIN_GROUP));
+        admin.is_ca = IsCa::ExplicitNoCa;
+        admin.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        admin.use_authority_key_identifier_extension = true;
+        let admin_cert = admin.signed_by(&admin_key, &issuer)?;
+        write(&files.admin_cert, &admin_cert.pem(), false)?;
+        write(&files.admin_key, &admin_key.serialize_pem(), true)?;
+
+        let sa_key = KeyPair::generate()?;
+        write(&files.service_account_key, &sa_key.serialize_pem(), true)?;
+        write(&files.service_account_pub, &sa_key.public_key_pem(), false)?;
+
+        Ok(files)
+    }
+}
+
+fn name(common_name: &str, organization: Option<&str>) -> rcgen::DistinguishedName {
+    let mut dn = rcgen::DistinguishedName::new();
+    if let Some(org) = organization {
+        dn.push(DnType::OrganizationName, org);
+    }
+    dn.push(DnType::CommonName, common_name);
+    dn
+}
+
+fn write(path: &Path, contents: &str, private: bool) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mode = if private { 0o600 } else { 0o644 };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| LocalError::io(format!("writing {}", path.display()), e))?;
+    file.write_all(contents.as_bytes())
+        .map_err(|e| LocalError::io(format!("writing {}", path.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generates_pem_files_with_private_keys_unreadable_by_others() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pki = PkiFiles::generate(dir.path()).expect("generate");
+        for cert in [&pki.ca_cert, &pki.server_cert, &pki.admin_cert] {
+            let text = std::fs::read_to_string(cert).expect("read");
+            assert!(text.starts_with("-----BEGIN CERTIFICATE-----"), "{text}");
+        }
+        for key in [
+            &pki.ca_key,
+            &pki.server_key,
+            &pki.admin_key,
+            &pki.service_account_key,
+        ] {
+            let text = std::fs::read_to_string(key).expect("read");
+            assert!(text.starts_with("-----BEGIN PRIVATE KEY-----"), "{text}");
+            let mode = std::fs::metadata(key).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{} is readable by others", key.display());
+        }
+        let public = std::fs::read_to_string(&pki.service_account_pub).expect("read");
+        assert!(public.starts_with("-----BEGIN PUBLIC KEY-----"), "{public}");
+    }
+}

@@ -1,0 +1,386 @@
+//! The nats-server configuration file a local server runs with, generated from data.
+//!
+//! Authentication is plain data — accounts, users, and per-user publish/subscribe allow/deny
+//! lists — so a caller (e.g. the fleet Score with the contract's permission template) can say
+//! *who may do what* without writing nats-server syntax. Strings are written JSON-quoted, which
+//! nats-server's parser reads as literal strings (no `$variable` expansion).
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::local::error::{LocalError, Result};
+
+/// Accounts and users of a nats-server.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NatsAuthConfig {
+    /// Isolated accounts, each with its users.
+    #[serde(default)]
+    pub accounts: Vec<NatsAccount>,
+    /// Users of the global account (`$G`). With no accounts defined, `$G` has JetStream.
+    #[serde(default)]
+    pub users: Vec<NatsUser>,
+    /// The user whose identity unauthenticated connections get.
+    #[serde(default)]
+    pub no_auth_user: Option<String>,
+    /// The account used for system events (`$SYS` requests), if any.
+    #[serde(default)]
+    pub system_account: Option<String>,
+}
+
+/// One account: its own subject space (and JetStream if enabled).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NatsAccount {
+    /// Account name.
+    pub name: String,
+    /// Whether the account may use JetStream (streams, KV).
+    #[serde(default = "yes")]
+    pub jetstream: bool,
+    /// Users authenticating into this account.
+    #[serde(default)]
+    pub users: Vec<NatsUser>,
+}
+
+/// A user/password identity and what it may do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NatsUser {
+    /// User name.
+    pub user: String,
+    /// Password (plain text: these servers live on loopback for tests and local runs).
+    pub password: String,
+    /// Restrictions; `None` means unrestricted within the account.
+    #[serde(default)]
+    pub permissions: Option<NatsPermissions>,
+}
+
+/// What a user may publish and subscribe to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NatsPermissions {
+    /// Subjects the user may (allow) or may not (deny) publish to.
+    #[serde(default)]
+    pub publish: Option<SubjectPermission>,
+    /// Subjects the user may (allow) or may not (deny) subscribe to.
+    #[serde(default)]
+    pub subscribe: Option<SubjectPermission>,
+    /// Whether the user may reply to requests it received, without publish permission on the
+    /// reply subjects (what a request/reply server such as a device agent needs).
+    #[serde(default)]
+    pub allow_responses: Option<AllowResponses>,
+}
+
+/// Allow and deny lists of subjects (wildcards `*` and `>` allowed).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SubjectPermission {
+    /// Subjects allowed; empty means "all not denied".
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Subjects denied (deny wins over allow).
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+/// nats-server's `allow_responses`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum AllowResponses {
+    /// One response per request, within the server's default expiry.
+    Single,
+    /// Up to `max` responses per request, within `expires` (server default when `None`).
+    Limited {
+        /// Responses allowed per request.
+        max: u32,
+        /// How long after the request responses are allowed.
+        #[serde(default, with = "opt_millis")]
+        expires: Option<Duration>,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+mod opt_millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(d) => s.serialize_some(&u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Ok(Option::<u64>::deserialize(d)?.map(Duration::from_millis))
+    }
+}
+
+/// Cluster (routes) section of one member of a local cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ClusterSection {
+    pub name: String,
+    pub port: u16,
+    pub routes: Vec<u16>,
+}
+
+/// Everything one server's configuration file holds.
+#[derive(Debug, Clone)]
+pub(crate) struct ServerConfig<'a> {
+    pub server_name: &'a str,
+    pub port: u16,
+    pub monitor_port: u16,
+    pub store_dir: &'a Path,
+    pub cluster: Option<&'a ClusterSection>,
+    pub auth: Option<&'a NatsAuthConfig>,
+}
+
+fn quote(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
+}
+
+fn list(items: &[String]) -> String {
+    let quoted: Vec<String> = items.iter().map(|s| quote(s)).collect();
+    format!("[{}]", quoted.join(", "))
+}
+
+impl ServerConfig<'_> {
+    /// The configuration file's text; rejects auth data nats-server would misread.
+    pub fn render(&self) -> Result<String> {
+        let mut out = String::new();
+        let _ = writeln!(out, "server_name: {}", quote(self.server_name));
+        let _ = writeln!(out, "listen: \"127.0.0.1:{}\"", self.port);
+        let _ = writeln!(out, "http: \"127.0.0.1:{}\"", self.monitor_port);
+        let _ = writeln!(
+            out,
+            "jetstream {{\n  store_dir: {}\n}}",
+            quote(&self.store_dir.display().to_string())
+        );
+        if let Some(cluster) = self.cluster {
+            let routes: Vec<String> = cluster
+                .routes
+                .iter()
+                .map(|p| format!("nats-route://127.0.0.1:{p}"))
+                .collect();
+            let _ = writeln!(
+                out,
+                "cluster {{\n  name: {}\n  listen: \"127.0.0.1:{}\"\n  routes: {}\n}}",
+                quote(&cluster.name),
+                cluster.port,
+                list(&routes)
+            );
+        }
+        if let Some(auth) = self.auth {
+            render_auth(&mut out, auth)?;
+        }
+        Ok(out)
+    }
+}
+
+fn render_auth(out: &mut String, auth: &NatsAuthConfig) -> Result<()> {
+    if !auth.accounts.is_empty() {
+        out.push_str("accounts {\n");
+        for account in &auth.accounts {
+            check_name("account", &account.name)?;
+            let _ = writeln!(out, "  {}: {{", quote(&account.name));
+            if account.jetstream {
+                out.push_str("    jetstream: enabled\n");
+            }
+            out.push_str("    users: [\n");
+            for user in &account.users {
+                render_user(out, user, "      ")?;
+            }
+            out.push_str("    ]\n  }\n");
+        }
+        out.push_str("}\n");
+    }
+    if !auth.users.is_empty() {
+        out.push_str("authorization {\n  users: [\n");
+        for user in &auth.users {
+            render_user(out, user, "    ")?;
+        }
+        out.push_str("  ]\n}\n");
+    }
+    if let Some(user) = &auth.no_auth_user {
+        let _ = writeln!(out, "no_auth_user: {}", quote(user));
+    }
+    if let Some(account) = &auth.system_account {
+        let _ = writeln!(out, "system_account: {}", quote(account));
+    }
+    Ok(())
+}
+
+fn render_user(out: &mut String, user: &NatsUser, indent: &str) -> Result<()> {
+    check_name("user", &user.user)?;
+    let _ = write!(
+        out,
+        "{indent}{{user: {}, password: {}",
+        quote(&user.user),
+        quote(&user.password)
+    );
+    if let Some(p) = &user.permissions {
+        out.push_str(", permissions: {");
+        let mut parts = Vec::new();
+        for (key, perm) in [("publish", &p.publish), ("subscribe", &p.subscribe)] {
+            if let Some(perm) = perm {
+                let mut inner = Vec::new();
+                if !perm.allow.is_empty() {
+                    inner.push(format!("allow: {}", list(&perm.allow)));
+                }
+                if !perm.deny.is_empty() {
+                    inner.push(format!("deny: {}", list(&perm.deny)));
+                }
+                parts.push(format!("{key}: {{{}}}", inner.join(", ")));
+            }
+        }
+        match &p.allow_responses {
+            Some(AllowResponses::Single) => parts.push("allow_responses: true".to_owned()),
+            Some(AllowResponses::Limited { max, expires }) => {
+                let mut inner = vec![format!("max: {max}")];
+                if let Some(expires) = expires {
+                    inner.push(format!("expires: \"{}ms\"", expires.as_millis()));
+                }
+                parts.push(format!("allow_responses: {{{}}}", inner.join(", ")));
+            }
+            None => {}
+        }
+        out.push_str(&parts.join(", "));
+        out.push('}');
+    }
+    out.push_str("}\n");
+    Ok(())
+}
+
+fn check_name(what: &str, name: &str) -> Result<()> {
+    if name.is_empty() || name.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(LocalError::Config(format!(
+            "NATS {what} name {name:?} must be non-empty, without whitespace or control characters"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn device_user() -> NatsUser {
+        NatsUser {
+            user: "dev-1".into(),
+            password: "pa\"ss$word".into(),
+            permissions: Some(NatsPermissions {
+                publish: Some(SubjectPermission {
+                    allow: vec!["$KV.device-state.state.dev-1.>".into()],
+                    deny: vec![],
+                }),
+                subscribe: Some(SubjectPermission {
+                    allow: vec!["device-commands.dev-1.>".into()],
+                    deny: vec!["secret.>".into()],
+                }),
+                allow_responses: Some(AllowResponses::Limited {
+                    max: 5,
+                    expires: Some(Duration::from_secs(60)),
+                }),
+            }),
+        }
+    }
+
+    #[test]
+    fn renders_accounts_users_and_permissions() {
+        let auth = NatsAuthConfig {
+            accounts: vec![NatsAccount {
+                name: "FLEET".into(),
+                jetstream: true,
+                users: vec![device_user()],
+            }],
+            users: vec![],
+            no_auth_user: None,
+            system_account: None,
+        };
+        let text = ServerConfig {
+            server_name: "n1",
+            port: 4222,
+            monitor_port: 8222,
+            store_dir: Path::new("/tmp/js"),
+            cluster: None,
+            auth: Some(&auth),
+        }
+        .render()
+        .expect("render");
+        assert!(text.contains("listen: \"127.0.0.1:4222\""), "{text}");
+        assert!(
+            text.contains("\"FLEET\": {\n    jetstream: enabled"),
+            "{text}"
+        );
+        assert!(text.contains(r#"password: "pa\"ss$word""#), "{text}");
+        assert!(
+            text.contains(r#"publish: {allow: ["$KV.device-state.state.dev-1.>"]}"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"subscribe: {allow: ["device-commands.dev-1.>"], deny: ["secret.>"]}"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"allow_responses: {max: 5, expires: "60000ms"}"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn rejects_user_names_with_whitespace() {
+        let auth = NatsAuthConfig {
+            users: vec![NatsUser {
+                user: "a b".into(),
+                password: "x".into(),
+                permissions: None,
+            }],
+            ..NatsAuthConfig::default()
+        };
+        let err = ServerConfig {
+            server_name: "n1",
+            port: 1,
+            monitor_port: 2,
+            store_dir: Path::new("/tmp"),
+            cluster: None,
+            auth: Some(&auth),
+        }
+        .render()
+        .expect_err("invalid");
+        assert!(err.to_string().contains("\"a b\""), "{err}");
+    }
+
+    #[test]
+    fn renders_cluster_routes() {
+        let cluster = ClusterSection {
+            name: "harmony-local".into(),
+            port: 6222,
+            routes: vec![6223, 6224],
+        };
+        let text = ServerConfig {
+            server_name: "n1",
+            port: 4222,
+            monitor_port: 8222,
+            store_dir: Path::new("/tmp/js"),
+            cluster: Some(&cluster),
+            auth: None,
+        }
+        .render()
+        .expect("render");
+        assert!(
+            text.contains(
+                r#"routes: ["nats-route://127.0.0.1:6223", "nats-route://127.0.0.1:6224"]"#
+            ),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# Installs every real component harmony fleet runs locally, from package registries only:
+#   - podman, runc, busybox-static, etcd, iproute2 (Debian packages)
+#   - kube-apiserver, kube-controller-manager, kubectl built from the upstream Go module
+#   - nats-server built static with `go install`
+# Everything built is cached outside the repository, under $HARMONY_FLEET_CACHE
+# (default ~/.cache/harmony-fleet); a warm run only checks and returns in seconds.
+# The binaries are linked into $HARMONY_FLEET_CACHE/bin, where the Rust code looks first.
+set -euo pipefail
+
+K8S_VERSION="v1.34.4"       # adr/0009: inside kube 5 / k8s-openapi 0.29 (feature v1_34)
+NATS_VERSION="v2.12.15"     # >= 2.11 for per-message TTL and the current KV API
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cache=${HARMONY_FLEET_CACHE:-$HOME/.cache/harmony-fleet}
+bin="$cache/bin"
+mkdir -p "$bin"
+
+say() { printf '[install-deps] %s\n' "$*" >&2; }
+elapsed() { echo "$(( $(date +%s) - $1 ))s"; }
+started=$(date +%s)
+
+# --- Debian packages --------------------------------------------------------------
+need_pkgs=()
+for pkg in podman runc busybox-static etcd-server iproute2 util-linux; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$pkg")
+done
+if ((${#need_pkgs[@]})); then
+  t=$(date +%s)
+  say "installing Debian packages: ${need_pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need_pkgs[@]}" >/dev/null
+  say "Debian packages installed in $(elapsed "$t")"
+fi
+ln -sf "$(command -v etcd || echo /usr/bin/etcd)" "$bin/etcd"
+install -m 0644 "$repo/config/containers.conf" "$cache/containers.conf"
+
+# --- Go builds ----------------------------------------------------------------------
+command -v go >/dev/null || { say "Go is required to build the upstream tools; install Go >= 1.24"; exit 1; }
+export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
+
+k8s_dir="$cache/k8s-$K8S_VERSION/bin"
+if [[ ! -x "$k8s_dir/kube-apiserver" || ! -x "$k8s_dir/kube-controller-manager" || ! -x "$k8s_dir/kubectl" ]]; then
+  t=$(date +%s)
+  say "building kube-apiserver, kube-controller-manager, kubectl $K8S_VERSION from the k8s.io/kubernetes module (cold: 15-30 min on 2 cores)"
+  mkdir -p "$k8s_dir"
+  minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+  ldflags="-s -w"
+  for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
+    ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+  done
+  ( cd "$repo/tools/control-plane"
+    for cmd in kube-apiserver kube-controller-manager kubectl; do
+      ct=$(date +%s)
+      go build -trimpath -ldflags "$ldflags" -o "$k8s_dir/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd"
+      mv "$k8s_dir/$cmd.tmp" "$k8s_dir/$cmd"
+      say "  built $cmd in $(elapsed "$ct")"
+    done )
+  say "control plane built in $(elapsed "$t")"
+fi
+for cmd in kube-apiserver kube-controller-manager kubectl; do ln -sf "$k8s_dir/$cmd" "$bin/$cmd"; done
+
+nats_dir="$cache/nats-$NATS_VERSION/bin"
+if [[ ! -x "$nats_dir/nats-server" ]]; then
+  t=$(date +%s)
+  say "building nats-server $NATS_VERSION (static)"
+  mkdir -p "$nats_dir"
+  GOBIN="$nats_dir" go install -trimpath -ldflags "-s -w" "github.com/nats-io/nats-server/v2@$NATS_VERSION"
+  mv "$nats_dir/v2" "$nats_dir/nats-server" 2>/dev/null || true
+  say "nats-server built in $(elapsed "$t")"
+fi
+ln -sf "$nats_dir/nats-server" "$bin/nats-server"
+
+say "all dependencies ready in $bin ($(elapsed "$started"))"

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs the real components it needs
+# (scripts/install-deps.sh), checks formatting and lints, then runs every test against the
+# real kube-apiserver, nats-server and podman that the tests start themselves.
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "installing dependencies"
+bash scripts/install-deps.sh
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
+
+step "cargo test"
+cargo test --workspace --all-features --locked --no-fail-fast
