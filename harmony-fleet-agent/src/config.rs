@@ -122,6 +122,10 @@ pub struct PodmanSection {
     /// `CONTAINERS_CONF` for every podman call.
     #[serde(default)]
     pub containers_conf: Option<PathBuf>,
+    /// Network namespace (e.g. `/run/netns/dev1`) podman runs in, so this device's containers
+    /// publish ports at the device's own address when several devices share a host.
+    #[serde(default)]
+    pub network_namespace: Option<PathBuf>,
 }
 
 fn default_true() -> bool {
@@ -266,6 +270,7 @@ impl Config {
             runroot: self.podman.runroot.clone(),
             tmpdir: self.podman.tmpdir.clone(),
             containers_conf: self.podman.containers_conf.clone(),
+            network_namespace: self.podman.network_namespace.clone(),
             ..defaults
         }
     }

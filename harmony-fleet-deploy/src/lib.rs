@@ -1,5 +1,46 @@
-//! Scores that install harmony fleet.
+//! Scores that install harmony fleet, one per component, and what the `harmony-fleet-deploy`
+//! command runs.
 //!
-//! Will hold (issue 6): one Score per component — `FleetNatsScore`, `FleetOperatorScore`,
-//! `FleetAgentScore`, `FleetServerScore` — each blocking on its smoke test, the `LocalTopology`
-//! they run on, and the `harmony-fleet-deploy` command built on `harmony_cli`.
+//! | Score | what it makes real | smoke test it blocks on |
+//! |---|---|---|
+//! | [`FleetNatsScore`] | NATS with JetStream, the four fleet buckets, an operator user and one user per enrolled device (contract permission template) | KV round trip as the operator; a device denied another device's key |
+//! | [`FleetOperatorScore`] | CRDs, service account, RBAC, credentials Secret and the operator workload | `/readyz` says `Converged` |
+//! | [`FleetAgentScore`] | one device agent, as a local process ([`FleetAgentTarget::Local`]) or a Pod | a heartbeat from that device |
+//! | [`FleetServerScore`] | NATS + operator, composed | both of the above |
+//!
+//! Each Score is implemented for every topology it supports — `LocalTopology` (this host:
+//! local control plane, components as supervised processes) and `K8sAnywhereTopology` (a real
+//! cluster) — and for no other: running one elsewhere does not compile.
+//!
+//! Modules: [`nats`], [`operator`], [`agent`], [`server`] hold the Scores; [`credentials`] the
+//! NATS identities they share; [`binaries`] where the fleet binaries are found; [`wait`] the
+//! deadline polling every smoke test uses; [`k8s`] applying and checking cluster objects;
+//! [`error`] what goes wrong; [`local`] the local fleet `local up`/`down`/`status` manage.
+
+pub mod agent;
+pub mod binaries;
+pub mod credentials;
+pub mod error;
+pub mod k8s;
+pub mod local;
+pub mod nats;
+pub mod operator;
+pub mod server;
+pub mod wait;
+
+pub use agent::{FleetAgentScore, FleetAgentTarget, LocalAgent, PodAgent};
+pub use error::DeployError;
+pub use nats::{FleetNatsScore, NatsEndpoint};
+pub use operator::FleetOperatorScore;
+pub use server::FleetServerScore;
+
+/// The namespace fleet components live in on a cluster (and where their RBAC objects go on
+/// `LocalTopology`).
+pub const DEFAULT_NAMESPACE: &str = "fleet-system";
+
+/// The field manager of every server-side apply these Scores make.
+pub const FIELD_MANAGER: &str = "harmony-fleet-deploy";
+
+/// The label every object and process of a fleet installation carries
+/// (`app.kubernetes.io/part-of`).
+pub const PART_OF: &str = "harmony-fleet";

@@ -97,20 +97,106 @@ async fn open_bucket(
         Ok(store) => Ok(store),
         Err(e) if create => {
             tracing::info!(bucket = spec.name, reason = %e, "creating missing KV bucket");
-            js.create_key_value(kv::Config {
-                bucket: spec.name.to_owned(),
-                description: spec.description.to_owned(),
-                history: spec.history,
-                max_value_size: spec.max_value_size,
-                ..Default::default()
-            })
-            .await
-            .map_err(|e| Error::nats(format!("creating bucket {}", spec.name), e))
+            ensure_bucket(js, spec, 1).await?;
+            js.get_key_value(spec.name)
+                .await
+                .map_err(|e| Error::nats(format!("opening bucket {}", spec.name), e))
         }
         Err(_) => Err(Error::MissingBucket {
             bucket: spec.name.to_owned(),
         }),
     }
+}
+
+/// What [`ensure_bucket`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BucketChange {
+    /// The stream did not exist.
+    Created,
+    /// The stream existed with other settings; they were updated.
+    Updated,
+    /// The stream already had these settings.
+    Unchanged,
+}
+
+/// The JetStream stream behind a fleet bucket, exactly as the contract says: history,
+/// value size, direct get, and rollups only where [`BucketSpec::allow_rollup`] allows them
+/// (`async_nats`'s `create_key_value` always enables rollups, which would let one device wipe
+/// every device's entries of an agent-written bucket).
+pub fn bucket_stream_config(spec: &BucketSpec, replicas: usize) -> jetstream::stream::Config {
+    jetstream::stream::Config {
+        name: buckets::stream_name(spec.name),
+        description: Some(spec.description.to_owned()),
+        subjects: vec![format!("$KV.{}.>", spec.name)],
+        max_messages_per_subject: spec.history,
+        max_message_size: spec.max_value_size,
+        storage: jetstream::stream::StorageType::File,
+        allow_rollup: spec.allow_rollup,
+        deny_delete: true,
+        deny_purge: false,
+        allow_direct: spec.allow_direct,
+        num_replicas: replicas.max(1),
+        discard: jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    }
+}
+
+/// Creates the bucket's stream, or updates it when its settings differ from the contract's
+/// (e.g. more replicas). Idempotent.
+pub async fn ensure_bucket(
+    js: &jetstream::Context,
+    spec: &BucketSpec,
+    replicas: usize,
+) -> Result<BucketChange> {
+    let wanted = bucket_stream_config(spec, replicas);
+    let context = |what: &str| format!("{what} the stream of bucket {}", spec.name);
+    match js.get_stream(&wanted.name).await {
+        Ok(mut stream) => {
+            let info = stream
+                .info()
+                .await
+                .map_err(|e| Error::nats(context("reading"), e))?;
+            let current = &info.config;
+            let same = current.max_messages_per_subject == wanted.max_messages_per_subject
+                && current.max_message_size == wanted.max_message_size
+                && current.allow_rollup == wanted.allow_rollup
+                && current.allow_direct == wanted.allow_direct
+                && current.num_replicas == wanted.num_replicas
+                && current.subjects == wanted.subjects;
+            if same {
+                return Ok(BucketChange::Unchanged);
+            }
+            js.update_stream(&wanted)
+                .await
+                .map_err(|e| Error::nats(context("updating"), e))?;
+            Ok(BucketChange::Updated)
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                jetstream::context::GetStreamErrorKind::JetStream(ref js_error)
+                    if js_error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
+            ) =>
+        {
+            js.create_stream(wanted)
+                .await
+                .map_err(|e| Error::nats(context("creating"), e))?;
+            Ok(BucketChange::Created)
+        }
+        Err(e) => Err(Error::nats(context("looking up"), e)),
+    }
+}
+
+/// [`ensure_bucket`] for the four fleet buckets, in contract order.
+pub async fn ensure_buckets(
+    js: &jetstream::Context,
+    replicas: usize,
+) -> Result<Vec<(&'static str, BucketChange)>> {
+    let mut changes = Vec::with_capacity(buckets::ALL.len());
+    for spec in &buckets::ALL {
+        changes.push((spec.name, ensure_bucket(js, spec, replicas).await?));
+    }
+    Ok(changes)
 }
 
 /// Watches every key of `store` from its latest values on, as a stream of [`KvEvent`]s with

@@ -34,6 +34,10 @@ pub struct PodmanOptions {
     pub tmpdir: Option<PathBuf>,
     /// Value of `CONTAINERS_CONF` for every podman call; `None` inherits the environment.
     pub containers_conf: Option<PathBuf>,
+    /// Run podman inside this network namespace (`/run/netns/<name>`) through
+    /// `nsenter --net=…`, so the containers publish ports at the device's own address (several
+    /// local devices on one host). `None`: the agent's own namespace.
+    pub network_namespace: Option<PathBuf>,
     /// Deadline for ordinary podman calls.
     pub command_timeout: Duration,
     /// Deadline for `podman pull`.
@@ -48,6 +52,7 @@ impl Default for PodmanOptions {
             runroot: None,
             tmpdir: None,
             containers_conf: None,
+            network_namespace: None,
             command_timeout: Duration::from_secs(120),
             pull_timeout: Duration::from_secs(600),
         }
@@ -95,7 +100,11 @@ impl PodmanCli {
     }
 
     fn command_line(&self, args: &[String]) -> String {
-        let mut line = self.options.binary.display().to_string();
+        let mut line = match &self.options.network_namespace {
+            Some(netns) => format!("nsenter --net={} ", netns.display()),
+            None => String::new(),
+        };
+        line.push_str(&self.options.binary.display().to_string());
         for arg in args {
             line.push(' ');
             line.push_str(arg);
@@ -120,7 +129,18 @@ impl PodmanCli {
 
     /// A podman command with the global options, stdin closed, killed when dropped.
     fn base_command(&self, args: &[String]) -> Command {
-        let mut command = Command::new(&self.options.binary);
+        // `nsenter --net` only: `ip netns exec` also remounts /sys, after which runc finds no
+        // cgroup mount.
+        let mut command = match &self.options.network_namespace {
+            Some(netns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net={}", netns.display()))
+                    .arg("--")
+                    .arg(&self.options.binary);
+                c
+            }
+            None => Command::new(&self.options.binary),
+        };
         if let Some(root) = &self.options.root {
             command.arg("--root").arg(root);
         }

@@ -54,6 +54,9 @@ pub struct ControlPlaneOptions {
     pub controller_manager: bool,
     /// Extra kube-apiserver flags (`--name=value`), appended after the harness's own.
     pub extra_apiserver_args: Vec<String>,
+    /// Start the servers so they can outlive this process (see
+    /// [`LocalControlPlane::detach`]); off for tests, so a crashed run leaves nothing behind.
+    pub detached: bool,
 }
 
 impl Default for ControlPlaneOptions {
@@ -65,6 +68,7 @@ impl Default for ControlPlaneOptions {
             ready_timeout: Duration::from_secs(90),
             controller_manager: true,
             extra_apiserver_args: Vec::new(),
+            detached: false,
         }
     }
 }
@@ -126,7 +130,7 @@ impl LocalControlPlane {
             dir: Some(dir),
         };
 
-        let (etcd, etcd_port) = start_etcd(&etcd_bin, &root, options.ready_timeout).await?;
+        let (etcd, etcd_port) = start_etcd(&etcd_bin, &root, &options).await?;
         plane.etcd = Some(etcd);
         plane.etcd_port = etcd_port;
         tracing::debug!(
@@ -235,6 +239,27 @@ impl LocalControlPlane {
         self.dir.take();
     }
 
+    /// Stops supervising the servers and lets them run on, keeping the data directory; returns
+    /// `(name, pid)` of each so the caller can record and later stop them. Only a plane started
+    /// with [`ControlPlaneOptions::detached`] survives this process's exit.
+    pub fn detach(mut self) -> Vec<(String, u32)> {
+        let mut detached = Vec::new();
+        for process in [
+            self.etcd.take(),
+            self.apiserver.take(),
+            self.controller_manager.take(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            detached.push((process.name().to_owned(), process.detach()));
+        }
+        if let Some(dir) = self.dir.take() {
+            dir.keep();
+        }
+        detached
+    }
+
     async fn start_apiserver(
         &mut self,
         program: &Path,
@@ -291,7 +316,8 @@ impl LocalControlPlane {
                 "--profiling=false".to_owned(),
             ])
             .args(options.extra_apiserver_args.iter().cloned())
-            .stop_timeout(Duration::from_secs(15));
+            .stop_timeout(Duration::from_secs(15))
+            .detached(options.detached);
             let mut process = SupervisedProcess::spawn(spec)?;
             let kubeconfig = self.kubeconfig.clone();
             let ready = process
@@ -343,7 +369,8 @@ impl LocalControlPlane {
             "--secure-port=0".to_owned(),
             "--feature-gates=WatchListClient=false".to_owned(),
             "--profiling=false".to_owned(),
-        ]);
+        ])
+        .detached(options.detached);
         let mut process = SupervisedProcess::spawn(spec)?;
         let kubeconfig = self.kubeconfig.clone();
         process
@@ -387,8 +414,9 @@ pub async fn client_from_kubeconfig(kubeconfig: &Path) -> Result<Client> {
 async fn start_etcd(
     program: &Path,
     root: &Path,
-    timeout: Duration,
+    options: &ControlPlaneOptions,
 ) -> Result<(SupervisedProcess, u16)> {
+    let timeout = options.ready_timeout;
     let data = root.join("etcd");
     let mut last_error = None;
     for attempt in 1..=START_ATTEMPTS {
@@ -396,20 +424,22 @@ async fn start_etcd(
         let (client, peer) = (picked[0], picked[1]);
         let client_url = format!("http://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let spec = ProcessSpec::new("etcd", program, root.join("logs/etcd.log")).args([
-            "--name=default".to_owned(),
-            format!("--data-dir={}", data.display()),
-            // Real ports: etcd's gateway dials the client URL literally, so `:0` breaks it.
-            format!("--listen-client-urls={client_url}"),
-            format!("--advertise-client-urls={client_url}"),
-            format!("--listen-peer-urls={peer_url}"),
-            format!("--initial-advertise-peer-urls={peer_url}"),
-            format!("--initial-cluster=default={peer_url}"),
-            // Throw-away data: durability buys nothing and costs seconds on slow disks.
-            "--unsafe-no-fsync".to_owned(),
-            "--logger=zap".to_owned(),
-            "--log-level=warn".to_owned(),
-        ]);
+        let spec = ProcessSpec::new("etcd", program, root.join("logs/etcd.log"))
+            .args([
+                "--name=default".to_owned(),
+                format!("--data-dir={}", data.display()),
+                // Real ports: etcd's gateway dials the client URL literally, so `:0` breaks it.
+                format!("--listen-client-urls={client_url}"),
+                format!("--advertise-client-urls={client_url}"),
+                format!("--listen-peer-urls={peer_url}"),
+                format!("--initial-advertise-peer-urls={peer_url}"),
+                format!("--initial-cluster=default={peer_url}"),
+                // Throw-away data: durability buys nothing and costs seconds on slow disks.
+                "--unsafe-no-fsync".to_owned(),
+                "--logger=zap".to_owned(),
+                "--log-level=warn".to_owned(),
+            ])
+            .detached(options.detached);
         let mut process = SupervisedProcess::spawn(spec)?;
         let addr = std::net::SocketAddr::from(([127, 0, 0, 1], client));
         let ready = process

@@ -52,6 +52,12 @@ impl DataDir {
         &self.path
     }
 
+    /// Keeps the directory on disk (its processes outlive this handle); returns its path.
+    pub fn keep(mut self) -> PathBuf {
+        self.remove_on_drop = false;
+        self.path.clone()
+    }
+
     /// Whether dropping this removes the directory.
     pub fn removed_on_drop(&self) -> bool {
         self.remove_on_drop

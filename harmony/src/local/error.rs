@@ -82,6 +82,21 @@ pub enum LocalError {
     #[error("invalid local server configuration: {0}")]
     Config(String),
 
+    /// A port reserved for a component is held by a process the harness did not start.
+    #[error(
+        "port {port} (reserved for `{name}`) is in use by another program; stop that program, \
+         or run `harmony-fleet-deploy local down` if an earlier run left it behind, or delete \
+         {ports_file} to pick new ports"
+    )]
+    PortBusy {
+        /// The component the port is reserved for.
+        name: String,
+        /// The busy port.
+        port: u16,
+        /// The file holding the reservations.
+        ports_file: PathBuf,
+    },
+
     /// A podman command failed.
     #[error(transparent)]
     Podman(#[from] crate::local::podman::PodmanError),

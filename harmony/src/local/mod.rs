@@ -12,6 +12,9 @@
 //! - [`control_plane`] — [`LocalControlPlane`].
 //! - [`nats`] — [`LocalNats`], [`LocalNatsCluster`] and the generated server configuration.
 //! - [`podman`] — the [`Podman`] CLI handle and the `localhost/fleet-demo` image.
+//! - [`netns`] — [`netns::DeviceNetwork`]: a network namespace per simulated device.
+//! - [`supervisor`] — [`LocalSupervisor`]: named processes that die with their owner (tests) or
+//!   outlive it (a deploy tool's `up`), recognised again by the next run.
 //!
 //! Every process binds 127.0.0.1 on a free-picked port and every data directory is private to one
 //! harness, so any number of harnesses can run side by side.
@@ -22,10 +25,12 @@ pub mod control_plane;
 mod data_dir;
 mod error;
 pub mod nats;
+pub mod netns;
 pub mod podman;
 pub mod ports;
 pub mod probe;
 pub mod process;
+pub mod supervisor;
 
 pub use control_plane::{ControlPlaneOptions, LocalControlPlane};
 pub use data_dir::DataDir;
@@ -33,3 +38,4 @@ pub use error::{LocalError, Result};
 pub use nats::{LocalNats, LocalNatsCluster, NatsOptions};
 pub use podman::{Podman, PodmanError};
 pub use process::{ProcessSpec, SupervisedProcess};
+pub use supervisor::{LocalSupervisor, ProcessChange, ProcessStatus, SupervisionMode};

@@ -157,6 +157,7 @@ pub struct Podman {
     containers_conf: PathBuf,
     root: Option<PathBuf>,
     runroot: Option<PathBuf>,
+    tmpdir: Option<PathBuf>,
     netns: Option<PathBuf>,
 }
 
@@ -183,6 +184,7 @@ impl Podman {
             containers_conf,
             root: None,
             runroot: None,
+            tmpdir: None,
             netns: None,
         })
     }
@@ -192,6 +194,14 @@ impl Podman {
     pub fn with_storage(mut self, root: impl Into<PathBuf>, runroot: impl Into<PathBuf>) -> Self {
         self.root = Some(root.into());
         self.runroot = Some(runroot.into());
+        self
+    }
+
+    /// Uses `tmpdir` as libpod's state directory (`--tmpdir`). A storage shared with an agent
+    /// must use the agent's tmpdir: the default `/run/libpod` is shared by every storage on the
+    /// host, and podman "refreshes" (resets) containers when its reboot marker there changes.
+    pub fn with_tmpdir(mut self, tmpdir: impl Into<PathBuf>) -> Self {
+        self.tmpdir = Some(tmpdir.into());
         self
     }
 
@@ -222,6 +232,10 @@ impl Podman {
         if let Some(runroot) = &self.runroot {
             full.push("--runroot".into());
             full.push(runroot.into());
+        }
+        if let Some(tmpdir) = &self.tmpdir {
+            full.push("--tmpdir".into());
+            full.push(tmpdir.into());
         }
         full.extend(args.into_iter().map(Into::into));
         let mut command = match &self.netns {

@@ -56,6 +56,10 @@ pub struct ProcessSpec {
     pub log_file: PathBuf,
     /// Time between SIGTERM and SIGKILL when stopping.
     pub stop_timeout: Duration,
+    /// Outlive the process that started it: no parent-death signal, so the child keeps
+    /// running after [`SupervisedProcess::detach`] and the starting process's exit (what a
+    /// deploy tool's `up` needs; tests leave this off so a crashed run leaves nothing behind).
+    pub detached: bool,
 }
 
 impl ProcessSpec {
@@ -73,6 +77,7 @@ impl ProcessSpec {
             current_dir: None,
             log_file: log_file.into(),
             stop_timeout: DEFAULT_STOP_TIMEOUT,
+            detached: false,
         }
     }
 
@@ -110,7 +115,15 @@ impl ProcessSpec {
         self
     }
 
-    fn command_line(&self) -> String {
+    /// Lets the process outlive its starter (see [`ProcessSpec::detached`]).
+    pub fn detached(mut self, detached: bool) -> Self {
+        self.detached = detached;
+        self
+    }
+
+    /// The program and its arguments as one line, for logs and for telling whether a running
+    /// process was started from the same spec.
+    pub fn command_line(&self) -> String {
         std::iter::once(self.program.as_os_str())
             .chain(self.args.iter().map(OsString::as_os_str))
             .map(|s| s.to_string_lossy())
@@ -171,7 +184,9 @@ impl SupervisedProcess {
         if let Some(dir) = &spec.current_dir {
             command.current_dir(dir);
         }
-        set_parent_death_signal(&mut command);
+        if !spec.detached {
+            set_parent_death_signal(&mut command);
+        }
 
         let child = spawner::spawn(command).map_err(|source| LocalError::Spawn {
             name: spec.name.clone(),
@@ -188,6 +203,14 @@ impl SupervisedProcess {
             log_file: spec.log_file,
             stop_timeout: spec.stop_timeout,
         })
+    }
+
+    /// Stops supervising the process and lets it run on; returns its pid (also its process
+    /// group id). Only a process spawned with [`ProcessSpec::detached`] survives its starter's
+    /// exit; others still get the parent-death signal.
+    pub fn detach(mut self) -> u32 {
+        self.child = None;
+        self.pid
     }
 
     /// The harness's name for the process.

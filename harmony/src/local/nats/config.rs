@@ -125,22 +125,33 @@ mod opt_millis {
     }
 }
 
-/// Cluster (routes) section of one member of a local cluster.
+/// Cluster (routes) section of one member of a cluster.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ClusterSection {
+pub struct ClusterSection {
+    /// The cluster's name (the same on every member).
     pub name: String,
+    /// This member's route port.
     pub port: u16,
-    pub routes: Vec<u16>,
+    /// The other members' route URLs (`nats-route://host:port`).
+    pub routes: Vec<String>,
 }
 
 /// Everything one server's configuration file holds.
 #[derive(Debug, Clone)]
-pub(crate) struct ServerConfig<'a> {
+pub struct ServerConfig<'a> {
+    /// The server's unique name (JetStream needs unique names in a cluster).
     pub server_name: &'a str,
+    /// Address every listener binds: `127.0.0.1` for local servers, `0.0.0.0` in a pod.
+    pub host: &'a str,
+    /// Client port.
     pub port: u16,
+    /// HTTP monitoring port (`/healthz`, `/varz`).
     pub monitor_port: u16,
+    /// JetStream store directory.
     pub store_dir: &'a Path,
+    /// Routes to the other members, when clustered.
     pub cluster: Option<&'a ClusterSection>,
+    /// Accounts, users and permissions; `None`: no authentication.
     pub auth: Option<&'a NatsAuthConfig>,
 }
 
@@ -158,25 +169,21 @@ impl ServerConfig<'_> {
     pub fn render(&self) -> Result<String> {
         let mut out = String::new();
         let _ = writeln!(out, "server_name: {}", quote(self.server_name));
-        let _ = writeln!(out, "listen: \"127.0.0.1:{}\"", self.port);
-        let _ = writeln!(out, "http: \"127.0.0.1:{}\"", self.monitor_port);
+        let _ = writeln!(out, "listen: \"{}:{}\"", self.host, self.port);
+        let _ = writeln!(out, "http: \"{}:{}\"", self.host, self.monitor_port);
         let _ = writeln!(
             out,
             "jetstream {{\n  store_dir: {}\n}}",
             quote(&self.store_dir.display().to_string())
         );
         if let Some(cluster) = self.cluster {
-            let routes: Vec<String> = cluster
-                .routes
-                .iter()
-                .map(|p| format!("nats-route://127.0.0.1:{p}"))
-                .collect();
             let _ = writeln!(
                 out,
-                "cluster {{\n  name: {}\n  listen: \"127.0.0.1:{}\"\n  routes: {}\n}}",
+                "cluster {{\n  name: {}\n  listen: \"{}:{}\"\n  routes: {}\n}}",
                 quote(&cluster.name),
+                self.host,
                 cluster.port,
-                list(&routes)
+                list(&cluster.routes)
             );
         }
         if let Some(auth) = self.auth {
@@ -307,6 +314,7 @@ mod tests {
             system_account: None,
         };
         let text = ServerConfig {
+            host: "127.0.0.1",
             server_name: "n1",
             port: 4222,
             monitor_port: 8222,
@@ -347,6 +355,7 @@ mod tests {
             ..NatsAuthConfig::default()
         };
         let err = ServerConfig {
+            host: "127.0.0.1",
             server_name: "n1",
             port: 1,
             monitor_port: 2,
@@ -364,9 +373,13 @@ mod tests {
         let cluster = ClusterSection {
             name: "harmony-local".into(),
             port: 6222,
-            routes: vec![6223, 6224],
+            routes: vec![
+                "nats-route://127.0.0.1:6223".into(),
+                "nats-route://127.0.0.1:6224".into(),
+            ],
         };
         let text = ServerConfig {
+            host: "127.0.0.1",
             server_name: "n1",
             port: 4222,
             monitor_port: 8222,

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use config::{
-    AllowResponses, NatsAccount, NatsAuthConfig, NatsPermissions, NatsUser, SubjectPermission,
+    AllowResponses, ClusterSection, NatsAccount, NatsAuthConfig, NatsPermissions, NatsUser,
+    ServerConfig, SubjectPermission,
 };
 
 use crate::local::bins::{self, BinLocator};
@@ -19,7 +20,6 @@ use crate::local::error::{LocalError, Result};
 use crate::local::ports::{self, START_ATTEMPTS};
 use crate::local::probe;
 use crate::local::process::{LOG_TAIL_LINES, ProcessSpec, SupervisedProcess};
-use config::{ClusterSection, ServerConfig};
 
 const PROBE_INTERVAL: Duration = Duration::from_millis(50);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -209,6 +209,7 @@ impl LocalNats {
     fn spawn(&mut self) -> Result<()> {
         let store_dir = self.store_dir();
         let text = ServerConfig {
+            host: "127.0.0.1",
             server_name: &self.options.server_name,
             port: self.port,
             monitor_port: self.monitor_port,
@@ -323,8 +324,8 @@ impl LocalNatsCluster {
                 port: route_port,
                 routes: route_ports
                     .iter()
-                    .copied()
-                    .filter(|&p| p != route_port)
+                    .filter(|&&p| p != route_port)
+                    .map(|p| format!("nats-route://127.0.0.1:{p}"))
                     .collect(),
             };
             let mut node = LocalNats::prepare(member, Some(cluster))?;

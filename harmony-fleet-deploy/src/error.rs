@@ -1,0 +1,102 @@
+//! What goes wrong while deploying fleet components, with what to do about it.
+
+use std::path::PathBuf;
+
+use harmony::interpret::InterpretError;
+
+/// Why a fleet Score could not be made real.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeployError {
+    /// A fleet binary (operator, agent) was not found.
+    #[error(
+        "the `{name}` binary was not found (looked in: {searched}); build it with \
+         `cargo build --release -p {package}` or set {env} to its path"
+    )]
+    MissingBinary {
+        /// Binary name.
+        name: &'static str,
+        /// Cargo package that builds it.
+        package: &'static str,
+        /// Environment variable that overrides the lookup.
+        env: &'static str,
+        /// Where we looked.
+        searched: String,
+    },
+
+    /// A file under the state directory could not be read or written.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+
+    /// A state file exists but is not what this version wrote.
+    #[error(
+        "{path} is unreadable ({reason}); fix or delete it (`harmony-fleet-deploy local down` removes all local state)"
+    )]
+    CorruptState {
+        /// The file.
+        path: PathBuf,
+        /// Why it was rejected.
+        reason: String,
+    },
+
+    /// NATS was not deployed before a component that needs it.
+    #[error(
+        "NATS is not deployed on this topology yet ({path} is missing); run FleetNatsScore \
+         first (`harmony-fleet-deploy local up` runs every Score in order)"
+    )]
+    NatsNotDeployed {
+        /// The endpoint file that was expected.
+        path: PathBuf,
+    },
+
+    /// A device agent was deployed for a device NATS has no user for.
+    #[error(
+        "device `{device}` has no NATS user; add it to FleetNatsScore.devices (or pass it to \
+         `--devices`) and run FleetNatsScore again before its agent"
+    )]
+    DeviceNotEnrolled {
+        /// The device id.
+        device: String,
+    },
+
+    /// A NATS operation failed.
+    #[error("NATS: {context}: {message}")]
+    Nats {
+        /// What was being done.
+        context: String,
+        /// The client's error text.
+        message: String,
+    },
+}
+
+impl DeployError {
+    /// Wraps an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        DeployError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Wraps a NATS client error with what was being done.
+    pub fn nats(context: impl Into<String>, error: impl std::fmt::Display) -> Self {
+        DeployError::Nats {
+            context: context.into(),
+            message: error.to_string(),
+        }
+    }
+}
+
+impl From<DeployError> for InterpretError {
+    fn from(error: DeployError) -> Self {
+        InterpretError::Failed {
+            message: error.to_string(),
+            source: None,
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! Applying the objects of a cluster install and waiting for the workloads they describe.
+//!
+//! Every object a Score applies is built by a pure function (so tests and the Helm chart see
+//! exactly what a deploy applies) and applied here by server-side apply with one field manager.
+
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::time::Duration;
+
+use harmony::interpret::{InterpretError, Outcome};
+use harmony::scores::{ApplyScope, Change, apply_object};
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::api::ListParams;
+use kube::{Api, Resource};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::wait::{self, Poll};
+
+/// Labels every fleet object carries.
+pub fn labels(component: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".to_owned(), component.to_owned()),
+        (
+            "app.kubernetes.io/part-of".to_owned(),
+            crate::PART_OF.to_owned(),
+        ),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            crate::FIELD_MANAGER.to_owned(),
+        ),
+    ])
+}
+
+/// Metadata of a fleet object.
+pub fn meta(name: &str, namespace: Option<&str>, component: &str) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.to_owned()),
+        namespace: namespace.map(str::to_owned),
+        labels: Some(labels(component)),
+        ..ObjectMeta::default()
+    }
+}
+
+/// Accumulates what a series of applies did.
+#[derive(Debug, Default)]
+pub struct Applier {
+    changed: bool,
+    details: Vec<String>,
+}
+
+impl Applier {
+    /// Applies `object` and records the change.
+    pub async fn apply<K>(
+        &mut self,
+        client: &kube::Client,
+        object: &K,
+    ) -> Result<(), InterpretError>
+    where
+        K: Resource + Clone + Debug + Serialize + DeserializeOwned,
+        K::DynamicType: Default,
+        K::Scope: ApplyScope,
+    {
+        let applied = apply_object(client, object, crate::FIELD_MANAGER).await?;
+        if applied.change != Change::Unchanged {
+            self.changed = true;
+        }
+        self.details
+            .push(format!("{} {}", applied.change, applied.description));
+        Ok(())
+    }
+
+    /// Records an outcome of a nested step.
+    pub fn record(&mut self, outcome: &Outcome) {
+        self.changed |= outcome.changed();
+        self.details.push(outcome.message.clone());
+    }
+
+    /// Whether anything changed so far.
+    pub fn changed(&self) -> bool {
+        self.changed
+    }
+
+    /// The outcome: `Success` when anything changed, else `Noop`.
+    pub fn outcome(self, message: impl Into<String>) -> Outcome {
+        let outcome = if self.changed {
+            Outcome::success(message)
+        } else {
+            Outcome::noop(message)
+        };
+        outcome.with_details(self.details)
+    }
+}
+
+/// Why the pods selected by `selector` in `namespace` are not ready, in one line.
+async fn pod_report(client: &kube::Client, namespace: &str, selector: &str) -> String {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    match pods.list(&ListParams::default().labels(selector)).await {
+        Ok(list) if list.items.is_empty() => {
+            "no pods yet (is a controller-manager with the workload controllers running?)".into()
+        }
+        Ok(list) => list
+            .items
+            .iter()
+            .map(|pod| {
+                let name = pod.metadata.name.as_deref().unwrap_or("?");
+                let status = pod.status.as_ref();
+                let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("Unknown");
+                let reason = status
+                    .and_then(|s| s.conditions.as_ref())
+                    .and_then(|c| c.iter().find(|c| c.status != "True"))
+                    .and_then(|c| c.message.clone().or_else(|| c.reason.clone()))
+                    .unwrap_or_else(|| {
+                        if pod
+                            .spec
+                            .as_ref()
+                            .and_then(|s| s.node_name.as_ref())
+                            .is_none()
+                        {
+                            "not scheduled to any node".into()
+                        } else {
+                            String::new()
+                        }
+                    });
+                format!("{name} {phase} {reason}").trim().to_owned()
+            })
+            .collect::<Vec<_>>()
+            .join("; "),
+        Err(e) => format!("pods could not be listed: {e}"),
+    }
+}
+
+/// Waits until the StatefulSet has `replicas` ready pods.
+pub async fn wait_statefulset_ready(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    replicas: i32,
+    selector: &str,
+    deadline: Duration,
+) -> Result<(), InterpretError> {
+    let api: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
+    wait::until(
+        &format!("StatefulSet {namespace}/{name} to have {replicas} ready replica(s)"),
+        deadline,
+        || async {
+            match api.get_opt(name).await {
+                Ok(Some(set)) => {
+                    let ready = set.status.and_then(|s| s.ready_replicas).unwrap_or(0);
+                    if ready >= replicas {
+                        Poll::Ready(())
+                    } else {
+                        Poll::Pending(format!(
+                            "{ready}/{replicas} ready; pods: {}",
+                            pod_report(client, namespace, selector).await
+                        ))
+                    }
+                }
+                Ok(None) => Poll::Pending("the StatefulSet does not exist".into()),
+                Err(e) => Poll::Pending(e.to_string()),
+            }
+        },
+    )
+    .await
+}
+
+/// Waits until the Deployment has all its replicas available.
+pub async fn wait_deployment_available(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    selector: &str,
+    deadline: Duration,
+) -> Result<(), InterpretError> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    wait::until(
+        &format!("Deployment {namespace}/{name} to be available"),
+        deadline,
+        || async {
+            match api.get_opt(name).await {
+                Ok(Some(deployment)) => {
+                    let wanted = deployment.spec.and_then(|s| s.replicas).unwrap_or(1);
+                    let available = deployment
+                        .status
+                        .and_then(|s| s.available_replicas)
+                        .unwrap_or(0);
+                    if available >= wanted {
+                        Poll::Ready(())
+                    } else {
+                        Poll::Pending(format!(
+                            "{available}/{wanted} available; pods: {}",
+                            pod_report(client, namespace, selector).await
+                        ))
+                    }
+                }
+                Ok(None) => Poll::Pending("the Deployment does not exist".into()),
+                Err(e) => Poll::Pending(e.to_string()),
+            }
+        },
+    )
+    .await
+}
+
+/// A label selector string for `labels(component)`'s name label.
+pub fn selector(component: &str) -> String {
+    format!("app.kubernetes.io/name={component}")
+}

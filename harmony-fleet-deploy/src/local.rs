@@ -1,0 +1,233 @@
+//! The local fleet: what `harmony-fleet-deploy local up` installs on `LocalTopology` (and what
+//! the end-to-end suite brings up — the same Scores), and how `down` and `status` find it again.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::Duration;
+
+use harmony::capability::ProcessSupervisor;
+use harmony::local::netns::DeviceNetwork;
+use harmony::score::Score;
+use harmony::topologies::LocalTopology;
+use harmony_fleet_contracts::DeviceId;
+
+use crate::agent::{FleetAgentScore, LocalAgent, local as agent_local};
+use crate::error::DeployError;
+use crate::nats::{FleetNatsScore, NatsReplicas};
+use crate::operator::FleetOperatorScore;
+
+/// One simulated device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalDevice {
+    /// Its id.
+    pub id: DeviceId,
+    /// The labels it reports.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl LocalDevice {
+    /// `local-<n>` with labels `site=local` and `fleet.nationtech.io/device=<id>`.
+    pub fn numbered(n: usize) -> Result<Self, DeployError> {
+        let id: DeviceId = format!("local-{n}")
+            .parse()
+            .map_err(|e| DeployError::CorruptState {
+                path: "--devices".into(),
+                reason: format!("{e}"),
+            })?;
+        let labels = BTreeMap::from([
+            ("site".to_owned(), "local".to_owned()),
+            ("fleet.nationtech.io/device".to_owned(), id.to_string()),
+        ]);
+        Ok(LocalDevice { id, labels })
+    }
+}
+
+/// Everything a local fleet is made of.
+#[derive(Debug, Clone)]
+pub struct LocalFleet {
+    /// Simulated devices, each with its own agent, storage and network.
+    pub devices: Vec<LocalDevice>,
+    /// One NATS server or three.
+    pub nats_replicas: NatsReplicas,
+    /// The operator's settings (dashboard port, heartbeat timeout).
+    pub operator: FleetOperatorScore,
+    /// Agent heartbeat interval.
+    pub heartbeat_interval_secs: u64,
+    /// Per-device network namespaces.
+    pub isolate_network: bool,
+}
+
+impl LocalFleet {
+    /// `devices` numbered devices, one NATS server, no dashboard.
+    pub fn with_devices(devices: usize) -> Result<Self, DeployError> {
+        Ok(LocalFleet {
+            devices: (1..=devices)
+                .map(LocalDevice::numbered)
+                .collect::<Result<_, _>>()?,
+            nats_replicas: NatsReplicas::One,
+            operator: FleetOperatorScore::default(),
+            heartbeat_interval_secs: 10,
+            isolate_network: true,
+        })
+    }
+
+    /// The NATS Score of this fleet.
+    pub fn nats_score(&self) -> FleetNatsScore {
+        FleetNatsScore::new(self.devices.iter().map(|d| d.id.clone()).collect())
+            .with_replicas(self.nats_replicas)
+    }
+
+    /// The agent Score of `device`.
+    pub fn agent_score(&self, device: &LocalDevice) -> FleetAgentScore {
+        let mut score = FleetAgentScore::local(device.id.clone(), device.labels.clone());
+        score.heartbeat_interval_secs = self.heartbeat_interval_secs;
+        score.target = crate::agent::FleetAgentTarget::Local(LocalAgent {
+            isolate_network: self.isolate_network,
+            ..LocalAgent::default()
+        });
+        score
+    }
+
+    /// The Scores, in the order they must run: NATS, operator, one agent per device.
+    pub fn scores(&self) -> Vec<Box<dyn Score<LocalTopology>>> {
+        let mut scores: Vec<Box<dyn Score<LocalTopology>>> =
+            vec![Box::new(self.nats_score()), Box::new(self.operator.clone())];
+        for device in &self.devices {
+            scores.push(Box::new(self.agent_score(device)));
+        }
+        scores
+    }
+}
+
+/// What [`down`] did.
+#[derive(Debug, Default)]
+pub struct DownReport {
+    /// Processes that were running and were stopped.
+    pub stopped: Vec<String>,
+    /// Containers removed from the devices' storages.
+    pub containers_removed: usize,
+    /// Network namespaces deleted.
+    pub networks_deleted: Vec<String>,
+    /// Reserved ports still in use afterwards (should be empty).
+    pub ports_still_busy: Vec<u16>,
+    /// Whether the state directory was removed.
+    pub state_removed: bool,
+}
+
+/// Stops everything `local up` started under `state_dir`: device containers, agents, the
+/// operator, NATS, the control plane; deletes the devices' network namespaces; removes the
+/// state directory unless `keep_state`.
+pub async fn down(state_dir: &Path, keep_state: bool) -> Result<DownReport, DeployError> {
+    let mut report = DownReport::default();
+    if !state_dir.exists() {
+        return Ok(report);
+    }
+    let topology = LocalTopology::new(state_dir, harmony::local::SupervisionMode::Detached)
+        .map_err(|e| {
+            DeployError::io(
+                format!("opening {}", state_dir.display()),
+                std::io::Error::other(e),
+            )
+        })?;
+    let state = topology.state_dir().to_owned();
+    let device_ids = local_device_ids(&state);
+
+    report.stopped = topology
+        .down()
+        .await
+        .map_err(|e| DeployError::io("stopping processes", std::io::Error::other(e)))?;
+
+    for device in &device_ids {
+        if let Ok(podman) = agent_local::device_podman(&state, device) {
+            if let Ok(out) = podman.exec(["ps", "-aq"]).await {
+                report.containers_removed += out.lines().filter(|l| !l.trim().is_empty()).count();
+            }
+            if let Err(e) = podman.exec(["rm", "-af", "-t", "5"]).await {
+                tracing::warn!(%device, error = %e, "removing the device's containers failed");
+            }
+        }
+        let name = agent_local::netns_name(&state, device);
+        if DeviceNetwork::find(&name).await.ok().flatten().is_some() {
+            DeviceNetwork::delete(&name).await.map_err(|e| {
+                DeployError::io(
+                    format!("deleting network namespace {name}"),
+                    std::io::Error::other(e),
+                )
+            })?;
+            report.networks_deleted.push(name);
+        }
+    }
+
+    report.ports_still_busy = reserved_ports(&state)
+        .into_iter()
+        .filter(|&port| !port_free_soon(port))
+        .collect();
+    if !keep_state {
+        // podman's overlay driver bind-mounts its storage onto itself: unmount whatever is
+        // still mounted under the state directory before removing it.
+        unmount_below(&state).await;
+        std::fs::remove_dir_all(&state)
+            .map_err(|e| DeployError::io(format!("removing {}", state.display()), e))?;
+        report.state_removed = true;
+    }
+    Ok(report)
+}
+
+/// Lazily unmounts every mount point below `dir`, deepest first.
+async fn unmount_below(dir: &Path) {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return;
+    };
+    let mut points: Vec<&str> = mounts
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(1))
+        .filter(|point| Path::new(point).starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for point in points {
+        let status = tokio::process::Command::new("umount")
+            .arg("-l")
+            .arg(point)
+            .status()
+            .await;
+        if !status.is_ok_and(|s| s.success()) {
+            tracing::warn!(mount = point, "could not unmount");
+        }
+    }
+}
+
+/// The devices that have a directory under `state_dir`.
+pub fn local_device_ids(state_dir: &Path) -> Vec<DeviceId> {
+    let mut ids: Vec<DeviceId> = std::fs::read_dir(state_dir.join("devices"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+        .collect();
+    ids.sort();
+    ids
+}
+
+/// Every port reserved under `state_dir`.
+pub fn reserved_ports(state_dir: &Path) -> Vec<u16> {
+    std::fs::read(state_dir.join("ports.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<BTreeMap<String, u16>>(&bytes).ok())
+        .map(|ports| ports.into_values().collect())
+        .unwrap_or_default()
+}
+
+/// Whether `port` can be bound, allowing a moment for sockets of just-stopped processes.
+fn port_free_soon(port: u16) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,210 @@
+//! [`FleetNatsScore`] on `LocalTopology`: one or three `nats-server` processes under
+//! `<state>/nats/`, configuration generated from the contract, buckets created by the admin.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use harmony::capability::ProcessSupervisor;
+use harmony::interpret::{InterpretError, Outcome};
+use harmony::local::bins;
+use harmony::local::nats::{ClusterSection, ServerConfig};
+use harmony::local::probe;
+use harmony::local::{ProcessChange, ProcessSpec};
+use harmony::topologies::LocalTopology;
+use harmony_fleet_operator::kv::{BucketChange, ensure_buckets};
+use sha2::{Digest, Sha256};
+
+use super::{FleetNatsScore, NatsEndpoint, auth, local_credentials_path, smoke};
+use crate::credentials::{FleetCredentials, write_private};
+use crate::wait::{self, Poll};
+
+/// The cluster name of a three-node local NATS.
+const CLUSTER_NAME: &str = "harmony-fleet";
+
+/// One server's ports.
+struct Member {
+    name: String,
+    port: u16,
+    monitor_port: u16,
+    route_port: Option<u16>,
+}
+
+/// The process name of member `i` (1-based): what `restart_process`/`stop_process` take.
+pub fn process_name(i: usize) -> String {
+    format!("nats-{i}")
+}
+
+pub(super) async fn deploy(
+    score: &FleetNatsScore,
+    topology: &LocalTopology,
+) -> Result<Outcome, InterpretError> {
+    let state = topology.state_dir().to_owned();
+    let dir = state.join("nats");
+    let (credentials, credentials_changed) =
+        FleetCredentials::load_or_create(&local_credentials_path(&state), &score.devices)?;
+    let auth = auth::auth_config(&credentials);
+    let program = topology
+        .bins()
+        .locate(bins::NATS_SERVER)
+        .map_err(|e| InterpretError::failed(format!("nats-server is not installed: {e}")))?;
+
+    let count = score.replicas.count();
+    let mut members = Vec::with_capacity(count);
+    for i in 1..=count {
+        let name = process_name(i);
+        members.push(Member {
+            port: topology.reserve_port(&name)?,
+            monitor_port: topology.reserve_port(&format!("{name}:monitor"))?,
+            route_port: if count > 1 {
+                Some(topology.reserve_port(&format!("{name}:route"))?)
+            } else {
+                None
+            },
+            name,
+        });
+    }
+
+    let mut details = Vec::new();
+    let mut changed = credentials_changed;
+    for member in &members {
+        let member_dir = dir.join(&member.name);
+        let cluster = member.route_port.map(|port| ClusterSection {
+            name: CLUSTER_NAME.to_owned(),
+            port,
+            routes: members
+                .iter()
+                .filter(|m| m.name != member.name)
+                .filter_map(|m| m.route_port)
+                .map(|p| format!("nats-route://127.0.0.1:{p}"))
+                .collect(),
+        });
+        let store = member_dir.join("jetstream");
+        let text = ServerConfig {
+            server_name: &member.name,
+            host: "127.0.0.1",
+            port: member.port,
+            monitor_port: member.monitor_port,
+            store_dir: &store,
+            cluster: cluster.as_ref(),
+            auth: Some(&auth),
+        }
+        .render()
+        .map_err(|e| InterpretError::failed(format!("rendering the NATS configuration: {e}")))?;
+        let config = member_dir.join("nats.conf");
+        write_private(&config, text.as_bytes())?;
+        // The digest makes a changed configuration (a newly enrolled device) a changed spec,
+        // so the supervisor restarts the server with it.
+        let digest = hex::encode(Sha256::digest(text.as_bytes()));
+        let spec = ProcessSpec::new(&member.name, &program, member_dir.join("nats-server.log"))
+            .arg("--config")
+            .arg(&config)
+            .env("FLEET_NATS_CONFIG_SHA256", digest)
+            .stop_timeout(Duration::from_secs(10));
+        let change = topology.ensure_process(spec).await?;
+        if change != ProcessChange::Unchanged {
+            changed = true;
+            details.push(format!(
+                "{}: {change:?} on port {}",
+                member.name, member.port
+            ));
+        }
+    }
+
+    for member in &members {
+        wait_healthy(topology, member, count, score.smoke_timeout).await?;
+    }
+
+    let endpoint = NatsEndpoint {
+        urls: members
+            .iter()
+            .map(|m| format!("nats://127.0.0.1:{}", m.port))
+            .collect(),
+    };
+    let admin = smoke::connect(&endpoint.urls, &credentials.admin, Default::default()).await?;
+    let js = async_nats::jetstream::new(admin);
+    let buckets = wait::until(
+        "the fleet buckets to be created",
+        score.smoke_timeout,
+        || {
+            let js = js.clone();
+            async move {
+                match ensure_buckets(&js, count).await {
+                    Ok(changes) => Poll::Ready(changes),
+                    // A fresh cluster answers "insufficient resources" until its meta leader is
+                    // elected: retry within the deadline.
+                    Err(e) => Poll::Pending(e.to_string()),
+                }
+            }
+        },
+    )
+    .await?;
+    for (bucket, change) in buckets {
+        if change != BucketChange::Unchanged {
+            changed = true;
+            details.push(format!("bucket {bucket}: {change:?} ({count} replica(s))"));
+        }
+    }
+    let endpoint_json = serde_json::to_vec_pretty(&endpoint).unwrap_or_default();
+    write_private(&NatsEndpoint::local_path(&state), &endpoint_json)?;
+
+    smoke::kv_round_trip(&endpoint.urls, &credentials.operator).await?;
+    if let Some((device, _)) = credentials.devices.iter().next()
+        && let Some(login) = credentials.device(device)
+    {
+        smoke::device_is_isolated(&endpoint.urls, device, &login).await?;
+    }
+
+    let message = format!(
+        "NATS at {} ({} device user(s)); KV round trip ok, cross-device read refused",
+        endpoint.urls.join(","),
+        credentials.devices.len()
+    );
+    Ok(if changed {
+        Outcome::success(message).with_details(details)
+    } else {
+        Outcome::noop(message)
+    })
+}
+
+async fn wait_healthy(
+    topology: &LocalTopology,
+    member: &Member,
+    count: usize,
+    deadline: Duration,
+) -> Result<(), InterpretError> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], member.monitor_port));
+    // A lone server only has to enable JetStream; cluster members must also be current.
+    let path = if count == 1 {
+        "/healthz?js-enabled-only=true"
+    } else {
+        "/healthz"
+    };
+    let name = member.name.clone();
+    wait::until(
+        &format!("{name} to report healthy ({path})"),
+        deadline,
+        || {
+            let name = name.clone();
+            async move {
+                match topology.process_status(&name) {
+                    Some(status) if !status.running => {
+                        return Poll::Failed(format!(
+                            "{name} exited; see {}:\n{}",
+                            status.log_file.display(),
+                            harmony::local::process::log_tail(&status.log_file, 20)
+                        ));
+                    }
+                    _ => {}
+                }
+                match probe::http_get(addr, path, Duration::from_secs(2)).await {
+                    Ok(response) if response.status == 200 => Poll::Ready(()),
+                    Ok(response) => {
+                        Poll::Pending(format!("{}: {}", response.status, response.body))
+                    }
+                    Err(e) => Poll::Pending(e),
+                }
+            }
+        },
+    )
+    .await
+}

@@ -1,0 +1,127 @@
+//! Proof that a fleet NATS works: the operator can round-trip a value through KV, and a device
+//! is refused another device's key (while its own key is answered, so the refusal is the
+//! permission and not a broken login).
+
+use std::time::Duration;
+
+use async_nats::jetstream;
+use async_nats::{ConnectOptions, Event};
+use bytes::Bytes;
+use harmony_fleet_contracts::buckets::DESIRED_STATE;
+use harmony_fleet_contracts::{DeviceId, device_inbox_prefix, jetstream as js_api};
+use tokio::sync::mpsc;
+
+use crate::credentials::Login;
+use crate::error::DeployError;
+
+/// Connects to `urls` as `login`, retrying until `deadline` (a server that just started may
+/// still be electing its JetStream leader).
+pub async fn connect(
+    urls: &[String],
+    login: &Login,
+    options: ConnectOptions,
+) -> Result<async_nats::Client, DeployError> {
+    let addrs = urls.join(",");
+    options
+        .user_and_password(login.user.clone(), login.password.clone())
+        .connection_timeout(Duration::from_secs(5))
+        .connect(addrs.as_str())
+        .await
+        .map_err(|e| DeployError::nats(format!("connecting to {addrs} as {}", login.user), e))
+}
+
+/// Puts, reads back and deletes a key in `desired-state` as `operator`.
+pub async fn kv_round_trip(urls: &[String], operator: &Login) -> Result<(), DeployError> {
+    let client = connect(urls, operator, ConnectOptions::new()).await?;
+    let js = jetstream::new(client);
+    let kv = js
+        .get_key_value(DESIRED_STATE)
+        .await
+        .map_err(|e| DeployError::nats(format!("opening bucket {DESIRED_STATE}"), e))?;
+    let key = "harmony-smoke.round-trip";
+    let value = Bytes::from(format!("{}", jiff::Timestamp::now()));
+    kv.put(key, value.clone())
+        .await
+        .map_err(|e| DeployError::nats(format!("putting {key}"), e))?;
+    let read = kv
+        .get(key)
+        .await
+        .map_err(|e| DeployError::nats(format!("reading {key}"), e))?;
+    kv.delete(key)
+        .await
+        .map_err(|e| DeployError::nats(format!("deleting {key}"), e))?;
+    if read.as_ref() != Some(&value) {
+        return Err(DeployError::nats(
+            format!("round trip of {key}"),
+            format!("read back {read:?}, wrote {value:?}"),
+        ));
+    }
+    Ok(())
+}
+
+/// As `device`, reads its own `desired-state` key (must be answered) and another device's
+/// (must be refused by the server with a permissions violation).
+pub async fn device_is_isolated(
+    urls: &[String],
+    device: &DeviceId,
+    login: &Login,
+) -> Result<(), DeployError> {
+    let (tx, mut violations) = mpsc::unbounded_channel();
+    let options = ConnectOptions::new()
+        .custom_inbox_prefix(device_inbox_prefix(device))
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                if let Event::ServerError(error) = event {
+                    let _ = tx.send(error.to_string());
+                }
+            }
+        });
+    let client = connect(urls, login, options).await?;
+
+    let own = js_api::direct_get(DESIRED_STATE, &format!("{}.harmony-smoke", device.as_str()));
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        client.request(own.clone(), Bytes::new()),
+    )
+    .await
+    .map_err(|_| {
+        DeployError::nats(
+            format!("reading own key as {device}"),
+            "no answer within 5s",
+        )
+    })?
+    .map_err(|e| DeployError::nats(format!("reading own key ({own}) as {device}"), e))?;
+
+    let other_device: DeviceId = "harmony-smoke-other"
+        .parse()
+        .map_err(|e| DeployError::nats("building the other device id", e))?;
+    let other = js_api::direct_get(
+        DESIRED_STATE,
+        &format!("{}.harmony-smoke", other_device.as_str()),
+    );
+    let _ = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.request(other.clone(), Bytes::new()),
+    )
+    .await;
+    let seen = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(message) = violations.recv().await {
+            if message.to_lowercase().contains("permissions violation") && message.contains(&other)
+            {
+                return Some(message);
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten();
+    match seen {
+        Some(_) => Ok(()),
+        None => Err(DeployError::nats(
+            format!("checking that {device} cannot read {other}"),
+            "the server did not refuse it: device permissions are not applied",
+        )),
+    }
+}

@@ -1,0 +1,127 @@
+//! [`FleetOperatorScore`]: the CRDs (generated from the operator's Rust types), its service
+//! account and least-privilege RBAC, the NATS credentials Secret, and the operator itself —
+//! a local process on `LocalTopology`, a Deployment on a cluster — ready when its `/readyz`
+//! says `Converged`.
+//!
+//! - [`objects`]: every Kubernetes object, built from the Score (one source of truth for the
+//!   cluster install, the local install and the Helm chart).
+//! - [`helm`]: the Helm chart generated from those objects.
+//! - [`local`] / [`cluster`]: the two interprets.
+
+pub mod cluster;
+pub mod helm;
+pub mod local;
+pub mod objects;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use harmony::interpret::{Interpret, InterpretError, InterpretStatus, Outcome, StatusCell};
+use harmony::inventory::Inventory;
+use harmony::score::Score;
+use harmony::topologies::{K8sAnywhereTopology, LocalTopology};
+use serde::Serialize;
+
+/// The operator of a fleet.
+#[derive(Debug, Clone, Serialize)]
+pub struct FleetOperatorScore {
+    /// Namespace of its service account, Secret and (in a cluster) Deployment.
+    pub namespace: String,
+    /// Cluster only: the operator image.
+    pub image: String,
+    /// Only reconcile Deployments of this namespace (default: every namespace).
+    pub watch_namespace: Option<String>,
+    /// A device is offline when its last heartbeat is older than this.
+    pub heartbeat_timeout_secs: u64,
+    /// Serve the web dashboard on this port (local: on 127.0.0.1; needs an operator built with
+    /// the `web-frontend` feature).
+    pub dashboard_port: Option<u16>,
+    /// How long the operator may take to report `Converged`.
+    pub smoke_timeout: Duration,
+}
+
+impl Default for FleetOperatorScore {
+    fn default() -> Self {
+        FleetOperatorScore {
+            namespace: crate::DEFAULT_NAMESPACE.to_owned(),
+            image: "localhost/harmony-fleet-operator:latest".to_owned(),
+            watch_namespace: None,
+            heartbeat_timeout_secs: 90,
+            dashboard_port: None,
+            smoke_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+struct FleetOperatorInterpret {
+    score: FleetOperatorScore,
+    status: StatusCell,
+}
+
+impl Score<LocalTopology> for FleetOperatorScore {
+    fn name(&self) -> String {
+        "FleetOperatorScore (local process)".to_owned()
+    }
+
+    fn create_interpret(&self) -> Box<dyn Interpret<LocalTopology>> {
+        Box::new(FleetOperatorInterpret {
+            score: self.clone(),
+            status: StatusCell::default(),
+        })
+    }
+}
+
+impl Score<K8sAnywhereTopology> for FleetOperatorScore {
+    fn name(&self) -> String {
+        format!("FleetOperatorScore (Deployment in {})", self.namespace)
+    }
+
+    fn create_interpret(&self) -> Box<dyn Interpret<K8sAnywhereTopology>> {
+        Box::new(FleetOperatorInterpret {
+            score: self.clone(),
+            status: StatusCell::default(),
+        })
+    }
+}
+
+#[async_trait]
+impl Interpret<LocalTopology> for FleetOperatorInterpret {
+    async fn execute(
+        &self,
+        inventory: &Inventory,
+        topology: &LocalTopology,
+    ) -> Result<Outcome, InterpretError> {
+        self.status
+            .track(local::deploy(&self.score, inventory, topology))
+            .await
+    }
+
+    fn name(&self) -> String {
+        Score::<LocalTopology>::name(&self.score)
+    }
+
+    fn status(&self) -> InterpretStatus {
+        self.status.get()
+    }
+}
+
+#[async_trait]
+impl Interpret<K8sAnywhereTopology> for FleetOperatorInterpret {
+    async fn execute(
+        &self,
+        inventory: &Inventory,
+        topology: &K8sAnywhereTopology,
+    ) -> Result<Outcome, InterpretError> {
+        self.status
+            .track(cluster::deploy(&self.score, inventory, topology))
+            .await
+    }
+
+    fn name(&self) -> String {
+        Score::<K8sAnywhereTopology>::name(&self.score)
+    }
+
+    fn status(&self) -> InterpretStatus {
+        self.status.get()
+    }
+}
