@@ -147,6 +147,13 @@ pub async fn down(state_dir: &Path, keep_state: bool) -> Result<DownReport, Depl
                 tracing::warn!(%device, error = %e, "removing the device's containers failed");
             }
         }
+        let run_dir = agent_local::device_run_dir(&state, device);
+        unmount_below(&run_dir).await;
+        if let Err(e) = std::fs::remove_dir_all(&run_dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %run_dir.display(), error = %e, "could not remove");
+        }
         let name = agent_local::netns_name(&state, device);
         if DeviceNetwork::find(&name).await.ok().flatten().is_some() {
             DeviceNetwork::delete(&name).await.map_err(|e| {
@@ -194,6 +201,38 @@ async fn unmount_below(dir: &Path) {
         if !status.is_ok_and(|s| s.success()) {
             tracing::warn!(mount = point, "could not unmount");
         }
+    }
+}
+
+/// Runs [`down`] when dropped — for tests and harnesses whose fleet must not outlive them
+/// (device networks and container storage are not tied to any process). Runs on its own
+/// thread and runtime, so it works from any context, including a panicking test.
+#[derive(Debug)]
+pub struct DownOnDrop {
+    /// The fleet's state directory.
+    pub state_dir: std::path::PathBuf,
+    /// Keep the directory (logs) after stopping.
+    pub keep_state: bool,
+}
+
+impl Drop for DownOnDrop {
+    fn drop(&mut self) {
+        let state_dir = self.state_dir.clone();
+        let keep_state = self.keep_state;
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            match runtime {
+                Ok(runtime) => {
+                    if let Err(e) = runtime.block_on(down(&state_dir, keep_state)) {
+                        tracing::warn!(error = %e, "cleaning up the local fleet failed");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "no runtime to clean up the local fleet"),
+            }
+        });
+        let _ = cleanup.join();
     }
 }
 

@@ -46,13 +46,38 @@ pub fn netns_name(state_dir: &Path, device: &DeviceId) -> String {
     name
 }
 
+/// Where a local device's podman keeps runtime state (`runroot`, `tmpdir`): under `/run`
+/// (tmpfs, cleared at boot, as podman expects) and short, because podman refuses a runroot
+/// longer than 50 characters. Named by a digest of the state directory and device id.
+pub fn device_run_dir(state_dir: &Path, device: &DeviceId) -> PathBuf {
+    let mut hasher = Sha256::new();
+    hasher.update(state_dir.as_os_str().as_encoded_bytes());
+    hasher.update(b"/");
+    hasher.update(device.as_str().as_bytes());
+    let digest = hex::encode(hasher.finalize());
+    PathBuf::from("/run/harmony-fleet").join(&digest[..12])
+}
+
+/// `root`, `runroot` and `tmpdir` of a local device's own podman storage.
+pub fn device_podman_dirs(state_dir: &Path, device: &DeviceId) -> [(&'static str, PathBuf); 3] {
+    let run = device_run_dir(state_dir, device);
+    [
+        (
+            "root",
+            device_dir(state_dir, device).join("podman").join("root"),
+        ),
+        ("runroot", run.join("runroot")),
+        ("tmpdir", run.join("tmp")),
+    ]
+}
+
 /// The podman handle of a local device's own storage (what its agent uses).
 pub fn device_podman(state_dir: &Path, device: &DeviceId) -> Result<Podman, InterpretError> {
-    let dir = device_dir(state_dir, device).join("podman");
+    let [(_, root), (_, runroot), (_, tmpdir)] = device_podman_dirs(state_dir, device);
     let podman = Podman::new()
         .map_err(|e| InterpretError::failed(format!("podman is not usable: {e}")))?
-        .with_storage(dir.join("root"), dir.join("runroot"))
-        .with_tmpdir(dir.join("tmp"));
+        .with_storage(root, runroot)
+        .with_tmpdir(tmpdir);
     Ok(podman)
 }
 
@@ -71,14 +96,9 @@ pub(super) async fn deploy(
             device: device.to_string(),
         })?;
     let dir = device_dir(&state, device);
-    let podman_dir = dir.join("podman");
     let mut details = Vec::new();
 
-    let mut podman_settings = BTreeMap::from([
-        ("root", podman_dir.join("root")),
-        ("runroot", podman_dir.join("runroot")),
-        ("tmpdir", podman_dir.join("tmp")),
-    ]);
+    let mut podman_settings = BTreeMap::from(device_podman_dirs(&state, device));
     let podman = device_podman(&state, device)?;
     podman_settings.insert("containers_conf", podman.containers_conf().to_owned());
     let network = if local.isolate_network {

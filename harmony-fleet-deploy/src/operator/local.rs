@@ -4,7 +4,7 @@
 //! the RBAC is sufficient — a missing rule fails here, not first in production.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use harmony::capability::{K8sClient, ProcessSupervisor};
@@ -165,7 +165,7 @@ async fn write_service_account_kubeconfig(
     client: &kube::Client,
     score: &FleetOperatorScore,
     admin: &Path,
-    out: &PathBuf,
+    out: &Path,
 ) -> Result<(), InterpretError> {
     let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), &score.namespace);
     let request = TokenRequest {

@@ -1,0 +1,105 @@
+//! Every fleet Score against `LocalTopology` — a real local control plane, nats-server,
+//! operator and agent processes — and the errors a user meets first.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use harmony::capability::ProcessSupervisor;
+use harmony::interpret::{InterpretError, Outcome, OutcomeStatus};
+use harmony::inventory::Inventory;
+use harmony::local::SupervisionMode;
+use harmony::score::Score;
+use harmony::topologies::LocalTopology;
+use harmony::topology::Topology;
+use harmony_fleet_deploy::local::{DownOnDrop, LocalFleet};
+use harmony_fleet_deploy::nats::FleetNatsScore;
+
+async fn run(
+    score: &dyn Score<LocalTopology>,
+    topology: &LocalTopology,
+) -> Result<Outcome, InterpretError> {
+    score
+        .create_interpret()
+        .execute(&Inventory::new("test"), topology)
+        .await
+}
+
+fn fleet(devices: usize) -> LocalFleet {
+    let mut fleet = LocalFleet::with_devices(devices).expect("fleet");
+    fleet.heartbeat_interval_secs = 2;
+    fleet.operator.smoke_timeout = Duration::from_secs(60);
+    fleet
+}
+
+#[tokio::test]
+async fn every_local_score_converges_and_a_second_run_changes_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let _cleanup = DownOnDrop {
+        state_dir: dir.path().to_owned(),
+        keep_state: false,
+    };
+    let topology = LocalTopology::new(dir.path(), SupervisionMode::Owned).expect("topology");
+    topology.ensure_ready().await.expect("control plane");
+    let fleet = fleet(2);
+    for score in fleet.scores() {
+        let outcome = run(score.as_ref(), &topology)
+            .await
+            .unwrap_or_else(|e| panic!("{} failed: {}", score.name(), e.chain()));
+        assert_eq!(
+            outcome.status,
+            OutcomeStatus::Success,
+            "{}: {outcome:?}",
+            score.name()
+        );
+    }
+    for score in fleet.scores() {
+        let outcome = run(score.as_ref(), &topology)
+            .await
+            .unwrap_or_else(|e| panic!("second run of {} failed: {}", score.name(), e.chain()));
+        assert_eq!(
+            outcome.status,
+            OutcomeStatus::Noop,
+            "second run of {} changed something: {outcome:?}",
+            score.name()
+        );
+    }
+    for device in &fleet.devices {
+        let name = harmony_fleet_deploy::agent::local::process_name(&device.id);
+        assert!(
+            topology.process_status(&name).is_some_and(|s| s.running),
+            "{name} runs"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_busy_port_is_an_error_naming_the_fix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let topology = LocalTopology::new(dir.path(), SupervisionMode::Owned).expect("topology");
+    let holder = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = holder.local_addr().expect("addr").port();
+    std::fs::write(
+        topology.state_dir().join("ports.json"),
+        format!("{{\"nats-1\": {port}}}"),
+    )
+    .expect("write ports");
+    let err = run(&FleetNatsScore::new(vec![]), &topology)
+        .await
+        .expect_err("port is busy")
+        .chain();
+    assert!(err.contains(&port.to_string()), "{err}");
+    assert!(err.contains("harmony-fleet-deploy local down"), "{err}");
+}
+
+#[tokio::test]
+async fn components_deployed_before_nats_say_to_deploy_nats_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let topology = LocalTopology::new(dir.path(), SupervisionMode::Owned).expect("topology");
+    let fleet = fleet(1);
+    let agent = fleet.agent_score(&fleet.devices[0]);
+    let err = run(&agent, &topology)
+        .await
+        .expect_err("no NATS yet")
+        .chain();
+    assert!(err.contains("run FleetNatsScore first"), "{err}");
+}
