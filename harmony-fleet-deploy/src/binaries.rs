@@ -25,6 +25,13 @@ pub const OPERATOR: FleetBinary = FleetBinary {
     env: "HARMONY_FLEET_OPERATOR_BIN",
 };
 
+/// `harmony-fleet-deploy`.
+pub const DEPLOY: FleetBinary = FleetBinary {
+    name: "harmony-fleet-deploy",
+    package: "harmony-fleet-deploy",
+    env: "HARMONY_FLEET_DEPLOY_BIN",
+};
+
 /// `fleet-agent`.
 pub const AGENT: FleetBinary = FleetBinary {
     name: "fleet-agent",

@@ -1,4 +1,21 @@
-//! End-to-end harness for harmony fleet.
+//! End-to-end harness: the fleet brought up on `LocalTopology` with the *production* Scores
+//! (the ones `harmony-fleet-deploy local up` runs), once per test binary, with real
+//! kube-apiserver, nats-server, operator and agent processes and real podman.
 //!
-//! Will hold (issue 7): bring-up of the whole stack with the production Scores once per test
-//! binary, a fresh `e2e-<8 hex>` namespace per test, and helpers that wait with deadlines.
+//! - [`stack`]: [`Stack`] — bring-up (once, [`stack::shared`]), clients, and the faults tests
+//!   inject (stop/restart NATS, operator, agents; relabel a device).
+//! - [`namespace`]: [`TestNamespace`] — an `e2e-<8 hex>` namespace per test, deleted on drop.
+//! - [`fleetdep`]: building and applying fleet `Deployment`s, reading their status.
+//! - [`wait`]: polling with a deadline that says what it waited for.
+//!
+//! Bring-up runs on a runtime of its own that lives as long as the test binary: each
+//! `#[tokio::test]` has its own runtime, and clients (kube, NATS) must outlive the test that
+//! first asked for the stack.
+
+pub mod fleetdep;
+pub mod namespace;
+pub mod stack;
+pub mod wait;
+
+pub use namespace::TestNamespace;
+pub use stack::Stack;

@@ -21,13 +21,18 @@ pub async fn connect(
     login: &Login,
     options: ConnectOptions,
 ) -> Result<async_nats::Client, DeployError> {
-    let addrs = urls.join(",");
+    let joined = urls.join(",");
+    let addrs = urls
+        .iter()
+        .map(|url| url.parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| DeployError::nats(format!("parsing the NATS URLs {joined}"), e))?;
     options
         .user_and_password(login.user.clone(), login.password.clone())
         .connection_timeout(Duration::from_secs(5))
-        .connect(addrs.as_str())
+        .connect(addrs.as_slice())
         .await
-        .map_err(|e| DeployError::nats(format!("connecting to {addrs} as {}", login.user), e))
+        .map_err(|e| DeployError::nats(format!("connecting to {joined} as {}", login.user), e))
 }
 
 /// Puts, reads back and deletes a key in `desired-state` as `operator`.

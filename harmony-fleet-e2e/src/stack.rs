@@ -1,0 +1,382 @@
+//! [`Stack`]: one fleet per test binary, brought up with the production Scores on
+//! `LocalTopology` — local control plane, NATS, the operator, N device agents, each device
+//! with its own podman storage and network namespace — and the handles tests use on it.
+//!
+//! Leftovers of an earlier run of the same test binary (processes, containers, device
+//! networks, state) are pruned before bring-up; stale `e2e-*` namespaces too.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, kv};
+use futures::TryStreamExt as _;
+use harmony::capability::{K8sClient, ProcessSupervisor};
+use harmony::interpret::Outcome;
+use harmony::inventory::Inventory;
+use harmony::local::netns::DeviceNetwork;
+use harmony::local::podman::ContainerSummary;
+use harmony::local::{SupervisionMode, probe};
+use harmony::score::Score;
+use harmony::topologies::LocalTopology;
+use harmony::topology::Topology;
+use harmony_fleet_agent::runtime::LABEL_DEPLOYMENT;
+use harmony_fleet_contracts::DeviceId;
+use harmony_fleet_contracts::buckets::DESIRED_STATE;
+use harmony_fleet_deploy::agent::local as agent_local;
+use harmony_fleet_deploy::credentials::FleetCredentials;
+use harmony_fleet_deploy::local::{self, LocalDevice, LocalFleet};
+use harmony_fleet_deploy::nats::{NatsEndpoint, NatsReplicas, local_credentials_path, smoke};
+use harmony_fleet_operator::commands::CommandsClient;
+use tokio::sync::{OnceCell, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use crate::namespace::{self, TestNamespace};
+
+/// What a test binary's stack is made of.
+#[derive(Debug, Clone, Copy)]
+pub struct StackOptions {
+    /// Names the state directory (one per test binary, so binaries never share one).
+    pub name: &'static str,
+    /// Number of device agents (`local-1` …).
+    pub devices: usize,
+    /// One NATS server or a three-node cluster.
+    pub nats_replicas: NatsReplicas,
+}
+
+/// The running fleet and the handles tests use.
+pub struct Stack {
+    topology: LocalTopology,
+    /// The fleet description the Scores came from.
+    pub fleet: LocalFleet,
+    /// Where everything lives (logs included).
+    pub state_dir: PathBuf,
+    /// Admin client of the local control plane.
+    pub kube: kube::Client,
+    /// Admin NATS client.
+    pub nats: async_nats::Client,
+    /// NATS identities.
+    pub credentials: FleetCredentials,
+    /// NATS URLs.
+    pub endpoint: NatsEndpoint,
+    /// How long bring-up took.
+    pub bring_up: Duration,
+    faults: RwLock<()>,
+}
+
+/// The runtime bring-up and the stack's clients live on, for the whole test binary.
+static RUNTIME: LazyLock<tokio::runtime::Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("e2e-stack")
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| panic!("the e2e stack runtime could not start: {e}"))
+});
+
+static STACK: OnceCell<Stack> = OnceCell::const_new();
+
+/// The stack of this test binary, brought up on first use.
+pub async fn shared(options: StackOptions) -> &'static Stack {
+    STACK
+        .get_or_init(|| async move {
+            let handle = RUNTIME.spawn(Stack::bring_up(options));
+            match handle.await {
+                Ok(Ok(stack)) => stack,
+                Ok(Err(e)) => panic!("e2e bring-up failed: {e:#}"),
+                Err(e) => panic!("e2e bring-up panicked: {e}"),
+            }
+        })
+        .await
+}
+
+fn labels_for(device: &LocalDevice, index: usize) -> BTreeMap<String, String> {
+    let mut labels = device.labels.clone();
+    labels.insert("site".into(), "e2e".into());
+    labels.insert("tier".into(), if index < 2 { "a" } else { "b" }.into());
+    labels
+}
+
+impl Stack {
+    async fn bring_up(options: StackOptions) -> anyhow::Result<Stack> {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn,kube_client::client::builder=off".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        let started = Instant::now();
+        let state_dir = std::env::temp_dir()
+            .join("harmony-fleet-e2e")
+            .join(options.name);
+        if state_dir.exists() {
+            let report = local::down(&state_dir, false)
+                .await
+                .context("pruning the previous run's leftovers")?;
+            eprintln!(
+                "e2e: pruned a previous run (stopped {:?}, {} container(s), {} network(s))",
+                report.stopped,
+                report.containers_removed,
+                report.networks_deleted.len()
+            );
+        }
+        let topology = LocalTopology::new(&state_dir, SupervisionMode::Owned)?;
+        spawn_reaper(topology.state_dir());
+        topology
+            .ensure_ready()
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
+        let control_plane = started.elapsed();
+
+        let mut fleet = LocalFleet::with_devices(options.devices)?;
+        fleet.nats_replicas = options.nats_replicas;
+        fleet.heartbeat_interval_secs = 2;
+        fleet.operator.heartbeat_timeout_secs = 8;
+        for (index, device) in fleet.devices.iter_mut().enumerate() {
+            device.labels = labels_for(device, index);
+        }
+        for score in fleet.scores() {
+            run(score.as_ref(), &topology).await?;
+        }
+        let kube = topology
+            .k8s_client()
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
+        let pruned = namespace::prune(&kube).await?;
+        let state = topology.state_dir().to_owned();
+        let endpoint = NatsEndpoint::load_local(&state)?;
+        let (credentials, _) =
+            FleetCredentials::load_or_create(&local_credentials_path(&state), &[])?;
+        let nats = smoke::connect(&endpoint.urls, &credentials.admin, Default::default()).await?;
+        let bring_up = started.elapsed();
+        eprintln!(
+            "e2e: {} up in {:.1}s (control plane {:.1}s, {} device(s), {} NATS server(s), {pruned} stale namespace(s) pruned); state and logs in {}",
+            options.name,
+            bring_up.as_secs_f64(),
+            control_plane.as_secs_f64(),
+            options.devices,
+            options.nats_replicas.count(),
+            state.display()
+        );
+        Ok(Stack {
+            topology,
+            fleet,
+            state_dir: state,
+            kube,
+            nats,
+            credentials,
+            endpoint,
+            bring_up,
+            faults: RwLock::new(()),
+        })
+    }
+
+    /// The topology (to run Scores or inspect processes).
+    pub fn topology(&self) -> &LocalTopology {
+        &self.topology
+    }
+
+    /// Held by tests that only observe: many at once, never during a fault test.
+    pub async fn shared_access(&self) -> RwLockReadGuard<'_, ()> {
+        self.faults.read().await
+    }
+
+    /// Held by tests that break things (stop NATS, the operator, an agent; relabel).
+    pub async fn exclusive_access(&self) -> RwLockWriteGuard<'_, ()> {
+        self.faults.write().await
+    }
+
+    /// A fresh `e2e-<8 hex>` namespace for one test.
+    pub async fn namespace(&self) -> anyhow::Result<TestNamespace> {
+        TestNamespace::create(self.kube.clone(), RUNTIME.handle().clone()).await
+    }
+
+    /// Device `local-<n>` (1-based).
+    pub fn device(&self, n: usize) -> &LocalDevice {
+        &self.fleet.devices[n - 1]
+    }
+
+    /// The commands client, as the operator uses it.
+    pub fn commands(&self) -> CommandsClient {
+        CommandsClient::new(self.nats.clone()).with_timeout(Duration::from_secs(5))
+    }
+
+    /// The device's own address (its network namespace's end of the link).
+    pub async fn device_address(&self, device: &DeviceId) -> anyhow::Result<Ipv4Addr> {
+        let name = agent_local::netns_name(&self.state_dir, device);
+        DeviceNetwork::find(&name)
+            .await?
+            .map(|n| n.device_address)
+            .ok_or_else(|| anyhow::anyhow!("device {device} has no network namespace {name}"))
+    }
+
+    /// GET `/` on the device's address and `port`: the body, or why not.
+    pub async fn http(&self, device: &DeviceId, port: u16) -> Result<String, String> {
+        let address = self
+            .device_address(device)
+            .await
+            .map_err(|e| e.to_string())?;
+        let response = probe::http_get(
+            SocketAddr::from((address, port)),
+            "/",
+            Duration::from_secs(2),
+        )
+        .await?;
+        if response.status == 200 {
+            Ok(response.body.trim().to_owned())
+        } else {
+            Err(format!("HTTP {}", response.status))
+        }
+    }
+
+    /// Running containers of `deployment` in the device's own podman storage.
+    pub async fn running_containers(
+        &self,
+        device: &DeviceId,
+        deployment: &str,
+    ) -> Result<Vec<ContainerSummary>, String> {
+        let podman =
+            agent_local::device_podman(&self.state_dir, device).map_err(|e| e.to_string())?;
+        let all = podman
+            .ps_by_label(LABEL_DEPLOYMENT, deployment)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(all
+            .into_iter()
+            .filter(|c| c.state.eq_ignore_ascii_case("running"))
+            .collect())
+    }
+
+    /// The `desired-state` bucket.
+    pub async fn desired(&self) -> anyhow::Result<kv::Store> {
+        Ok(jetstream::new(self.nats.clone())
+            .get_key_value(DESIRED_STATE)
+            .await?)
+    }
+
+    /// Every `desired-state` key of `deployment`.
+    pub async fn desired_keys(&self, deployment: &str) -> anyhow::Result<BTreeSet<String>> {
+        let store = self.desired().await?;
+        let keys: Vec<String> = store.keys().await?.try_collect().await?;
+        Ok(keys
+            .into_iter()
+            .filter(|k| k.rsplit_once('.').is_some_and(|(_, d)| d == deployment))
+            .collect())
+    }
+
+    /// Runs a Score on the stack's topology.
+    pub async fn run(&self, score: &dyn Score<LocalTopology>) -> anyhow::Result<Outcome> {
+        run(score, &self.topology).await
+    }
+
+    /// Stops a device's agent (its containers keep running, as on a real device).
+    pub async fn stop_agent(&self, device: &DeviceId) -> anyhow::Result<()> {
+        self.topology
+            .stop_process(&agent_local::process_name(device))
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
+        Ok(())
+    }
+
+    /// (Re)starts a device's agent with `labels` (the stack's labels when `None`) through its
+    /// Score, which waits for a fresh heartbeat.
+    pub async fn start_agent(
+        &self,
+        device: &DeviceId,
+        labels: Option<BTreeMap<String, String>>,
+    ) -> anyhow::Result<()> {
+        let known = self
+            .fleet
+            .devices
+            .iter()
+            .find(|d| &d.id == device)
+            .ok_or_else(|| anyhow::anyhow!("no device {device} in this stack"))?;
+        let mut score = self.fleet.agent_score(known);
+        if let Some(labels) = labels {
+            score.labels = labels;
+        }
+        self.run(&score).await.map(|_| ())
+    }
+
+    /// Restarts NATS member `i` (1-based) on the same port and store, then re-runs the NATS
+    /// Score, which waits until it is healthy and round-trips a value.
+    pub async fn restart_nats(&self, i: usize) -> anyhow::Result<()> {
+        let name = harmony_fleet_deploy::nats::local::process_name(i);
+        self.topology
+            .restart_process(&name)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
+        self.run(&self.fleet.nats_score()).await.map(|_| ())
+    }
+
+    /// Stops NATS member `i` (1-based).
+    pub async fn stop_nats(&self, i: usize) -> anyhow::Result<()> {
+        let name = harmony_fleet_deploy::nats::local::process_name(i);
+        self.topology
+            .stop_process(&name)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
+        Ok(())
+    }
+
+    /// Stops the operator.
+    pub async fn stop_operator(&self) -> anyhow::Result<()> {
+        self.topology
+            .stop_process(harmony_fleet_deploy::operator::local::PROCESS)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
+        Ok(())
+    }
+
+    /// Starts the operator through its Score (waits for `/readyz` Converged).
+    pub async fn start_operator(&self) -> anyhow::Result<()> {
+        self.run(&self.fleet.operator).await.map(|_| ())
+    }
+}
+
+async fn run(
+    score: &dyn Score<LocalTopology>,
+    topology: &LocalTopology,
+) -> anyhow::Result<Outcome> {
+    score
+        .create_interpret()
+        .execute(&Inventory::new("e2e"), topology)
+        .await
+        .map_err(|e| anyhow::anyhow!("{} failed: {}", score.name(), e.chain()))
+}
+
+/// The stack lives in a `static` and is never dropped: its processes die with the test binary
+/// (parent-death signal), but device containers, networks and podman state do not. A small
+/// detached watcher waits for this process to exit and then runs `harmony-fleet-deploy local
+/// down --keep-state` on the state directory (logs stay for inspection; the next run prunes
+/// them).
+fn spawn_reaper(state_dir: &std::path::Path) {
+    use std::os::unix::process::CommandExt as _;
+    let deploy = match harmony_fleet_deploy::binaries::DEPLOY.locate() {
+        Ok(deploy) => deploy,
+        Err(e) => {
+            eprintln!("e2e: no cleanup after exit ({e}); the next run prunes the leftovers");
+            return;
+        }
+    };
+    let script =
+        r#"tail --pid="$1" -f /dev/null; exec "$2" local down --keep-state --state-dir "$3""#;
+    let spawned = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .arg("reaper")
+        .arg(std::process::id().to_string())
+        .arg(deploy)
+        .arg(state_dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn();
+    if let Err(e) = spawned {
+        eprintln!("e2e: could not start the cleanup watcher: {e}");
+    }
+}

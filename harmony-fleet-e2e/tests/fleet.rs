@@ -1,0 +1,730 @@
+//! The fleet end to end: real control plane, NATS, operator, three device agents with real
+//! podman, brought up once for this binary by the production Scores.
+//!
+//! Tests that only observe share the stack; tests that break something (stop an agent,
+//! restart NATS or the operator, relabel a device) hold it exclusively.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use harmony_fleet_contracts::commands::{ExecRequest, LogsRequest};
+use harmony_fleet_contracts::{DeploymentName, DeploymentState, DeviceId, Phase, ReconcileScore};
+use harmony_fleet_deploy::nats::{NatsReplicas, smoke};
+use harmony_fleet_e2e::TestNamespace;
+use harmony_fleet_e2e::fleetdep::{self, condition, demo_score, manifest};
+use harmony_fleet_e2e::stack::{self, Stack, StackOptions};
+use harmony_fleet_e2e::wait::eventually;
+use harmony_fleet_operator::commands::CommandError;
+use harmony_fleet_operator::crd::{Deployment, Device};
+use kube::Api;
+use kube::api::DeleteParams;
+use serde_json::json;
+
+const OPTIONS: StackOptions = StackOptions {
+    name: "fleet",
+    devices: 3,
+    nats_replicas: NatsReplicas::One,
+};
+const CONVERGE: Duration = Duration::from_secs(90);
+
+async fn stack() -> &'static Stack {
+    stack::shared(OPTIONS).await
+}
+
+/// A host port unique to the test (devices are shared by concurrent tests).
+fn port_of(ns: &TestNamespace) -> u16 {
+    let n = u32::from_str_radix(&ns.id[..4], 16).unwrap_or(0);
+    20_000 + u16::try_from(n % 20_000).unwrap_or(0)
+}
+
+fn devices_in(names: &[&DeviceId]) -> serde_json::Value {
+    json!({"matchExpressions": [{
+        "key": "fleet.nationtech.io/device",
+        "operator": "In",
+        "values": names.iter().map(|d| d.to_string()).collect::<Vec<_>>()
+    }]})
+}
+
+fn key(device: &DeviceId, deployment: &str) -> String {
+    format!("{device}.{deployment}")
+}
+
+/// Waits until `name` has `succeeded` devices and is Ready.
+async fn wait_ready(stack: &Stack, ns: &str, name: &str, succeeded: u64) -> anyhow::Result<()> {
+    eventually(
+        &format!("{ns}/{name} to be Ready with {succeeded} succeeded"),
+        CONVERGE,
+        || async move {
+            let status = fleetdep::status(&stack.kube, ns, name)
+                .await
+                .ok_or("no status yet")?;
+            let a = &status.aggregate;
+            if a.succeeded == succeeded
+                && a.matched_device_count == succeeded
+                && condition(&status, "Ready")
+            {
+                Ok(())
+            } else {
+                Err(format!("{a:?}, conditions {:?}", status.conditions))
+            }
+        },
+    )
+    .await
+}
+
+/// Waits until `device` answers `body` on `port`.
+async fn wait_http(stack: &Stack, device: &DeviceId, port: u16, body: &str) -> anyhow::Result<()> {
+    eventually(
+        &format!("{device}:{port} to answer {body}"),
+        CONVERGE,
+        || async move {
+            let got = stack.http(device, port).await?;
+            if got == body {
+                Ok(())
+            } else {
+                Err(format!("answered {got}"))
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping() {
+    let stack = stack().await;
+    let _shared = stack.shared_access().await;
+    let commands = stack.commands();
+    for device in &stack.fleet.devices {
+        let reply = commands.ping(&device.id).await.expect("ping");
+        assert_eq!(reply.device_id, device.id);
+    }
+    let ghost: DeviceId = "never-enrolled".parse().expect("id");
+    let err = commands.ping(&ghost).await.expect_err("nobody answers");
+    assert!(matches!(err, CommandError::DeviceOffline { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_converges() {
+    let stack = stack().await;
+    let _shared = stack.shared_access().await;
+    let ns = stack.namespace().await.expect("namespace");
+    let name = format!("hello-{}", ns.id);
+    let port = port_of(&ns);
+    let (d1, d2, d3) = (
+        &stack.device(1).id,
+        &stack.device(2).id,
+        &stack.device(3).id,
+    );
+    fleetdep::apply(
+        &stack.kube,
+        &manifest(
+            &name,
+            &ns.name,
+            devices_in(&[d1, d2]),
+            demo_score("v1", port, &[]),
+            json!({}),
+        ),
+    )
+    .await
+    .expect("apply");
+    wait_ready(stack, &ns.name, &name, 2)
+        .await
+        .expect("converged");
+    for device in [d1, d2] {
+        wait_http(stack, device, port, "v1").await.expect("serving");
+        let running = stack.running_containers(device, &name).await.expect("ps");
+        assert_eq!(running.len(), 1, "{device}: {running:?}");
+    }
+    assert!(
+        stack
+            .running_containers(d3, &name)
+            .await
+            .expect("ps")
+            .is_empty()
+    );
+    let keys = stack.desired_keys(&name).await.expect("keys");
+    assert_eq!(keys, BTreeSet::from([key(d1, &name), key(d2, &name)]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_rolls_forward_batch_by_batch() {
+    let stack = stack().await;
+    let _shared = stack.shared_access().await;
+    let ns = stack.namespace().await.expect("namespace");
+    let name = format!("update-{}", ns.id);
+    let port = port_of(&ns);
+    let (d1, d2) = (&stack.device(1).id, &stack.device(2).id);
+    let rollout =
+        json!({"strategy": "Batches", "batches": [{"count": 1}], "successThreshold": 100});
+    fleetdep::apply(
+        &stack.kube,
+        &manifest(
+            &name,
+            &ns.name,
+            devices_in(&[d1, d2]),
+            demo_score("v1", port, &[]),
+            rollout.clone(),
+        ),
+    )
+    .await
+    .expect("apply v1");
+    wait_ready(stack, &ns.name, &name, 2)
+        .await
+        .expect("v1 converged");
+    let mut old_ids = Vec::new();
+    for device in [d1, d2] {
+        wait_http(stack, device, port, "v1")
+            .await
+            .expect("v1 served");
+        old_ids.extend(
+            stack
+                .running_containers(device, &name)
+                .await
+                .expect("ps")
+                .into_iter()
+                .map(|c| c.id),
+        );
+    }
+
+    fleetdep::apply(
+        &stack.kube,
+        &manifest(
+            &name,
+            &ns.name,
+            devices_in(&[d1, d2]),
+            demo_score("v2", port, &[]),
+            rollout,
+        ),
+    )
+    .await
+    .expect("apply v2");
+    let desired = stack.desired().await.expect("bucket");
+    let state = async_nats::jetstream::new(stack.nats.clone())
+        .get_key_value(harmony_fleet_contracts::buckets::DEVICE_STATE)
+        .await
+        .expect("state bucket");
+    // Watch which device gets v2 first; when the second one gets it, the first must already
+    // report Running on v2: the second batch waits for the first to succeed.
+    let v2_hash = |bytes: &[u8]| {
+        ReconcileScore::decode(bytes)
+            .ok()
+            .filter(|s| {
+                serde_json::to_string(s)
+                    .unwrap_or_default()
+                    .contains("fleet-demo:v2")
+            })
+            .and_then(|s| s.content_hash().ok())
+    };
+    let first = eventually("the first batch to receive v2", CONVERGE, || async {
+        let mut got = Vec::new();
+        for device in [d1, d2] {
+            if let Ok(Some(bytes)) = desired.get(key(device, &name)).await
+                && v2_hash(&bytes).is_some()
+            {
+                got.push(device.clone());
+            }
+        }
+        match got.as_slice() {
+            [one] => Ok(one.clone()),
+            [] => Err("no device has v2 yet".to_owned()),
+            both => Err(format!(
+                "both devices got v2 at once: {both:?} (no batches)"
+            )),
+        }
+    })
+    .await
+    .expect("first batch");
+    let second = if &first == d1 { d2 } else { d1 };
+    eventually("the second batch to receive v2", CONVERGE, || async {
+        let bytes = desired
+            .get(key(second, &name))
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("no key")?;
+        let hash = v2_hash(&bytes).ok_or("still v1")?;
+        let first_state = state
+            .get(format!("state.{first}.{name}"))
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("first device has no state")?;
+        let first_state: DeploymentState =
+            serde_json::from_slice(&first_state).map_err(|e| e.to_string())?;
+        assert_eq!(
+            first_state.phase,
+            Phase::Running,
+            "the second batch started before the first ran v2"
+        );
+        assert_eq!(
+            first_state.payload_hash,
+            Some(hash),
+            "the second batch started before the first ran v2"
+        );
+        Ok(())
+    })
+    .await
+    .expect("second batch after the first succeeded");
+
+    wait_ready(stack, &ns.name, &name, 2)
+        .await
+        .expect("v2 converged");
+    for device in [d1, d2] {
+        wait_http(stack, device, port, "v2")
+            .await
+            .expect("v2 served");
+        let running = stack.running_containers(device, &name).await.expect("ps");
+        assert_eq!(
+            running.len(),
+            1,
+            "{device}: exactly one container, got {running:?}"
+        );
+        assert!(
+            !old_ids.contains(&running[0].id),
+            "{device} still runs the old container"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_cleans_up() {
+    let stack = stack().await;
+    let _shared = stack.shared_access().await;
+    let ns = stack.namespace().await.expect("namespace");
+    let name = format!("bye-{}", ns.id);
+    let port = port_of(&ns);
+    let d1 = &stack.device(1).id;
+    fleetdep::apply(
+        &stack.kube,
+        &manifest(
+            &name,
+            &ns.name,
+            devices_in(&[d1]),
+            demo_score("v1", port, &[]),
+            json!({}),
+        ),
+    )
+    .await
+    .expect("apply");
+    wait_ready(stack, &ns.name, &name, 1)
+        .await
+        .expect("converged");
+    let api: Api<Deployment> = Api::namespaced(stack.kube.clone(), &ns.name);
+    api.delete(&name, &DeleteParams::default())
+        .await
+        .expect("delete");
+    eventually(
+        "the resource, its keys and its container to be gone",
+        CONVERGE,
+        || async {
+            if api
+                .get_opt(&name)
+                .await
+                .map_err(|e| e.to_string())?
+                .is_some()
+            {
+                return Err("the resource still exists (finalizer held)".into());
+            }
+            let keys = stack.desired_keys(&name).await.map_err(|e| e.to_string())?;
+            if !keys.is_empty() {
+                return Err(format!("keys left: {keys:?}"));
+            }
+            let running = stack.running_containers(d1, &name).await?;
+            if running.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("containers left: {running:?}"))
+            }
+        },
+    )
+    .await
+    .expect("cleaned up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn selector_follows_labels() {
+    let stack = stack().await;
+    let _exclusive = stack.exclusive_access().await;
+    let ns = stack.namespace().await.expect("namespace");
+    let name = format!("moving-{}", ns.id);
+    let port = port_of(&ns);
+    let (dev2, dev3) = (stack.device(2), stack.device(3));
+    let selector = json!({"matchLabels": {"carries": ns.id.clone()}});
+    fleetdep::apply(
+        &stack.kube,
+        &manifest(
+            &name,
+            &ns.name,
+            selector,
+            demo_score("v1", port, &[]),
+            json!({}),
+        ),
+    )
+    .await
+    .expect("apply");
+    let with_label = |device: &harmony_fleet_deploy::local::LocalDevice| {
+        let mut labels = device.labels.clone();
+        labels.insert("carries".into(), ns.id.clone());
+        Some(labels)
+    };
+    stack
+        .start_agent(&dev3.id, with_label(dev3))
+        .await
+        .expect("label dev3");
+    wait_http(stack, &dev3.id, port, "v1")
+        .await
+        .expect("runs on dev3");
+    assert_eq!(
+        stack.desired_keys(&name).await.expect("keys"),
+        BTreeSet::from([key(&dev3.id, &name)])
+    );
+
+    stack
+        .start_agent(&dev2.id, with_label(dev2))
+        .await
+        .expect("label dev2");
+    stack
+        .start_agent(&dev3.id, None)
+        .await
+        .expect("unlabel dev3");
+    wait_http(stack, &dev2.id, port, "v1")
+        .await
+        .expect("runs on dev2");
+    eventually("the workload to leave dev3", CONVERGE, || async {
+        let left = stack.running_containers(&dev3.id, &name).await?;
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?}"))
+        }
+    })
+    .await
+    .expect("moved");
+    assert_eq!(
+        stack.desired_keys(&name).await.expect("keys"),
+        BTreeSet::from([key(&dev2.id, &name)])
+    );
+    stack
+        .start_agent(&dev2.id, None)
+        .await
+        .expect("restore dev2");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_offline_online() {
+    let stack = stack().await;
+    let _exclusive = stack.exclusive_access().await;
+    let ns = stack.namespace().await.expect("namespace");
+    let name = format!("steady-{}", ns.id);
+    let port = port_of(&ns);
+    let d3 = &stack.device(3).id;
+    fleetdep::apply(
+        &stack.kube,
+        &manifest(
+            &name,
+            &ns.name,
+            devices_in(&[d3]),
+            demo_score("v1", port, &[]),
+            json!({}),
+        ),
+    )
+    .await
+    .expect("apply");
+    wait_ready(stack, &ns.name, &name, 1)
+        .await
+        .expect("converged");
+    wait_http(stack, d3, port, "v1").await.expect("serving");
+    let before: Vec<String> = stack
+        .running_containers(d3, &name)
+        .await
+        .expect("ps")
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+
+    stack.stop_agent(d3).await.expect("stop agent");
+    let err = stack.commands().ping(d3).await.expect_err("agent stopped");
+    assert!(matches!(err, CommandError::DeviceOffline { .. }), "{err}");
+    let devices: Api<Device> = Api::all(stack.kube.clone());
+    let online = |want: bool| {
+        let devices = devices.clone();
+        async move {
+            eventually(&format!("Device {d3} online={want}"), CONVERGE, || async {
+                let device = devices.get(d3.as_str()).await.map_err(|e| e.to_string())?;
+                let online = device.status.map(|s| s.online).unwrap_or(false);
+                if online == want {
+                    Ok(())
+                } else {
+                    Err(format!("online={online}"))
+                }
+            })
+            .await
+        }
+    };
+    online(false).await.expect("offline");
+    // Offline-first: the workload keeps serving while the agent is gone.
+    assert_eq!(stack.http(d3, port).await.as_deref(), Ok("v1"));
+
+    stack.start_agent(d3, None).await.expect("start agent");
+    online(true).await.expect("online again");
+    wait_ready(stack, &ns.name, &name, 1)
+        .await
+        .expect("status recovered");
+    let after: Vec<String> = stack
+        .running_containers(d3, &name)
+        .await
+        .expect("ps")
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(
+        before, after,
+        "the restarted agent recreated the container instead of adopting it"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restart() {
+    let stack = stack().await;
+    let _exclusive = stack.exclusive_access().await;
+    let ns = stack.namespace().await.expect("namespace");
+    let name = format!("survivor-{}", ns.id);
+    let port = port_of(&ns);
+    let d1 = &stack.device(1).id;
+    for run in 1..=5 {
+        stack
+            .restart_nats(1)
+            .await
+            .unwrap_or_else(|e| panic!("run {run}: restart: {e:#}"));
+        let tag = if run % 2 == 1 { "v1" } else { "v2" };
+        fleetdep::apply(
+            &stack.kube,
+            &manifest(
+                &name,
+                &ns.name,
+                devices_in(&[d1]),
+                demo_score(tag, port, &[]),
+                json!({}),
+            ),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("run {run}: apply: {e}"));
+        wait_http(stack, d1, port, tag)
+            .await
+            .unwrap_or_else(|e| panic!("run {run}: {e:#}"));
+        wait_ready(stack, &ns.name, &name, 1)
+            .await
+            .unwrap_or_else(|e| panic!("run {run}: {e:#}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_restart() {
+    let stack = stack().await;
+    let _exclusive = stack.exclusive_access().await;
+    let ns = stack.namespace().await.expect("namespace");
+    let name = format!("stable-{}", ns.id);
+    let port = port_of(&ns);
+    let (d1, d2) = (&stack.device(1).id, &stack.device(2).id);
+    fleetdep::apply(
+        &stack.kube,
+        &manifest(
+            &name,
+            &ns.name,
+            devices_in(&[d1, d2]),
+            demo_score("v1", port, &[]),
+            json!({}),
+        ),
+    )
+    .await
+    .expect("apply");
+    wait_ready(stack, &ns.name, &name, 2)
+        .await
+        .expect("converged");
+    let desired = stack.desired().await.expect("bucket");
+    let snapshot = |desired: async_nats::jetstream::kv::Store| {
+        let name = name.clone();
+        async move {
+            let mut values = Vec::new();
+            for device in [d1, d2] {
+                let entry = desired
+                    .entry(key(device, &name))
+                    .await
+                    .expect("read")
+                    .expect("key exists");
+                values.push((entry.revision, entry.value));
+            }
+            values
+        }
+    };
+    let before = snapshot(desired.clone()).await;
+    let status_before = fleetdep::status(&stack.kube, &ns.name, &name)
+        .await
+        .expect("status")
+        .aggregate;
+
+    stack.stop_operator().await.expect("stop operator");
+    let orphan = format!("{d1}.orphan-{}", ns.id);
+    desired
+        .put(&orphan, before[0].1.clone())
+        .await
+        .expect("orphan key");
+    stack.start_operator().await.expect("start operator");
+
+    eventually("the orphaned key to be collected", CONVERGE, || async {
+        match desired.get(&orphan).await.map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(_) => Err("still there".to_owned()),
+        }
+    })
+    .await
+    .expect("collected");
+    let after = snapshot(desired).await;
+    assert_eq!(
+        before, after,
+        "the restarted operator rewrote desired state"
+    );
+    let status_after = fleetdep::status(&stack.kube, &ns.name, &name)
+        .await
+        .expect("status")
+        .aggregate;
+    assert_eq!(status_before, status_after);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_input() {
+    let stack = stack().await;
+    let _shared = stack.shared_access().await;
+    let ns = stack.namespace().await.expect("namespace");
+    let d1 = &stack.device(1).id;
+
+    let dotted = manifest(
+        "bad.name",
+        &ns.name,
+        devices_in(&[d1]),
+        demo_score("v1", 1, &[]),
+        json!({}),
+    );
+    let err = fleetdep::apply(&stack.kube, &dotted)
+        .await
+        .expect_err("dotted name")
+        .to_string();
+    assert!(err.contains("metadata.name must not contain '.'"), "{err}");
+    let bad_strategy = manifest(
+        "bad-strategy",
+        &ns.name,
+        devices_in(&[d1]),
+        demo_score("v1", 1, &[]),
+        json!({"strategy": "Sometimes"}),
+    );
+    let err = fleetdep::apply(&stack.kube, &bad_strategy)
+        .await
+        .expect_err("enum")
+        .to_string();
+    assert!(err.contains("spec.rollout.strategy"), "{err}");
+    let mut no_score = manifest(
+        "no-score",
+        &ns.name,
+        devices_in(&[d1]),
+        json!(null),
+        json!({}),
+    );
+    if let Some(spec) = no_score["spec"].as_object_mut() {
+        spec.remove("score");
+    }
+    let err = fleetdep::apply(&stack.kube, &no_score)
+        .await
+        .expect_err("required")
+        .to_string();
+    assert!(err.contains("spec.score"), "{err}");
+
+    let name = format!("broken-{}", ns.id);
+    let mut score = demo_score("v1", port_of(&ns), &[]);
+    score["data"]["services"][0]["image"] = json!("localhost/does-not-exist:v0");
+    fleetdep::apply(
+        &stack.kube,
+        &manifest(&name, &ns.name, devices_in(&[d1]), score, json!({})),
+    )
+    .await
+    .expect("apply");
+    let failing = eventually("the bad image to be reported Failed", CONVERGE, || async {
+        let status = fleetdep::status(&stack.kube, &ns.name, &name)
+            .await
+            .ok_or("no status")?;
+        if status.aggregate.failed == 1 && !status.failing_devices.is_empty() {
+            Ok(status.failing_devices)
+        } else {
+            Err(format!("{:?}", status.aggregate))
+        }
+    })
+    .await
+    .expect("failed");
+    let reason = format!("{failing:?}");
+    assert!(
+        reason.contains("does-not-exist"),
+        "the reason names the image: {reason}"
+    );
+
+    let login = stack.credentials.device(d1).expect("enrolled");
+    smoke::device_is_isolated(&stack.endpoint.urls, d1, &login)
+        .await
+        .expect("a device cannot read another device's keys");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_and_exec() {
+    let stack = stack().await;
+    let _shared = stack.shared_access().await;
+    let ns = stack.namespace().await.expect("namespace");
+    let name = format!("chatty-{}", ns.id);
+    let port = port_of(&ns);
+    let d2 = &stack.device(2).id;
+    let line = format!("hello from {}", ns.id);
+    let mut score = demo_score("v1", port, &[]);
+    score["data"]["services"][0]["command"] =
+        json!(["sh", "-c", format!("echo '{line}'; exec /bin/serve")]);
+    fleetdep::apply(
+        &stack.kube,
+        &manifest(&name, &ns.name, devices_in(&[d2]), score, json!({})),
+    )
+    .await
+    .expect("apply");
+    wait_ready(stack, &ns.name, &name, 1)
+        .await
+        .expect("converged");
+    let deployment: DeploymentName = name.parse().expect("name");
+    let commands = stack.commands();
+    let logs = eventually("the log line", CONVERGE, || async {
+        let reply = commands
+            .logs(
+                d2,
+                &LogsRequest {
+                    deployment: deployment.clone(),
+                    service: None,
+                    tail_lines: Some(20),
+                },
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let all: Vec<String> = reply.services.into_iter().flat_map(|s| s.lines).collect();
+        if all.iter().any(|l| l.contains(&line)) {
+            Ok(all)
+        } else {
+            Err(format!("{all:?}"))
+        }
+    })
+    .await
+    .expect("logs");
+    assert!(!logs.is_empty());
+    let reply = commands
+        .exec(
+            d2,
+            &ExecRequest {
+                command: "echo hi".into(),
+                deadline_ms: Some(5_000),
+                max_output_bytes: None,
+            },
+        )
+        .await
+        .expect("exec");
+    assert_eq!(reply.exit_code, Some(0));
+    assert_eq!(reply.stdout.trim(), "hi");
+}
