@@ -7,11 +7,13 @@
 //! - [`namespace`]: [`TestNamespace`] — an `e2e-<8 hex>` namespace per test, deleted on drop.
 //! - [`fleetdep`]: building and applying fleet `Deployment`s, reading their status.
 //! - [`wait`]: polling with a deadline that says what it waited for.
+//! - [`cluster`]: cluster mode — the bring-up on a real cluster (`FLEET_E2E_KUBECONFIG`).
 //!
 //! Bring-up runs on a runtime of its own that lives as long as the test binary: each
 //! `#[tokio::test]` has its own runtime, and clients (kube, NATS) must outlive the test that
 //! first asked for the stack.
 
+pub mod cluster;
 pub mod fleetdep;
 pub mod namespace;
 pub mod stack;
