@@ -12,6 +12,7 @@ use harmony::score::Score;
 use harmony::topologies::LocalTopology;
 use harmony::topology::Topology;
 use harmony_fleet_deploy::local::{DownOnDrop, LocalFleet};
+use harmony_fleet_deploy::FleetServerScore;
 use harmony_fleet_deploy::nats::FleetNatsScore;
 
 async fn run(
@@ -63,6 +64,13 @@ async fn every_local_score_converges_and_a_second_run_changes_nothing() {
             score.name()
         );
     }
+    // The composite runs the same component Scores: nothing left to do.
+    let server = FleetServerScore {
+        nats: fleet.nats_score(),
+        operator: fleet.operator.clone(),
+    };
+    let outcome = run(&server, &topology).await.expect("server score");
+    assert_eq!(outcome.status, OutcomeStatus::Noop, "{outcome:?}");
     for device in &fleet.devices {
         let name = harmony_fleet_deploy::agent::local::process_name(&device.id);
         assert!(
