@@ -728,3 +728,79 @@ async fn logs_and_exec() {
     assert_eq!(reply.exit_code, Some(0));
     assert_eq!(reply.stdout.trim(), "hi");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn name_conflict_across_namespaces() {
+    let stack = stack().await;
+    let _shared = stack.shared_access().await;
+    let first = stack.namespace().await.expect("namespace");
+    let second = stack.namespace().await.expect("namespace");
+    // Desired-state keys are `<device>.<deployment>`: one name, one owner across namespaces.
+    let name = format!("dup-{}", first.id);
+    let port = port_of(&first);
+    let d1 = &stack.device(1).id;
+    fleetdep::apply(
+        &stack.kube,
+        &manifest(
+            &name,
+            &first.name,
+            devices_in(&[d1]),
+            demo_score("v1", port, &[]),
+            json!({}),
+        ),
+    )
+    .await
+    .expect("apply first");
+    wait_ready(stack, &first.name, &name, 1)
+        .await
+        .expect("owner converged");
+    fleetdep::apply(
+        &stack.kube,
+        &manifest(
+            &name,
+            &second.name,
+            devices_in(&[d1]),
+            demo_score("v2", port, &[]),
+            json!({}),
+        ),
+    )
+    .await
+    .expect("apply second");
+    eventually(
+        "the second claimant to report NameConflict",
+        CONVERGE,
+        || async {
+            let status = fleetdep::status(&stack.kube, &second.name, &name)
+                .await
+                .ok_or("no status")?;
+            let ready = status
+                .conditions
+                .iter()
+                .find(|c| c.type_ == "Ready")
+                .ok_or("no Ready condition")?;
+            if ready.status == "False" && ready.reason == "NameConflict" {
+                Ok(())
+            } else {
+                Err(format!("{ready:?}"))
+            }
+        },
+    )
+    .await
+    .expect("conflict reported");
+    assert_eq!(
+        stack.http(d1, port).await.as_deref(),
+        Ok("v1"),
+        "the owner's payload stays"
+    );
+
+    let api: Api<Deployment> = Api::namespaced(stack.kube.clone(), &first.name);
+    api.delete(&name, &DeleteParams::default())
+        .await
+        .expect("delete owner");
+    wait_http(stack, d1, port, "v2")
+        .await
+        .expect("the next claimant took over");
+    wait_ready(stack, &second.name, &name, 1)
+        .await
+        .expect("new owner converged");
+}
