@@ -11,8 +11,8 @@ use harmony::local::SupervisionMode;
 use harmony::score::Score;
 use harmony::topologies::LocalTopology;
 use harmony::topology::Topology;
-use harmony_fleet_deploy::local::{DownOnDrop, LocalFleet};
 use harmony_fleet_deploy::FleetServerScore;
+use harmony_fleet_deploy::local::{DownOnDrop, LocalFleet};
 use harmony_fleet_deploy::nats::FleetNatsScore;
 
 async fn run(

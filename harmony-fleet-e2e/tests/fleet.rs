@@ -49,6 +49,14 @@ fn key(device: &DeviceId, deployment: &str) -> String {
     format!("{device}.{deployment}")
 }
 
+/// Applies a Deployment manifest, failing the test with the API server's message.
+async fn apply(stack: &Stack, manifest: serde_json::Value) {
+    let name = manifest["metadata"]["name"].clone();
+    if let Err(e) = fleetdep::apply(&stack.kube, &manifest).await {
+        panic!("applying {name}: {e}");
+    }
+}
+
 /// Waits until `name` has `succeeded` devices and is Ready.
 async fn wait_ready(stack: &Stack, ns: &str, name: &str, succeeded: u64) -> anyhow::Result<()> {
     eventually(
@@ -115,9 +123,9 @@ async fn deploy_converges() {
         &stack.device(2).id,
         &stack.device(3).id,
     );
-    fleetdep::apply(
-        &stack.kube,
-        &manifest(
+    apply(
+        stack,
+        manifest(
             &name,
             &ns.name,
             devices_in(&[d1, d2]),
@@ -125,8 +133,7 @@ async fn deploy_converges() {
             json!({}),
         ),
     )
-    .await
-    .expect("apply");
+    .await;
     wait_ready(stack, &ns.name, &name, 2)
         .await
         .expect("converged");
@@ -156,9 +163,9 @@ async fn update_rolls_forward_batch_by_batch() {
     let (d1, d2) = (&stack.device(1).id, &stack.device(2).id);
     let rollout =
         json!({"strategy": "Batches", "batches": [{"count": 1}], "successThreshold": 100});
-    fleetdep::apply(
-        &stack.kube,
-        &manifest(
+    apply(
+        stack,
+        manifest(
             &name,
             &ns.name,
             devices_in(&[d1, d2]),
@@ -166,8 +173,7 @@ async fn update_rolls_forward_batch_by_batch() {
             rollout.clone(),
         ),
     )
-    .await
-    .expect("apply v1");
+    .await;
     wait_ready(stack, &ns.name, &name, 2)
         .await
         .expect("v1 converged");
@@ -186,9 +192,9 @@ async fn update_rolls_forward_batch_by_batch() {
         );
     }
 
-    fleetdep::apply(
-        &stack.kube,
-        &manifest(
+    apply(
+        stack,
+        manifest(
             &name,
             &ns.name,
             devices_in(&[d1, d2]),
@@ -196,8 +202,7 @@ async fn update_rolls_forward_batch_by_batch() {
             rollout,
         ),
     )
-    .await
-    .expect("apply v2");
+    .await;
     let desired = stack.desired().await.expect("bucket");
     let state = async_nats::jetstream::new(stack.nats.clone())
         .get_key_value(harmony_fleet_contracts::buckets::DEVICE_STATE)
@@ -292,9 +297,9 @@ async fn delete_cleans_up() {
     let name = format!("bye-{}", ns.id);
     let port = port_of(&ns);
     let d1 = &stack.device(1).id;
-    fleetdep::apply(
-        &stack.kube,
-        &manifest(
+    apply(
+        stack,
+        manifest(
             &name,
             &ns.name,
             devices_in(&[d1]),
@@ -302,8 +307,7 @@ async fn delete_cleans_up() {
             json!({}),
         ),
     )
-    .await
-    .expect("apply");
+    .await;
     wait_ready(stack, &ns.name, &name, 1)
         .await
         .expect("converged");
@@ -348,9 +352,9 @@ async fn selector_follows_labels() {
     let port = port_of(&ns);
     let (dev2, dev3) = (stack.device(2), stack.device(3));
     let selector = json!({"matchLabels": {"carries": ns.id.clone()}});
-    fleetdep::apply(
-        &stack.kube,
-        &manifest(
+    apply(
+        stack,
+        manifest(
             &name,
             &ns.name,
             selector,
@@ -358,8 +362,7 @@ async fn selector_follows_labels() {
             json!({}),
         ),
     )
-    .await
-    .expect("apply");
+    .await;
     let with_label = |device: &harmony_fleet_deploy::local::LocalDevice| {
         let mut labels = device.labels.clone();
         labels.insert("carries".into(), ns.id.clone());
@@ -416,9 +419,9 @@ async fn device_offline_online() {
     let name = format!("steady-{}", ns.id);
     let port = port_of(&ns);
     let d3 = &stack.device(3).id;
-    fleetdep::apply(
-        &stack.kube,
-        &manifest(
+    apply(
+        stack,
+        manifest(
             &name,
             &ns.name,
             devices_in(&[d3]),
@@ -426,8 +429,7 @@ async fn device_offline_online() {
             json!({}),
         ),
     )
-    .await
-    .expect("apply");
+    .await;
     wait_ready(stack, &ns.name, &name, 1)
         .await
         .expect("converged");
@@ -495,9 +497,9 @@ async fn nats_restart() {
             .await
             .unwrap_or_else(|e| panic!("run {run}: restart: {e:#}"));
         let tag = if run % 2 == 1 { "v1" } else { "v2" };
-        fleetdep::apply(
-            &stack.kube,
-            &manifest(
+        apply(
+            stack,
+            manifest(
                 &name,
                 &ns.name,
                 devices_in(&[d1]),
@@ -505,8 +507,7 @@ async fn nats_restart() {
                 json!({}),
             ),
         )
-        .await
-        .unwrap_or_else(|e| panic!("run {run}: apply: {e}"));
+        .await;
         wait_http(stack, d1, port, tag)
             .await
             .unwrap_or_else(|e| panic!("run {run}: {e:#}"));
@@ -524,9 +525,9 @@ async fn operator_restart() {
     let name = format!("stable-{}", ns.id);
     let port = port_of(&ns);
     let (d1, d2) = (&stack.device(1).id, &stack.device(2).id);
-    fleetdep::apply(
-        &stack.kube,
-        &manifest(
+    apply(
+        stack,
+        manifest(
             &name,
             &ns.name,
             devices_in(&[d1, d2]),
@@ -534,8 +535,7 @@ async fn operator_restart() {
             json!({}),
         ),
     )
-    .await
-    .expect("apply");
+    .await;
     wait_ready(stack, &ns.name, &name, 2)
         .await
         .expect("converged");
@@ -639,12 +639,11 @@ async fn invalid_input() {
     let name = format!("broken-{}", ns.id);
     let mut score = demo_score("v1", port_of(&ns), &[]);
     score["data"]["services"][0]["image"] = json!("localhost/does-not-exist:v0");
-    fleetdep::apply(
-        &stack.kube,
-        &manifest(&name, &ns.name, devices_in(&[d1]), score, json!({})),
+    apply(
+        stack,
+        manifest(&name, &ns.name, devices_in(&[d1]), score, json!({})),
     )
-    .await
-    .expect("apply");
+    .await;
     let failing = eventually("the bad image to be reported Failed", CONVERGE, || async {
         let status = fleetdep::status(&stack.kube, &ns.name, &name)
             .await
@@ -681,12 +680,11 @@ async fn logs_and_exec() {
     let mut score = demo_score("v1", port, &[]);
     score["data"]["services"][0]["command"] =
         json!(["sh", "-c", format!("echo '{line}'; exec /bin/serve")]);
-    fleetdep::apply(
-        &stack.kube,
-        &manifest(&name, &ns.name, devices_in(&[d2]), score, json!({})),
+    apply(
+        stack,
+        manifest(&name, &ns.name, devices_in(&[d2]), score, json!({})),
     )
-    .await
-    .expect("apply");
+    .await;
     wait_ready(stack, &ns.name, &name, 1)
         .await
         .expect("converged");
@@ -739,9 +737,9 @@ async fn name_conflict_across_namespaces() {
     let name = format!("dup-{}", first.id);
     let port = port_of(&first);
     let d1 = &stack.device(1).id;
-    fleetdep::apply(
-        &stack.kube,
-        &manifest(
+    apply(
+        stack,
+        manifest(
             &name,
             &first.name,
             devices_in(&[d1]),
@@ -749,14 +747,13 @@ async fn name_conflict_across_namespaces() {
             json!({}),
         ),
     )
-    .await
-    .expect("apply first");
+    .await;
     wait_ready(stack, &first.name, &name, 1)
         .await
         .expect("owner converged");
-    fleetdep::apply(
-        &stack.kube,
-        &manifest(
+    apply(
+        stack,
+        manifest(
             &name,
             &second.name,
             devices_in(&[d1]),
@@ -764,8 +761,7 @@ async fn name_conflict_across_namespaces() {
             json!({}),
         ),
     )
-    .await
-    .expect("apply second");
+    .await;
     eventually(
         "the second claimant to report NameConflict",
         CONVERGE,

@@ -5,13 +5,11 @@
 use harmony::capability::K8sClient;
 use harmony::interpret::{InterpretError, Outcome};
 use harmony::inventory::Inventory;
-use harmony::score::Score;
-use harmony::scores::CrdScore;
 use harmony::topologies::K8sAnywhereTopology;
 
 use super::FleetOperatorScore;
 use super::objects::{self, NAME, NatsSettings};
-use crate::k8s::{self, Applier};
+use crate::k8s;
 use crate::nats::{NatsEndpoint, cluster as nats_cluster};
 
 pub(super) async fn deploy(
@@ -28,19 +26,7 @@ pub(super) async fn deploy(
         password: credentials.operator.password.clone(),
     };
     let objects = objects::objects(score, &nats);
-    let mut applier = Applier::default();
-    let crds = CrdScore::new(objects.crds.clone()).with_field_manager(crate::FIELD_MANAGER);
-    let crd_outcome = Score::<K8sAnywhereTopology>::create_interpret(&crds)
-        .execute(inventory, topology)
-        .await?;
-    applier.record(&crd_outcome);
-    applier.apply(&client, &objects.namespace).await?;
-    applier.apply(&client, &objects.service_account).await?;
-    applier.apply(&client, &objects.cluster_role).await?;
-    applier
-        .apply(&client, &objects.cluster_role_binding)
-        .await?;
-    applier.apply(&client, &objects.nats_secret).await?;
+    let mut applier = objects.apply_access(&client, inventory, topology).await?;
     applier.apply(&client, &objects.deployment).await?;
     k8s::wait_deployment_available(&client, ns, NAME, &k8s::selector(NAME), score.smoke_timeout)
         .await?;

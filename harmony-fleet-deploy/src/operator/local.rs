@@ -12,8 +12,6 @@ use harmony::interpret::{InterpretError, Outcome};
 use harmony::inventory::Inventory;
 use harmony::local::probe;
 use harmony::local::{ProcessChange, ProcessSpec};
-use harmony::score::Score;
-use harmony::scores::CrdScore;
 use harmony::topologies::LocalTopology;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::ServiceAccount;
@@ -26,7 +24,6 @@ use super::objects::{self, NAME, NatsSettings};
 use crate::binaries;
 use crate::credentials::{FleetCredentials, write_private};
 use crate::error::DeployError;
-use crate::k8s::Applier;
 use crate::nats::{NatsEndpoint, local_credentials_path};
 use crate::wait::{self, Poll};
 
@@ -57,19 +54,7 @@ pub(super) async fn deploy(
     };
     let objects = objects::objects(score, &nats);
 
-    let mut applier = Applier::default();
-    let crds = CrdScore::new(objects.crds.clone()).with_field_manager(crate::FIELD_MANAGER);
-    let crd_outcome = Score::<LocalTopology>::create_interpret(&crds)
-        .execute(inventory, topology)
-        .await?;
-    applier.record(&crd_outcome);
-    applier.apply(&client, &objects.namespace).await?;
-    applier.apply(&client, &objects.service_account).await?;
-    applier.apply(&client, &objects.cluster_role).await?;
-    applier
-        .apply(&client, &objects.cluster_role_binding)
-        .await?;
-    applier.apply(&client, &objects.nats_secret).await?;
+    let mut applier = objects.apply_access(&client, inventory, topology).await?;
 
     let addr = http_addr(topology)?;
     let dir = state.join("operator");

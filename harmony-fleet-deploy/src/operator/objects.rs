@@ -6,6 +6,12 @@
 
 use std::collections::BTreeMap;
 
+use harmony::capability::K8sClient;
+use harmony::interpret::InterpretError;
+use harmony::inventory::Inventory;
+use harmony::score::Score;
+use harmony::scores::CrdScore;
+use harmony::topology::Topology;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
@@ -19,7 +25,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::FleetOperatorScore;
-use crate::k8s;
+use crate::k8s::{self, Applier};
 
 /// Name of the operator's service account, roles, Secret and Deployment.
 pub const NAME: &str = "harmony-fleet-operator";
@@ -59,6 +65,34 @@ pub struct OperatorObjects {
     pub nats_secret: Secret,
     /// The workload (applied in clusters only; a local process on `LocalTopology`).
     pub deployment: Deployment,
+}
+
+impl OperatorObjects {
+    /// Applies everything but the workload — CRDs (waiting until established), namespace,
+    /// service account, RBAC and the NATS Secret — the part the local and cluster installs
+    /// share. Returns the applier holding what changed.
+    pub async fn apply_access<T>(
+        &self,
+        client: &kube::Client,
+        inventory: &Inventory,
+        topology: &T,
+    ) -> Result<Applier, InterpretError>
+    where
+        T: Topology + K8sClient + 'static,
+    {
+        let mut applier = Applier::default();
+        let crds = CrdScore::new(self.crds.clone()).with_field_manager(crate::FIELD_MANAGER);
+        let crd_outcome = Score::<T>::create_interpret(&crds)
+            .execute(inventory, topology)
+            .await?;
+        applier.record(&crd_outcome);
+        applier.apply(client, &self.namespace).await?;
+        applier.apply(client, &self.service_account).await?;
+        applier.apply(client, &self.cluster_role).await?;
+        applier.apply(client, &self.cluster_role_binding).await?;
+        applier.apply(client, &self.nats_secret).await?;
+        Ok(applier)
+    }
 }
 
 fn rule(resources: &[&str], verbs: &[&str]) -> PolicyRule {
