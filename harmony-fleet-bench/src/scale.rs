@@ -1,0 +1,579 @@
+//! The scale runs (issues 9 and 4): for each (devices, deployments) pair, against a real
+//! kube-apiserver, a fresh nats-server and the operator in its own process:
+//!
+//! 1. seed `N` simulated devices (`device-info` + heartbeats every 30 s),
+//! 2. start the operator, time its convergence,
+//! 3. apply `M` Deployments (each selects one `site`, i.e. `N/sites` devices): time until
+//!    every key is delivered, every device reported, every status is correct,
+//! 4. apply one more Deployment selecting all `N` devices ("fan-out"): time from the apply
+//!    to all `N` keys delivered, and from the last device report of that burst to a correct
+//!    status (`matched = N`, `succeeded`/`failed` as reported, `pending = 0`),
+//! 5. read the operator's CPU seconds and peak RSS and nats-server's memory,
+//! 6. stop the operator and start a new one: time to `Converged` and how many keys it wrote
+//!    (zero expected: same bytes, nothing rewritten).
+//!
+//! A step that does not finish within the phase deadline ends the pair; the row keeps what
+//! was measured up to there and says what timed out.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, stream};
+use harmony::local::{ControlPlaneOptions, LocalControlPlane, LocalNats, NatsOptions};
+use harmony_fleet_contracts::payload::{PodmanV0, ReconcileScore, Service};
+use harmony_fleet_operator::crd::{self, Deployment};
+use harmony_fleet_operator::kv::FleetKv;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+
+use crate::error::{Error, Result};
+use crate::operator::{OperatorProcess, OperatorSpec};
+use crate::plot::{self, Series};
+use crate::procstat;
+use crate::report::{Table, num};
+use crate::sim::{FLEET_LABEL, Fleet, SITE_LABEL, SimConfig, WatchMode};
+
+const FIELD_MANAGER: &str = "fleet-bench";
+const FANOUT: &str = "fanout";
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct ScaleOptions {
+    /// Device counts.
+    pub devices: Vec<usize>,
+    /// Deployment counts.
+    pub deployments: Vec<usize>,
+    /// Devices per NATS connection of the simulator.
+    pub devices_per_connection: usize,
+    /// `site` label values (each seeded Deployment selects one site).
+    pub sites: usize,
+    /// Longest simulated apply time of a device.
+    pub answer_delay: Duration,
+    /// Share of failing reports.
+    pub failure_rate: f64,
+    /// Heartbeat interval of the simulated devices.
+    pub heartbeat_interval: Duration,
+    /// Deadline of each phase.
+    pub phase_timeout: Duration,
+    /// Whether the operator writes `Device` resources (100k of them load the apiserver).
+    pub device_resources: bool,
+    /// Executable with the `operator` subcommand.
+    pub operator_exe: PathBuf,
+    /// Where results go.
+    pub out_dir: PathBuf,
+}
+
+/// One (devices, deployments) result; `None` where the run did not get that far.
+#[derive(Clone, Debug, Default)]
+pub struct ScaleRow {
+    /// Devices.
+    pub devices: usize,
+    /// Seeded Deployments.
+    pub deployments: usize,
+    /// NATS connections of the simulator.
+    pub connections: usize,
+    /// `desired-state` keys at the end (seeded + fan-out).
+    pub keys: usize,
+    /// Writing `device-info` + first heartbeat of every device.
+    pub seed_devices_s: Option<f64>,
+    /// Operator start → Converged (with the devices known).
+    pub first_start_s: Option<f64>,
+    /// `M` Deployments applied → all their keys delivered.
+    pub seed_keys_s: Option<f64>,
+    /// `M` Deployments applied → all statuses correct.
+    pub seed_status_s: Option<f64>,
+    /// Fan-out applied → all `N` keys delivered.
+    pub fanout_keys_s: Option<f64>,
+    /// Last report of the fan-out burst → correct status.
+    pub status_lag_s: Option<f64>,
+    /// Operator CPU seconds, whole run.
+    pub operator_cpu_s: Option<f64>,
+    /// Operator peak RSS.
+    pub operator_peak_mib: Option<f64>,
+    /// nats-server RSS at the end.
+    pub nats_rss_mib: Option<f64>,
+    /// nats-server peak RSS.
+    pub nats_peak_mib: Option<f64>,
+    /// nats-server CPU seconds, whole run.
+    pub nats_cpu_s: Option<f64>,
+    /// Restarted operator: start → Converged.
+    pub cold_start_s: Option<f64>,
+    /// Keys the restarted operator wrote.
+    pub cold_start_writes: Option<u64>,
+    /// Restarted operator: peak RSS at convergence.
+    pub cold_start_peak_mib: Option<f64>,
+    /// `ok` or what stopped the run.
+    pub outcome: String,
+}
+
+/// Column names of the result table.
+pub const COLUMNS: [&str; 19] = [
+    "devices",
+    "deployments",
+    "connections",
+    "keys",
+    "seed devices s",
+    "operator start s",
+    "M deployments → keys s",
+    "M deployments → status s",
+    "fan-out → N keys s",
+    "last report → status s",
+    "operator CPU s",
+    "operator peak MiB",
+    "nats RSS MiB",
+    "nats peak MiB",
+    "nats CPU s",
+    "cold start s",
+    "cold start writes",
+    "cold start peak MiB",
+    "outcome",
+];
+
+impl ScaleRow {
+    fn cells(&self) -> Vec<String> {
+        vec![
+            self.devices.to_string(),
+            self.deployments.to_string(),
+            self.connections.to_string(),
+            self.keys.to_string(),
+            num(self.seed_devices_s, 2),
+            num(self.first_start_s, 2),
+            num(self.seed_keys_s, 2),
+            num(self.seed_status_s, 2),
+            num(self.fanout_keys_s, 2),
+            num(self.status_lag_s, 2),
+            num(self.operator_cpu_s, 1),
+            num(self.operator_peak_mib, 0),
+            num(self.nats_rss_mib, 0),
+            num(self.nats_peak_mib, 0),
+            num(self.nats_cpu_s, 1),
+            num(self.cold_start_s, 2),
+            self.cold_start_writes
+                .map_or_else(|| "-".to_owned(), |w| w.to_string()),
+            num(self.cold_start_peak_mib, 0),
+            self.outcome.clone(),
+        ]
+    }
+}
+
+/// A control plane with the CRDs installed, shared by every pair of a run.
+pub struct ControlPlane {
+    plane: LocalControlPlane,
+    client: kube::Client,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("plane", &self.plane)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ControlPlane {
+    /// Starts etcd + kube-apiserver and installs the fleet CRDs.
+    pub async fn start() -> Result<Self> {
+        let plane = LocalControlPlane::start(ControlPlaneOptions::default()).await?;
+        let client = plane.client().await?;
+        let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+        for crd in crd::crds() {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            api.patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&crd),
+            )
+            .await
+            .map_err(|e| Error::kube(format!("installing CRD {name}"), e))?;
+            crate::poll_until(
+                &format!("CRD {name} established"),
+                Duration::from_secs(30),
+                Duration::from_millis(100),
+                || async {
+                    let crd = api.get(&name).await.ok()?;
+                    crd.status?
+                        .conditions?
+                        .iter()
+                        .any(|c| c.type_ == "Established" && c.status == "True")
+                        .then_some(())
+                },
+            )
+            .await?;
+        }
+        Ok(Self { plane, client })
+    }
+
+    /// The kubeconfig file.
+    pub fn kubeconfig(&self) -> &Path {
+        self.plane.kubeconfig_path()
+    }
+
+    /// A client.
+    pub fn client(&self) -> &kube::Client {
+        &self.client
+    }
+}
+
+/// The Score every bench Deployment carries (`image` differs per Deployment).
+pub fn score(image: &str) -> ReconcileScore {
+    ReconcileScore::PodmanV0(PodmanV0::new(vec![Service::new("web", image)]))
+}
+
+fn deployment_body(name: &str, selector: Value, image: &str) -> Result<Value> {
+    Ok(json!({
+        "apiVersion": "fleet.nationtech.io/v1alpha1",
+        "kind": "Deployment",
+        "metadata": { "name": name },
+        "spec": {
+            "targetSelector": selector,
+            "score": serde_json::to_value(score(image)).map_err(|e| Error::json("score", e))?,
+        }
+    }))
+}
+
+async fn apply(api: &Api<Deployment>, body: Value) -> Result<()> {
+    let name = body["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&body),
+    )
+    .await
+    .map_err(|e| Error::kube(format!("applying Deployment {name}"), e))?;
+    Ok(())
+}
+
+/// Devices of `n` whose site is `site` (index mod sites).
+fn site_count(n: usize, sites: usize, site: usize) -> usize {
+    n / sites + usize::from(site < n % sites)
+}
+
+fn secs(d: Duration) -> Option<f64> {
+    Some(d.as_secs_f64())
+}
+
+/// The status of `name` is exactly what the simulated devices reported.
+fn status_correct(d: &Deployment, matched: usize, failed: usize) -> bool {
+    let Some(s) = &d.status else { return false };
+    let a = &s.aggregate;
+    a.matched_device_count == matched as u64
+        && a.failed == failed as u64
+        && a.succeeded == (matched - failed) as u64
+        && a.pending == 0
+}
+
+/// Runs one (devices, deployments) pair and fills `row` as it goes.
+pub async fn run_pair(
+    cp: &ControlPlane,
+    opts: &ScaleOptions,
+    n: usize,
+    m: usize,
+    row: &mut ScaleRow,
+) -> Result<()> {
+    let deadline = opts.phase_timeout;
+    let nats = LocalNats::start(NatsOptions::default()).await?;
+    let nats_pid = nats.pid().unwrap_or(0);
+    let client = async_nats::connect(nats.url())
+        .await
+        .map_err(|e| Error::nats("connecting the bench client", e))?;
+    FleetKv::open(client.clone(), true).await?;
+
+    let tag = format!("{:08x}", rand::random::<u32>());
+    let ns = format!("bench-{n}-{m}-{tag}");
+    let namespaces: Api<Namespace> = Api::all(cp.client().clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}}))
+                .map_err(|e| Error::json("namespace", e))?,
+        )
+        .await
+        .map_err(|e| Error::kube(format!("creating namespace {ns}"), e))?;
+    let api: Api<Deployment> = Api::namespaced(cp.client().clone(), &ns);
+
+    let mut config = SimConfig::new(nats.url(), n);
+    config.devices_per_connection = opts.devices_per_connection;
+    config.sites = opts.sites;
+    config.heartbeat_interval = Some(opts.heartbeat_interval);
+    config.answer_delay = opts.answer_delay;
+    config.failure_rate = opts.failure_rate;
+    config.watch = WatchMode::Shared;
+    let mut fleet = Fleet::start(config).await?;
+    row.connections = fleet.connections();
+    tracing::info!("{}", fleet.describe());
+    row.seed_devices_s = secs(fleet.seed().await?);
+    fleet.start_heartbeats()?;
+
+    let spec = OperatorSpec {
+        exe: opts.operator_exe.clone(),
+        kubeconfig: cp.kubeconfig().to_owned(),
+        nats_url: nats.url(),
+        namespace: ns.clone(),
+        log_file: opts.out_dir.join("logs").join(format!("operator-{ns}.log")),
+        device_resources: opts.device_resources,
+    };
+    let mut operator = OperatorProcess::spawn(&spec)?;
+    row.first_start_s = secs(operator.wait_converged(deadline).await?);
+
+    // M Deployments, one site each.
+    let sites = opts.sites;
+    let expected: BTreeMap<String, usize> = (0..m)
+        .map(|j| (format!("d{j}"), site_count(n, sites, j % sites)))
+        .collect();
+    let seed_keys: usize = expected.values().sum();
+    row.keys = seed_keys;
+    let started = Instant::now();
+    let bodies: Vec<Value> = (0..m)
+        .map(|j| {
+            deployment_body(
+                &format!("d{j}"),
+                json!({"matchLabels": {SITE_LABEL: format!("site-{}", j % sites)}}),
+                &format!("registry.local/app-{j}:1"),
+            )
+        })
+        .collect::<Result<_>>()?;
+    let applied: Vec<Result<()>> = stream::iter(bodies)
+        .map(|b| apply(&api, b))
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    applied.into_iter().collect::<Result<Vec<()>>>()?;
+    let tally = fleet.tally().clone();
+    let total = |f: fn(&crate::sim::Counts) -> usize| {
+        let counts = tally.all_counts();
+        expected
+            .keys()
+            .map(|k| counts.get(k).map_or(0, f))
+            .sum::<usize>()
+    };
+    crate::poll_until(
+        &format!("{seed_keys} keys of {m} Deployments delivered"),
+        deadline,
+        Duration::from_millis(100),
+        || {
+            let done = total(|c| c.delivered) >= seed_keys;
+            async move { done.then_some(()) }
+        },
+    )
+    .await?;
+    row.seed_keys_s = secs(started.elapsed());
+    crate::poll_until(
+        &format!("{seed_keys} reports written"),
+        deadline,
+        Duration::from_millis(100),
+        || {
+            let done = total(|c| c.answered) >= seed_keys;
+            async move { done.then_some(()) }
+        },
+    )
+    .await?;
+    let counts: HashMap<String, crate::sim::Counts> = tally.all_counts();
+    crate::poll_until(
+        &format!("status of {m} Deployments correct"),
+        deadline,
+        Duration::from_millis(250),
+        || async {
+            let list = api.list(&ListParams::default()).await.ok()?;
+            let correct = list
+                .items
+                .iter()
+                .filter(|d| {
+                    let name = d.metadata.name.clone().unwrap_or_default();
+                    let (Some(matched), Some(c)) = (expected.get(&name), counts.get(&name)) else {
+                        return false;
+                    };
+                    status_correct(d, *matched, c.failed)
+                })
+                .count();
+            (correct == m).then_some(())
+        },
+    )
+    .await?;
+    row.seed_status_s = secs(started.elapsed());
+
+    // Fan-out: one Deployment on every device.
+    let started = Instant::now();
+    apply(
+        &api,
+        deployment_body(
+            FANOUT,
+            json!({"matchLabels": {FLEET_LABEL.0: FLEET_LABEL.1}}),
+            "registry.local/fanout:1",
+        )?,
+    )
+    .await?;
+    row.keys = seed_keys + n;
+    crate::poll_until(
+        &format!("{n} fan-out keys delivered"),
+        deadline,
+        Duration::from_millis(20),
+        || {
+            let done = tally.counts(FANOUT).delivered >= n;
+            async move { done.then_some(()) }
+        },
+    )
+    .await?;
+    row.fanout_keys_s = secs(started.elapsed());
+    let done = crate::poll_until(
+        &format!("{n} fan-out reports written"),
+        deadline,
+        Duration::from_millis(20),
+        || {
+            let c = tally.counts(FANOUT);
+            async move { (c.answered >= n).then_some(c) }
+        },
+    )
+    .await?;
+    let last_report = done.last_answer.unwrap_or_else(Instant::now);
+    crate::poll_until(
+        "fan-out status correct",
+        deadline,
+        Duration::from_millis(50),
+        || async {
+            let d = api.get(FANOUT).await.ok()?;
+            status_correct(&d, n, done.failed).then_some(())
+        },
+    )
+    .await?;
+    row.status_lag_s = secs(last_report.elapsed());
+
+    let op = operator.sample()?;
+    row.operator_cpu_s = Some(op.cpu_seconds);
+    row.operator_peak_mib = Some(op.peak_rss_mib());
+    if let Ok(s) = procstat::sample(nats_pid) {
+        row.nats_rss_mib = Some(s.rss_mib());
+        row.nats_peak_mib = Some(s.peak_rss_mib());
+        row.nats_cpu_s = Some(s.cpu_seconds);
+    }
+
+    // Cold start: a new operator process on the same KV and CRs.
+    operator.stop().await;
+    drop(operator);
+    let mut restarted = OperatorProcess::spawn(&spec)?;
+    row.cold_start_s = secs(restarted.wait_converged(deadline).await?);
+    row.cold_start_writes = restarted.kv_writes().await.ok();
+    row.cold_start_peak_mib = restarted.sample().ok().map(|s| s.peak_rss_mib());
+    restarted.stop().await;
+    drop(fleet);
+    row.outcome = "ok".to_owned();
+    Ok(())
+}
+
+/// Rows of an earlier `scale.csv` in `dir` (the columns the plot needs), to append to.
+pub fn earlier_rows(dir: &Path) -> (Vec<Vec<String>>, Vec<ScaleRow>) {
+    let Ok(text) = std::fs::read_to_string(dir.join("scale.csv")) else {
+        return (Vec::new(), Vec::new());
+    };
+    let mut cells = Vec::new();
+    let mut rows = Vec::new();
+    for line in text.lines().skip(1) {
+        let row = crate::report::parse_csv_line(line);
+        if row.len() != COLUMNS.len() {
+            continue;
+        }
+        let f = |i: usize| row[i].parse::<f64>().ok();
+        rows.push(ScaleRow {
+            devices: row[0].parse().unwrap_or(0),
+            deployments: row[1].parse().unwrap_or(0),
+            fanout_keys_s: f(8),
+            status_lag_s: f(9),
+            ..ScaleRow::default()
+        });
+        cells.push(row);
+    }
+    (cells, rows)
+}
+
+/// Runs every pair, writing `scale.csv`, `scale.md` and `scale-latency.png` after each
+/// (appending to an earlier `scale.csv` in the same directory when `append` is set).
+pub async fn run(opts: &ScaleOptions, append: bool) -> Result<Table> {
+    let cp = ControlPlane::start().await?;
+    let mut table = Table::new(&COLUMNS);
+    let mut rows = Vec::new();
+    if append {
+        let (cells, earlier) = earlier_rows(&opts.out_dir);
+        table.rows = cells;
+        rows = earlier;
+    }
+    for &m in &opts.deployments {
+        for &n in &opts.devices {
+            tracing::info!(devices = n, deployments = m, "scale run starting");
+            let mut row = ScaleRow {
+                devices: n,
+                deployments: m,
+                ..ScaleRow::default()
+            };
+            if let Err(e) = run_pair(&cp, opts, n, m, &mut row).await {
+                tracing::warn!(devices = n, deployments = m, error = %e, "scale run stopped");
+                row.outcome = format!("stopped: {e}");
+            }
+            println!(
+                "{}",
+                Table {
+                    headers: table.headers.clone(),
+                    rows: vec![row.cells()]
+                }
+                .markdown()
+            );
+            table.rows.push(row.cells());
+            rows.push(row);
+            table.write(&opts.out_dir, "scale")?;
+            plot_rows(&rows, &opts.out_dir.join("scale-latency.png"))?;
+        }
+    }
+    Ok(table)
+}
+
+/// Latency against device count: fan-out keys and status lag, one line per deployment count.
+pub fn plot_rows(rows: &[ScaleRow], path: &Path) -> Result<()> {
+    let mut series = Vec::new();
+    let mut ms: Vec<usize> = rows.iter().map(|r| r.deployments).collect();
+    ms.sort_unstable();
+    ms.dedup();
+    for m in ms {
+        let pick = |f: fn(&ScaleRow) -> Option<f64>| -> Vec<(f64, f64)> {
+            rows.iter()
+                .filter(|r| r.deployments == m)
+                .filter_map(|r| Some((r.devices as f64, f(r)?)))
+                .collect()
+        };
+        series.push(Series {
+            label: format!("apply -> all N keys, M={m}"),
+            points: pick(|r| r.fanout_keys_s),
+        });
+        series.push(Series {
+            label: format!("last report -> status, M={m}"),
+            points: pick(|r| r.status_lag_s),
+        });
+    }
+    series.retain(|s| !s.points.is_empty());
+    if series.is_empty() {
+        return Ok(());
+    }
+    plot::latency_plot(
+        path,
+        "harmony fleet: latency vs devices (fan-out Deployment)",
+        "seconds",
+        &series,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn site_counts_add_up() {
+        let n = 1005;
+        let total: usize = (0..100).map(|s| site_count(n, 100, s)).sum();
+        assert_eq!(total, n);
+        assert_eq!(site_count(n, 100, 4), 11);
+        assert_eq!(site_count(n, 100, 5), 10);
+    }
+}

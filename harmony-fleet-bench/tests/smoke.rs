@@ -1,0 +1,69 @@
+//! Smoke tests of the benches at toy sizes, against the real servers (seconds, not minutes):
+//! the big runs are `cargo bench -p harmony-fleet-bench` / `fleet-bench` only.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use harmony_fleet_bench::consumers::{self, ConsumerOptions};
+use harmony_fleet_bench::scale::{self, ControlPlane, ScaleOptions, ScaleRow};
+use harmony_fleet_bench::sim::WatchMode;
+
+#[tokio::test]
+async fn fifty_devices_and_one_deployment_converge_through_the_operator() -> anyhow::Result<()> {
+    let out = tempfile::tempdir()?;
+    let cp = ControlPlane::start().await?;
+    let opts = ScaleOptions {
+        devices: vec![50],
+        deployments: vec![1],
+        devices_per_connection: 20,
+        sites: 5,
+        answer_delay: Duration::from_millis(50),
+        failure_rate: 0.1,
+        heartbeat_interval: Duration::from_secs(1),
+        phase_timeout: Duration::from_secs(60),
+        device_resources: false,
+        operator_exe: PathBuf::from(env!("CARGO_BIN_EXE_fleet-bench")),
+        out_dir: out.path().to_owned(),
+    };
+    let mut row = ScaleRow {
+        devices: 50,
+        deployments: 1,
+        ..ScaleRow::default()
+    };
+    scale::run_pair(&cp, &opts, 50, 1, &mut row).await?;
+    assert_eq!(row.outcome, "ok");
+    assert_eq!(row.connections, 3, "50 devices, 20 per connection");
+    assert_eq!(row.keys, 10 + 50, "one site of five, then the fan-out");
+    assert!(row.fanout_keys_s.is_some() && row.status_lag_s.is_some());
+    assert!(row.operator_cpu_s.unwrap_or_default() > 0.0);
+    assert_eq!(row.cold_start_writes, Some(0), "a restart rewrites nothing");
+    let png = out.path().join("latency.png");
+    scale::plot_rows(&[row], &png)?;
+    assert!(std::fs::metadata(&png)?.len() > 1000);
+    Ok(())
+}
+
+#[tokio::test]
+async fn agent_watches_and_change_notices_both_answer_every_change() -> anyhow::Result<()> {
+    let out = tempfile::tempdir()?;
+    let opts = ConsumerOptions {
+        devices: vec![50],
+        modes: vec![WatchMode::PerDevice, WatchMode::Notify],
+        devices_per_connection: 20,
+        changes: 20,
+        rate: 100.0,
+        idle_window: Duration::from_millis(200),
+        setup_timeout: Duration::from_secs(30),
+        out_dir: out.path().to_owned(),
+    };
+    for mode in [WatchMode::PerDevice, WatchMode::Notify] {
+        let mut row = vec!["-".to_owned(); consumers::COLUMNS.len()];
+        consumers::run_one(&opts, mode, 50, &mut row).await?;
+        assert_eq!(row[3], "50", "{mode:?}: every watch ready");
+        assert_eq!(row[12], "20", "{mode:?}: every change answered");
+        if mode == WatchMode::PerDevice {
+            assert_eq!(row[4], "50", "one consumer per device");
+        }
+    }
+    Ok(())
+}
