@@ -73,4 +73,33 @@ if [[ ! -x "$nats_dir/nats-server" ]]; then
 fi
 ln -sf "$nats_dir/nats-server" "$bin/nats-server"
 
+# --- Dashboard: npm assets and the browser-test Chromium (operator feature web-frontend) ----
+# htmx, its SSE extension, xterm.js, the Tailwind v4 CLI and playwright-core come from the npm
+# registry (harmony-fleet-operator/web/package.json + lockfile); build.rs embeds what they
+# build. Chromium is Debian's, driven by playwright-core in tests/browser.rs.
+if ! dpkg-query -W -f='${Status}' chromium 2>/dev/null | grep -q 'install ok installed'; then
+  t=$(date +%s)
+  say "installing Debian packages: chromium (dashboard browser tests)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core >/dev/null
+  say "chromium installed in $(elapsed "$t")"
+fi
+if ! command -v npm >/dev/null; then
+  t=$(date +%s)
+  say "installing Debian packages: nodejs npm (dashboard assets)"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null
+  say "nodejs and npm installed in $(elapsed "$t")"
+fi
+web="$repo/harmony-fleet-operator/web"
+# npm writes node_modules/.package-lock.json on every install: newer than the lockfile = warm.
+if [[ ! -f "$web/node_modules/.package-lock.json" || "$web/package-lock.json" -nt "$web/node_modules/.package-lock.json" ]]; then
+  t=$(date +%s)
+  say "installing the dashboard's npm packages (npm ci in harmony-fleet-operator/web)"
+  ( cd "$web" && npm ci --no-audit --no-fund --loglevel=error >/dev/null )
+  say "dashboard npm packages installed in $(elapsed "$t")"
+fi
+
 say "all dependencies ready in $bin ($(elapsed "$started"))"

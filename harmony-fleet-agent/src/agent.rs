@@ -109,6 +109,7 @@ impl Agent {
                 agent_version: agent_version(),
                 started,
                 runtime,
+                sessions: Default::default(),
             }),
             stop.clone(),
         ));

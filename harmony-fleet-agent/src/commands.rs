@@ -1,7 +1,12 @@
 //! The command verbs the agent serves on `device-commands.<device>.>` (core NATS
-//! request/reply): `ping`, `exec` (`sh -c` on the host, deadline, output cap) and `logs` (tail
-//! of a deployment's containers). Every reply is a contract `CommandReply`: a result or a typed
-//! error, never silence.
+//! request/reply): `ping`, `exec` (`sh -c` on the host, deadline, output cap), `logs` (tail
+//! of a deployment's containers), and the session verbs `logs-stream`
+//! ([`crate::logs_stream`]) and `shell` ([`crate::shell`]). Every reply is a contract
+//! `CommandReply`: a result or a typed error, never silence.
+//!
+//! Session requests are long polls: they do not take one of the
+//! [`MAX_CONCURRENT_COMMANDS`] slots (a few open tails must not starve `exec`); the number of
+//! sessions is capped instead.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,7 +25,13 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::Connection;
-use crate::runtime::{ContainerRuntime, LABEL_DEPLOYMENT, LABEL_INIT, LABEL_SERVICE};
+use crate::runtime::{
+    ContainerRuntime, ContainerSummary, LABEL_DEPLOYMENT, LABEL_INIT, LABEL_SERVICE,
+};
+use crate::sessions::Sessions;
+
+/// How often idle sessions are looked for.
+const REAP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Commands handled at the same time; further requests wait for a slot.
 const MAX_CONCURRENT_COMMANDS: usize = 8;
@@ -37,6 +48,8 @@ pub struct CommandContext<R: ?Sized> {
     pub started: Instant,
     /// The container runtime.
     pub runtime: Arc<R>,
+    /// Open log tails and shells.
+    pub sessions: Arc<Sessions>,
 }
 
 /// Serve commands until `shutdown`. The subscription survives reconnects (the client
@@ -48,6 +61,21 @@ pub async fn serve<R: ContainerRuntime + ?Sized>(
 ) {
     let subject = keys::command_serve_pattern(&context.device);
     let slots = Arc::new(Semaphore::new(MAX_CONCURRENT_COMMANDS));
+    let reaper = {
+        let sessions = context.sessions.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(REAP_INTERVAL);
+            loop {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    _ = tick.tick() => sessions.reap(),
+                }
+            }
+            sessions.close_all();
+        })
+    };
+    let _reaper = AbortOnDrop(reaper);
     loop {
         let mut subscription = match connection.client().subscribe(subject.clone()).await {
             Ok(subscription) => subscription,
@@ -73,8 +101,15 @@ pub async fn serve<R: ContainerRuntime + ?Sized>(
                 tracing::debug!(subject = %message.subject, "command without reply subject ignored");
                 continue;
             };
-            let Ok(permit) = slots.clone().acquire_owned().await else {
-                return;
+            let is_session = CommandSubject::parse(&message.subject)
+                .is_ok_and(|s| matches!(s.verb, Verb::LogsStream | Verb::Shell));
+            let permit = if is_session {
+                None
+            } else {
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                Some(permit)
             };
             let context = context.clone();
             let client = connection.client().clone();
@@ -86,6 +121,15 @@ pub async fn serve<R: ContainerRuntime + ?Sized>(
                 drop(permit);
             });
         }
+    }
+}
+
+/// Aborts a task when dropped (the reaper ends with the serve loop).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -109,7 +153,9 @@ pub async fn handle<R: ContainerRuntime + ?Sized>(
         Err(KeyError::UnknownVerb { verb, .. }) => {
             return encode::<()>(Err(CommandError::new(
                 ErrorKind::Unsupported,
-                format!("unknown verb `{verb}`: this agent serves ping, exec and logs"),
+                format!(
+                    "unknown verb `{verb}`: this agent serves ping, exec, logs, logs-stream and shell"
+                ),
             )));
         }
         Err(err) => {
@@ -140,6 +186,22 @@ pub async fn handle<R: ContainerRuntime + ?Sized>(
         Verb::Logs => {
             let result = match wire::decode_request::<LogsRequest>(verb, payload) {
                 Ok(request) => logs(context.runtime.as_ref(), &request).await,
+                Err(err) => Err(err),
+            };
+            encode(result)
+        }
+        Verb::LogsStream => {
+            let result = match wire::decode_request(verb, payload) {
+                Ok(request) => {
+                    crate::logs_stream::handle(&context.runtime, &context.sessions, request).await
+                }
+                Err(err) => Err(err),
+            };
+            encode(result)
+        }
+        Verb::Shell => {
+            let result = match wire::decode_request(verb, payload) {
+                Ok(request) => crate::shell::handle(&context.sessions, request).await,
                 Err(err) => Err(err),
             };
             encode(result)
@@ -271,27 +333,29 @@ fn kill_group(pid: Option<u32>) {
     }
 }
 
-/// The tail of the logs of every service container of a deployment.
-async fn logs<R: ContainerRuntime + ?Sized>(
+/// The service containers of a deployment (one service, or all), by service name; a
+/// `NotFound` error when there is none.
+pub async fn select_containers<R: ContainerRuntime + ?Sized>(
     runtime: &R,
-    request: &LogsRequest,
-) -> Result<LogsReply, CommandError> {
+    deployment: &harmony_fleet_contracts::DeploymentName,
+    service: Option<&str>,
+) -> Result<Vec<ContainerSummary>, CommandError> {
     let containers = runtime.list().await.map_err(|err| {
         CommandError::new(ErrorKind::Runtime, format!("cannot list containers: {err}"))
     })?;
     let mut selected: Vec<_> = containers
         .into_iter()
-        .filter(|c| c.label(LABEL_DEPLOYMENT) == Some(request.deployment.as_str()))
+        .filter(|c| c.label(LABEL_DEPLOYMENT) == Some(deployment.as_str()))
         .filter(|c| c.label(LABEL_INIT) != Some("true"))
-        .filter(|c| match &request.service {
-            Some(service) => c.label(LABEL_SERVICE) == Some(service.as_str()),
+        .filter(|c| match service {
+            Some(service) => c.label(LABEL_SERVICE) == Some(service),
             None => true,
         })
         .collect();
     if selected.is_empty() {
-        let what = match &request.service {
-            Some(service) => format!("service `{service}` of deployment `{}`", request.deployment),
-            None => format!("deployment `{}`", request.deployment),
+        let what = match service {
+            Some(service) => format!("service `{service}` of deployment `{deployment}`"),
+            None => format!("deployment `{deployment}`"),
         };
         return Err(CommandError::new(
             ErrorKind::NotFound,
@@ -299,6 +363,16 @@ async fn logs<R: ContainerRuntime + ?Sized>(
         ));
     }
     selected.sort_by(|a, b| a.label(LABEL_SERVICE).cmp(&b.label(LABEL_SERVICE)));
+    Ok(selected)
+}
+
+/// The tail of the logs of every service container of a deployment.
+async fn logs<R: ContainerRuntime + ?Sized>(
+    runtime: &R,
+    request: &LogsRequest,
+) -> Result<LogsReply, CommandError> {
+    let selected =
+        select_containers(runtime, &request.deployment, request.service.as_deref()).await?;
     let wanted = request.tail_lines();
     let count = selected.len();
     let max_lines = (wire::MAX_LOG_LINES / count).max(1).min(wanted);
@@ -341,6 +415,7 @@ mod tests {
             agent_version: AgentVersion::lossy("0.1.0"),
             started: Instant::now(),
             runtime: Arc::new(FakeRuntime::default()),
+            sessions: Arc::new(Sessions::default()),
         }
     }
 
@@ -411,7 +486,29 @@ mod tests {
         let err = call::<()>("device-commands.dev-1.shell", "")
             .await
             .expect_err("refused");
-        assert_eq!(err.kind, ErrorKind::Unsupported);
+        assert_eq!(
+            err.kind,
+            ErrorKind::BadRequest,
+            "a shell request needs an op"
+        );
+    }
+
+    #[tokio::test]
+    async fn logs_stream_of_an_unknown_deployment_is_not_found() {
+        let err = call::<()>(
+            "device-commands.dev-1.logs-stream",
+            r#"{"op":"open","deployment":"web"}"#,
+        )
+        .await
+        .expect_err("refused");
+        assert_eq!(err.kind, ErrorKind::NotFound);
+        let err = call::<()>(
+            "device-commands.dev-1.logs-stream",
+            r#"{"op":"poll","session":"nope"}"#,
+        )
+        .await
+        .expect_err("refused");
+        assert_eq!(err.kind, ErrorKind::NotFound);
     }
 
     #[tokio::test]

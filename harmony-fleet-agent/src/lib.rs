@@ -13,7 +13,10 @@
 //! | [`runtime`] | the `ContainerRuntime` trait and the podman CLI implementation |
 //! | [`store`] | the offline copy of the desired state (atomic writes) |
 //! | [`reports`] | device-info, device-state and heartbeats |
-//! | [`commands`] | the `ping`, `exec` and `logs` verbs |
+//! | [`commands`] | the `ping`, `exec` and `logs` verbs, and dispatch of the session verbs |
+//! | [`sessions`] | open log tails and shells, their output buffers, idle reaping |
+//! | [`logs_stream`] | the `logs-stream` verb: follow a deployment's containers live |
+//! | [`shell`] | the `shell` verb: an interactive shell on a pseudo-terminal |
 //! | [`inventory`] | what the device is (from `/proc`) |
 //! | [`agent`] | [`Agent`], wiring the loops together |
 //!
@@ -26,9 +29,12 @@ pub mod connection;
 pub mod deployments;
 pub mod error;
 pub mod inventory;
+pub mod logs_stream;
 pub mod reconcile;
 pub mod reports;
 pub mod runtime;
+pub mod sessions;
+pub mod shell;
 pub mod store;
 pub mod watch;
 

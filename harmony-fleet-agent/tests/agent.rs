@@ -667,6 +667,80 @@ async fn commands_round_trip_over_nats() -> Result<()> {
         .request::<LogsReply>(Verb::Logs, &LogsRequest::new("nope".parse()?))
         .await?;
     assert_eq!(missing.map_err(|e| e.kind), Err(ErrorKind::NotFound));
+
+    // Live log tail: a session of long polls over the device's own command subject.
+    use harmony_fleet_contracts::sessions::{
+        LogChunk, LogsStreamRequest, SessionAck, SessionOpened, ShellChunk, ShellRequest,
+    };
+    let opened: SessionOpened = fleet
+        .request(
+            Verb::LogsStream,
+            &LogsStreamRequest::Open {
+                deployment: "web".parse()?,
+                service: None,
+                tail_lines: Some(5),
+            },
+        )
+        .await??;
+    let poll = LogsStreamRequest::Poll {
+        session: opened.session.clone(),
+        wait_ms: Some(1000),
+    };
+    eventually("a followed log line", SLOW, || async {
+        let chunk: LogChunk = fleet.request(Verb::LogsStream, &poll).await.ok()?.ok()?;
+        chunk
+            .lines
+            .iter()
+            .any(|l| l.service == "http" && l.line.contains("serving v1"))
+            .then_some(())
+    })
+    .await?;
+    let _: SessionAck = fleet
+        .request(
+            Verb::LogsStream,
+            &LogsStreamRequest::Close {
+                session: opened.session.clone(),
+            },
+        )
+        .await??;
+    let gone = fleet.request::<LogChunk>(Verb::LogsStream, &poll).await?;
+    assert_eq!(gone.map_err(|e| e.kind), Err(ErrorKind::NotFound));
+
+    // Shell: a pty on the device; typed input comes back as output.
+    let opened: SessionOpened = fleet
+        .request(Verb::Shell, &ShellRequest::Open { cols: 80, rows: 24 })
+        .await??;
+    let _: SessionAck = fleet
+        .request(
+            Verb::Shell,
+            &ShellRequest::Input {
+                session: opened.session.clone(),
+                data: "echo h''i\n".into(),
+            },
+        )
+        .await??;
+    let poll = ShellRequest::Poll {
+        session: opened.session.clone(),
+        wait_ms: Some(1000),
+    };
+    let mut seen = String::new();
+    let deadline = std::time::Instant::now() + SLOW;
+    while !seen.contains("hi\r\n") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no `hi` from the shell within {SLOW:?}: {seen:?}"
+        );
+        let chunk: ShellChunk = fleet.request(Verb::Shell, &poll).await??;
+        seen.push_str(&chunk.data);
+    }
+    let _: SessionAck = fleet
+        .request(
+            Verb::Shell,
+            &ShellRequest::Close {
+                session: opened.session,
+            },
+        )
+        .await??;
     Ok(())
 }
 

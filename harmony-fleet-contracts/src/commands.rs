@@ -53,12 +53,11 @@ pub enum Verb {
     /// Tail the logs of a deployment's containers; [`LogsRequest`] → [`LogsReply`].
     #[serde(rename = "logs")]
     Logs,
-    /// Reserved for streaming logs (later). Agents of this version answer
-    /// [`ErrorKind::Unsupported`].
+    /// Follow a deployment's logs live: a session of long polls; see [`crate::sessions`].
     #[serde(rename = "logs-stream")]
     LogsStream,
-    /// Reserved for an interactive shell (later). Agents of this version answer
-    /// [`ErrorKind::Unsupported`].
+    /// An interactive shell on a pseudo-terminal: a session of requests; see
+    /// [`crate::sessions`].
     #[serde(rename = "shell")]
     Shell,
 }
@@ -85,9 +84,10 @@ impl Verb {
     }
 
     /// `true` for verbs whose name is reserved but which this protocol version does not
-    /// define yet.
+    /// define yet. Since `logs-stream` and `shell` got their protocol ([`crate::sessions`]),
+    /// none is; older agents still answer them with [`ErrorKind::Unsupported`].
     pub const fn is_reserved(self) -> bool {
-        matches!(self, Verb::LogsStream | Verb::Shell)
+        false
     }
 }
 
@@ -558,9 +558,8 @@ mod tests {
     }
 
     #[test]
-    fn reserved_verbs_are_flagged() {
-        assert!(Verb::Shell.is_reserved() && Verb::LogsStream.is_reserved());
-        assert!(!Verb::Exec.is_reserved());
+    fn no_verb_is_reserved_any_more() {
+        assert!(Verb::ALL.iter().all(|verb| !verb.is_reserved()));
         assert_eq!(
             CommandError::unsupported(Verb::Shell).kind,
             ErrorKind::Unsupported

@@ -15,6 +15,7 @@
 //! | [`state`] | [`DeploymentState`] and [`Phase`] |
 //! | [`heartbeat`] | [`Heartbeat`], the < 96-byte liveness record |
 //! | [`commands`] | the request/reply command protocol: verbs, requests, replies, caps |
+//! | [`sessions`] | live log tail and interactive shell: long-poll sessions over `logs-stream` / `shell` |
 //! | [`permissions`] | per-device and operator NATS permission templates |
 //! | [`jetstream`] | the JetStream API subjects behind KV operations |
 //! | [`subject`] | NATS subject syntax and the `*`/`>` matcher |
@@ -33,6 +34,7 @@ pub mod jetstream;
 pub mod keys;
 pub mod payload;
 pub mod permissions;
+pub mod sessions;
 pub mod state;
 pub mod subject;
 pub mod validation;

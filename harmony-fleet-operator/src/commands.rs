@@ -126,6 +126,18 @@ impl CommandsClient {
             .await
     }
 
+    /// Sends any request of the command protocol and decodes its reply; the session verbs
+    /// (`logs-stream`, `shell`) use it with their own request and reply types.
+    pub async fn call<Q: Serialize, A: DeserializeOwned>(
+        &self,
+        device: &DeviceId,
+        verb: Verb,
+        request: &Q,
+        timeout: Duration,
+    ) -> Result<A, CommandError> {
+        self.request(device, verb, request, timeout).await
+    }
+
     async fn request<Q: Serialize, A: DeserializeOwned>(
         &self,
         device: &DeviceId,

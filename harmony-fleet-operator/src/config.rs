@@ -7,11 +7,19 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::error::Error;
 
-/// `harmony-fleet-operator [run|gen-crd]`.
+/// `--version`: the crate version, and `+web-frontend` when the dashboard is compiled in (how
+/// deploy tooling tells whether `--web-listen` will serve anything).
+pub const VERSION: &str = if cfg!(feature = "web-frontend") {
+    concat!(env!("CARGO_PKG_VERSION"), " +web-frontend")
+} else {
+    env!("CARGO_PKG_VERSION")
+};
+
+/// `harmony-fleet-operator [run|gen-crd|serve-web]`.
 #[derive(Debug, Parser)]
 #[command(
     name = "harmony-fleet-operator",
-    version,
+    version = VERSION,
     about = "harmony fleet operator: Deployments and Devices reconciled through NATS KV"
 )]
 pub struct Cli {
@@ -30,6 +38,64 @@ pub enum Command {
     Run(RunArgs),
     /// Print the CustomResourceDefinitions as YAML.
     GenCrd,
+    /// Serve only the dashboard (feature `web-frontend`): against NATS and Kubernetes, or
+    /// against seeded in-memory data with `--mock`.
+    ServeWeb(ServeWebArgs),
+}
+
+/// Who may use the dashboard. Without a token or basic auth it is open, which is refused
+/// beyond loopback unless `--allow-unauthenticated` says an authenticating proxy guards it.
+#[derive(Debug, Clone, Default, Args)]
+pub struct WebAccessArgs {
+    /// Bearer token for the dashboard (`Authorization: Bearer …`, or paste it on /login).
+    #[arg(long = "web-token", env = "FLEET_WEB_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// `user:password` for HTTP basic auth on the dashboard.
+    #[arg(
+        long = "web-basic-auth",
+        env = "FLEET_WEB_BASIC_AUTH",
+        hide_env_values = true
+    )]
+    pub basic_auth: Option<String>,
+    /// Serve the dashboard without authentication beyond loopback (only behind an
+    /// authenticating proxy, e.g. an OIDC proxy, that is the only way in).
+    #[arg(long, env = "FLEET_WEB_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+}
+
+/// Flags of `serve-web`.
+#[derive(Debug, Clone, Args)]
+pub struct ServeWebArgs {
+    /// Address of the dashboard.
+    #[arg(long, env = "FLEET_WEB_LISTEN", default_value = "127.0.0.1:18080")]
+    pub listen: SocketAddr,
+    /// Serve seeded in-memory data (10 devices, 4 deployments) instead of a real fleet.
+    #[arg(long)]
+    pub mock: bool,
+    /// Serve the stylesheet from this file instead of the embedded one (restyling).
+    #[arg(long, value_name = "PATH")]
+    pub css_from: Option<std::path::PathBuf>,
+    /// Reload open tabs when the server restarts (development).
+    #[arg(long)]
+    pub live_reload: bool,
+    /// NATS server URLs (comma separated); required without `--mock`.
+    #[arg(long = "nats-url", env = "FLEET_NATS_URL", value_delimiter = ',')]
+    pub nats_urls: Vec<String>,
+    /// NATS user.
+    #[arg(long, env = "FLEET_NATS_USER")]
+    pub nats_user: Option<String>,
+    /// NATS password (prefer the environment variable over the flag).
+    #[arg(long, env = "FLEET_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// Only show Deployments of this namespace (default: every namespace).
+    #[arg(long, env = "FLEET_NAMESPACE")]
+    pub namespace: Option<String>,
+    /// A device is offline when its last heartbeat is older than this many seconds.
+    #[arg(long, env = "FLEET_HEARTBEAT_TIMEOUT_SECS", default_value_t = 90)]
+    pub heartbeat_timeout_secs: u64,
+    /// Who may use the dashboard.
+    #[command(flatten)]
+    pub access: WebAccessArgs,
 }
 
 /// Flags of `run`. Every flag has an environment variable.
@@ -70,6 +136,12 @@ pub struct RunArgs {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "FLEET_LOG_JSON")]
     pub log_json: bool,
+    /// Also serve the dashboard on this address (needs the `web-frontend` feature).
+    #[arg(long, env = "FLEET_WEB_LISTEN")]
+    pub web_listen: Option<SocketAddr>,
+    /// Who may use the dashboard.
+    #[command(flatten)]
+    pub web_access: WebAccessArgs,
 }
 
 /// NATS connection settings.
@@ -98,6 +170,17 @@ pub struct Config {
     pub create_buckets: bool,
     /// Whether to write `Device` resources.
     pub device_resources: bool,
+    /// The dashboard, when `--web-listen` is set.
+    pub web: Option<WebConfig>,
+}
+
+/// Where and for whom `run` serves the dashboard.
+#[derive(Clone, Debug)]
+pub struct WebConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Access settings (validated when the dashboard starts).
+    pub access: WebAccessArgs,
 }
 
 impl Config {
@@ -114,6 +197,7 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             create_buckets: false,
             device_resources: true,
+            web: None,
         }
     }
 }
@@ -133,6 +217,8 @@ impl TryFrom<RunArgs> for Config {
             create_buckets,
             no_device_resources,
             log_json: _,
+            web_listen,
+            web_access,
         } = args;
         let urls: Vec<String> = nats_urls
             .into_iter()
@@ -171,6 +257,10 @@ impl TryFrom<RunArgs> for Config {
             listen,
             create_buckets,
             device_resources: !no_device_resources,
+            web: web_listen.map(|listen| WebConfig {
+                listen,
+                access: web_access,
+            }),
         })
     }
 }
@@ -201,6 +291,28 @@ mod tests {
         };
         let err = Config::try_from(args).expect_err("invalid").to_string();
         assert!(err.contains("FLEET_NATS_PASSWORD"), "{err}");
+    }
+
+    #[test]
+    fn serve_web_defaults_to_loopback() {
+        let Some(Command::ServeWeb(args)) = parse(&["serve-web", "--mock"]).command else {
+            panic!("serve-web subcommand");
+        };
+        assert!(args.mock);
+        assert_eq!(args.listen, "127.0.0.1:18080".parse().unwrap());
+    }
+
+    #[test]
+    fn web_listen_turns_the_dashboard_on_in_run() {
+        let cli = parse(&["run", "--web-listen", "0.0.0.0:8081"]);
+        let Some(Command::Run(args)) = cli.command else {
+            panic!("run subcommand");
+        };
+        let config = Config::try_from(args).expect("valid");
+        assert_eq!(
+            config.web.map(|w| w.listen),
+            Some("0.0.0.0:8081".parse().unwrap())
+        );
     }
 
     #[test]

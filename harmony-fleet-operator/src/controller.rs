@@ -6,6 +6,9 @@
 //! * `Deployment` changes → ownership of the name, index, rollout → keys; finalizer.
 //! * `device-state` / heartbeats → aggregate → at most one status patch per Deployment per
 //!   second (only when it changed); liveness → registry.
+//! * `Device` resources annotated [`BLACKLIST_ANNOTATION`]`=true` are blacklisted: the
+//!   device leaves the targeting index (its keys are deleted, nothing new is written) and
+//!   comes back with its latest labels when the annotation goes.
 //! * Cold start: load `desired-state` (what KV holds), then the CRs and the other buckets
 //!   from the beginning; nothing is written until all of them caught up. Then one full pass
 //!   writes what is missing, deletes orphaned keys, and `/readyz` says `Converged`.
@@ -43,6 +46,7 @@ use crate::config::Config;
 use crate::crd::deployment::{
     Aggregate, Deployment, DeploymentStatus, FailingDevice, MAX_FAILING_DEVICES, RolloutStatus,
 };
+use crate::crd::device::{BLACKLIST_ANNOTATION, Device};
 use crate::crd::{FIELD_MANAGER, FINALIZER, GROUP};
 use crate::error::{Error, Result};
 use crate::http::Readiness;
@@ -70,6 +74,7 @@ enum Input {
     Info(KvEvent),
     State(KvEvent),
     Heartbeat(KvEvent),
+    Blacklist(Box<watcher::Event<kube::core::PartialObjectMeta<Device>>>),
 }
 
 /// A running operator. Dropping it stops every task it started.
@@ -158,10 +163,34 @@ pub async fn start(
     ));
     tasks.push(kv::forward(
         kv::watch_from_start(&fleet_kv.heartbeat).await?,
-        tx,
+        tx.clone(),
         Input::Heartbeat,
         "device-heartbeat",
     ));
+
+    // Blacklist: the annotation of `Device` resources (metadata only).
+    let blacklist_tx = tx;
+    let devices: Api<kube::core::PartialObjectMeta<Device>> = Api::all(client.clone());
+    tasks.push(tokio::spawn(async move {
+        let mut events = std::pin::pin!(
+            watcher(devices, watcher::Config::default()).default_backoff()
+        );
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(event) => {
+                    if blacklist_tx
+                        .send(Input::Blacklist(Box::new(event)))
+                        .await
+                        .is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "Device watch (blacklist) error; retrying with backoff")
+                }
+            }
+        }
+    }));
 
     let registry = if config.device_resources {
         let (registry_tx, task) =
@@ -198,6 +227,9 @@ pub async fn start(
         status_dirty: HashSet::new(),
         finalize: HashSet::new(),
         relist: None,
+        blacklist: HashSet::new(),
+        blacklist_relist: None,
+        held_labels: HashMap::new(),
     };
     let main = tokio::spawn(reconciler.run(rx));
     Ok(OperatorHandle {
@@ -251,11 +283,12 @@ struct CaughtUp {
     info: bool,
     state: bool,
     heartbeat: bool,
+    blacklist: bool,
 }
 
 impl CaughtUp {
     fn all(&self) -> bool {
-        self.crs && self.info && self.state && self.heartbeat
+        self.crs && self.info && self.state && self.heartbeat && self.blacklist
     }
 }
 
@@ -320,6 +353,12 @@ struct Reconciler {
     finalize: HashSet<CrKey>,
     /// CR keys seen since the watcher's last `Init` (to detect deletions across re-lists).
     relist: Option<HashSet<CrKey>>,
+    /// Blacklisted devices (annotation on their `Device` resource).
+    blacklist: HashSet<DeviceId>,
+    /// Blacklisted devices seen since the Device watcher's last `Init`.
+    blacklist_relist: Option<HashSet<DeviceId>>,
+    /// Latest labels of blacklisted devices, kept out of the index until released.
+    held_labels: HashMap<DeviceId, crate::index::Labels>,
 }
 
 impl Reconciler {
@@ -366,6 +405,10 @@ impl Reconciler {
             Input::Heartbeat(event) => {
                 self.on_heartbeat(event);
                 "heartbeat"
+            }
+            Input::Blacklist(event) => {
+                self.on_blacklist(*event).await;
+                "blacklist"
             }
         }
     }
@@ -700,10 +743,15 @@ impl Reconciler {
                     tracing::warn!(device = %k.device, error = %e, "rejecting device-info with invalid labels; keeping the previous one");
                     return;
                 }
-                let changes = self
-                    .index
-                    .upsert_device(k.device.clone(), info.labels.clone());
-                self.apply_changes(changes);
+                if self.blacklist.contains(&k.device) {
+                    self.held_labels
+                        .insert(k.device.clone(), info.labels.clone());
+                } else {
+                    let changes = self
+                        .index
+                        .upsert_device(k.device.clone(), info.labels.clone());
+                    self.apply_changes(changes);
+                }
                 self.metrics
                     .devices_known
                     .set(self.index.device_count() as i64);
@@ -720,6 +768,7 @@ impl Reconciler {
                 let Ok(k) = InfoKey::parse(&key) else {
                     return;
                 };
+                self.held_labels.remove(&k.device);
                 let changes = self.index.remove_device(&k.device);
                 self.apply_changes(changes);
                 self.metrics
@@ -817,6 +866,79 @@ impl Reconciler {
                         });
                     }
                 }
+            }
+        }
+    }
+
+    // ----- blacklist -----
+
+    async fn on_blacklist(&mut self, event: watcher::Event<kube::core::PartialObjectMeta<Device>>) {
+        let flagged = |d: &kube::core::PartialObjectMeta<Device>| -> Option<(DeviceId, bool)> {
+            let id = DeviceId::new(d.metadata.name.clone()?).ok()?;
+            let on = d
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(BLACKLIST_ANNOTATION))
+                .is_some_and(|v| v == "true");
+            Some((id, on))
+        };
+        match event {
+            watcher::Event::Init => self.blacklist_relist = Some(HashSet::new()),
+            watcher::Event::InitApply(d) => {
+                if let (Some(seen), Some((id, true))) = (&mut self.blacklist_relist, flagged(&d)) {
+                    seen.insert(id);
+                }
+            }
+            watcher::Event::InitDone => {
+                if let Some(seen) = self.blacklist_relist.take() {
+                    let released: Vec<DeviceId> =
+                        self.blacklist.difference(&seen).cloned().collect();
+                    for id in released {
+                        self.set_blacklisted(id, false);
+                    }
+                    for id in seen {
+                        self.set_blacklisted(id, true);
+                    }
+                }
+                if !self.caught_up.blacklist {
+                    self.caught_up.blacklist = true;
+                    self.maybe_converge().await;
+                }
+            }
+            watcher::Event::Apply(d) => {
+                if let Some((id, on)) = flagged(&d) {
+                    self.set_blacklisted(id, on);
+                }
+            }
+            watcher::Event::Delete(d) => {
+                if let Some((id, _)) = flagged(&d) {
+                    self.set_blacklisted(id, false);
+                }
+            }
+        }
+    }
+
+    /// Takes a device out of targeting (its keys go) or puts it back with its latest labels.
+    fn set_blacklisted(&mut self, device: DeviceId, on: bool) {
+        if on {
+            if !self.blacklist.insert(device.clone()) {
+                return;
+            }
+            tracing::info!(device = %device, "device blacklisted: removing its desired state");
+            if let Some(labels) = self.index.labels(&device).cloned() {
+                self.held_labels.insert(device.clone(), labels);
+                let changes = self.index.remove_device(&device);
+                self.apply_changes(changes);
+            }
+        } else {
+            if !self.blacklist.remove(&device) {
+                return;
+            }
+            tracing::info!(device = %device, "device released from the blacklist");
+            if let Some(labels) = self.held_labels.remove(&device) {
+                let changes = self.index.upsert_device(device, labels);
+                self.apply_changes(changes);
             }
         }
     }

@@ -14,6 +14,8 @@
 //! | [`commands`] | `ping` / `exec` / `logs` client |
 //! | [`metrics`], [`http`] | Prometheus metrics, `/healthz`, `/readyz`, `/metrics` |
 //! | [`config`], [`error`] | flags and environment, the error type |
+//! | `service` | (feature `web-frontend`) `FleetService`: the dashboard's view of the fleet, mock and real |
+//! | `web` | (feature `web-frontend`) the dashboard: pages, live logs (SSE), shell (WebSocket) |
 //!
 //! It does not depend on `harmony`.
 
@@ -29,6 +31,10 @@ pub mod kv;
 pub mod metrics;
 pub mod registry;
 pub mod rollout;
+#[cfg(feature = "web-frontend")]
+pub mod service;
+#[cfg(feature = "web-frontend")]
+pub mod web;
 
 pub use controller::{OperatorHandle, start};
 pub use error::{Error, Result};
@@ -61,6 +67,7 @@ pub async fn run(config: Config) -> Result<()> {
         metrics: metrics.clone(),
     });
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let dashboard = start_dashboard(&config, &nats, &client).await?;
     let operator = start(config, client, nats, metrics, readiness).await?;
     let result = tokio::select! {
         r = operator.wait() => r,
@@ -70,10 +77,50 @@ pub async fn run(config: Config) -> Result<()> {
         }
     };
     server.abort();
+    if let Some(dashboard) = dashboard {
+        dashboard.abort();
+    }
     result
 }
 
-async fn shutdown_signal() {
+/// The dashboard next to the operator, when `--web-listen` is set.
+#[cfg(feature = "web-frontend")]
+async fn start_dashboard(
+    config: &Config,
+    nats: &async_nats::Client,
+    client: &kube::Client,
+) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    let Some(web) = &config.web else {
+        return Ok(None);
+    };
+    web::serve::spawn_for_run(
+        web.listen,
+        &web.access,
+        nats.clone(),
+        client.clone(),
+        config.namespace.clone(),
+        config.heartbeat_timeout,
+    )
+    .await
+    .map(Some)
+}
+
+/// Without the `web-frontend` feature `--web-listen` cannot be honoured; the operator still
+/// runs (the dashboard is optional), and says so loudly.
+#[cfg(not(feature = "web-frontend"))]
+async fn start_dashboard(
+    config: &Config,
+    _nats: &async_nats::Client,
+    _client: &kube::Client,
+) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    if let Some(web) = &config.web {
+        tracing::warn!(listen = %web.listen, "--web-listen / FLEET_WEB_LISTEN is set but this operator was built without the dashboard: rebuild with --features web-frontend; serving no dashboard");
+    }
+    Ok(None)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {

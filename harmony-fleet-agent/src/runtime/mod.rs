@@ -228,4 +228,23 @@ pub trait ContainerRuntime: Send + Sync + 'static {
     async fn remove(&self, id: &str) -> Result<(), RuntimeError>;
     /// The last `tail` lines of a container's output.
     async fn logs(&self, id: &str, tail: u32) -> Result<Logs, RuntimeError>;
+    /// Follows a container's output: the last `tail` lines, then new lines as they are
+    /// written, until the container stops or the returned follower is dropped. Runtimes
+    /// that cannot follow answer an error (the default).
+    async fn follow_logs(&self, id: &str, tail: u32) -> Result<LogFollower, RuntimeError> {
+        let _ = tail;
+        Err(RuntimeError::Failed {
+            command: format!("follow logs of {id}"),
+            status: "unsupported".into(),
+            stderr: "this container runtime cannot follow logs".into(),
+        })
+    }
+}
+
+/// A followed container output: lines arrive on `lines` until the container stops (the
+/// channel closes). Dropping it stops following (the runtime's process is killed).
+#[derive(Debug)]
+pub struct LogFollower {
+    /// Lines, without their newline.
+    pub lines: tokio::sync::mpsc::Receiver<String>,
 }

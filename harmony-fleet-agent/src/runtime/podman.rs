@@ -13,7 +13,7 @@ use tokio::process::Command;
 
 use super::{
     Completion, ContainerRuntime, ContainerSpec, ContainerState, ContainerSummary,
-    LABEL_DEPLOYMENT, Logs, RuntimeError,
+    LABEL_DEPLOYMENT, LogFollower, Logs, RuntimeError,
 };
 
 /// Longest podman error text kept in a message (the tail is kept: podman prints `Error: …` last).
@@ -501,6 +501,54 @@ impl ContainerRuntime for PodmanCli {
             });
         }
         Ok(Logs { text: output })
+    }
+
+    async fn follow_logs(&self, id: &str, tail: u32) -> Result<LogFollower, RuntimeError> {
+        let args = vec![
+            "logs".into(),
+            "--follow".into(),
+            "--tail".into(),
+            tail.to_string(),
+            id.to_owned(),
+        ];
+        let mut command = self.base_command(&args);
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = command.spawn().map_err(|err| self.spawn_error(err))?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let mut readers = Vec::new();
+        if let Some(out) = child.stdout.take() {
+            readers.push(tokio::spawn(forward_lines(out, tx.clone())));
+        }
+        if let Some(err) = child.stderr.take() {
+            readers.push(tokio::spawn(forward_lines(err, tx.clone())));
+        }
+        tokio::spawn(async move {
+            tokio::select! {
+                () = tx.closed() => {
+                    // Nobody follows any more: stop podman (kill_on_drop does the rest).
+                    let _ = child.kill().await;
+                }
+                _ = child.wait() => {}
+            }
+            for reader in readers {
+                let _ = reader.await;
+            }
+        });
+        Ok(LogFollower { lines: rx })
+    }
+}
+
+/// Sends each line of `reader` to `tx` until EOF or until nobody listens.
+async fn forward_lines(
+    reader: impl tokio::io::AsyncRead + Unpin,
+    tx: tokio::sync::mpsc::Sender<String>,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(reader).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if tx.send(line).await.is_err() {
+            return;
+        }
     }
 }
 

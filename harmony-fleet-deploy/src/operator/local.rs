@@ -95,6 +95,21 @@ pub(super) async fn deploy(
     }
 
     wait_converged(topology, addr, score.smoke_timeout).await?;
+    if let Some(port) = score.dashboard_port {
+        let web = SocketAddr::from(([127, 0, 0, 1], port));
+        wait::until(
+            "the dashboard to answer GET /",
+            score.smoke_timeout,
+            || async move {
+                match probe::http_get(web, "/", Duration::from_secs(2)).await {
+                    Ok(response) if response.status == 200 => Poll::Ready(()),
+                    Ok(response) => Poll::Pending(format!("HTTP {}", response.status)),
+                    Err(e) => Poll::Pending(e),
+                }
+            },
+        )
+        .await?;
+    }
     let mut message = format!("operator converged (http://{addr}/readyz)");
     if let Some(port) = score.dashboard_port {
         message.push_str(&format!(", dashboard http://127.0.0.1:{port}/"));

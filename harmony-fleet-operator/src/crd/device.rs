@@ -10,6 +10,15 @@
 #![allow(clippy::duplicated_attributes)]
 
 use kube::{CustomResource, KubeSchema};
+
+/// Annotation that blacklists a device: with value `"true"` the operator writes no
+/// `desired-state` key for it (existing keys are deleted, so its workloads stop) until the
+/// annotation is removed. Set by the dashboard or by hand:
+/// `kubectl annotate fleetdev pi-1 fleet.nationtech.io/blacklisted=true`.
+///
+/// An annotation rather than a label: labels mirror what the agent reports, and a device must
+/// not be able to lift its own blacklist by reporting a label.
+pub const BLACKLIST_ANNOTATION: &str = "fleet.nationtech.io/blacklisted";
 use serde::{Deserialize, Serialize};
 
 /// What a device is: its inventory, as its agent reports it.

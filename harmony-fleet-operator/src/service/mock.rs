@@ -1,0 +1,717 @@
+//! [`MockFleetService`]: a seeded, in-memory fleet of 10 devices in mixed states and 4
+//! deployments (complete, progressing in waves, paused after failures, all-at-once), for
+//! `serve-web --mock`, the handler tests and the browser tests.
+//!
+//! Sessions are simulated in-process: the log tail emits a line every
+//! [`MockFleetService::LOG_INTERVAL`], and the shell is a tiny line editor that understands
+//! `echo`, `stty size`, `hostname` and `exit`, enough to exercise the whole browser path.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use harmony_fleet_contracts::commands::ServiceLogs;
+use harmony_fleet_contracts::device::Inventory;
+use harmony_fleet_contracts::ids::{DeploymentName, DeviceId};
+use harmony_fleet_contracts::state::Phase;
+use jiff::{SignedDuration, Timestamp};
+use tokio::sync::mpsc;
+
+use super::{
+    CommandOutput, DeploymentDetail, DeploymentDevice, DeploymentRef, DeploymentSummary,
+    DeviceDeployment, DeviceDetail, DevicePage, DeviceQuery, DeviceSummary, FleetService, LogEvent,
+    LogStream, OVERVIEW_OFFLINE_LIMIT, Overview, PhaseCounts, RolloutView, ServiceError,
+    ServiceResult, ShellEvent, ShellInput, ShellSession, Wave, WaveState,
+};
+
+#[derive(Clone, Debug)]
+struct MockDevice {
+    id: DeviceId,
+    labels: BTreeMap<String, String>,
+    online: bool,
+    last_seen: Timestamp,
+    blacklisted: bool,
+    arch: &'static str,
+    /// (deployment, phase, last error, on the target revision)
+    runs: Vec<(String, Phase, Option<String>, bool)>,
+    /// What it ran before it was blacklisted (given back when released), like the operator
+    /// deleting and rewriting its desired state.
+    held: Vec<(String, Phase, Option<String>, bool)>,
+}
+
+#[derive(Clone, Debug)]
+struct MockDeployment {
+    summary: DeploymentSummary,
+    waves: Vec<(String, WaveState)>,
+    services: Vec<String>,
+}
+
+#[derive(Debug)]
+struct MockState {
+    devices: BTreeMap<DeviceId, MockDevice>,
+    deployments: Vec<MockDeployment>,
+}
+
+/// The seeded in-memory fleet.
+#[derive(Debug)]
+pub struct MockFleetService {
+    state: Mutex<MockState>,
+    log_interval: Duration,
+}
+
+impl Default for MockFleetService {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn id(s: &str) -> DeviceId {
+    DeviceId::new(s).unwrap_or_else(|_| unreachable_id())
+}
+
+#[allow(clippy::panic)]
+fn unreachable_id() -> DeviceId {
+    panic!("mock device ids are valid RFC 1123 names")
+}
+
+impl MockFleetService {
+    /// Interval between two simulated log lines.
+    pub const LOG_INTERVAL: Duration = Duration::from_millis(500);
+
+    /// The seeded fleet: 10 devices (7 online, 2 offline, 1 blacklisted; 2 failing) and 4
+    /// deployments (`web` complete, `telemetry` progressing in waves, `camera` paused after
+    /// failures, `edge-proxy` complete all at once).
+    pub fn new() -> Self {
+        let now = Timestamp::now();
+        let ago = |secs: i64| now - SignedDuration::from_secs(secs);
+        let mut devices = BTreeMap::new();
+        let specs: [(&str, &str, &str, bool, i64, bool, &str); 10] = [
+            ("pi-01", "plant-3", "line-a", true, 4, false, "aarch64"),
+            ("pi-02", "plant-3", "line-a", true, 7, false, "aarch64"),
+            ("pi-03", "plant-3", "line-b", true, 2, false, "aarch64"),
+            ("pi-04", "plant-3", "line-b", false, 3_600, false, "aarch64"),
+            ("pi-05", "plant-7", "line-a", true, 11, false, "aarch64"),
+            ("pi-06", "plant-7", "line-a", true, 5, true, "aarch64"),
+            ("pi-07", "plant-7", "line-b", true, 9, false, "aarch64"),
+            (
+                "pi-08",
+                "plant-7",
+                "line-b",
+                false,
+                86_400 * 2,
+                false,
+                "aarch64",
+            ),
+            ("vm-01", "lab", "ci", true, 1, false, "x86_64"),
+            ("vm-02", "lab", "ci", true, 3, false, "x86_64"),
+        ];
+        for (name, site, line, online, seen, blacklisted, arch) in specs {
+            let labels = BTreeMap::from([
+                ("site".to_owned(), site.to_owned()),
+                ("line".to_owned(), line.to_owned()),
+                ("arch".to_owned(), arch.to_owned()),
+            ]);
+            let mut runs = Vec::new();
+            if site == "plant-3" {
+                runs.push(("web".to_owned(), Phase::Running, None, true));
+                let camera = match name {
+                    "pi-02" | "pi-03" => (
+                        Phase::Failed,
+                        Some(
+                            "image registry.local/camera:2.1 not found: manifest unknown"
+                                .to_owned(),
+                        ),
+                    ),
+                    _ => (Phase::Running, None),
+                };
+                runs.push(("camera".to_owned(), camera.0, camera.1, name != "pi-04"));
+            }
+            if site == "plant-7" {
+                let (phase, on_target) = match name {
+                    "pi-05" => (Phase::Running, true),
+                    "pi-07" => (Phase::Pending, true),
+                    _ => (Phase::Running, false),
+                };
+                runs.push(("telemetry".to_owned(), phase, None, on_target));
+            }
+            if site != "lab" || name == "vm-01" {
+                runs.push(("edge-proxy".to_owned(), Phase::Running, None, true));
+            }
+            let held = if blacklisted {
+                std::mem::take(&mut runs)
+            } else {
+                Vec::new()
+            };
+            let device = MockDevice {
+                id: id(name),
+                labels,
+                online,
+                last_seen: ago(seen),
+                blacklisted,
+                arch,
+                runs,
+                held,
+            };
+            devices.insert(device.id.clone(), device);
+        }
+        let deployment = |ns: &str,
+                          name: &str,
+                          selector: &str,
+                          images: &[&str],
+                          rollout: RolloutView,
+                          waves: Vec<(String, WaveState)>,
+                          services: &[&str]| MockDeployment {
+            summary: DeploymentSummary {
+                id: DeploymentRef {
+                    namespace: ns.to_owned(),
+                    name: name.to_owned(),
+                },
+                matched: 0,
+                succeeded: 0,
+                failed: 0,
+                pending: 0,
+                rollout: Some(rollout),
+                last_error: None,
+                images: images.iter().map(|s| (*s).to_owned()).collect(),
+                selector: selector.to_owned(),
+            },
+            waves,
+            services: services.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        let rollout =
+            |phase: &str, reason: Option<&str>, current: u32, total: u32, rev: &str| RolloutView {
+                phase: phase.to_owned(),
+                reason: reason.map(str::to_owned),
+                current_batch: current,
+                total_batches: total,
+                updated: 0,
+                revision: rev.to_owned(),
+            };
+        let deployments = vec![
+            deployment(
+                "apps",
+                "web",
+                "site=plant-3",
+                &["registry.local/web:1.4.2"],
+                rollout("Complete", None, 1, 1, "sha256:7d1e0c4a"),
+                vec![("every device".into(), WaveState::Done)],
+                &["nginx", "app"],
+            ),
+            deployment(
+                "apps",
+                "telemetry",
+                "site=plant-7",
+                &["registry.local/telemetry:0.9.0"],
+                rollout("Progressing", None, 2, 3, "sha256:51b2aa90"),
+                vec![
+                    ("1 device".into(), WaveState::Done),
+                    ("50%".into(), WaveState::Active),
+                    ("the rest".into(), WaveState::Waiting),
+                ],
+                &["collector"],
+            ),
+            deployment(
+                "vision",
+                "camera",
+                "site=plant-3",
+                &["registry.local/camera:2.1"],
+                rollout(
+                    "Paused",
+                    Some("2 of 3 completed devices failed (67% > maxFailedPercent 0%)"),
+                    1,
+                    2,
+                    "sha256:c0ffee12",
+                ),
+                vec![
+                    ("line=line-b".into(), WaveState::Active),
+                    ("the rest".into(), WaveState::Waiting),
+                ],
+                &["camera"],
+            ),
+            deployment(
+                "infra",
+                "edge-proxy",
+                "site In (plant-3, plant-7), or vm-01",
+                &["registry.local/edge-proxy:3.0.1"],
+                rollout("Complete", None, 1, 1, "sha256:ab12cd34"),
+                vec![("every device".into(), WaveState::Done)],
+                &["proxy"],
+            ),
+        ];
+        Self {
+            state: Mutex::new(MockState {
+                devices,
+                deployments,
+            }),
+            log_interval: Self::LOG_INTERVAL,
+        }
+    }
+
+    /// The same fleet with another interval between simulated log lines.
+    pub fn with_log_interval(mut self, interval: Duration) -> Self {
+        self.log_interval = interval;
+        self
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, MockState> {
+        // A panic while holding the lock cannot leave the seeded data half-written in a way
+        // that matters for a mock: keep serving.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn online_device(&self, id: &DeviceId) -> ServiceResult<MockDevice> {
+        let state = self.lock();
+        let device = state
+            .devices
+            .get(id)
+            .ok_or_else(|| ServiceError::no_device(id))?;
+        if !device.online {
+            return Err(ServiceError::Offline { device: id.clone() });
+        }
+        Ok(device.clone())
+    }
+}
+
+fn summary(d: &MockDevice) -> DeviceSummary {
+    let mut counts = PhaseCounts::default();
+    for (_, phase, _, _) in &d.runs {
+        counts.add(*phase);
+    }
+    DeviceSummary {
+        id: d.id.clone(),
+        labels: d.labels.clone(),
+        online: d.online,
+        last_seen: Some(d.last_seen),
+        blacklisted: d.blacklisted,
+        agent_version: "0.1.0".to_owned(),
+        arch: d.arch.to_owned(),
+        deployments: counts,
+    }
+}
+
+fn deployment_summary(state: &MockState, d: &MockDeployment) -> DeploymentSummary {
+    let mut s = d.summary.clone();
+    let (mut matched, mut ok, mut failed, mut pending, mut updated) = (0, 0, 0, 0, 0);
+    let mut last_error = None;
+    for device in state.devices.values() {
+        for (name, phase, error, on_target) in &device.runs {
+            if *name != s.id.name {
+                continue;
+            }
+            matched += 1;
+            if *on_target {
+                updated += 1;
+            }
+            match phase {
+                Phase::Running if *on_target => ok += 1,
+                Phase::Failed => {
+                    failed += 1;
+                    last_error = last_error.or_else(|| error.clone());
+                }
+                _ => pending += 1,
+            }
+        }
+    }
+    s.matched = matched;
+    s.succeeded = ok;
+    s.failed = failed;
+    s.pending = pending;
+    s.last_error = last_error;
+    if let Some(r) = &mut s.rollout {
+        r.updated = updated;
+    }
+    s
+}
+
+#[async_trait]
+impl FleetService for MockFleetService {
+    async fn overview(&self) -> ServiceResult<Overview> {
+        let deployments = self.list_deployments().await?;
+        let state = self.lock();
+        let offline: Vec<DeviceSummary> = state
+            .devices
+            .values()
+            .filter(|d| !d.online)
+            .map(summary)
+            .collect();
+        Ok(Overview {
+            devices_total: state.devices.len(),
+            devices_online: state.devices.values().filter(|d| d.online).count(),
+            devices_blacklisted: state.devices.values().filter(|d| d.blacklisted).count(),
+            offline_total: offline.len(),
+            offline: offline.into_iter().take(OVERVIEW_OFFLINE_LIMIT).collect(),
+            deployments_total: deployments.len(),
+            failed: deployments
+                .iter()
+                .filter(|d| d.failed > 0)
+                .cloned()
+                .collect(),
+            paused: deployments
+                .into_iter()
+                .filter(|d| d.rollout.as_ref().is_some_and(RolloutView::is_stopped))
+                .collect(),
+        })
+    }
+
+    async fn list_devices(&self, query: &DeviceQuery) -> ServiceResult<DevicePage> {
+        let state = self.lock();
+        let matched: Vec<DeviceSummary> = state
+            .devices
+            .values()
+            .map(summary)
+            .filter(|d| query.matches(d))
+            .collect();
+        Ok(DevicePage {
+            total_matched: matched.len(),
+            devices: matched.into_iter().take(query.effective_limit()).collect(),
+        })
+    }
+
+    async fn device(&self, id: &DeviceId) -> ServiceResult<DeviceDetail> {
+        let state = self.lock();
+        let d = state
+            .devices
+            .get(id)
+            .ok_or_else(|| ServiceError::no_device(id))?;
+        let services = |name: &str| {
+            state
+                .deployments
+                .iter()
+                .find(|x| x.summary.id.name == name)
+                .map(|x| x.services.clone())
+                .unwrap_or_default()
+        };
+        Ok(DeviceDetail {
+            summary: summary(d),
+            inventory: Inventory {
+                hostname: d.id.as_str().to_owned(),
+                arch: d.arch.to_owned(),
+                os: "linux".to_owned(),
+                os_release: Some("Debian GNU/Linux 13 (trixie)".to_owned()),
+                kernel_version: Some("6.12.48+deb13-arm64".to_owned()),
+                cpu_count: 4,
+                memory_bytes: 8 * 1024 * 1024 * 1024,
+            },
+            deployments: d
+                .runs
+                .iter()
+                .filter_map(|(name, phase, error, _)| {
+                    Some(DeviceDeployment {
+                        deployment: name.parse().ok()?,
+                        phase: *phase,
+                        last_error: error.clone(),
+                        last_change: Some(d.last_seen),
+                        services: services(name),
+                    })
+                })
+                .collect(),
+        })
+    }
+
+    async fn list_deployments(&self) -> ServiceResult<Vec<DeploymentSummary>> {
+        let state = self.lock();
+        Ok(state
+            .deployments
+            .iter()
+            .map(|d| deployment_summary(&state, d))
+            .collect())
+    }
+
+    async fn deployment(&self, id: &DeploymentRef) -> ServiceResult<DeploymentDetail> {
+        let state = self.lock();
+        let d = state
+            .deployments
+            .iter()
+            .find(|d| d.summary.id == *id)
+            .ok_or_else(|| ServiceError::NotFound {
+                what: format!("deployment {}/{}", id.namespace, id.name),
+            })?;
+        let devices = state
+            .devices
+            .values()
+            .flat_map(|device| {
+                device
+                    .runs
+                    .iter()
+                    .filter(|(name, ..)| *name == id.name)
+                    .map(|(_, phase, error, on_target)| DeploymentDevice {
+                        device: device.id.clone(),
+                        phase: Some(*phase),
+                        on_target: *on_target,
+                        last_error: error.clone(),
+                        last_change: Some(device.last_seen),
+                    })
+            })
+            .collect();
+        Ok(DeploymentDetail {
+            summary: deployment_summary(&state, d),
+            waves: d
+                .waves
+                .iter()
+                .enumerate()
+                .map(|(i, (size, state))| Wave {
+                    number: u32::try_from(i + 1).unwrap_or(u32::MAX),
+                    size: size.clone(),
+                    state: *state,
+                })
+                .collect(),
+            devices,
+        })
+    }
+
+    async fn set_blacklisted(
+        &self,
+        id: &DeviceId,
+        blacklisted: bool,
+    ) -> ServiceResult<DeviceSummary> {
+        let mut state = self.lock();
+        let device = state
+            .devices
+            .get_mut(id)
+            .ok_or_else(|| ServiceError::no_device(id))?;
+        if blacklisted && !device.blacklisted {
+            device.held = std::mem::take(&mut device.runs);
+        } else if !blacklisted && device.blacklisted {
+            device.runs = std::mem::take(&mut device.held);
+        }
+        device.blacklisted = blacklisted;
+        Ok(summary(device))
+    }
+
+    async fn run_command(&self, id: &DeviceId, command: &str) -> ServiceResult<CommandOutput> {
+        let device = self.online_device(id)?;
+        if command.trim().is_empty() {
+            return Err(ServiceError::BadRequest(
+                "the command is empty: type a shell command such as `uptime`".into(),
+            ));
+        }
+        let (stdout, code) = match mock_command(device.id.as_str(), command.trim(), (80, 24)) {
+            Some(out) => (out, 0),
+            None => (
+                format!("sh: 1: {}: not found (mock device)\n", command.trim()),
+                127,
+            ),
+        };
+        let (stdout, stderr) = if code == 0 {
+            (stdout, String::new())
+        } else {
+            (String::new(), stdout)
+        };
+        Ok(CommandOutput {
+            exit_code: Some(code),
+            stdout,
+            stderr,
+            truncated: false,
+            timed_out: false,
+            duration_ms: 3,
+        })
+    }
+
+    async fn tail_logs(
+        &self,
+        id: &DeviceId,
+        deployment: &DeploymentName,
+        lines: u64,
+    ) -> ServiceResult<Vec<ServiceLogs>> {
+        let device = self.online_device(id)?;
+        let runs = device
+            .runs
+            .iter()
+            .any(|(name, ..)| name == deployment.as_str());
+        if !runs {
+            return Err(ServiceError::NotFound {
+                what: format!("deployment {deployment} on device {id}"),
+            });
+        }
+        let count = lines.min(20);
+        Ok(vec![ServiceLogs {
+            service: "app".into(),
+            container_id: Some("3f2a9c0d11e4".into()),
+            lines: (1..=count)
+                .map(|i| format!("{deployment} line {i} of the tail"))
+                .collect(),
+        }])
+    }
+
+    async fn stream_logs(
+        &self,
+        id: &DeviceId,
+        deployment: &DeploymentName,
+    ) -> ServiceResult<LogStream> {
+        let history = self.tail_logs(id, deployment, 3).await?;
+        let deployment = deployment.clone();
+        let head = futures::stream::iter(
+            history
+                .into_iter()
+                .flat_map(|s| {
+                    let service = s.service;
+                    s.lines.into_iter().map(move |line| LogEvent::Line {
+                        service: service.clone(),
+                        line,
+                    })
+                })
+                .collect::<Vec<_>>(),
+        );
+        let interval = self.log_interval;
+        let live = futures::stream::unfold(0u64, move |n| {
+            let deployment = deployment.clone();
+            async move {
+                tokio::time::sleep(interval).await;
+                let line = format!(
+                    "{} {deployment}: GET /healthz 200 ({} ms) #{n}",
+                    Timestamp::now().strftime("%H:%M:%S"),
+                    3 + n % 7
+                );
+                Some((
+                    LogEvent::Line {
+                        service: "app".into(),
+                        line,
+                    },
+                    n + 1,
+                ))
+            }
+        });
+        Ok(head.chain(live).boxed())
+    }
+
+    async fn open_shell(&self, id: &DeviceId, cols: u16, rows: u16) -> ServiceResult<ShellSession> {
+        let device = self.online_device(id)?;
+        let (out_tx, out_rx) = mpsc::channel(64);
+        let (in_tx, in_rx) = mpsc::channel(64);
+        tokio::spawn(mock_shell(
+            device.id.to_string(),
+            (cols, rows),
+            in_rx,
+            out_tx,
+        ));
+        Ok(ShellSession {
+            output: out_rx,
+            input: in_tx,
+        })
+    }
+}
+
+/// Output of the few commands the mock device knows.
+fn mock_command(host: &str, line: &str, (cols, rows): (u16, u16)) -> Option<String> {
+    let (cmd, rest) = line.split_once(' ').unwrap_or((line, ""));
+    Some(match cmd {
+        "echo" => format!("{}\n", rest.trim()),
+        "hostname" => format!("{host}\n"),
+        "uptime" => {
+            " 10:42:01 up 3 days,  4:12,  0 users,  load average: 0.08, 0.11, 0.09\n".into()
+        }
+        "stty" if rest.trim() == "size" => format!("{rows} {cols}\n"),
+        _ => return None,
+    })
+}
+
+/// A line-editing mock shell: echoes what is typed, runs a line on Enter.
+async fn mock_shell(
+    host: String,
+    mut size: (u16, u16),
+    mut input: mpsc::Receiver<ShellInput>,
+    output: mpsc::Sender<ShellEvent>,
+) {
+    let prompt = format!("{host}:~$ ");
+    if output
+        .send(ShellEvent::Output(format!(
+            "Mock shell on {host} (try `echo hi`, `stty size`, `exit`)\r\n{prompt}"
+        )))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut line = String::new();
+    while let Some(message) = input.recv().await {
+        let data = match message {
+            ShellInput::Resize { cols, rows } => {
+                size = (cols, rows);
+                continue;
+            }
+            ShellInput::Data(data) => data,
+        };
+        let mut echo = String::new();
+        for c in data.chars() {
+            match c {
+                '\r' | '\n' => {
+                    echo.push_str("\r\n");
+                    let cmd = std::mem::take(&mut line);
+                    let cmd = cmd.trim();
+                    if cmd == "exit" {
+                        let _ = output.send(ShellEvent::Output(echo)).await;
+                        let _ = output.send(ShellEvent::Exited(Some(0))).await;
+                        return;
+                    }
+                    if !cmd.is_empty() {
+                        let out = mock_command(&host, cmd, size)
+                            .unwrap_or_else(|| format!("sh: {cmd}: not found\n"));
+                        echo.push_str(&out.replace('\n', "\r\n"));
+                    }
+                    echo.push_str(&prompt);
+                }
+                '\u{7f}' | '\u{8}' => {
+                    if line.pop().is_some() {
+                        echo.push_str("\u{8} \u{8}");
+                    }
+                }
+                c if c.is_control() => {}
+                c => {
+                    line.push(c);
+                    echo.push(c);
+                }
+            }
+        }
+        if !echo.is_empty() && output.send(ShellEvent::Output(echo)).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn seeded_fleet_has_mixed_states() {
+        let mock = MockFleetService::new();
+        let page = mock.list_devices(&DeviceQuery::default()).await.unwrap();
+        assert_eq!(page.devices.len(), 10);
+        let overview = mock.overview().await.unwrap();
+        assert_eq!(overview.offline_total, 2);
+        assert_eq!(overview.devices_blacklisted, 1);
+        assert_eq!(overview.deployments_total, 4);
+        assert_eq!(overview.failed.len(), 1);
+        assert_eq!(overview.paused.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn mock_shell_echoes_and_runs_lines() {
+        let mock = MockFleetService::new();
+        let mut shell = mock.open_shell(&id("pi-01"), 80, 24).await.unwrap();
+        shell
+            .input
+            .send(ShellInput::Data("echo hi\r".into()))
+            .await
+            .unwrap();
+        let mut seen = String::new();
+        while !seen.contains("hi\r\n") || !seen.ends_with("$ ") {
+            match shell.output.recv().await {
+                Some(ShellEvent::Output(s)) => seen.push_str(&s),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!(seen.contains("echo hi\r\nhi\r\n"), "{seen:?}");
+    }
+
+    #[tokio::test]
+    async fn offline_devices_refuse_commands() {
+        let mock = MockFleetService::new();
+        let err = mock.run_command(&id("pi-04"), "uptime").await.unwrap_err();
+        assert!(matches!(err, ServiceError::Offline { .. }));
+    }
+}

@@ -1,0 +1,122 @@
+//! The dashboard (feature `web-frontend`): axum + maud + HTMX (+ SSE extension) + Tailwind
+//! v4, no JS framework. Every handler is extract state → call [`FleetService`] → render
+//! markup; nothing here reaches past the service.
+//!
+//! | module | holds |
+//! |---|---|
+//! | [`layout`] | the page shell, navigation and small rendering helpers |
+//! | [`overview`], [`devices`], [`device`], [`deployments`] | the pages and their fragments |
+//! | [`live`] | the live log tail (SSE) |
+//! | [`shell`] | the interactive shell (WebSocket ↔ [`ShellSession`](crate::service::ShellSession)) |
+//! | [`assets`] | CSS/JS embedded by `build.rs`, `--css-from`, live reload |
+//! | [`auth`] | bearer token / basic auth, same-origin checks, security headers (CSP) |
+//! | [`serve`] | `serve-web` and the dashboard inside `run` |
+
+pub mod assets;
+pub mod auth;
+pub mod deployments;
+pub mod device;
+pub mod devices;
+pub mod layout;
+pub mod live;
+pub mod overview;
+pub mod serve;
+pub mod shell;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use maud::html;
+
+use crate::service::{FleetService, ServiceError};
+
+pub use assets::Assets;
+pub use auth::Auth;
+
+/// What every handler gets.
+#[derive(Clone)]
+pub struct WebState {
+    /// The only door to the fleet.
+    pub service: Arc<dyn FleetService>,
+    /// CSS and JS.
+    pub assets: Assets,
+    /// Who may come in.
+    pub auth: Auth,
+}
+
+impl std::fmt::Debug for WebState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebState")
+            .field("assets", &self.assets)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The dashboard's router: pages, fragments, streams and assets behind `state.auth`.
+pub fn app(state: WebState) -> Router {
+    let auth = state.auth.clone();
+    Router::new()
+        .route("/", get(overview::page))
+        .route("/devices", get(devices::page))
+        .route("/devices/{id}", get(device::page))
+        .route("/devices/{id}/blacklist", post(devices::blacklist))
+        .route("/devices/{id}/exec", post(device::exec))
+        .route("/devices/{id}/logs/{deployment}", get(live::panel))
+        .route("/devices/{id}/logs/{deployment}/stream", get(live::stream))
+        .route("/devices/{id}/shell", get(shell::upgrade))
+        .route("/deployments", get(deployments::page))
+        .route("/deployments/{namespace}/{name}", get(deployments::detail))
+        .route("/assets/{file}", get(assets::serve))
+        .route("/favicon.ico", get(assets::favicon))
+        .route("/_live-reload", get(assets::live_reload))
+        .route("/login", get(auth::login_page).post(auth::login))
+        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(auth, auth::guard))
+        .layer(axum::middleware::from_fn(auth::security_headers))
+}
+
+/// A [`ServiceError`] as an HTTP response: status by kind, the message as an alert fragment
+/// (HTMX swaps it in place of the expected fragment; see `htmx:beforeSwap` in the JS glue).
+#[derive(Debug)]
+pub struct WebError(pub ServiceError);
+
+impl From<ServiceError> for WebError {
+    fn from(e: ServiceError) -> Self {
+        Self(e)
+    }
+}
+
+impl IntoResponse for WebError {
+    fn into_response(self) -> Response {
+        let status = match &self.0 {
+            ServiceError::NotFound { .. } => StatusCode::NOT_FOUND,
+            ServiceError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ServiceError::Offline { .. } | ServiceError::NotReady => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            _ => StatusCode::BAD_GATEWAY,
+        };
+        if status.is_server_error() {
+            tracing::warn!(error = %self.0, "dashboard request failed");
+        }
+        let body = html! {
+            div role="alert" class="rounded-md border border-red-300 bg-red-50 p-3 text-sm text-red-800" {
+                (self.0.to_string())
+            }
+        };
+        // HTMX swaps error bodies into the page's #flash region instead of the fragment the
+        // request targeted (see the `htmx:beforeSwap` handler of the JS glue).
+        (
+            status,
+            [("hx-retarget", "#flash"), ("hx-reswap", "innerHTML")],
+            body,
+        )
+            .into_response()
+    }
+}
+
+/// Result of a handler.
+pub type WebResult<T> = Result<T, WebError>;

@@ -1,0 +1,146 @@
+//! The interactive shell: xterm.js in the page talks to `/devices/{id}/shell` over a
+//! WebSocket; this module bridges it to a [`ShellSession`](crate::service::ShellSession).
+//!
+//! Browser → server: JSON text frames `{"type":"input","data":…}` and
+//! `{"type":"resize","cols":…,"rows":…}`. Server → browser: terminal output as text frames,
+//! then a close frame whose reason says how the session ended. Either side closing ends the
+//! other: a closed socket drops the session's input (the device hangs up), a shell that
+//! exits closes the socket.
+
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::devices::device_id;
+use super::{WebResult, WebState};
+use crate::service::{ShellEvent, ShellInput};
+
+/// Initial terminal size.
+#[derive(Debug, Deserialize)]
+pub struct Size {
+    /// Columns.
+    #[serde(default = "default_cols")]
+    pub cols: u16,
+    /// Rows.
+    #[serde(default = "default_rows")]
+    pub rows: u16,
+}
+
+fn default_cols() -> u16 {
+    80
+}
+
+fn default_rows() -> u16 {
+    24
+}
+
+/// A message from xterm.js.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+enum ClientMessage {
+    Input { data: String },
+    Resize { cols: u16, rows: u16 },
+}
+
+/// Whether the request's `Origin` is this server (cross-site WebSocket hijacking guard:
+/// browsers send cookies and basic-auth credentials with cross-site WebSocket handshakes).
+pub fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get("origin").and_then(|o| o.to_str().ok()) else {
+        // Non-browser clients send no Origin; they must authenticate like anyone else.
+        return true;
+    };
+    let host = headers.get("host").and_then(|h| h.to_str().ok());
+    let origin_host = origin.split_once("://").map(|(_, rest)| rest);
+    matches!((origin_host, host), (Some(o), Some(h)) if o == h)
+}
+
+/// Upgrades to the shell WebSocket.
+pub async fn upgrade(
+    State(state): State<WebState>,
+    Path(id): Path<String>,
+    Query(size): Query<Size>,
+    headers: HeaderMap,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> WebResult<Response> {
+    let id = device_id(&id)?;
+    // Before anything else: a foreign origin learns nothing, not even whether it could upgrade.
+    if !same_origin(&headers) {
+        return Ok((
+            StatusCode::FORBIDDEN,
+            "the shell WebSocket only accepts connections from the dashboard's own origin",
+        )
+            .into_response());
+    }
+    let ws = match ws {
+        Ok(ws) => ws,
+        Err(rejection) => return Ok(rejection.into_response()),
+    };
+    Ok(ws
+        .on_upgrade(move |socket| async move {
+            tracing::info!(device = %id, "shell opened from the dashboard");
+            let opened = state.service.open_shell(&id, size.cols, size.rows).await;
+            match opened {
+                Ok(session) => bridge(socket, session).await,
+                Err(e) => close(socket, 1011, &format!("cannot open a shell: {e}")).await,
+            }
+            tracing::info!(device = %id, "shell closed");
+        })
+        .into_response())
+}
+
+async fn close(mut socket: WebSocket, code: u16, reason: &str) {
+    // Close reasons are limited to 123 bytes.
+    let mut reason = reason.to_owned();
+    while reason.len() > 120 {
+        reason.pop();
+    }
+    let _ = socket
+        .send(Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })))
+        .await;
+}
+
+async fn bridge(mut socket: WebSocket, mut session: crate::service::ShellSession) {
+    loop {
+        tokio::select! {
+            event = session.output.recv() => match event {
+                Some(ShellEvent::Output(text)) => {
+                    if socket.send(Message::Text(text.into())).await.is_err() {
+                        return;
+                    }
+                }
+                Some(ShellEvent::Exited(code)) => {
+                    let reason = match code {
+                        Some(code) => format!("shell exited with status {code}"),
+                        None => "shell exited".to_owned(),
+                    };
+                    return close(socket, 1000, &reason).await;
+                }
+                Some(ShellEvent::Error(message)) => return close(socket, 1011, &message).await,
+                None => return close(socket, 1000, "session ended").await,
+            },
+            message = socket.recv() => match message {
+                Some(Ok(Message::Text(text))) => {
+                    let input = match serde_json::from_str::<ClientMessage>(text.as_str()) {
+                        Ok(ClientMessage::Input { data }) => ShellInput::Data(data),
+                        Ok(ClientMessage::Resize { cols, rows }) => ShellInput::Resize { cols, rows },
+                        Err(e) => {
+                            tracing::debug!(error = %e, "ignoring a malformed shell message");
+                            continue;
+                        }
+                    };
+                    if session.input.send(input).await.is_err() {
+                        return close(socket, 1000, "session ended").await;
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+}

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Builds the cluster images with podman, without any registry:
+#   localhost/harmony-fleet-operator:<version>  FROM scratch + the static (musl) operator
+#   localhost/harmony-fleet-agent:<version>     a debootstrapped Debian rootfs with podman + the
+#                                               static agent
+# Push them to your own registry afterwards, e.g.
+#   podman tag localhost/harmony-fleet-operator:0.1.0 registry.example.com/fleet/operator:0.1.0
+#   podman push registry.example.com/fleet/operator:0.1.0
+# and give the references to `harmony-fleet-deploy cluster deploy --operator-image … --agent-image …`.
+# Usage: scripts/build-images.sh [operator|agent|all]   (default: all)
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+what=${1:-all}
+target=x86_64-unknown-linux-musl
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+export CONTAINERS_CONF="${HARMONY_FLEET_CACHE:-$HOME/.cache/harmony-fleet}/containers.conf"
+say() { printf '[build-images] %s\n' "$*" >&2; }
+started=$SECONDS
+
+bash scripts/install-deps.sh
+if ! rustup target list --installed | grep -qx "$target"; then
+  say "adding the Rust target $target"
+  rustup target add "$target"
+fi
+if ! command -v musl-gcc >/dev/null; then
+  say "installing musl-tools (C parts of ring build with musl-gcc)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq musl-tools >/dev/null
+fi
+
+context=$(mktemp -d)
+trap 'rm -rf "$context"' EXIT
+
+build_bin() { # package binary [cargo args…]
+  local package=$1 binary=$2; shift 2
+  say "building $binary ($target, release)"
+  CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --locked --target "$target" -p "$package" "$@"
+  cp "target/$target/release/$binary" "$context/$binary"
+}
+
+if [[ $what == operator || $what == all ]]; then
+  features=()
+  grep -q '^web-frontend' harmony-fleet-operator/Cargo.toml && features=(--features web-frontend)
+  build_bin harmony-fleet-operator harmony-fleet-operator "${features[@]}"
+  podman build -q -f images/operator.Containerfile -t "localhost/harmony-fleet-operator:$version" \
+    -t localhost/harmony-fleet-operator:latest "$context"
+  say "built localhost/harmony-fleet-operator:$version"
+fi
+
+if [[ $what == agent || $what == all ]]; then
+  base=localhost/harmony-fleet-debian-podman:bookworm
+  if ! podman image exists "$base"; then
+    command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+    rootfs="$context/rootfs"
+    say "debootstrapping a Debian bookworm rootfs with podman (a few minutes)"
+    debootstrap --variant=minbase --include=podman,runc,ca-certificates bookworm "$rootfs" >/dev/null
+    tar --numeric-owner -C "$rootfs" -cf "$context/rootfs.tar" .
+    podman import -q "$context/rootfs.tar" "$base" >/dev/null
+    rm -rf "$rootfs" "$context/rootfs.tar"
+  fi
+  build_bin harmony-fleet-agent fleet-agent
+  cp config/containers.conf "$context/containers.conf"
+  podman build -q -f images/agent.Containerfile -t "localhost/harmony-fleet-agent:$version" \
+    -t localhost/harmony-fleet-agent:latest "$context"
+  say "built localhost/harmony-fleet-agent:$version"
+fi
+say "done in $((SECONDS - started))s"
