@@ -52,8 +52,16 @@ if [[ $what == agent || $what == all ]]; then
   if ! podman image exists "$base"; then
     command -v debootstrap >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
     rootfs="$context/rootfs"
-    say "debootstrapping a Debian bookworm rootfs with podman (a few minutes)"
-    debootstrap --variant=minbase --include=podman,runc,ca-certificates bookworm "$rootfs" >/dev/null
+    say "debootstrapping a Debian bookworm rootfs, then installing podman in it (a few minutes)"
+    # podman is installed with apt inside the rootfs rather than with `debootstrap --include`:
+    # debootstrap's own configure pass fails on golang-github-containers-common.
+    debootstrap --variant=minbase bookworm "$rootfs" >/dev/null
+    mount -t proc proc "$rootfs/proc"
+    trap 'umount "$rootfs/proc" 2>/dev/null || true; rm -rf "$context"' EXIT
+    chroot "$rootfs" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      podman runc ca-certificates >/dev/null
+    chroot "$rootfs" apt-get clean
+    umount "$rootfs/proc"
     tar --numeric-owner -C "$rootfs" -cf "$context/rootfs.tar" .
     podman import -q "$context/rootfs.tar" "$base" >/dev/null
     rm -rf "$rootfs" "$context/rootfs.tar"
