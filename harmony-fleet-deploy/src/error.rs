@@ -64,6 +64,10 @@ pub enum DeployError {
         device: String,
     },
 
+    /// A local harness operation (processes, device networks, state files) failed.
+    #[error(transparent)]
+    Local(#[from] harmony::local::LocalError),
+
     /// A NATS operation failed.
     #[error("NATS: {context}: {message}")]
     Nats {

@@ -123,28 +123,23 @@ pub async fn down(state_dir: &Path, keep_state: bool) -> Result<DownReport, Depl
     if !state_dir.exists() {
         return Ok(report);
     }
-    let topology = LocalTopology::new(state_dir, harmony::local::SupervisionMode::Detached)
-        .map_err(|e| {
-            DeployError::io(
-                format!("opening {}", state_dir.display()),
-                std::io::Error::other(e),
-            )
-        })?;
+    let topology = LocalTopology::new(state_dir, harmony::local::SupervisionMode::Detached)?;
     let state = topology.state_dir().to_owned();
     let device_ids = local_device_ids(&state);
 
-    report.stopped = topology
-        .down()
-        .await
-        .map_err(|e| DeployError::io("stopping processes", std::io::Error::other(e)))?;
+    report.stopped = topology.down().await?;
 
     for device in &device_ids {
         if let Ok(podman) = agent_local::device_podman(&state, device) {
-            if let Ok(out) = podman.exec(["ps", "-aq"]).await {
-                report.containers_removed += out.lines().filter(|l| !l.trim().is_empty()).count();
-            }
-            if let Err(e) = podman.exec(["rm", "-af", "-t", "5"]).await {
-                tracing::warn!(%device, error = %e, "removing the device's containers failed");
+            // `rm` prints one id per removed container.
+            match podman.exec(["rm", "-af", "-t", "5"]).await {
+                Ok(out) => {
+                    report.containers_removed +=
+                        out.lines().filter(|l| !l.trim().is_empty()).count();
+                }
+                Err(e) => {
+                    tracing::warn!(%device, error = %e, "removing the device's containers failed");
+                }
             }
         }
         let run_dir = agent_local::device_run_dir(&state, device);
@@ -156,12 +151,7 @@ pub async fn down(state_dir: &Path, keep_state: bool) -> Result<DownReport, Depl
         }
         let name = agent_local::netns_name(&state, device);
         if DeviceNetwork::find(&name).await.ok().flatten().is_some() {
-            DeviceNetwork::delete(&name).await.map_err(|e| {
-                DeployError::io(
-                    format!("deleting network namespace {name}"),
-                    std::io::Error::other(e),
-                )
-            })?;
+            DeviceNetwork::delete(&name).await?;
             report.networks_deleted.push(name);
         }
     }
@@ -248,11 +238,9 @@ pub fn local_device_ids(state_dir: &Path) -> Vec<DeviceId> {
     ids
 }
 
-/// Every port reserved under `state_dir`.
+/// Every port reserved under `state_dir` (none when the reservations cannot be read).
 pub fn reserved_ports(state_dir: &Path) -> Vec<u16> {
-    std::fs::read(state_dir.join("ports.json"))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice::<BTreeMap<String, u16>>(&bytes).ok())
+    harmony::local::LocalSupervisor::reserved_ports_in(state_dir)
         .map(|ports| ports.into_values().collect())
         .unwrap_or_default()
 }

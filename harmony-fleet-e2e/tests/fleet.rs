@@ -57,6 +57,23 @@ async fn apply(stack: &Stack, manifest: serde_json::Value) {
     }
 }
 
+/// Applies the demo image `tag` on `devices`, published on `port`, rolled out all at once.
+async fn apply_demo(
+    stack: &Stack,
+    namespace: &str,
+    name: &str,
+    devices: &[&DeviceId],
+    tag: &str,
+    port: u16,
+) {
+    let score = demo_score(tag, port, &[]);
+    apply(
+        stack,
+        manifest(name, namespace, devices_in(devices), score, json!({})),
+    )
+    .await;
+}
+
 /// Waits until `name` has `succeeded` devices and is Ready.
 async fn wait_ready(stack: &Stack, ns: &str, name: &str, succeeded: u64) -> anyhow::Result<()> {
     eventually(
@@ -123,17 +140,7 @@ async fn deploy_converges() {
         &stack.device(2).id,
         &stack.device(3).id,
     );
-    apply(
-        stack,
-        manifest(
-            &name,
-            &ns.name,
-            devices_in(&[d1, d2]),
-            demo_score("v1", port, &[]),
-            json!({}),
-        ),
-    )
-    .await;
+    apply_demo(stack, &ns.name, &name, &[d1, d2], "v1", port).await;
     wait_ready(stack, &ns.name, &name, 2)
         .await
         .expect("converged");
@@ -297,17 +304,7 @@ async fn delete_cleans_up() {
     let name = format!("bye-{}", ns.id);
     let port = port_of(&ns);
     let d1 = &stack.device(1).id;
-    apply(
-        stack,
-        manifest(
-            &name,
-            &ns.name,
-            devices_in(&[d1]),
-            demo_score("v1", port, &[]),
-            json!({}),
-        ),
-    )
-    .await;
+    apply_demo(stack, &ns.name, &name, &[d1], "v1", port).await;
     wait_ready(stack, &ns.name, &name, 1)
         .await
         .expect("converged");
@@ -419,17 +416,7 @@ async fn device_offline_online() {
     let name = format!("steady-{}", ns.id);
     let port = port_of(&ns);
     let d3 = &stack.device(3).id;
-    apply(
-        stack,
-        manifest(
-            &name,
-            &ns.name,
-            devices_in(&[d3]),
-            demo_score("v1", port, &[]),
-            json!({}),
-        ),
-    )
-    .await;
+    apply_demo(stack, &ns.name, &name, &[d3], "v1", port).await;
     wait_ready(stack, &ns.name, &name, 1)
         .await
         .expect("converged");
@@ -497,17 +484,7 @@ async fn nats_restart() {
             .await
             .unwrap_or_else(|e| panic!("run {run}: restart: {e:#}"));
         let tag = if run % 2 == 1 { "v1" } else { "v2" };
-        apply(
-            stack,
-            manifest(
-                &name,
-                &ns.name,
-                devices_in(&[d1]),
-                demo_score(tag, port, &[]),
-                json!({}),
-            ),
-        )
-        .await;
+        apply_demo(stack, &ns.name, &name, &[d1], tag, port).await;
         wait_http(stack, d1, port, tag)
             .await
             .unwrap_or_else(|e| panic!("run {run}: {e:#}"));
@@ -525,17 +502,7 @@ async fn operator_restart() {
     let name = format!("stable-{}", ns.id);
     let port = port_of(&ns);
     let (d1, d2) = (&stack.device(1).id, &stack.device(2).id);
-    apply(
-        stack,
-        manifest(
-            &name,
-            &ns.name,
-            devices_in(&[d1, d2]),
-            demo_score("v1", port, &[]),
-            json!({}),
-        ),
-    )
-    .await;
+    apply_demo(stack, &ns.name, &name, &[d1, d2], "v1", port).await;
     wait_ready(stack, &ns.name, &name, 2)
         .await
         .expect("converged");
@@ -737,31 +704,11 @@ async fn name_conflict_across_namespaces() {
     let name = format!("dup-{}", first.id);
     let port = port_of(&first);
     let d1 = &stack.device(1).id;
-    apply(
-        stack,
-        manifest(
-            &name,
-            &first.name,
-            devices_in(&[d1]),
-            demo_score("v1", port, &[]),
-            json!({}),
-        ),
-    )
-    .await;
+    apply_demo(stack, &first.name, &name, &[d1], "v1", port).await;
     wait_ready(stack, &first.name, &name, 1)
         .await
         .expect("owner converged");
-    apply(
-        stack,
-        manifest(
-            &name,
-            &second.name,
-            devices_in(&[d1]),
-            demo_score("v2", port, &[]),
-            json!({}),
-        ),
-    )
-    .await;
+    apply_demo(stack, &second.name, &name, &[d1], "v2", port).await;
     eventually(
         "the second claimant to report NameConflict",
         CONVERGE,

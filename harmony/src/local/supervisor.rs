@@ -83,7 +83,11 @@ impl Record {
         Record {
             name: spec.name.clone(),
             pid,
-            start_ticks: start_ticks(pid).unwrap_or(0),
+            start_ticks: if pid == 0 {
+                0
+            } else {
+                start_ticks(pid).unwrap_or(0)
+            },
             program: spec.program.clone(),
             args: spec.args.iter().map(|a| lossy(a)).collect(),
             env: spec.env.iter().map(|(k, v)| (lossy(k), lossy(v))).collect(),
@@ -296,16 +300,7 @@ impl LocalSupervisor {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let path = self.dir.join("ports.json");
-        let mut reserved: BTreeMap<String, u16> = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                LocalError::Config(format!(
-                    "{} is not a JSON map of names to ports ({e}); delete it to pick new ports",
-                    path.display()
-                ))
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(LocalError::io(format!("reading {}", path.display()), e)),
-        };
+        let mut reserved = Self::reserved_ports_in(&self.dir)?;
         if let Some(&port) = reserved.get(name) {
             return Ok(port);
         }
@@ -319,6 +314,22 @@ impl LocalSupervisor {
         reserved.insert(name.to_owned(), port);
         write_json(&path, &reserved)?;
         Ok(port)
+    }
+
+    /// The ports reserved under `dir` by name (empty when none were), without opening a
+    /// supervisor there.
+    pub fn reserved_ports_in(dir: &Path) -> Result<BTreeMap<String, u16>> {
+        let path = dir.join("ports.json");
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                LocalError::Config(format!(
+                    "{} is not a JSON map of names to ports ({e}); delete it to pick new ports",
+                    path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+            Err(e) => Err(LocalError::io(format!("reading {}", path.display()), e)),
+        }
     }
 
     /// Fails with [`LocalError::PortBusy`] when `port` (reserved for `name`) is held by a
