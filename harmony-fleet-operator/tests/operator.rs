@@ -7,14 +7,12 @@
 //! nats-server, its own namespace-scoped operator and unique device and deployment names.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use futures::StreamExt;
-use harmony::local::{ControlPlaneOptions, LocalControlPlane, LocalNats, NatsOptions};
+use harmony::local::{LocalNats, NatsOptions};
 use harmony_fleet_contracts::commands::{CommandReply, ExecRequest, PingReply};
 use harmony_fleet_contracts::device::{AgentVersion, DeviceInfo, Inventory};
 use harmony_fleet_contracts::ids::DeviceId;
@@ -30,83 +28,13 @@ use harmony_fleet_operator::kv::FleetKv;
 use harmony_fleet_operator::metrics::Metrics;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-const DEADLINE: Duration = Duration::from_secs(30);
+mod support;
+use support::{eventually, kubeconfig};
 
 // ----- shared control plane -----
-
-static KUBECONFIG: OnceLock<std::result::Result<PathBuf, String>> = OnceLock::new();
-
-/// Starts the control plane once, on a thread that keeps it alive for the whole binary.
-fn kubeconfig() -> Result<PathBuf> {
-    KUBECONFIG
-        .get_or_init(|| {
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                let runtime = match tokio::runtime::Runtime::new() {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-                runtime.block_on(async move {
-                    let started = async {
-                        let cp = LocalControlPlane::start(ControlPlaneOptions {
-                            controller_manager: true,
-                            ..ControlPlaneOptions::default()
-                        })
-                        .await?;
-                        let client = cp.client().await?;
-                        install_crds(&client).await?;
-                        anyhow::Ok(cp)
-                    }
-                    .await;
-                    match started {
-                        Ok(cp) => {
-                            let _ = tx.send(Ok(cp.kubeconfig_path().to_owned()));
-                            // Keep the control plane alive until the test process exits.
-                            std::future::pending::<()>().await;
-                            drop(cp);
-                        }
-                        Err(e) => {
-                            let _ = tx.send(Err(format!("{e:#}")));
-                        }
-                    }
-                });
-            });
-            rx.recv()
-                .unwrap_or_else(|_| Err("control plane thread died".to_owned()))
-        })
-        .clone()
-        .map_err(|e| anyhow::anyhow!("starting the local control plane: {e}"))
-}
-
-async fn install_crds(client: &kube::Client) -> Result<()> {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in crd::crds() {
-        let name = crd.metadata.name.clone().context("CRD name")?;
-        api.patch(
-            &name,
-            &PatchParams::apply("operator-tests").force(),
-            &Patch::Apply(&crd),
-        )
-        .await?;
-        eventually(&format!("CRD {name} established"), || async {
-            let crd = api.get(&name).await.ok()?;
-            crd.status?
-                .conditions?
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-                .then_some(())
-        })
-        .await?;
-    }
-    Ok(())
-}
 
 // ----- per-test environment -----
 
@@ -304,25 +232,6 @@ fn deployment(name: &str, selector: Value, image: &str, rollout: Value) -> Value
 
 fn key(device: &DeviceId, deployment: &str) -> String {
     format!("{device}.{deployment}")
-}
-
-/// Polls `probe` every 100 ms until it returns `Some`, or fails after [`DEADLINE`] naming
-/// what was awaited.
-async fn eventually<T, F, Fut>(what: &str, mut probe: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = probe().await {
-            return Ok(v);
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("timed out after {DEADLINE:?} waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 fn condition(status: &crd::DeploymentStatus, kind: &str) -> Option<(String, String)> {
