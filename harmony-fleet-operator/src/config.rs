@@ -61,6 +61,17 @@ pub struct WebAccessArgs {
     /// authenticating proxy, e.g. an OIDC proxy, that is the only way in).
     #[arg(long, env = "FLEET_WEB_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
+    /// The URL(s) people open the dashboard at, e.g. `https://fleet.example.com` (comma
+    /// separated). Requests are answered only for these hosts, the listen address, and
+    /// loopback names (`localhost`, `127.0.0.1`, `[::1]`, any port); state-changing requests
+    /// and the shell only from these origins. Anything else is refused (DNS-rebinding guard).
+    #[arg(
+        long = "web-public-url",
+        env = "FLEET_WEB_PUBLIC_URL",
+        value_delimiter = ',',
+        value_name = "URL"
+    )]
+    pub public_urls: Vec<String>,
 }
 
 /// Flags of `serve-web`.

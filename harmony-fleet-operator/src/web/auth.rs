@@ -9,9 +9,9 @@
 //!   `--allow-unauthenticated` (the dashboard sits behind an authenticating proxy, such as an
 //!   OIDC proxy, that is the only way in).
 //!
-//! Unsafe methods from another site are refused (`Sec-Fetch-Site: cross-site`), and the shell
-//! WebSocket checks its `Origin` ([`super::shell::same_origin`]): cookies and basic-auth
-//! credentials travel with cross-site requests.
+//! Cookies and basic-auth credentials travel with cross-site requests, so authentication alone
+//! does not stop a foreign page: [`super::boundary`] checks Host, Origin and the CSRF token
+//! before this module runs.
 
 use std::net::SocketAddr;
 
@@ -124,7 +124,7 @@ impl Auth {
                 bearer
                     .into_iter()
                     .chain(cookie.as_deref())
-                    .any(|t| eq(t, token))
+                    .any(|t| constant_time_eq(t, token))
             }
             Auth::Basic { user, password } => headers
                 .get(header::AUTHORIZATION)
@@ -137,15 +137,16 @@ impl Auth {
                 })
                 .and_then(|raw| String::from_utf8(raw).ok())
                 .is_some_and(|pair| {
-                    pair.split_once(':')
-                        .is_some_and(|(u, p)| eq(u, user) & eq(p, password))
+                    pair.split_once(':').is_some_and(|(u, p)| {
+                        constant_time_eq(u, user) & constant_time_eq(p, password)
+                    })
                 }),
         }
     }
 }
 
 /// Compares without an early exit on the first differing byte.
-fn eq(a: &str, b: &str) -> bool {
+pub(crate) fn constant_time_eq(a: &str, b: &str) -> bool {
     let (a, b) = (a.as_bytes(), b.as_bytes());
     let mut diff = a.len() ^ b.len();
     for (i, x) in a.iter().enumerate() {
@@ -165,18 +166,10 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
-/// Middleware: authentication and the cross-site check.
+/// Middleware: authentication.
 pub async fn guard(State(auth): State<Auth>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
     let public = path.starts_with("/assets/") || path == "/login" || path == "/favicon.ico";
-    let unsafe_method = !matches!(*request.method(), Method::GET | Method::HEAD);
-    let cross_site = request
-        .headers()
-        .get("sec-fetch-site")
-        .is_some_and(|v| v == "cross-site");
-    if unsafe_method && cross_site {
-        return (StatusCode::FORBIDDEN, "cross-site requests are refused").into_response();
-    }
     if public || auth.admits(request.headers()) {
         return next.run(request).await;
     }
@@ -215,7 +208,7 @@ pub async fn security_headers(request: Request, next: Next) -> Response {
 }
 
 /// `GET /login`: the token form.
-pub async fn login_page() -> Response {
+pub async fn login_page(State(state): State<super::WebState>) -> Response {
     let body = html! {
         (DOCTYPE)
         html lang="en" {
@@ -229,6 +222,7 @@ pub async fn login_page() -> Response {
                 main class="w-full max-w-sm rounded-lg border border-slate-200 bg-white p-6" {
                     h1 class="mb-4 text-xl font-semibold" { "harmony fleet" }
                     form method="post" action="/login" class="flex flex-col gap-3" {
+                        (super::layout::csrf_field(&state))
                         label for="token" class="text-sm font-medium" { "Access token" }
                         input id="token" name="token" type="password" required autocomplete="current-password"
                             class="rounded border border-slate-300 px-2 py-1";
@@ -255,7 +249,7 @@ pub async fn login(
     Form(form): Form<LoginForm>,
 ) -> Response {
     let ok = match &state.auth {
-        Auth::Token(token) => eq(form.token.trim(), token),
+        Auth::Token(token) => constant_time_eq(form.token.trim(), token),
         _ => false,
     };
     if !ok {
@@ -302,8 +296,8 @@ mod tests {
 
     #[test]
     fn comparison_is_exact() {
-        assert!(eq("secret", "secret"));
-        assert!(!eq("secret", "secret2"));
-        assert!(!eq("", "x"));
+        assert!(constant_time_eq("secret", "secret"));
+        assert!(!constant_time_eq("secret", "secret2"));
+        assert!(!constant_time_eq("", "x"));
     }
 }

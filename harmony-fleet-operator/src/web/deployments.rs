@@ -74,12 +74,7 @@ pub async fn page(State(state): State<WebState>) -> WebResult<Markup> {
             }
         }
     };
-    Ok(layout::page(
-        &state.assets,
-        "Deployments",
-        Nav::Deployments,
-        body,
-    ))
+    Ok(layout::page(&state, "Deployments", Nav::Deployments, body))
 }
 
 /// One deployment: rollout waves and per-device phase.
@@ -154,7 +149,7 @@ pub async fn detail(
         }
     };
     Ok(layout::page(
-        &state.assets,
+        &state,
         &format!("Deployment {}", s.id.name),
         Nav::Deployments,
         body,

@@ -75,6 +75,7 @@ pub async fn page(State(state): State<WebState>, Path(id): Path<String>) -> WebR
             form method="post" action={ "/devices/" (s.id) "/exec" }
                 hx-post={ "/devices/" (s.id) "/exec" } hx-target="#command-output" hx-swap="innerHTML"
                 class="flex flex-wrap items-end gap-2" {
+                (layout::csrf_field(&state))
                 div class="flex min-w-0 flex-1 flex-col" {
                     label for="command" class="text-sm font-medium" { "Command (sh -c)" }
                     input id="command" name="command" required autocomplete="off"
@@ -98,7 +99,7 @@ pub async fn page(State(state): State<WebState>, Path(id): Path<String>) -> WebR
         }
     };
     Ok(layout::page(
-        &state.assets,
+        &state,
         &format!("Device {}", s.id),
         Nav::Devices,
         body,

@@ -47,7 +47,7 @@ pub async fn page(
     let page = state.service.list_devices(&query).await?;
     let rows = html! {
         tbody id="device-rows" {
-            @for d in &page.devices { (row(d)) }
+            @for d in &page.devices { (row(&state, d)) }
             @if page.devices.is_empty() {
                 tr { td colspan="5" class="p-3 text-slate-600" { "No device matches these filters." } }
             }
@@ -97,11 +97,11 @@ pub async fn page(
             }
         }
     };
-    Ok(layout::page(&state.assets, "Devices", Nav::Devices, body))
+    Ok(layout::page(&state, "Devices", Nav::Devices, body))
 }
 
 /// One device row; the blacklist form swaps the row itself.
-pub fn row(d: &DeviceSummary) -> Markup {
+pub fn row(state: &WebState, d: &DeviceSummary) -> Markup {
     let (label, next) = if d.blacklisted {
         ("Unblacklist", "false")
     } else {
@@ -119,6 +119,7 @@ pub fn row(d: &DeviceSummary) -> Markup {
             td class="p-2 text-right" {
                 form method="post" action={ "/devices/" (d.id) "/blacklist" }
                     hx-post={ "/devices/" (d.id) "/blacklist" } hx-target={ "#device-" (d.id) } hx-swap="outerHTML" {
+                    (layout::csrf_field(state))
                     input type="hidden" name="blacklisted" value=(next);
                     button type="submit" aria-label={ (label) " " (d.id) }
                         class="rounded border border-slate-300 px-2 py-1 text-xs hover:bg-slate-100" { (label) }
@@ -146,7 +147,7 @@ pub async fn blacklist(
     let summary = state.service.set_blacklisted(&id, form.blacklisted).await?;
     tracing::info!(device = %id, blacklisted = form.blacklisted, "blacklist changed from the dashboard");
     if layout::is_htmx(&headers) {
-        Ok(row(&summary).into_response())
+        Ok(row(&state, &summary).into_response())
     } else {
         Ok(Redirect::to("/devices").into_response())
     }

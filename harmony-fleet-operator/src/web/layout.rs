@@ -6,7 +6,8 @@ use harmony_fleet_contracts::state::Phase;
 use jiff::Timestamp;
 use maud::{DOCTYPE, Markup, html};
 
-use super::Assets;
+use super::WebState;
+use super::boundary::{CSRF_FIELD, CSRF_HEADER};
 use crate::service::DeviceSummary;
 
 /// Which navigation entry is current.
@@ -20,8 +21,16 @@ pub enum Nav {
     Deployments,
 }
 
-/// A full page: `title`, the navigation with `nav` current, and `body` in `<main>`.
-pub fn page(assets: &Assets, title: &str, nav: Nav, body: Markup) -> Markup {
+/// The hidden form field that carries the CSRF token, for forms posted without JavaScript.
+pub fn csrf_field(state: &WebState) -> Markup {
+    html! { input type="hidden" name=(CSRF_FIELD) value=(state.boundary.csrf.as_str()); }
+}
+
+/// A full page: `title`, the navigation with `nav` current, and `body` in `<main>`. The body
+/// carries the CSRF token in `hx-headers`, so every HTMX request sends it.
+pub fn page(state: &WebState, title: &str, nav: Nav, body: Markup) -> Markup {
+    let assets = &state.assets;
+    let hx_headers = serde_json::json!({ CSRF_HEADER: state.boundary.csrf.as_str() }).to_string();
     let link = |href: &str, label: &str, this: Nav| {
         let current = nav == this;
         html! {
@@ -49,7 +58,7 @@ pub fn page(assets: &Assets, title: &str, nav: Nav, body: Markup) -> Markup {
                 script src=(assets.url("addon-fit.js")) defer {}
                 script src=(assets.url("dashboard.js")) defer {}
             }
-            body class="min-h-screen bg-slate-50 text-slate-900"
+            body class="min-h-screen bg-slate-50 text-slate-900" hx-headers=(hx_headers)
                 data-live-reload=[assets.live_reload().then_some("true")] {
                 a href="#main" class="sr-only focus:not-sr-only focus:absolute focus:p-2 focus:bg-white" { "Skip to content" }
                 header class="border-b border-slate-200 bg-white" {

@@ -9,11 +9,13 @@
 //! | [`live`] | the live log tail (SSE) |
 //! | [`shell`] | the interactive shell (WebSocket ↔ [`ShellSession`](crate::service::ShellSession)) |
 //! | [`assets`] | CSS/JS embedded by `build.rs`, `--css-from`, live reload |
-//! | [`auth`] | bearer token / basic auth, same-origin checks, security headers (CSP) |
+//! | [`boundary`] | the Host / Origin allow-list and the CSRF token, checked before anything else |
+//! | [`auth`] | bearer token / basic auth, security headers (CSP) |
 //! | [`serve`] | `serve-web` and the dashboard inside `run` |
 
 pub mod assets;
 pub mod auth;
+pub mod boundary;
 pub mod deployments;
 pub mod device;
 pub mod devices;
@@ -35,6 +37,7 @@ use crate::service::{FleetService, ServiceError};
 
 pub use assets::Assets;
 pub use auth::Auth;
+pub use boundary::Boundary;
 
 /// What every handler gets.
 #[derive(Clone)]
@@ -45,6 +48,8 @@ pub struct WebState {
     pub assets: Assets,
     /// Who may come in.
     pub auth: Auth,
+    /// Which hosts and origins are this dashboard, and its CSRF token.
+    pub boundary: Boundary,
 }
 
 impl std::fmt::Debug for WebState {
@@ -55,9 +60,11 @@ impl std::fmt::Debug for WebState {
     }
 }
 
-/// The dashboard's router: pages, fragments, streams and assets behind `state.auth`.
+/// The dashboard's router: pages, fragments, streams and assets behind `state.auth`, and
+/// everything behind `state.boundary` (checked first).
 pub fn app(state: WebState) -> Router {
     let auth = state.auth.clone();
+    let boundary = state.boundary.clone();
     Router::new()
         .route("/", get(overview::page))
         .route("/devices", get(devices::page))
@@ -75,6 +82,10 @@ pub fn app(state: WebState) -> Router {
         .route("/login", get(auth::login_page).post(auth::login))
         .with_state(state)
         .layer(axum::middleware::from_fn_with_state(auth, auth::guard))
+        .layer(axum::middleware::from_fn_with_state(
+            boundary,
+            boundary::guard,
+        ))
         .layer(axum::middleware::from_fn(auth::security_headers))
 }
 

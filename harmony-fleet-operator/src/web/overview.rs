@@ -80,5 +80,5 @@ pub async fn page(State(state): State<WebState>) -> WebResult<Markup> {
             }
         }
     };
-    Ok(layout::page(&state.assets, "Overview", Nav::Overview, body))
+    Ok(layout::page(&state, "Overview", Nav::Overview, body))
 }

@@ -7,21 +7,31 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use super::{Assets, Auth, WebState, app};
+use super::{Assets, Auth, Boundary, WebState, app};
 use crate::config::{NatsConfig, ServeWebArgs, WebAccessArgs};
 use crate::error::{Error, Result};
 use crate::kv;
 use crate::service::real::{RealFleetService, RealOptions};
 use crate::service::{FleetService, mock::MockFleetService};
 
-fn access(args: &WebAccessArgs, addr: SocketAddr) -> Result<Auth> {
-    Auth::from_settings(
+/// Who may come in, and the boundary every request crosses first.
+fn access(args: &WebAccessArgs, addr: SocketAddr) -> Result<(Auth, Boundary)> {
+    let auth = Auth::from_settings(
         args.token.clone(),
         args.basic_auth.clone(),
         args.allow_unauthenticated,
         addr,
     )
-    .map_err(|e| Error::Config(e.to_string()))
+    .map_err(|e| Error::Config(e.to_string()))?;
+    let boundary =
+        Boundary::new(addr, &args.public_urls).map_err(|e| Error::Config(e.to_string()))?;
+    if addr.ip().is_unspecified() && args.public_urls.is_empty() {
+        tracing::warn!(
+            %addr,
+            "the dashboard listens on every address but answers only loopback host names: set --web-public-url to the URL people use"
+        );
+    }
+    Ok((auth, boundary))
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener> {
@@ -35,12 +45,13 @@ pub async fn serve(
     listener: TcpListener,
     service: Arc<dyn FleetService>,
     assets: Assets,
-    auth: Auth,
+    (auth, boundary): (Auth, Boundary),
 ) -> Result<()> {
     let router = app(WebState {
         service,
         assets,
         auth,
+        boundary,
     });
     axum::serve(listener, router)
         .await
@@ -61,7 +72,7 @@ pub async fn serve_web(args: ServeWebArgs) -> Result<()> {
         heartbeat_timeout_secs,
         access: access_args,
     } = args;
-    let auth = access(&access_args, listen)?;
+    let access = access(&access_args, listen)?;
     let assets = Assets::new(css_from, live_reload);
     let urls: Vec<String> = nats_urls
         .into_iter()
@@ -107,7 +118,7 @@ pub async fn serve_web(args: ServeWebArgs) -> Result<()> {
     let listener = bind(listen).await?;
     tracing::info!(%listen, "dashboard listening");
     tokio::select! {
-        r = serve(listener, service, assets, auth) => r,
+        r = serve(listener, service, assets, access) => r,
         _ = crate::shutdown_signal() => Ok(()),
     }
 }
@@ -140,12 +151,12 @@ pub async fn spawn_for_run(
     namespace: Option<String>,
     heartbeat_timeout: Duration,
 ) -> Result<tokio::task::JoinHandle<()>> {
-    let auth = access(access_args, listen)?;
+    let access = access(access_args, listen)?;
     let listener = bind(listen).await?;
     let service = Arc::new(start_real(nats, client, namespace, heartbeat_timeout).await?);
     tracing::info!(%listen, "dashboard listening");
     Ok(tokio::spawn(async move {
-        if let Err(e) = serve(listener, service, Assets::new(None, false), auth).await {
+        if let Err(e) = serve(listener, service, Assets::new(None, false), access).await {
             tracing::error!(error = %e, "dashboard stopped");
         }
     }))

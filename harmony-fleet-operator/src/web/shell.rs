@@ -10,7 +10,6 @@
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
@@ -45,35 +44,16 @@ enum ClientMessage {
     Resize { cols: u16, rows: u16 },
 }
 
-/// Whether the request's `Origin` is this server (cross-site WebSocket hijacking guard:
-/// browsers send cookies and basic-auth credentials with cross-site WebSocket handshakes).
-pub fn same_origin(headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get("origin").and_then(|o| o.to_str().ok()) else {
-        // Non-browser clients send no Origin; they must authenticate like anyone else.
-        return true;
-    };
-    let host = headers.get("host").and_then(|h| h.to_str().ok());
-    let origin_host = origin.split_once("://").map(|(_, rest)| rest);
-    matches!((origin_host, host), (Some(o), Some(h)) if o == h)
-}
-
-/// Upgrades to the shell WebSocket.
+/// Upgrades to the shell WebSocket. Browsers send cookies and basic-auth credentials with
+/// cross-site WebSocket handshakes: the upgrade's `Host` and `Origin` were checked by
+/// [`super::boundary`] before this runs.
 pub async fn upgrade(
     State(state): State<WebState>,
     Path(id): Path<String>,
     Query(size): Query<Size>,
-    headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> WebResult<Response> {
     let id = device_id(&id)?;
-    // Before anything else: a foreign origin learns nothing, not even whether it could upgrade.
-    if !same_origin(&headers) {
-        return Ok((
-            StatusCode::FORBIDDEN,
-            "the shell WebSocket only accepts connections from the dashboard's own origin",
-        )
-            .into_response());
-    }
     let ws = match ws {
         Ok(ws) => ws,
         Err(rejection) => return Ok(rejection.into_response()),

@@ -1,6 +1,8 @@
 //! Handler tests of the dashboard against `MockFleetService`: status codes, fragments,
 //! HTMX swaps, security headers and access control — every request driven through the real
-//! router with `oneshot`, no server.
+//! router with `oneshot`, no server. `boundary` holds the Host / Origin / CSRF tests.
+
+mod boundary;
 
 use std::sync::Arc;
 
@@ -8,14 +10,29 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use harmony_fleet_operator::service::mock::MockFleetService;
-use harmony_fleet_operator::web::{Assets, Auth, WebState, app};
+use harmony_fleet_operator::web::boundary::{AllowedHosts, CsrfToken};
+use harmony_fleet_operator::web::{Assets, Auth, Boundary, WebState, app};
 use tower::ServiceExt;
+
+/// The address the test dashboard pretends to listen on, and the `Host` of every request
+/// that does not set its own.
+const LISTEN: &str = "127.0.0.1:18080";
+/// The CSRF token of the test dashboard.
+const CSRF: &str = "test-csrf-token";
+
+fn boundary() -> Boundary {
+    Boundary {
+        hosts: AllowedHosts::new(LISTEN.parse().unwrap(), &[]).unwrap(),
+        csrf: CsrfToken::new(CSRF),
+    }
+}
 
 fn router_with(auth: Auth) -> Router {
     app(WebState {
         service: Arc::new(MockFleetService::new()),
         assets: Assets::new(None, false),
         auth,
+        boundary: boundary(),
     })
 }
 
@@ -29,7 +46,12 @@ struct Reply {
     body: String,
 }
 
-async fn send(app: Router, request: Request<Body>) -> Reply {
+async fn send(app: Router, mut request: Request<Body>) -> Reply {
+    if !request.headers().contains_key(header::HOST) {
+        request
+            .headers_mut()
+            .insert(header::HOST, LISTEN.parse().unwrap());
+    }
     let response = app.oneshot(request).await.expect("infallible");
     let status = response.status();
     let headers = response.headers().clone();
@@ -54,6 +76,8 @@ async fn get(app: Router, path: &str) -> Reply {
 fn htmx_post(path: &str, form: &str) -> Request<Body> {
     Request::post(path)
         .header("hx-request", "true")
+        .header("x-csrf-token", CSRF)
+        .header(header::ORIGIN, format!("http://{LISTEN}"))
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
         .body(Body::from(form.to_owned()))
         .expect("request")
@@ -168,7 +192,7 @@ async fn blacklist_toggle_swaps_the_row_in_place() {
 async fn blacklist_without_htmx_redirects_back_to_the_list() {
     let request = Request::post("/devices/pi-02/blacklist")
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(Body::from("blacklisted=true"))
+        .body(Body::from(format!("csrf={CSRF}&blacklisted=true")))
         .unwrap();
     let reply = send(router(), request).await;
     assert_eq!(reply.status, StatusCode::SEE_OTHER);
@@ -252,6 +276,7 @@ async fn log_stream_sends_line_events() {
     let response = router()
         .oneshot(
             Request::get("/devices/pi-01/logs/web/stream")
+                .header(header::HOST, LISTEN)
                 .body(Body::empty())
                 .unwrap(),
         )
@@ -340,6 +365,7 @@ async fn css_from_serves_the_stylesheet_from_disk() {
         service: Arc::new(MockFleetService::new()),
         assets: Assets::new(Some(css), true),
         auth: Auth::Open,
+        boundary: boundary(),
     });
     let reply = get(app.clone(), "/assets/app.css").await;
     assert_eq!(reply.body, "body{color:red}");
@@ -380,7 +406,7 @@ async fn token_auth_admits_bearer_and_cookie_and_redirects_browsers_to_login() {
 
     let login = Request::post("/login")
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-        .body(Body::from("token=s3cret"))
+        .body(Body::from(format!("token=s3cret&csrf={CSRF}")))
         .unwrap();
     let reply = send(app.clone(), login).await;
     let cookie = reply.headers[header::SET_COOKIE]
