@@ -87,6 +87,9 @@ impl Agent {
         tasks.spawn(watch::run(
             connection.clone(),
             device.clone(),
+            watch::WatchSettings {
+                resync_interval: config.resync_interval(),
+            },
             watch_tx,
             stop.clone(),
         ));

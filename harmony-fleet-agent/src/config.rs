@@ -57,6 +57,10 @@ pub struct AgentSection {
     /// Seconds between periodic reconciles (restarting crashed containers, refreshing state).
     #[serde(default = "default_reconcile_secs")]
     pub reconcile_interval_secs: u64,
+    /// Mean seconds between listings of the desired state when no change notice arrives
+    /// (each wait is jittered ±50 %). Bounds how long a lost notice goes unnoticed.
+    #[serde(default = "default_resync_secs")]
+    pub resync_interval_secs: u64,
 }
 
 /// `[nats]`.
@@ -134,6 +138,10 @@ fn default_true() -> bool {
 fn default_heartbeat_secs() -> u64 {
     DEFAULT_HEARTBEAT_INTERVAL_SECS
 }
+fn default_resync_secs() -> u64 {
+    crate::watch::DEFAULT_RESYNC_INTERVAL.as_secs()
+}
+
 fn default_reconcile_secs() -> u64 {
     DEFAULT_RECONCILE_INTERVAL_SECS
 }
@@ -231,6 +239,12 @@ impl Config {
                 "must be at least 1 second",
             ));
         }
+        if self.agent.resync_interval_secs == 0 {
+            return Err(invalid(
+                "agent.resync_interval_secs",
+                "must be at least 1 second (default 180)",
+            ));
+        }
         if self.agent.data_dir.as_os_str().is_empty() {
             return Err(invalid(
                 "agent.data_dir",
@@ -254,6 +268,11 @@ impl Config {
     /// Heartbeat interval as a duration.
     pub fn heartbeat_interval(&self) -> Duration {
         Duration::from_secs(self.agent.heartbeat_interval_secs)
+    }
+
+    /// Mean interval between desired-state listings.
+    pub fn resync_interval(&self) -> Duration {
+        Duration::from_secs(self.agent.resync_interval_secs.max(1))
     }
 
     /// Periodic reconcile interval as a duration.

@@ -176,9 +176,17 @@ impl<R: ContainerRuntime + ?Sized> Supervisor<R> {
     /// Apply one watch event: update the held state, persist it, then hand the new targets to
     /// the workers (write-ahead: disk first, containers second).
     pub async fn handle(&mut self, event: WatchEvent) {
-        let snapshot = matches!(event, WatchEvent::Snapshot(_));
+        let snapshot = !matches!(event, WatchEvent::Change(_));
         let changed = match event {
             WatchEvent::Snapshot(records) => self.resync(records),
+            WatchEvent::Rebased(records) => {
+                // The stream was recreated: its revisions restarted, so what we hold is
+                // compared from zero (an unchanged payload re-applies as a no-op).
+                for entry in self.held.deployments.values_mut() {
+                    entry.revision = 0;
+                }
+                self.resync(records)
+            }
             WatchEvent::Change(record) => self.apply(record),
         };
         if changed {

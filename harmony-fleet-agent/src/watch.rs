@@ -1,31 +1,38 @@
-//! The watch of this device's `desired-state` keys (`<device>.>`): one lightweight ordered
-//! push consumer, delivering the last value of every key first (a [`WatchEvent::Snapshot`]),
-//! then each change as it happens.
+//! How this device learns its desired state, without a JetStream consumer (adr/0013, adr/0014).
 //!
-//! Watchers silently vanishing when the server restarts are a known failure of NATS clients, so
-//! this loop never trusts a consumer to live forever: whenever the stream ends, errors, or the
-//! connection comes back (a new [`Link`](crate::connection::Link) generation), the consumer is
-//! dropped and created again from history. Each (re)creation produces a fresh snapshot; the
-//! receiver compares it with what it holds by KV revision, so nothing is lost (keys deleted
-//! while we were away are missing from the snapshot) and nothing is wrongly replayed (revisions
-//! not newer than the held one are ignored).
+//! The operator keeps, per device, an index in `desired-state` (key `<device>`: deployment →
+//! hash of its payload) and publishes a core-NATS notice on `desired-notify.<device>` after
+//! each change ([`harmony_fleet_contracts::notice`]). This loop holds one plain subscription
+//! on that subject and **lists**: one exact-subject direct get of the index, then direct gets
+//! of only the keys whose hash differs from what it last saw. It lists
+//! - when connected, and again after every reconnect (notices sent meanwhile are lost);
+//! - on every notice (notices arriving during a listing coalesce into one more);
+//! - on a jittered timer ([`WatchSettings::resync_interval`]), which bounds how long a lost
+//!   notice can go unnoticed;
+//! - shortly after a listing that raced a write (a key whose bytes do not match the index).
 //!
-//! The consumer is created by hand (not `Store::watch_with_history`) for two reasons: it has a
-//! name, so the create request's subject carries the filter and a per-device permission can
-//! allow exactly it; and its initial pending count tells when the snapshot is complete, even
-//! when it is empty.
+//! A missing index is not an empty one: the agent keeps what it runs until the operator writes
+//! it (it writes an explicit empty index to remove everything).
+//!
+//! Each listing is a [`WatchEvent::Snapshot`]: the supervisor compares it with what it holds by
+//! KV revision (roll forward only) and removes what is gone. If the index's own revision goes
+//! backwards and stays there, the stream was recreated (its sequence numbers restarted): the
+//! listing is sent as [`WatchEvent::Rebased`], so the new, lower revisions are taken instead
+//! of being ignored as old.
 
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, RandomState};
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::push::{Ordered, OrderedConfig};
-use async_nats::jetstream::consumer::{DeliverPolicy, ReplayPolicy};
-use async_nats::jetstream::{self, Message};
 use bytes::Bytes;
 use futures::StreamExt;
-use harmony_fleet_contracts::DeviceId;
-use harmony_fleet_contracts::buckets::{self, DESIRED_STATE};
+use harmony_fleet_contracts::buckets::DESIRED_STATE;
+use harmony_fleet_contracts::canonical::ContentHash;
 use harmony_fleet_contracts::jetstream as contract_js;
+use harmony_fleet_contracts::notice::{self, DesiredIndex};
+use harmony_fleet_contracts::{DeploymentName, DeviceId, keys};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::connection::{Connection, wait_connected};
@@ -34,8 +41,12 @@ use crate::connection::{Connection, wait_connected};
 const KV_OPERATION_HEADER: &str = "KV-Operation";
 /// Header carrying the reason of server-generated markers (TTL expiry, `Nats-Marker-Reason`).
 const MARKER_REASON_HEADER: &str = "Nats-Marker-Reason";
-/// Longest wait for a snapshot to complete before the consumer is recreated.
-const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(30);
+/// Header of a direct-get reply carrying the message's stream sequence (the KV revision).
+const SEQUENCE_HEADER: &str = "Nats-Sequence";
+/// How soon a listing that raced a write is repeated.
+const RACE_RETRY: Duration = Duration::from_millis(250);
+/// Default of [`WatchSettings::resync_interval`].
+pub const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(180);
 
 /// What happened to a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,15 +75,48 @@ pub struct KvRecord {
 /// What the watch delivers to the agent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WatchEvent {
-    /// The complete current state of the device's keys (latest record per key, deletes
-    /// included); keys absent here no longer exist.
+    /// The complete current state of the device's keys (latest record per key); keys absent
+    /// here no longer exist.
     Snapshot(Vec<KvRecord>),
-    /// One change after the snapshot.
+    /// Like [`WatchEvent::Snapshot`], after the stream was recreated: its revisions restarted,
+    /// so they must replace the held ones instead of being compared with them.
+    Rebased(Vec<KvRecord>),
+    /// One change after the snapshot (kept for runtimes that still deliver single changes).
     Change(KvRecord),
 }
 
-fn operation_of(message: &Message) -> KvOperation {
-    let Some(headers) = message.headers.as_ref() else {
+/// How the listing runs.
+#[derive(Debug, Clone, Copy)]
+pub struct WatchSettings {
+    /// Mean time between listings when no notice arrives (each wait is drawn from
+    /// 50–150 % of it, so a fleet does not list in step).
+    pub resync_interval: Duration,
+}
+
+impl Default for WatchSettings {
+    fn default() -> Self {
+        Self {
+            resync_interval: DEFAULT_RESYNC_INTERVAL,
+        }
+    }
+}
+
+/// A number in `[0, 1)` that differs per call and per process (no RNG dependency: std's
+/// randomly keyed hasher over a counter).
+fn random_fraction() -> f64 {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let bits = RandomState::new().hash_one(n);
+    (bits >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// `base` scaled by a random factor in `[low, high)`.
+pub fn jittered(base: Duration, low: f64, high: f64) -> Duration {
+    base.mul_f64(low + (high - low) * random_fraction())
+}
+
+fn operation_of(headers: Option<&async_nats::HeaderMap>) -> KvOperation {
+    let Some(headers) = headers else {
         return KvOperation::Put;
     };
     if let Some(op) = headers.get(KV_OPERATION_HEADER) {
@@ -89,50 +133,175 @@ fn operation_of(message: &Message) -> KvOperation {
     }
 }
 
-/// Turn a consumer message into a record; also returns how many messages are still pending.
-fn record_of(message: &Message, prefix: &str) -> Option<(KvRecord, u64)> {
-    let info = message.info().ok()?;
-    let key = message.subject.strip_prefix(prefix)?.to_owned();
-    Some((
-        KvRecord {
-            key,
-            revision: info.stream_sequence,
-            operation: operation_of(message),
-            value: message.payload.clone(),
-        },
-        info.pending,
-    ))
-}
-
-/// Why one watch attempt ended.
+/// Why a listing failed.
 #[derive(Debug, thiserror::Error)]
-enum WatchEnd {
-    #[error("cannot create the desired-state consumer: {0}")]
-    Create(String),
-    #[error("desired-state consumer failed: {0}")]
-    Stream(String),
-    #[error("desired-state consumer ended")]
-    Ended,
-    #[error("the snapshot did not complete within {0:?}")]
-    SnapshotTimeout(Duration),
-    #[error("reconnected; re-syncing from history")]
-    Reconnected,
-    #[error("the agent stopped consuming watch events")]
-    ReceiverGone,
-    #[error("shutting down")]
-    Shutdown,
+enum ListError {
+    #[error("direct get of {subject} failed: {source}")]
+    Request {
+        subject: String,
+        #[source]
+        source: async_nats::RequestError,
+    },
+    #[error("direct get of {subject} answered status {status}: {description}")]
+    Status {
+        subject: String,
+        status: u16,
+        description: String,
+    },
+    #[error("direct get of {subject} answered without a {SEQUENCE_HEADER} header")]
+    NoSequence { subject: String },
+    #[error(transparent)]
+    Index(#[from] notice::IndexError),
 }
 
-/// Run the watch until `shutdown`, sending events to `events`.
+/// The last message of `key` in `desired-state`, by a direct get on the subject-scoped form
+/// (`$JS.API.DIRECT.GET.KV_desired-state.$KV.desired-state.<key>`, the only read a device's
+/// permissions allow). `None` when the key has no message.
+async fn direct_get(client: &async_nats::Client, key: &str) -> Result<Option<KvRecord>, ListError> {
+    let subject = contract_js::direct_get(DESIRED_STATE, key);
+    let reply = client
+        .request(subject.clone(), Bytes::new())
+        .await
+        .map_err(|source| ListError::Request {
+            subject: subject.clone(),
+            source,
+        })?;
+    if let Some(status) = reply.status {
+        if status == async_nats::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if status != async_nats::StatusCode::OK {
+            return Err(ListError::Status {
+                subject,
+                status: status.as_u16(),
+                description: reply.description.unwrap_or_default(),
+            });
+        }
+    }
+    let revision = reply
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(SEQUENCE_HEADER))
+        .and_then(|v| v.as_str().parse::<u64>().ok())
+        .ok_or_else(|| ListError::NoSequence {
+            subject: subject.clone(),
+        })?;
+    Ok(Some(KvRecord {
+        key: key.to_owned(),
+        revision,
+        operation: operation_of(reply.headers.as_ref()),
+        value: reply.payload,
+    }))
+}
+
+/// What the last listing saw: the index revision and each key's record and hash.
+#[derive(Debug, Default)]
+struct Seen {
+    index_revision: Option<u64>,
+    keys: BTreeMap<DeploymentName, (KvRecord, ContentHash)>,
+}
+
+/// What one listing produced (`None` from [`list`]: no index to go by).
+struct Listing {
+    event: WatchEvent,
+    /// A key did not match the index (a write in between, or a lagging replica).
+    raced: bool,
+}
+
+/// The index, when there is one: a missing (or deleted) index means the operator has not
+/// written it yet — a new device, or a bucket recreated and not yet rewritten — and never
+/// that the device should run nothing (the operator writes an empty index for that).
+async fn get_index(
+    client: &async_nats::Client,
+    device: &DeviceId,
+) -> Result<Option<KvRecord>, ListError> {
+    let record = direct_get(client, &notice::index_key(device)).await?;
+    Ok(record.filter(|r| r.operation == KvOperation::Put))
+}
+
+async fn list(
+    client: &async_nats::Client,
+    device: &DeviceId,
+    seen: &mut Seen,
+) -> Result<Option<Listing>, ListError> {
+    let Some(mut index_record) = get_index(client, device).await? else {
+        tracing::debug!("no desired-state index yet; keeping what runs");
+        return Ok(None);
+    };
+    let mut rebased = false;
+    if let Some(last) = seen.index_revision
+        && index_record.revision < last
+    {
+        // A lagging replica answers with an older index now and then; a recreated stream
+        // keeps answering lower revisions. Ask once more to tell them apart.
+        let Some(again) = get_index(client, device).await? else {
+            return Ok(None);
+        };
+        index_record = again;
+        if index_record.revision < last {
+            tracing::warn!(
+                held = last,
+                now = index_record.revision,
+                "desired-state revisions went backwards: the stream was recreated; re-basing on its contents"
+            );
+            rebased = true;
+        }
+    }
+    let index = DesiredIndex::from_bytes(&index_record.value)?;
+    let mut raced = false;
+    let mut records = Vec::with_capacity(index.deployments.len());
+    let mut keys_now = BTreeMap::new();
+    for (deployment, hash) in index.deployments {
+        if !rebased
+            && let Some((record, held)) = seen.keys.get(&deployment)
+            && *held == hash
+        {
+            records.push(record.clone());
+            keys_now.insert(deployment, (record.clone(), hash));
+            continue;
+        }
+        let key = keys::desired_key(device, &deployment);
+        match direct_get(client, &key).await? {
+            Some(record) if record.operation == KvOperation::Put => {
+                let got = ContentHash::of_bytes(&record.value);
+                if got != hash {
+                    tracing::debug!(%deployment, "desired-state key differs from the index; listing again shortly");
+                    raced = true;
+                }
+                records.push(record.clone());
+                keys_now.insert(deployment, (record, got));
+            }
+            _ => {
+                // Deleted after the index was read: the next index will say so.
+                raced = true;
+            }
+        }
+    }
+    seen.index_revision = Some(index_record.revision);
+    seen.keys = keys_now;
+    let event = if rebased {
+        WatchEvent::Rebased(records)
+    } else {
+        WatchEvent::Snapshot(records)
+    };
+    Ok(Some(Listing { event, raced }))
+}
+
+/// Run until `shutdown`, sending a listing to `events` on start, on every reconnect, on
+/// notices and on the timer.
 pub async fn run(
     connection: Connection,
     device: DeviceId,
+    settings: WatchSettings,
     events: mpsc::Sender<WatchEvent>,
     shutdown: CancellationToken,
 ) {
     let mut link = connection.link();
-    let mut attempt: u32 = 0;
-    loop {
+    let client = connection.client().clone();
+    let mut seen = Seen::default();
+    let mut failures: u32 = 0;
+    let notice_subject = notice::notify_subject(&device);
+    'connected: loop {
         let generation = tokio::select! {
             () = shutdown.cancelled() => return,
             generation = wait_connected(&mut link) => match generation {
@@ -140,124 +309,124 @@ pub async fn run(
                 None => return,
             },
         };
-        let ended = watch_once(&connection, &device, generation, &events, &shutdown).await;
-        match ended {
-            WatchEnd::Shutdown | WatchEnd::ReceiverGone => return,
-            WatchEnd::Reconnected => {
-                attempt = 0;
-                tracing::info!("{ended}");
+        let mut notices = match client.subscribe(notice_subject.clone()).await {
+            Ok(subscriber) => subscriber,
+            Err(err) => {
+                tracing::warn!(error = %err, subject = notice_subject, "cannot subscribe to change notices; retrying");
+                failures = failures.saturating_add(1);
+                if !pause(&shutdown, failures).await {
+                    return;
+                }
                 continue;
             }
-            other => {
-                tracing::warn!(error = %other, "desired-state watch interrupted; recreating it")
-            }
-        }
-        attempt = attempt.saturating_add(1);
-        let delay = Duration::from_millis(250u64 << attempt.min(5)).min(Duration::from_secs(5));
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(delay) => {}
-        }
-    }
-}
-
-async fn create_consumer(
-    jetstream: &jetstream::Context,
-    device: &DeviceId,
-) -> Result<(Ordered, u64), WatchEnd> {
-    let filter = contract_js::desired_watch_filter(device);
-    // The deliver subject is a fresh inbox under the device's prefix; its last token is a
-    // unique id, reused to name the consumer.
-    let deliver_subject = jetstream.client().new_inbox();
-    let unique = deliver_subject.rsplit('.').next().unwrap_or("watch");
-    let name = contract_js::watch_consumer_name(device, unique);
-    let config = OrderedConfig {
-        name: Some(name),
-        deliver_subject: deliver_subject.clone(),
-        description: Some(format!("fleet agent {device}: desired-state watch")),
-        filter_subject: filter,
-        deliver_policy: DeliverPolicy::LastPerSubject,
-        replay_policy: ReplayPolicy::Instant,
-        ..Default::default()
-    };
-    let consumer = jetstream
-        .create_consumer_on_stream(config, buckets::stream_name(DESIRED_STATE))
-        .await
-        .map_err(|err| WatchEnd::Create(err.to_string()))?;
-    let pending = consumer.cached_info().num_pending;
-    let messages = consumer
-        .messages()
-        .await
-        .map_err(|err| WatchEnd::Create(err.to_string()))?;
-    Ok((messages, pending))
-}
-
-async fn watch_once(
-    connection: &Connection,
-    device: &DeviceId,
-    generation: u64,
-    events: &mpsc::Sender<WatchEvent>,
-    shutdown: &CancellationToken,
-) -> WatchEnd {
-    let prefix = buckets::kv_subject(DESIRED_STATE, "");
-    let mut link = connection.link();
-    let created = tokio::select! {
-        () = shutdown.cancelled() => return WatchEnd::Shutdown,
-        created = create_consumer(connection.jetstream(), device) => created,
-    };
-    let (mut messages, mut pending) = match created {
-        Ok(created) => created,
-        Err(end) => return end,
-    };
-    tracing::debug!(pending, "desired-state consumer created");
-
-    // Phase 1: the snapshot (last record per key). Complete when nothing is pending.
-    let mut snapshot = Vec::new();
-    let snapshot_deadline = tokio::time::Instant::now() + SNAPSHOT_TIMEOUT;
-    while pending > 0 {
-        let next = tokio::select! {
-            () = shutdown.cancelled() => return WatchEnd::Shutdown,
-            () = tokio::time::sleep_until(snapshot_deadline) => {
-                return WatchEnd::SnapshotTimeout(SNAPSHOT_TIMEOUT);
-            }
-            next = messages.next() => next,
         };
-        match next {
-            None => return WatchEnd::Ended,
-            Some(Err(err)) => return WatchEnd::Stream(err.to_string()),
-            Some(Ok(message)) => match record_of(&message, &prefix) {
-                Some((record, left)) => {
-                    pending = left;
-                    snapshot.push(record);
-                }
-                None => tracing::warn!(subject = %message.subject, "unreadable KV message skipped"),
-            },
-        }
-    }
-    if events.send(WatchEvent::Snapshot(snapshot)).await.is_err() {
-        return WatchEnd::ReceiverGone;
-    }
-
-    // Phase 2: live changes, until something forces a re-creation.
-    loop {
-        let next = tokio::select! {
-            () = shutdown.cancelled() => return WatchEnd::Shutdown,
-            changed = link.wait_for(|l| l.generation != generation) => {
-                return if changed.is_ok() { WatchEnd::Reconnected } else { WatchEnd::Shutdown };
-            }
-            next = messages.next() => next,
-        };
-        match next {
-            None => return WatchEnd::Ended,
-            Some(Err(err)) => return WatchEnd::Stream(err.to_string()),
-            Some(Ok(message)) => match record_of(&message, &prefix) {
-                Some((record, _)) => {
-                    if events.send(WatchEvent::Change(record)).await.is_err() {
-                        return WatchEnd::ReceiverGone;
+        // List now (this is also the re-sync after a reconnect), then on each trigger.
+        let mut next_list = Instant::now();
+        let mut timer = Instant::now() + jittered(settings.resync_interval, 0.5, 1.5);
+        loop {
+            if Instant::now() >= next_list {
+                match list(&client, &device, &mut seen).await {
+                    Ok(None) => {
+                        failures = 0;
+                        next_list = far_future();
+                    }
+                    Ok(Some(listing)) => {
+                        failures = 0;
+                        if events.send(listing.event).await.is_err() {
+                            return;
+                        }
+                        next_list = if listing.raced {
+                            Instant::now() + RACE_RETRY
+                        } else {
+                            far_future()
+                        };
+                    }
+                    Err(err) => {
+                        failures = failures.saturating_add(1);
+                        tracing::warn!(error = %err, "listing the desired state failed; retrying");
+                        next_list = Instant::now() + retry_delay(failures);
                     }
                 }
-                None => tracing::warn!(subject = %message.subject, "unreadable KV message skipped"),
-            },
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                changed = link.wait_for(|l| l.generation != generation) => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    tracing::info!("reconnected; listing the desired state again");
+                    continue 'connected;
+                }
+                notice = notices.next() => {
+                    if notice.is_none() {
+                        tracing::warn!("notice subscription ended; subscribing again");
+                        continue 'connected;
+                    }
+                    // Coalesce a burst (a rollout touching many deployments) into one listing.
+                    while let Some(Some(_)) = futures::FutureExt::now_or_never(notices.next()) {}
+                    next_list = Instant::now();
+                }
+                () = tokio::time::sleep_until(timer) => {
+                    timer = Instant::now() + jittered(settings.resync_interval, 0.5, 1.5);
+                    next_list = Instant::now();
+                }
+                () = tokio::time::sleep_until(next_list) => {}
+            }
         }
+    }
+}
+
+/// An instant far enough away to mean "not scheduled".
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
+/// Back-off after `failures` failed attempts: 250 ms doubling to 5 s, jittered.
+fn retry_delay(failures: u32) -> Duration {
+    let base = Duration::from_millis(250u64 << failures.min(5)).min(Duration::from_secs(5));
+    jittered(base, 0.5, 1.0)
+}
+
+/// Waits [`retry_delay`]; `false` when shutting down.
+async fn pause(shutdown: &CancellationToken, failures: u32) -> bool {
+    tokio::select! {
+        () = shutdown.cancelled() => false,
+        () = tokio::time::sleep(retry_delay(failures)) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_its_bounds_and_varies() {
+        let base = Duration::from_secs(100);
+        let draws: Vec<Duration> = (0..200).map(|_| jittered(base, 0.5, 1.5)).collect();
+        assert!(
+            draws
+                .iter()
+                .all(|d| *d >= Duration::from_secs(50) && *d < Duration::from_secs(150))
+        );
+        let distinct: std::collections::BTreeSet<_> = draws.iter().collect();
+        assert!(distinct.len() > 150, "{} distinct of 200", distinct.len());
+    }
+
+    #[test]
+    fn retry_delay_grows_to_five_seconds() {
+        assert!(retry_delay(0) <= Duration::from_millis(250));
+        assert!(retry_delay(10) <= Duration::from_secs(5));
+        assert!(retry_delay(10) >= Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn delete_markers_are_told_apart_from_puts() {
+        let mut headers = async_nats::HeaderMap::new();
+        assert_eq!(operation_of(None), KvOperation::Put);
+        headers.insert(KV_OPERATION_HEADER, "DEL");
+        assert_eq!(operation_of(Some(&headers)), KvOperation::Delete);
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(MARKER_REASON_HEADER, "MaxAge");
+        assert_eq!(operation_of(Some(&headers)), KvOperation::Purge);
     }
 }

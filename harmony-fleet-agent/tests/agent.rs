@@ -5,6 +5,8 @@
 //! agent reports. The agent runs in-process (`Agent::run`) as the device user, so every subject
 //! it touches must be allowed by `device_permissions`.
 
+#[path = "agent/boundary.rs"]
+mod boundary;
 mod support;
 
 use std::collections::BTreeMap;
@@ -24,8 +26,8 @@ use harmony_fleet_contracts::payload::{
     VolumeMount,
 };
 use harmony_fleet_contracts::{
-    ContentHash, DeploymentName, DeploymentState, DeviceId, DeviceInfo, Heartbeat, Phase, Verb,
-    device_permissions, keys,
+    ContentHash, DeploymentName, DeploymentState, DesiredIndex, DeviceId, DeviceInfo, Heartbeat,
+    Phase, Verb, device_permissions, keys, notice,
 };
 use support::{NatsServer, PodmanStore, eventually, free_port, http_get};
 use tokio_util::sync::CancellationToken;
@@ -58,18 +60,31 @@ struct Fleet {
     states: kv::Store,
     infos: kv::Store,
     heartbeats: kv::Store,
+    /// The device's desired-state index, as the operator would keep it.
+    index: std::sync::Mutex<DesiredIndex>,
 }
 
 impl Fleet {
     async fn start(device: &str) -> Result<Self> {
+        Self::start_with_devices(device, &[]).await
+    }
+
+    /// Like [`Fleet::start`], with more device users (same password, their own templates).
+    async fn start_with_devices(device: &str, others: &[&str]) -> Result<Self> {
         init_tracing();
         let device: DeviceId = device.parse()?;
-        let permissions = serde_json::to_string(&device_permissions(&device))?;
-        let auth = format!(
-            "authorization {{\n  users = [\n    {{ user: \"{}\", password: \"{}\" }}\n    \
-             {{ user: \"{device}\", password: \"{DEVICE_PASSWORD}\", permissions: {permissions} }}\n  ]\n}}\n",
+        let mut users = format!(
+            "    {{ user: \"{}\", password: \"{}\" }}\n",
             ADMIN.0, ADMIN.1
         );
+        for id in std::iter::once(device.as_str()).chain(others.iter().copied()) {
+            let id: DeviceId = id.parse()?;
+            let permissions = serde_json::to_string(&device_permissions(&id))?;
+            users.push_str(&format!(
+                "    {{ user: \"{id}\", password: \"{DEVICE_PASSWORD}\", permissions: {permissions} }}\n"
+            ));
+        }
+        let auth = format!("authorization {{\n  users = [\n{users}  ]\n}}\n");
         let nats = NatsServer::start(Some(&auth))?;
         let admin =
             async_nats::ConnectOptions::with_user_and_password(ADMIN.0.into(), ADMIN.1.into())
@@ -108,7 +123,44 @@ impl Fleet {
             states,
             infos,
             heartbeats,
+            index: Default::default(),
         })
+    }
+
+    /// What the operator does for one key: write it (`None`: delete it), then the device's
+    /// index, then the change notice.
+    async fn write_desired(&self, deployment: &str, value: Option<Bytes>) -> Result<()> {
+        let name: DeploymentName = deployment.parse()?;
+        let index = {
+            let mut index = self
+                .index
+                .lock()
+                .map_err(|_| anyhow::anyhow!("index lock"))?;
+            match &value {
+                Some(bytes) => {
+                    index.deployments.insert(name, ContentHash::of_bytes(bytes));
+                }
+                None => {
+                    index.deployments.remove(&name);
+                }
+            }
+            index.to_bytes()
+        };
+        match value {
+            Some(bytes) => self.desired.put(self.key(deployment), bytes).await?,
+            None => {
+                self.desired.delete(self.key(deployment)).await?;
+                0
+            }
+        };
+        self.desired
+            .put(notice::index_key(&self.device), Bytes::from(index))
+            .await?;
+        self.admin
+            .publish(notice::notify_subject(&self.device), Bytes::new())
+            .await?;
+        self.admin.flush().await?;
+        Ok(())
     }
 
     fn config(&self) -> Result<Config> {
@@ -168,8 +220,7 @@ containers_conf = "{conf}"
     /// Put a payload; returns its content hash.
     async fn put(&self, deployment: &str, payload: &PodmanV0) -> Result<ContentHash> {
         let bytes = ReconcileScore::PodmanV0(payload.clone()).to_canonical_json()?;
-        self.desired
-            .put(self.key(deployment), Bytes::from(bytes.clone()))
+        self.write_desired(deployment, Some(Bytes::from(bytes.clone())))
             .await?;
         Ok(ContentHash::of_bytes(&bytes))
     }
@@ -410,7 +461,7 @@ async fn deleted_desired_state_removes_containers_and_state_key() -> Result<()> 
         .put("web", &web("v1", port, fleet.shared_dir.path()))
         .await?;
     fleet.wait_running("web", &hash).await?;
-    fleet.desired.delete(fleet.key("web")).await?;
+    fleet.write_desired("web", None).await?;
     eventually("containers gone", SLOW, || async {
         fleet.containers().ok().filter(Vec::is_empty).map(|_| ())
     })
@@ -564,23 +615,18 @@ async fn malformed_values_are_reported_failed_and_the_agent_keeps_working() -> R
     let fleet = Fleet::start("dev-malformed").await?;
     let _agent = fleet.start_agent()?;
     fleet
-        .desired
-        .put(
-            fleet.key("broken"),
-            Bytes::from_static(b"{\"type\":\"PodmanV0\""),
+        .write_desired(
+            "broken",
+            Some(Bytes::from_static(b"{\"type\":\"PodmanV0\"")),
         )
         .await?;
     fleet
-        .desired
-        .put(
-            fleet.key("wrong"),
-            Bytes::from_static(b"{\"type\":\"PodmanV0\",\"data\":{\"services\":[]}}"),
+        .write_desired(
+            "wrong",
+            Some(Bytes::from_static(
+                b"{\"type\":\"PodmanV0\",\"data\":{\"services\":[]}}",
+            )),
         )
-        .await?;
-    // A key with a malformed deployment part: logged and skipped.
-    fleet
-        .desired
-        .put(format!("{}.a.b", fleet.device), Bytes::from_static(b"{}"))
         .await?;
     let broken = fleet
         .wait_state("broken", "broken: Failed", |s| s.phase == Phase::Failed)
@@ -909,5 +955,69 @@ async fn footprint_of_the_binary_with_ten_deployments() -> Result<()> {
     assert!(status.success(), "agent exit status {status}");
     // Workloads outlive the agent.
     assert_eq!(fleet.containers()?.len(), 10);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_made_while_disconnected_converge_on_reconnect() -> Result<()> {
+    let fleet = Fleet::start("dev-missed").await?;
+    let agent = fleet.start_agent()?;
+    let (web_port, api_port, old_port) = (free_port(), free_port(), free_port());
+    let shared = fleet.shared_dir.path().to_owned();
+    let v1 = fleet.put("web", &web("v1", web_port, &shared)).await?;
+    let old = fleet.put("old", &web("v1", old_port, &shared)).await?;
+    fleet.wait_running("web", &v1).await?;
+    fleet.wait_running("old", &old).await?;
+    agent.stop().await?;
+
+    // Three changes, each with its notice, while nobody listens: an update, a new
+    // deployment, a removal.
+    let v2 = fleet.put("web", &web("v2", web_port, &shared)).await?;
+    let api = fleet.put("api", &web("v1", api_port, &shared)).await?;
+    fleet.write_desired("old", None).await?;
+
+    let _agent = fleet.start_agent()?;
+    fleet.wait_running("web", &v2).await?;
+    fleet.wait_running("api", &api).await?;
+    wait_http(web_port, "v2").await?;
+    wait_http(api_port, "v1").await?;
+    eventually("old removed", SLOW, || async {
+        fleet.containers().ok().filter(|c| c.len() == 2).map(|_| ())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_desired_state_stream_is_followed_despite_lower_revisions() -> Result<()> {
+    let mut fleet = Fleet::start("dev-recreated").await?;
+    let _agent = fleet.start_agent()?;
+    let port = free_port();
+    let shared = fleet.shared_dir.path().to_owned();
+    // Push the revisions up, so the recreated stream's are lower than every held one.
+    let mut last = fleet.put("web", &web("v1", port, &shared)).await?;
+    for n in 0..5 {
+        let mut payload = web("v1", port, &shared);
+        payload.services[0].env.insert("N".into(), n.to_string());
+        last = fleet.put("web", &payload).await?;
+    }
+    fleet.wait_running("web", &last).await?;
+
+    // An admin deletes and recreates the bucket; the operator writes v2 into it.
+    let js = jetstream::new(fleet.admin.clone());
+    js.delete_key_value(buckets::DESIRED_STATE).await?;
+    let spec = buckets::DESIRED_STATE_SPEC;
+    fleet.desired = js
+        .create_key_value(kv::Config {
+            bucket: spec.name.to_owned(),
+            description: spec.description.to_owned(),
+            history: spec.history,
+            max_value_size: spec.max_value_size,
+            ..Default::default()
+        })
+        .await?;
+    let v2 = fleet.put("web", &web("v2", port, &shared)).await?;
+    fleet.wait_running("web", &v2).await?;
+    wait_http(port, "v2").await?;
     Ok(())
 }

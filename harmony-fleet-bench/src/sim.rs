@@ -616,6 +616,7 @@ impl Fleet {
             self.tasks.push(tokio::spawn(watch::run(
                 connection,
                 id.clone(),
+                watch::WatchSettings::default(),
                 tx,
                 self.cancel.clone(),
             )));
@@ -625,7 +626,7 @@ impl Fleet {
                 let mut first = true;
                 while let Some(event) = rx.recv().await {
                     let records = match event {
-                        WatchEvent::Snapshot(records) => {
+                        WatchEvent::Snapshot(records) | WatchEvent::Rebased(records) => {
                             if first {
                                 tally.watches_ready.fetch_add(1, Ordering::Relaxed);
                                 first = false;

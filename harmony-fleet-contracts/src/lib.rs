@@ -16,6 +16,7 @@
 //! | [`heartbeat`] | [`Heartbeat`], the < 96-byte liveness record |
 //! | [`commands`] | the request/reply command protocol: verbs, requests, replies, caps |
 //! | [`sessions`] | live log tail and interactive shell: long-poll sessions over `logs-stream` / `shell` |
+//! | [`notice`] | change notices and the per-device desired-state index (no consumer per device) |
 //! | [`permissions`] | per-device and operator NATS permission templates |
 //! | [`jetstream`] | the JetStream API subjects behind KV operations |
 //! | [`subject`] | NATS subject syntax and the `*`/`>` matcher |
@@ -32,6 +33,7 @@ pub mod heartbeat;
 pub mod ids;
 pub mod jetstream;
 pub mod keys;
+pub mod notice;
 pub mod payload;
 pub mod permissions;
 pub mod sessions;
@@ -46,6 +48,7 @@ pub use device::{AgentVersion, DeviceInfo, Inventory};
 pub use heartbeat::Heartbeat;
 pub use ids::{DeploymentName, DeviceId, IdError};
 pub use keys::{CommandSubject, DesiredKey, HeartbeatKey, InfoKey, KeyError, StateKey};
+pub use notice::DesiredIndex;
 pub use payload::{PayloadError, PodmanV0, ReconcileScore};
 pub use permissions::{Permissions, device_inbox_prefix, device_permissions, operator_permissions};
 pub use state::{DeploymentState, Phase};

@@ -7,29 +7,26 @@
 //! | need | publish allow |
 //! |---|---|
 //! | write its info, states, heartbeat | `$KV.device-info.info.<d>`, `$KV.device-state.state.<d>.>`, `$KV.device-heartbeat.heartbeat.<d>` |
-//! | bind the four buckets | `$JS.API.STREAM.INFO.KV_<bucket>` |
-//! | watch its desired state | `$JS.API.CONSUMER.CREATE.KV_desired-state.*.$KV.desired-state.<d>.>` (named consumer, filter in the subject) |
+//! | read its desired-state index | `$JS.API.DIRECT.GET.KV_desired-state.$KV.desired-state.<d>` ([`crate::notice`]) |
 //! | read its own keys | `$JS.API.DIRECT.GET.KV_<bucket>.$KV.<bucket>.<own key or pattern>` |
-//! | answer flow control of its ordered consumer | `$JS.FC.KV_desired-state.>` |
 //! | answer commands | `allow_responses` |
 //!
 //! Subscribe: its own inbox prefix `_INBOX_<d>.>` ([`device_inbox_prefix`]; the agent sets
-//! `ConnectOptions::custom_inbox_prefix`) and `device-commands.<d>.>`.
+//! `ConnectOptions::custom_inbox_prefix`), `device-commands.<d>.>`, and its change notices
+//! `desired-notify.<d>`.
 //!
 //! Deliberately **not** allowed, and why:
-//! - `$JS.API.CONSUMER.CREATE.KV_desired-state` (unnamed consumer): the filter is in the
-//!   payload, so it would let a device read every device's desired state. The agent therefore
-//!   creates its ordered consumer with a name (see [`crate::jetstream`]).
-//! - `$JS.API.STREAM.MSG.GET.*`: same problem; buckets are created with `allow_direct` so
-//!   reads go through the subject-scoped direct get.
-//! - `$JS.API.CONSUMER.DELETE.*`: consumer names are not scoped by device. When async-nats
-//!   recreates an ordered consumer it first tries to delete the old one; that request is
-//!   refused (the client ignores the error after its request timeout) and the orphan expires
-//!   by its inactivity threshold.
+//! - `$JS.API.CONSUMER.CREATE.*` in any form: even the named form, whose subject carries the
+//!   filter, lets the request body name any `deliver_subject` (another device's command
+//!   subject, say), and nothing limits how many consumers a user creates. Devices learn about
+//!   changes from notices instead (adr/0013, adr/0014).
+//! - `$JS.API.STREAM.INFO.*`, `STREAM.NAMES`, `STREAM.LIST`: with a `subjects_filter`, stream
+//!   info lists every key of a bucket (other devices' ids and deployment names). Agents write
+//!   by publishing to the KV subject and read by direct get, so they never bind a bucket.
+//! - `$JS.API.STREAM.MSG.GET.*` and the batch form `$JS.API.DIRECT.GET.KV_<bucket>`: the
+//!   subject to read is in the payload, so either would let a device read every key.
+//! - `$JS.FC.>`, `$JS.ACK.>`: only consumers need them.
 //! - `_INBOX.>`: other clients' replies (e.g. the operator's) arrive there.
-//!
-//! Known residue: `STREAM.INFO` with a `subjects_filter` lists the *keys* (device ids and
-//! deployment names, not values) of a bucket. Values stay private.
 
 use serde::Serialize;
 
@@ -37,6 +34,7 @@ use crate::buckets::{self, DESIRED_STATE, DEVICE_HEARTBEAT, DEVICE_INFO, DEVICE_
 use crate::ids::{DeploymentName, DeviceId};
 use crate::jetstream;
 use crate::keys;
+use crate::notice;
 use crate::subject;
 
 /// Inbox prefix of the operator and other trusted clients (async-nats' default).
@@ -98,28 +96,16 @@ pub fn device_permissions(device: &DeviceId) -> Permissions {
     let own_states = keys::state_device_pattern(device);
     let own_heartbeat = keys::heartbeat_key(device);
 
-    let mut publish = vec![
+    let publish = vec![
         buckets::kv_subject(DEVICE_INFO, &own_info),
         buckets::kv_subject(DEVICE_STATE, &own_states),
         buckets::kv_subject(DEVICE_HEARTBEAT, &own_heartbeat),
-    ];
-    publish.extend(
-        buckets::ALL
-            .iter()
-            .map(|spec| jetstream::stream_info(spec.name)),
-    );
-    publish.push(jetstream::consumer_create(
-        DESIRED_STATE,
-        "*",
-        &jetstream::desired_watch_filter(device),
-    ));
-    publish.extend([
+        jetstream::direct_get(DESIRED_STATE, &notice::index_key(device)),
         jetstream::direct_get(DESIRED_STATE, &own_desired),
         jetstream::direct_get(DEVICE_INFO, &own_info),
         jetstream::direct_get(DEVICE_STATE, &own_states),
         jetstream::direct_get(DEVICE_HEARTBEAT, &own_heartbeat),
-    ]);
-    publish.push(jetstream::flow_control(DESIRED_STATE));
+    ];
 
     Permissions {
         publish: SubjectList { allow: publish },
@@ -127,6 +113,7 @@ pub fn device_permissions(device: &DeviceId) -> Permissions {
             allow: vec![
                 format!("{}.>", device_inbox_prefix(device)),
                 keys::command_serve_pattern(device),
+                notice::notify_subject(device),
             ],
         },
         allow_responses: true,
@@ -166,6 +153,7 @@ pub fn operator_permissions() -> Permissions {
         format!("{}.STREAM.NAMES", jetstream::API_PREFIX),
         format!("{}.STREAM.LIST", jetstream::API_PREFIX),
         keys::COMMANDS_ALL.to_owned(),
+        notice::NOTIFY_ALL.to_owned(),
     ]);
     Permissions {
         publish: SubjectList { allow: publish },
@@ -209,19 +197,17 @@ pub struct SubjectUse {
 
 /// Every subject the agent of `device` uses for `deployment`, built with the same key and
 /// subject builders the agent uses — the list [`device_permissions`] is checked against.
-/// `consumer` is the name of its desired-state watch consumer and `inbox` one inbox token.
+/// `inbox` is one inbox token.
 pub fn agent_subject_uses(
     device: &DeviceId,
     deployment: &DeploymentName,
-    consumer: &str,
     inbox: &str,
 ) -> Vec<SubjectUse> {
     use Action::{Publish, Subscribe};
-    use Scope::{Own, Shared};
     let own = |action, subject, purpose| SubjectUse {
         action,
         subject,
-        scope: Own,
+        scope: Scope::Own,
         purpose,
     };
     let desired_key = keys::desired_key(device, deployment);
@@ -230,7 +216,7 @@ pub fn agent_subject_uses(
     let heartbeat_key = keys::heartbeat_key(device);
     let inbox_prefix = device_inbox_prefix(device);
 
-    let mut uses = vec![
+    vec![
         own(
             Publish,
             buckets::kv_subject(DEVICE_INFO, &info_key),
@@ -248,12 +234,8 @@ pub fn agent_subject_uses(
         ),
         own(
             Publish,
-            jetstream::consumer_create(
-                DESIRED_STATE,
-                consumer,
-                &jetstream::desired_watch_filter(device),
-            ),
-            "create the desired-state watch",
+            jetstream::direct_get(DESIRED_STATE, &notice::index_key(device)),
+            "get the desired-state index",
         ),
         own(
             Publish,
@@ -287,33 +269,15 @@ pub fn agent_subject_uses(
         ),
         own(
             Subscribe,
-            format!("{inbox_prefix}.{inbox}"),
-            "receive watch deliveries",
-        ),
-        own(
-            Subscribe,
             keys::command_serve_pattern(device),
             "serve commands",
         ),
-    ];
-    for spec in buckets::ALL {
-        uses.push(SubjectUse {
-            action: Publish,
-            subject: jetstream::stream_info(spec.name),
-            scope: Shared,
-            purpose: "bind a bucket",
-        });
-    }
-    uses.push(SubjectUse {
-        action: Publish,
-        subject: format!(
-            "$JS.FC.{}.{consumer}.{inbox}",
-            buckets::stream_name(DESIRED_STATE)
+        own(
+            Subscribe,
+            notice::notify_subject(device),
+            "hear about desired-state changes",
         ),
-        scope: Shared,
-        purpose: "answer flow control of the watch",
-    });
-    uses
+    ]
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ use harmony_fleet_contracts::canonical::ContentHash;
 use harmony_fleet_contracts::device::DeviceInfo;
 use harmony_fleet_contracts::ids::{DeploymentName, DeviceId};
 use harmony_fleet_contracts::keys::{self, DesiredKey, HeartbeatKey, InfoKey, StateKey};
+use harmony_fleet_contracts::notice;
 use harmony_fleet_contracts::state::{DeploymentState, Phase as StatePhase};
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
@@ -48,6 +49,7 @@ use crate::crd::deployment::{
 };
 use crate::crd::device::{BLACKLIST_ANNOTATION, Device};
 use crate::crd::{FIELD_MANAGER, FINALIZER, GROUP};
+use crate::device_index::DeviceIndexes;
 use crate::error::{Error, Result};
 use crate::http::Readiness;
 use crate::index::{Change, TargetIndex};
@@ -120,6 +122,7 @@ pub async fn start(
     metrics: Metrics,
     readiness: Readiness,
 ) -> Result<OperatorHandle> {
+    let nats_client = nats.clone();
     let fleet_kv = FleetKv::open(nats, config.create_buckets).await?;
     let (tx, rx) = mpsc::channel::<Input>(8192);
     let mut tasks = Vec::new();
@@ -127,7 +130,8 @@ pub async fn start(
     // What desired-state holds, before anything else: the baseline writes are compared with.
     let mut fleet = FleetState::new();
     let mut revisions: HashMap<Rev, Bytes> = HashMap::new();
-    load_desired(&fleet_kv, &mut fleet, &mut revisions).await?;
+    let mut indexes = DeviceIndexes::new();
+    load_desired(&fleet_kv, &mut fleet, &mut revisions, &mut indexes).await?;
 
     let api: Api<Deployment> = match &config.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
@@ -207,12 +211,13 @@ pub async fn start(
         heartbeat_timeout: config.heartbeat_timeout,
         metrics: metrics.clone(),
         readiness: readiness.clone(),
-        writer: DesiredWriter::new(fleet_kv.desired.clone(), metrics.clone()),
+        writer: DesiredWriter::new(fleet_kv.desired.clone(), nats_client, metrics.clone()),
         client,
         registry,
         status_tx,
         index: TargetIndex::new(),
         fleet,
+        indexes,
         revisions,
         crs: HashMap::new(),
         claims: HashMap::new(),
@@ -240,19 +245,33 @@ pub async fn start(
     })
 }
 
-/// Reads `desired-state` up to its current end into `fleet` (assignments) and `revisions`.
+/// Reads `desired-state` up to its current end into `fleet` (assignments), `revisions` and
+/// `indexes` (the per-device indexes it holds, and the ones it should hold).
 async fn load_desired(
     fleet_kv: &FleetKv,
     fleet: &mut FleetState<DeviceId, DeploymentName, Rev>,
     revisions: &mut HashMap<Rev, Bytes>,
+    indexes: &mut DeviceIndexes,
 ) -> Result<()> {
     let mut events = std::pin::pin!(kv::watch_from_start(&fleet_kv.desired).await?);
     let mut count = 0usize;
+    let index_device = |key: &str| {
+        notice::is_index_key(key)
+            .then(|| key.parse::<DeviceId>().ok())
+            .flatten()
+    };
     while let Some(event) = events.next().await {
         match event? {
+            KvEvent::Put { key, value, .. } if notice::is_index_key(&key) => {
+                match index_device(&key) {
+                    Some(device) => indexes.load_stored(device, Some(&value)),
+                    None => tracing::warn!(key, "ignoring foreign key in desired-state"),
+                }
+            }
             KvEvent::Put { key, value, .. } => match DesiredKey::parse(&key) {
                 Ok(k) => {
                     let rev = ContentHash::of_bytes(&value);
+                    indexes.set(&k.device, &k.deployment, Some(&rev));
                     revisions.entry(rev.clone()).or_insert(value);
                     fleet.set_assigned(&k.deployment, &k.device, Some(rev));
                     count += 1;
@@ -260,12 +279,16 @@ async fn load_desired(
                 Err(e) => tracing::warn!(key, error = %e, "ignoring foreign key in desired-state"),
             },
             KvEvent::Delete { key } => {
-                if let Ok(k) = DesiredKey::parse(&key) {
+                if let Some(device) = index_device(&key) {
+                    indexes.load_stored(device, None);
+                } else if let Ok(k) = DesiredKey::parse(&key) {
+                    indexes.set(&k.device, &k.deployment, None);
                     fleet.set_assigned(&k.deployment, &k.device, None);
                 }
             }
             KvEvent::CaughtUp => {
                 fleet.take_dirty();
+                indexes.mark_all_dirty();
                 tracing::info!(keys = count, "loaded desired-state");
                 return Ok(());
             }
@@ -336,6 +359,8 @@ struct Reconciler {
     status_tx: mpsc::UnboundedSender<(CrKey, DeploymentStatus)>,
     index: TargetIndex<DeviceId, DeploymentName>,
     fleet: FleetState<DeviceId, DeploymentName, Rev>,
+    /// Per-device desired-state indexes (adr/0014), kept with every key written.
+    indexes: DeviceIndexes,
     revisions: HashMap<Rev, Bytes>,
     crs: HashMap<CrKey, Cr>,
     claims: HashMap<DeploymentName, BTreeSet<(Option<Timestamp>, String)>>,
@@ -1013,8 +1038,45 @@ impl Reconciler {
             .insert(key, (deployment.clone(), device.clone(), rev));
     }
 
-    /// Issues the writes decided so far and records their outcome.
+    /// Issues the writes decided so far and records their outcome; then writes the indexes of
+    /// the devices whose keys changed and tells each device (adr/0014).
     async fn flush(&mut self) {
+        self.flush_keys().await;
+        self.flush_indexes().await;
+    }
+
+    /// The index writes pending (keys changed, or a cold start found a stale index), then one
+    /// notice per device whose index was written. Notices go out only after the index is
+    /// stored, so a device that lists on a notice reads the new index.
+    async fn flush_indexes(&mut self) {
+        // Before the cold start converged the picture is incomplete (orphans not collected
+        // yet): an index written now could name a key about to be deleted.
+        if !self.converged {
+            return;
+        }
+        let writes = self.indexes.take_writes();
+        if writes.is_empty() {
+            return;
+        }
+        let ops = writes
+            .into_iter()
+            .map(|w| (notice::index_key(&w.device), KvOp::Put(w.bytes)))
+            .collect();
+        let mut notify = Vec::new();
+        for (key, _, ok) in self.writer.apply(ops).await {
+            let Ok(device) = key.parse::<DeviceId>() else {
+                continue;
+            };
+            if ok {
+                notify.push(device);
+            } else {
+                self.indexes.failed(&device);
+            }
+        }
+        self.writer.notify(&notify).await;
+    }
+
+    async fn flush_keys(&mut self) {
         if self.ops.is_empty() {
             return;
         }
@@ -1039,6 +1101,7 @@ impl Reconciler {
                 continue;
             };
             if ok {
+                self.indexes.set(&d, &k, rev.as_ref());
                 self.fleet.set_assigned(&k, &d, rev);
                 self.retry.remove(&(k, d));
             } else {

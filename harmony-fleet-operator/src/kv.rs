@@ -280,22 +280,43 @@ pub enum KvOp {
     Delete,
 }
 
-/// Writes `desired-state` keys with bounded concurrency.
+/// Writes `desired-state` keys with bounded concurrency, and publishes the change notices
+/// that tell devices to list again (adr/0014).
 #[derive(Clone, Debug)]
 pub struct DesiredWriter {
     store: kv::Store,
+    client: async_nats::Client,
     metrics: Metrics,
     concurrency: usize,
 }
 
 impl DesiredWriter {
-    /// A writer on the `desired-state` store.
-    pub fn new(store: kv::Store, metrics: Metrics) -> Self {
+    /// A writer on the `desired-state` store; notices go out on `client`.
+    pub fn new(store: kv::Store, client: async_nats::Client, metrics: Metrics) -> Self {
         Self {
             store,
+            client,
             metrics,
             concurrency: 128,
         }
+    }
+
+    /// Publishes one change notice per device (core NATS, no ack: a lost notice is repaired
+    /// by the device's next listing), then flushes so they leave now.
+    pub async fn notify(&self, devices: &[harmony_fleet_contracts::DeviceId]) {
+        if devices.is_empty() {
+            return;
+        }
+        for device in devices {
+            let subject = harmony_fleet_contracts::notice::notify_subject(device);
+            if let Err(e) = self.client.publish(subject, Bytes::new()).await {
+                tracing::warn!(%device, error = %e, "change notice not sent; the device lists on its timer");
+            }
+        }
+        if let Err(e) = self.client.flush().await {
+            tracing::warn!(error = %e, "flushing change notices failed");
+        }
+        self.metrics.notices_sent.inc_by(devices.len() as u64);
     }
 
     /// Applies every operation (in parallel, at most one per key is expected) and returns,

@@ -8,6 +8,7 @@
 //! | [`index`] | pure: label selectors → device sets, incremental |
 //! | [`rollout`] | pure: the rollout state machine (batches, budget, failure criteria) |
 //! | [`aggregate`] | pure: per-deployment counts and failing devices |
+//! | [`device_index`] | pure: the per-device desired-state index written before each notice |
 //! | [`kv`] | NATS adapter: buckets, ordered watches, the `desired-state` writer |
 //! | [`registry`] | `Device` resources by server-side apply |
 //! | [`controller`] | the reconcile loop tying it all together |
@@ -24,6 +25,7 @@ pub mod commands;
 pub mod config;
 pub mod controller;
 pub mod crd;
+pub mod device_index;
 pub mod error;
 pub mod http;
 pub mod index;

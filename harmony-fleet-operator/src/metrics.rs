@@ -47,6 +47,8 @@ pub struct Metrics {
     pub kv_writes: Family<KvLabels, Counter>,
     /// Writes skipped because KV already held the same bytes.
     pub kv_writes_skipped: Counter,
+    /// Change notices published to devices (`desired-notify.<device>`).
+    pub notices_sent: Counter,
     /// Status patches and Device applies.
     pub status_patches: Family<PatchLabels, Counter>,
     /// Devices whose last heartbeat is within the timeout.
@@ -74,6 +76,7 @@ impl Metrics {
             });
         let kv_writes = Family::<KvLabels, Counter>::default();
         let kv_writes_skipped = Counter::default();
+        let notices_sent = Counter::default();
         let status_patches = Family::<PatchLabels, Counter>::default();
         let devices_online = Gauge::default();
         let devices_known = Gauge::default();
@@ -99,6 +102,11 @@ impl Metrics {
             kv_writes_skipped.clone(),
         );
         registry.register(
+            "notices_sent",
+            "Change notices published to devices after their desired-state index changed",
+            notices_sent.clone(),
+        );
+        registry.register(
             "status_patches",
             "Deployment status patches and Device applies",
             status_patches.clone(),
@@ -120,6 +128,7 @@ impl Metrics {
             reconcile_duration,
             kv_writes,
             kv_writes_skipped,
+            notices_sent,
             status_patches,
             devices_online,
             devices_known,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use futures::{StreamExt, stream};
 use harmony_fleet_contracts::ids::DeviceId;
 use jiff::Timestamp;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -45,7 +45,8 @@ pub enum DeviceUpdate {
         /// Server time of its last heartbeat.
         last_heartbeat: Option<Timestamp>,
     },
-    /// `device-info` was deleted: the device left the fleet.
+    /// `device-info` was deleted (by the device itself: only agents write it). The `Device`
+    /// stays, shown offline: only an admin removes a `Device` (with it, e.g., its blacklist).
     Removed {
         /// The device.
         id: DeviceId,
@@ -212,7 +213,14 @@ fn queue(pending: &mut HashMap<DeviceId, Pending>, update: DeviceUpdate) {
 /// What to write for a device, or `None` when nothing changes (pure).
 fn plan(before: &Written, p: &Pending, last_seen_refresh: Duration) -> Option<Written> {
     if p.removed {
-        return before.exists.then(Written::default);
+        // A device cannot remove its own resource (and lift its blacklist annotation with
+        // it) by deleting its info: it only goes offline.
+        if !before.exists {
+            return None;
+        }
+        let mut after = before.clone();
+        after.status.online = false;
+        return (after != *before).then_some(after);
     }
     let mut after = before.clone();
     if let Some((labels, inventory, version)) = &p.info {
@@ -257,18 +265,6 @@ async fn write(
     after: &Written,
 ) -> bool {
     let name = id.as_str();
-    if !after.exists {
-        let ok = match api.delete(name, &DeleteParams::default()).await {
-            Ok(_) => true,
-            Err(kube::Error::Api(s)) if s.code == 404 => true,
-            Err(e) => {
-                tracing::warn!(device = name, error = %e, "deleting Device failed");
-                false
-            }
-        };
-        metrics.status_patch("device", ok);
-        return ok;
-    }
     let params = PatchParams::apply(FIELD_MANAGER).force();
     let api_version = format!("{GROUP}/v1alpha1");
     if !before.exists || before.labels != after.labels || before.inventory != after.inventory {
@@ -356,15 +352,15 @@ mod tests {
     }
 
     #[test]
-    fn removal_of_an_unknown_device_is_a_no_op() {
+    fn a_device_deleting_its_info_goes_offline_and_keeps_its_resource() {
         let p = Pending {
             removed: true,
             ..Pending::default()
         };
         assert_eq!(plan(&Written::default(), &p, REFRESH), None);
-        assert_eq!(
-            plan(&existing(true, 1), &p, REFRESH),
-            Some(Written::default())
-        );
+        let after = plan(&existing(true, 1), &p, REFRESH).expect("write");
+        assert!(after.exists, "only an admin removes a Device");
+        assert!(!after.status.online);
+        assert_eq!(plan(&existing(false, 1), &p, REFRESH), None);
     }
 }

@@ -16,6 +16,7 @@ use harmony::local::{LocalNats, NatsOptions};
 use harmony_fleet_contracts::commands::{CommandReply, ExecRequest, PingReply};
 use harmony_fleet_contracts::device::{AgentVersion, DeviceInfo, Inventory};
 use harmony_fleet_contracts::ids::DeviceId;
+use harmony_fleet_contracts::notice::{self, DesiredIndex};
 use harmony_fleet_contracts::payload::{PodmanV0, ReconcileScore, Service};
 use harmony_fleet_contracts::state::{DeploymentState, Phase};
 use harmony_fleet_contracts::{ContentHash, keys};
@@ -176,7 +177,8 @@ impl Env {
         let prefix = format!("d{}-", self.tag);
         while let Some(key) = keys.next().await {
             let key = key?;
-            if !key.starts_with(&prefix) {
+            // Only deployment keys; the per-device indexes are checked on their own.
+            if !key.starts_with(&prefix) || notice::is_index_key(&key) {
                 continue;
             }
             if let Some(value) = self.kv.desired.get(&key).await? {
@@ -252,6 +254,11 @@ async fn applied_deployment_writes_keys_for_exactly_the_matching_devices() -> Re
     env.put_info(&b, &[("site", "plant-4")]).await?;
     env.put_info(&c, &[("site", "plant-3"), ("ring", "canary")])
         .await?;
+    let mut notices = env
+        .nats_client
+        .subscribe(notice::notify_subject(&a))
+        .await?;
+    env.nats_client.flush().await?;
     let name = env.deployment_name("web");
     env.apply(deployment(
         &name,
@@ -261,6 +268,22 @@ async fn applied_deployment_writes_keys_for_exactly_the_matching_devices() -> Re
     ))
     .await?;
     let expected = score("nginx:1").to_canonical_json()?;
+    // The device is told, after its index names the new key with the payload's hash.
+    tokio::time::timeout(Duration::from_secs(30), notices.next())
+        .await
+        .context("a change notice for the first device within 30 s")?
+        .context("notice subscription open")?;
+    let index = env
+        .kv
+        .desired
+        .get(notice::index_key(&a))
+        .await?
+        .context("index written before the notice")?;
+    let index = DesiredIndex::from_bytes(&index)?;
+    assert_eq!(
+        index.deployments.get(name.as_str()),
+        Some(&ContentHash::of_bytes(&expected))
+    );
     let keys = eventually("keys of the two plant-3 devices", || async {
         let keys = env.desired().await.ok()?;
         (keys.len() == 2).then_some(keys)
@@ -743,16 +766,32 @@ async fn devices_become_resources_with_liveness() -> Result<()> {
         (!s.online).then_some(())
     })
     .await?;
+    // The device deletes its own info: it cannot remove its resource (only an admin can).
+    let before = devices.get(a.as_str()).await?;
     env.kv.info.delete(keys::info_key(&a)).await?;
-    eventually("Device removed", || async {
-        devices
-            .get_opt(a.as_str())
+    eventually("info deletion seen", || async {
+        env.kv
+            .info
+            .get(keys::info_key(&a))
             .await
             .ok()?
             .is_none()
             .then_some(())
     })
     .await?;
+    // A later change proves the operator processed the deletion: label another device.
+    let b = env.device(2);
+    env.put_info(&b, &[("site", "plant-9")]).await?;
+    eventually("second device applied", || async {
+        devices.get_opt(b.as_str()).await.ok()?.map(|_| ())
+    })
+    .await?;
+    let after = devices.get(a.as_str()).await?;
+    assert_eq!(
+        after.metadata.uid, before.metadata.uid,
+        "the Device is kept"
+    );
+    assert!(!after.status.map(|s| s.online).unwrap_or(true));
     Ok(())
 }
 

@@ -21,7 +21,9 @@ use harmony_fleet_contracts::permissions::{
     device_inbox_prefix, device_permissions, operator_permissions,
 };
 use harmony_fleet_contracts::state::{DeploymentState, Phase};
-use harmony_fleet_contracts::{ContentHash, DeploymentName, DeviceId, jetstream};
+use harmony_fleet_contracts::{
+    ContentHash, DeploymentName, DesiredIndex, DeviceId, jetstream, notice,
+};
 use jiff::Timestamp;
 use pretty_assertions::assert_eq;
 use serde::Serialize;
@@ -142,6 +144,28 @@ fn key_formats_are_the_published_ones() {
     assert_eq!(
         buckets::kv_subject(buckets::DEVICE_STATE, &keys::state_key(&d, &n)),
         "$KV.device-state.state.pi-1.web"
+    );
+}
+
+#[test]
+fn notice_subject_and_index_are_pinned() {
+    assert_eq!(notice::NOTIFY_PREFIX, "desired-notify");
+    assert_eq!(notice::notify_subject(&device()), "desired-notify.pi-1");
+    assert_eq!(notice::NOTIFY_ALL, "desired-notify.*");
+    assert_eq!(notice::index_key(&device()), "pi-1");
+    let mut index = DesiredIndex::default();
+    index
+        .deployments
+        .insert(deployment(), ContentHash::of_bytes(b"{}"));
+    assert_json(
+        &index,
+        json!({"deployments": {
+            "web": "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
+        }}),
+    );
+    assert_eq!(
+        String::from_utf8(index.to_bytes()).unwrap(),
+        r#"{"deployments":{"web":"44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"}}"#
     );
 }
 
@@ -584,18 +608,17 @@ fn device_permission_template_is_pinned() {
                 "$KV.device-info.info.pi-1",
                 "$KV.device-state.state.pi-1.>",
                 "$KV.device-heartbeat.heartbeat.pi-1",
-                "$JS.API.STREAM.INFO.KV_desired-state",
-                "$JS.API.STREAM.INFO.KV_device-info",
-                "$JS.API.STREAM.INFO.KV_device-state",
-                "$JS.API.STREAM.INFO.KV_device-heartbeat",
-                "$JS.API.CONSUMER.CREATE.KV_desired-state.*.$KV.desired-state.pi-1.>",
+                "$JS.API.DIRECT.GET.KV_desired-state.$KV.desired-state.pi-1",
                 "$JS.API.DIRECT.GET.KV_desired-state.$KV.desired-state.pi-1.>",
                 "$JS.API.DIRECT.GET.KV_device-info.$KV.device-info.info.pi-1",
                 "$JS.API.DIRECT.GET.KV_device-state.$KV.device-state.state.pi-1.>",
-                "$JS.API.DIRECT.GET.KV_device-heartbeat.$KV.device-heartbeat.heartbeat.pi-1",
-                "$JS.FC.KV_desired-state.>"
+                "$JS.API.DIRECT.GET.KV_device-heartbeat.$KV.device-heartbeat.heartbeat.pi-1"
             ]},
-            "subscribe": {"allow": ["_INBOX_pi-1.>", "device-commands.pi-1.>"]},
+            "subscribe": {"allow": [
+                "_INBOX_pi-1.>",
+                "device-commands.pi-1.>",
+                "desired-notify.pi-1"
+            ]},
             "allow_responses": true
         })
     );

@@ -8,7 +8,7 @@ use harmony_fleet_contracts::keys;
 use harmony_fleet_contracts::permissions::{
     Action, Permissions, Scope, agent_subject_uses, device_permissions, operator_permissions,
 };
-use harmony_fleet_contracts::{DeploymentName, DeviceId, jetstream};
+use harmony_fleet_contracts::{DeploymentName, DeviceId, jetstream, notice};
 use proptest::prelude::*;
 
 use super::properties::{deployment_name, device_id};
@@ -65,6 +65,35 @@ fn forbidden_to_devices(
             Publish,
             jetstream::consumer_create(DEVICE_STATE, "c", "$KV.device-state.>"),
         ),
+        // Any consumer at all, even on its own keys: the body names the delivery subject.
+        (
+            Publish,
+            jetstream::consumer_create(DESIRED_STATE, "c", &jetstream::desired_watch_filter(a)),
+        ),
+        (
+            Publish,
+            format!(
+                "$JS.API.CONSUMER.DURABLE.CREATE.{}.c",
+                buckets::stream_name(DESIRED_STATE)
+            ),
+        ),
+        (Publish, jetstream::flow_control(DESIRED_STATE)),
+        (Publish, jetstream::ack(DESIRED_STATE)),
+        // Stream info lists keys (other devices' ids); names and list enumerate streams.
+        (Publish, jetstream::stream_info(DESIRED_STATE)),
+        (Publish, jetstream::stream_info(DEVICE_STATE)),
+        (Publish, format!("{}.STREAM.NAMES", jetstream::API_PREFIX)),
+        (Publish, format!("{}.STREAM.LIST", jetstream::API_PREFIX)),
+        (Publish, format!("{}.INFO", jetstream::API_PREFIX)),
+        // Another device's index, and notices (the operator's to send).
+        (
+            Publish,
+            jetstream::direct_get(DESIRED_STATE, &notice::index_key(other)),
+        ),
+        (Publish, notice::notify_subject(a)),
+        (Publish, notice::notify_subject(other)),
+        (Subscribe, notice::notify_subject(other)),
+        (Subscribe, notice::NOTIFY_ALL.to_owned()),
         // Reads whose subject is in the payload, or of other devices.
         (
             Publish,
@@ -138,14 +167,13 @@ proptest! {
     #[test]
     fn each_device_template_allows_its_own_subjects_and_refuses_the_others(
         a in device_id(), b in device_id(), n in deployment_name(),
-        consumer in "[A-Za-z0-9_-]{1,20}", inbox in "[A-Za-z0-9]{22}",
+        inbox in "[A-Za-z0-9]{22}",
     ) {
         prop_assume!(a != b);
         let perms_a = device_permissions(&a);
         let perms_b = device_permissions(&b);
         let operator = operator_permissions();
-        let consumer = jetstream::watch_consumer_name(&a, &consumer);
-        for used in agent_subject_uses(&a, &n, &consumer, &inbox) {
+        for used in agent_subject_uses(&a, &n, &inbox) {
             prop_assert!(
                 allows(&perms_a, used.action, &used.subject),
                 "{}'s template refuses {:?} {} ({})", a, used.action, used.subject, used.purpose
@@ -160,6 +188,20 @@ proptest! {
             if used.action == Action::Publish {
                 prop_assert!(operator.allows_publish(&used.subject), "operator refuses {}", used.subject);
             }
+        }
+    }
+
+    #[test]
+    fn every_device_template_entry_names_the_device_itself(a in device_id()) {
+        // So no entry can name another device, or be shared by all of them.
+        let perms = device_permissions(&a);
+        let own_inbox = harmony_fleet_contracts::device_inbox_prefix(&a);
+        for entry in perms.publish.allow.iter().chain(&perms.subscribe.allow) {
+            let tokens: Vec<&str> = entry.split('.').collect();
+            prop_assert!(
+                tokens.contains(&a.as_str()) || tokens.first() == Some(&own_inbox.as_str()),
+                "{} template entry {} does not name the device", a, entry
+            );
         }
     }
 
@@ -182,7 +224,7 @@ proptest! {
         let short: DeviceId = a.parse().unwrap();
         let long: DeviceId = format!("{a}{suffix}").parse().unwrap();
         let perms = device_permissions(&short);
-        for used in agent_subject_uses(&long, &n, "c", "inbox") {
+        for used in agent_subject_uses(&long, &n, "inbox") {
             if used.scope == Scope::Own {
                 prop_assert!(!allows(&perms, used.action, &used.subject), "{} may {:?} {}", short, used.action, used.subject);
             }

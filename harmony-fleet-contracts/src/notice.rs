@@ -1,0 +1,132 @@
+//! How a device learns its desired state without a JetStream consumer (adr/0013, amended by
+//! adr/0014): a per-device **index** in `desired-state` and a core-NATS **notice** after every
+//! change.
+//!
+//! | name | where | written by | what |
+//! |---|---|---|---|
+//! | index | `desired-state` key `<device>` ([`index_key`]) | operator | [`DesiredIndex`]: every deployment of the device and the content hash of its payload |
+//! | notice | subject `desired-notify.<device>` ([`notify_subject`]) | operator | empty payload: "list again" |
+//!
+//! The index key is a single token, so it can never collide with a deployment key
+//! `<device>.<deployment>`, and agents that still watch `<device>.>` never see it. A device
+//! reads it with one exact-subject direct get, then direct-gets only the keys whose hash
+//! differs from what it holds: every read is scoped by a subject permission naming the device
+//! (a batch direct get carries its filter in the body and cannot be scoped).
+//!
+//! The operator writes a device's keys first, then its index, then publishes the notice. A
+//! notice lost while the device was away is repaired by the listing the agent does on every
+//! (re)connect and on a jittered timer. A device that holds nothing has an **empty** index; a
+//! missing index only means "not written yet" (a new device, a recreated bucket), and the
+//! agent then keeps what it runs.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::canonical::{ContentHash, to_canonical_json};
+use crate::ids::{DeploymentName, DeviceId};
+
+/// Prefix of the notice subjects.
+pub const NOTIFY_PREFIX: &str = "desired-notify";
+
+/// Every notice subject (`desired-notify.*`), for the operator's publish permission.
+pub const NOTIFY_ALL: &str = "desired-notify.*";
+
+/// The subject the operator publishes a notice on after changing `device`'s desired state:
+/// `desired-notify.<device>`.
+pub fn notify_subject(device: &DeviceId) -> String {
+    format!("{NOTIFY_PREFIX}.{device}")
+}
+
+/// The `desired-state` key of `device`'s index: `<device>` (one token).
+pub fn index_key(device: &DeviceId) -> String {
+    device.to_string()
+}
+
+/// Whether a `desired-state` key is an index key (one token) rather than a deployment key
+/// (`<device>.<deployment>`).
+pub fn is_index_key(key: &str) -> bool {
+    !key.is_empty() && !key.contains('.')
+}
+
+/// The index of one device's desired state: each deployment assigned to it and the
+/// [`ContentHash`] of the exact payload bytes stored under its key.
+///
+/// JSON: `{"deployments":{"<deployment>":"<sha256 hex>",…}}`, serialised canonically, so the
+/// bytes depend only on the assignments (a restarted operator computes the same bytes and
+/// rewrites nothing). Unknown fields are ignored: later versions may add some.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredIndex {
+    /// Deployment → hash of its payload bytes.
+    pub deployments: BTreeMap<DeploymentName, ContentHash>,
+}
+
+/// An index value that does not decode.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "desired-state index is not a valid {{\"deployments\":{{name: sha256}}}} document: {source}"
+)]
+pub struct IndexError {
+    #[source]
+    source: serde_json::Error,
+}
+
+impl DesiredIndex {
+    /// The canonical bytes stored in KV.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        // A map of validated strings cannot fail to serialise.
+        to_canonical_json(self).unwrap_or_default()
+    }
+
+    /// Decodes stored bytes; an empty value (no key) is an empty index.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, IndexError> {
+        if bytes.is_empty() {
+            return Ok(Self::default());
+        }
+        serde_json::from_slice(bytes).map_err(|source| IndexError { source })
+    }
+
+    /// Whether no deployment is assigned.
+    pub fn is_empty(&self) -> bool {
+        self.deployments.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_keys_are_one_token_and_deployment_keys_are_not() {
+        let device: DeviceId = "pi-1".parse().expect("id");
+        assert_eq!(index_key(&device), "pi-1");
+        assert!(is_index_key("pi-1"));
+        assert!(!is_index_key("pi-1.web"));
+        assert!(!is_index_key(""));
+        assert_eq!(notify_subject(&device), "desired-notify.pi-1");
+    }
+
+    #[test]
+    fn index_bytes_are_canonical_and_round_trip() {
+        let mut a = DesiredIndex::default();
+        a.deployments.insert(
+            "web".parse().expect("name"),
+            ContentHash::of_bytes(b"payload-1"),
+        );
+        a.deployments.insert(
+            "api".parse().expect("name"),
+            ContentHash::of_bytes(b"payload-2"),
+        );
+        let bytes = a.to_bytes();
+        let text = String::from_utf8(bytes.clone()).expect("utf-8");
+        assert!(text.starts_with(r#"{"deployments":{"api":""#), "{text}");
+        assert_eq!(DesiredIndex::from_bytes(&bytes).expect("decodes"), a);
+        assert_eq!(
+            DesiredIndex::from_bytes(b"").expect("empty"),
+            DesiredIndex::default()
+        );
+        let err =
+            DesiredIndex::from_bytes(br#"{"deployments":{"web":"nothex"}}"#).expect_err("bad hash");
+        assert!(err.to_string().contains("sha256"), "{err}");
+    }
+}
