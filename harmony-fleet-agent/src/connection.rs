@@ -72,6 +72,12 @@ fn backoff(attempt: usize, max: Duration) -> Duration {
     Duration::from_millis(100u64.saturating_mul(1u64 << exp)).min(max)
 }
 
+/// [`backoff`] drawn from its upper half, so a fleet that lost its server at the same moment
+/// does not come back in step.
+fn jittered_backoff(attempt: usize, max: Duration) -> Duration {
+    crate::watch::jittered(backoff(attempt, max), 0.5, 1.0)
+}
+
 impl Connection {
     /// Build the client and start connecting in the background. Returns at once.
     pub async fn connect(config: &Config, inbox_prefix: &str) -> Result<Self, ConnectError> {
@@ -85,7 +91,7 @@ impl Connection {
             .max_reconnects(None)
             .ping_interval(Duration::from_secs(config.nats.ping_interval_secs.max(1)))
             .connection_timeout(Duration::from_secs(5))
-            .reconnect_delay_callback(move |attempt| backoff(attempt, max_delay))
+            .reconnect_delay_callback(move |attempt| jittered_backoff(attempt, max_delay))
             .event_callback(move |event| {
                 let link_tx = link_tx.clone();
                 async move {
@@ -227,5 +233,17 @@ mod tests {
         assert_eq!(backoff(3, max), Duration::from_millis(800));
         assert_eq!(backoff(10, max), max);
         assert_eq!(backoff(usize::MAX, max), max);
+    }
+
+    #[test]
+    fn reconnects_are_spread_over_the_upper_half_of_the_backoff() {
+        let max = Duration::from_secs(5);
+        let draws: Vec<Duration> = (0..100).map(|_| jittered_backoff(10, max)).collect();
+        assert!(
+            draws
+                .iter()
+                .all(|d| *d >= Duration::from_millis(2500) && *d <= max)
+        );
+        assert!(draws.iter().any(|d| *d != draws[0]), "not all the same");
     }
 }

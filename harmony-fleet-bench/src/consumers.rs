@@ -1,7 +1,9 @@
-//! The consumer wall (MISSION.md §10): each agent's desired-state watch is one JetStream
-//! consumer. For each device count, against a fresh nats-server:
+//! The consumer wall (MISSION.md §10), and what replaced it. For each device count, against a
+//! fresh nats-server:
 //!
-//! 1. start one real agent watch (`harmony_fleet_agent::watch::run`) per simulated device,
+//! 1. start one real agent delivery loop (`harmony_fleet_agent::watch::run`: change notices
+//!    plus a listing of the per-device index, adr/0014; it used to be a JetStream consumer)
+//!    per simulated device,
 //!    many devices per connection, and time until every watch delivered its snapshot
 //!    (`consumers` as the server counts them, from `/jsz`);
 //! 2. measure the server's CPU while nothing changes (ordered consumers send idle
@@ -16,10 +18,12 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 use harmony::local::probe;
 use harmony::local::{LocalNats, NatsOptions};
-use harmony_fleet_contracts::DeploymentName;
-use harmony_fleet_contracts::keys;
+use harmony_fleet_contracts::canonical::ContentHash;
+use harmony_fleet_contracts::notice::{self, DesiredIndex};
+use harmony_fleet_contracts::{DeploymentName, DeviceId, keys};
 use harmony_fleet_operator::kv::FleetKv;
 use rand::seq::SliceRandom;
 
@@ -110,6 +114,22 @@ pub async fn run_one(
     config.answer_delay = Duration::ZERO;
     config.failure_rate = 0.0;
     config.watch = mode;
+    if mode == WatchMode::PerDevice {
+        // The operator gives every device an index (empty here) before the agents start.
+        let empty = Bytes::from(DesiredIndex::default().to_bytes());
+        let ids: Vec<_> = (0..n)
+            .map(|i| crate::sim::device_id("w", i))
+            .collect::<Result<_>>()?;
+        futures::stream::iter(ids)
+            .map(|id| {
+                let (desired, empty) = (desired.clone(), empty.clone());
+                async move { desired.put(notice::index_key(&id), empty).await }
+            })
+            .buffer_unordered(256)
+            .try_collect::<Vec<_>>()
+            .await
+            .map_err(|e| Error::nats("writing the empty device indexes", e))?;
+    }
     let before = procstat::sample(pid)?;
     let started = Instant::now();
     let fleet = Fleet::start(config).await?;
@@ -182,6 +202,9 @@ pub async fn run_one(
             WatchMode::Notify => {
                 crate::notify::put_and_notify(&desired, &client, device, &deployment, value).await
             }
+            WatchMode::PerDevice => {
+                put_as_the_operator(&desired, &client, device, &deployment, value).await
+            }
             _ => desired
                 .put(&key, value)
                 .await
@@ -246,4 +269,33 @@ pub async fn run(opts: &ConsumerOptions) -> Result<Table> {
         }
     }
     Ok(table)
+}
+
+/// What the operator does for one change (adr/0014): the key, then the device's index (here
+/// the device holds only `deployment`), then the notice.
+async fn put_as_the_operator(
+    desired: &async_nats::jetstream::kv::Store,
+    client: &async_nats::Client,
+    device: &DeviceId,
+    deployment: &DeploymentName,
+    value: Bytes,
+) -> Result<()> {
+    let key = keys::desired_key(device, deployment);
+    let mut index = DesiredIndex::default();
+    index
+        .deployments
+        .insert(deployment.clone(), ContentHash::of_bytes(&value));
+    desired
+        .put(&key, value)
+        .await
+        .map_err(|e| Error::nats(format!("putting {key}"), e))?;
+    desired
+        .put(notice::index_key(device), Bytes::from(index.to_bytes()))
+        .await
+        .map_err(|e| Error::nats(format!("putting the index of {device}"), e))?;
+    client
+        .publish(notice::notify_subject(device), Bytes::new())
+        .await
+        .map_err(|e| Error::nats(format!("notifying {device}"), e))?;
+    Ok(())
 }

@@ -52,8 +52,8 @@ pub const SITE_LABEL: &str = "site";
 pub enum WatchMode {
     /// One bucket-wide ordered watch for the whole simulator, dispatched in process.
     Shared,
-    /// One real agent watch (`harmony_fleet_agent::watch::run`, a JetStream consumer) per
-    /// device.
+    /// One real agent delivery loop per device (`harmony_fleet_agent::watch::run`: notices and
+    /// the per-device index, adr/0014; a JetStream consumer per device before that).
     PerDevice,
     /// Change notices on a plain subject + KV direct get ([`crate::notify`]); no consumer.
     Notify,

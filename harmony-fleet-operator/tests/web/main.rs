@@ -22,7 +22,7 @@ const CSRF: &str = "test-csrf-token";
 
 fn boundary() -> Boundary {
     Boundary {
-        hosts: AllowedHosts::new(LISTEN.parse().unwrap(), &[]).unwrap(),
+        hosts: AllowedHosts::new(LISTEN.parse().expect("address"), &[]).expect("allow-list"),
         csrf: CsrfToken::new(CSRF),
     }
 }
@@ -50,7 +50,7 @@ async fn send(app: Router, mut request: Request<Body>) -> Reply {
     if !request.headers().contains_key(header::HOST) {
         request
             .headers_mut()
-            .insert(header::HOST, LISTEN.parse().unwrap());
+            .insert(header::HOST, LISTEN.parse().expect("header value"));
     }
     let response = app.oneshot(request).await.expect("infallible");
     let status = response.status();
