@@ -163,6 +163,30 @@ impl DeviceInfo {
     }
 }
 
+/// Label key prefixes a device may not claim: a reported label whose key starts with one of
+/// these is ignored by the operator (and said so on the `Device`). Admins set them on the
+/// `Device` resource (`kubectl label fleetdev pi-1 fleet.nationtech.io/zone=cold-room`) to
+/// target devices on labels no device can forge.
+pub const PROTECTED_LABEL_PREFIXES: &[&str] =
+    &["fleet.nationtech.io/", "kubernetes.io/", "k8s.io/"];
+
+/// The label the operator gives every device: its id. Protected like the rest of
+/// `fleet.nationtech.io/`, but derived from the identity the device connects with (it can only
+/// write its own `info.<device>` key), so selecting on it cannot be forged either.
+pub const DEVICE_ID_LABEL: &str = "fleet.nationtech.io/device";
+
+/// Whether `key` is under a [`PROTECTED_LABEL_PREFIXES`] prefix (or a subdomain of one, such
+/// as `node.kubernetes.io/`).
+pub fn is_protected_label(key: &str) -> bool {
+    let Some((prefix, _)) = key.split_once('/') else {
+        return false;
+    };
+    PROTECTED_LABEL_PREFIXES.iter().any(|p| {
+        let p = p.trim_end_matches('/');
+        prefix == p || prefix.ends_with(&format!(".{p}"))
+    })
+}
+
 /// Longest label name (the part after an optional `prefix/`) and label value.
 pub const LABEL_NAME_MAX_LEN: usize = 63;
 /// Longest label key prefix (a DNS subdomain).
@@ -250,6 +274,26 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn protected_prefixes_and_their_subdomains_are_recognised() {
+        for key in [
+            "fleet.nationtech.io/zone",
+            "kubernetes.io/hostname",
+            "node.kubernetes.io/instance-type",
+            "k8s.io/x",
+        ] {
+            assert!(is_protected_label(key), "{key}");
+        }
+        for key in [
+            "site",
+            "example.com/zone",
+            "notkubernetes.io/x",
+            "fleet.nationtech.io",
+        ] {
+            assert!(!is_protected_label(key), "{key}");
+        }
     }
 
     #[test]

@@ -54,6 +54,7 @@ use crate::error::{Error, Result};
 use crate::http::Readiness;
 use crate::index::{Change, TargetIndex};
 use crate::kv::{self, DesiredWriter, FleetKv, KvEvent, KvOp};
+use crate::labels;
 use crate::metrics::Metrics;
 use crate::registry::{self, DeviceUpdate};
 use crate::rollout::{DeviceView, Outcome, Phase, Policy, Progress, RolloutState};
@@ -235,6 +236,8 @@ pub async fn start(
         blacklist: HashSet::new(),
         blacklist_relist: None,
         held_labels: HashMap::new(),
+        reported_labels: HashMap::new(),
+        admin_labels: HashMap::new(),
     };
     let main = tokio::spawn(reconciler.run(rx));
     Ok(OperatorHandle {
@@ -384,6 +387,10 @@ struct Reconciler {
     blacklist_relist: Option<HashSet<DeviceId>>,
     /// Latest labels of blacklisted devices, kept out of the index until released.
     held_labels: HashMap<DeviceId, crate::index::Labels>,
+    /// Labels each device reported and may claim (protected prefixes dropped).
+    reported_labels: HashMap<DeviceId, crate::index::Labels>,
+    /// Labels set on `Device` resources by anyone but the operator: they win for targeting.
+    admin_labels: HashMap<DeviceId, crate::index::Labels>,
 }
 
 impl Reconciler {
@@ -768,22 +775,22 @@ impl Reconciler {
                     tracing::warn!(device = %k.device, error = %e, "rejecting device-info with invalid labels; keeping the previous one");
                     return;
                 }
-                if self.blacklist.contains(&k.device) {
-                    self.held_labels
-                        .insert(k.device.clone(), info.labels.clone());
-                } else {
-                    let changes = self
-                        .index
-                        .upsert_device(k.device.clone(), info.labels.clone());
-                    self.apply_changes(changes);
+                let reported = labels::split_reported(&k.device, &info.labels);
+                if !reported.ignored.is_empty() {
+                    tracing::warn!(device = %k.device, ignored = ?reported.ignored, "ignoring reported labels under a protected prefix");
                 }
+                let apply = labels::to_apply(&reported.accepted, self.admin_labels.get(&k.device));
+                self.reported_labels
+                    .insert(k.device.clone(), reported.accepted);
+                self.retarget(&k.device);
                 self.metrics
                     .devices_known
                     .set(self.index.device_count() as i64);
                 if let Some(registry) = &self.registry {
                     let _ = registry.send(DeviceUpdate::Info {
                         id: k.device,
-                        labels: info.labels,
+                        labels: apply,
+                        ignored_labels: reported.ignored,
                         inventory: (&info.inventory).into(),
                         agent_version: info.agent_version.as_str().to_owned(),
                     });
@@ -794,6 +801,7 @@ impl Reconciler {
                     return;
                 };
                 self.held_labels.remove(&k.device);
+                self.reported_labels.remove(&k.device);
                 let changes = self.index.remove_device(&k.device);
                 self.apply_changes(changes);
                 self.metrics
@@ -803,6 +811,44 @@ impl Reconciler {
                     let _ = registry.send(DeviceUpdate::Removed { id: k.device });
                 }
             }
+        }
+    }
+
+    /// Targets `device` on its labels now: accepted reported labels overlaid by labels set by
+    /// people on its `Device` ([`labels::effective`]). A device that reported no info yet is
+    /// not targeted; a blacklisted one keeps its labels aside until released.
+    fn retarget(&mut self, device: &DeviceId) {
+        let Some(reported) = self.reported_labels.get(device) else {
+            return;
+        };
+        let effective = labels::effective(reported, self.admin_labels.get(device));
+        if self.blacklist.contains(device) {
+            self.held_labels.insert(device.clone(), effective);
+        } else {
+            let changes = self.index.upsert_device(device.clone(), effective);
+            self.apply_changes(changes);
+        }
+    }
+
+    /// Labels people set on a `Device` changed (`None`: the resource is gone): retarget, and
+    /// tell the registry which reported labels it may still apply.
+    fn set_admin_labels(&mut self, device: &DeviceId, admin: Option<crate::index::Labels>) {
+        let admin = admin.filter(|a| !a.is_empty());
+        if self.admin_labels.get(device) == admin.as_ref() {
+            return;
+        }
+        tracing::info!(%device, labels = ?admin, "labels set on the Device changed; retargeting");
+        match admin {
+            Some(a) => self.admin_labels.insert(device.clone(), a),
+            None => self.admin_labels.remove(device),
+        };
+        self.retarget(device);
+        if let (Some(registry), Some(reported)) = (&self.registry, self.reported_labels.get(device))
+        {
+            let _ = registry.send(DeviceUpdate::Labels {
+                id: device.clone(),
+                labels: labels::to_apply(reported, self.admin_labels.get(device)),
+            });
         }
     }
 
@@ -911,6 +957,7 @@ impl Reconciler {
         match event {
             watcher::Event::Init => self.blacklist_relist = Some(HashSet::new()),
             watcher::Event::InitApply(d) => {
+                self.on_device_labels(&d);
                 if let (Some(seen), Some((id, true))) = (&mut self.blacklist_relist, flagged(&d)) {
                     seen.insert(id);
                 }
@@ -932,16 +979,27 @@ impl Reconciler {
                 }
             }
             watcher::Event::Apply(d) => {
+                self.on_device_labels(&d);
                 if let Some((id, on)) = flagged(&d) {
                     self.set_blacklisted(id, on);
                 }
             }
             watcher::Event::Delete(d) => {
                 if let Some((id, _)) = flagged(&d) {
+                    self.set_admin_labels(&id, None);
                     self.set_blacklisted(id, false);
                 }
             }
         }
+    }
+
+    /// The labels others set on a `Device` (read from its managed fields).
+    fn on_device_labels(&mut self, d: &kube::core::PartialObjectMeta<Device>) {
+        let Some(id) = d.metadata.name.clone().and_then(|n| DeviceId::new(n).ok()) else {
+            return;
+        };
+        let admin = labels::set_by_others(&d.metadata, FIELD_MANAGER);
+        self.set_admin_labels(&id, Some(admin));
     }
 
     /// Takes a device out of targeting (its keys go) or puts it back with its latest labels.

@@ -9,6 +9,7 @@
 //! | [`rollout`] | pure: the rollout state machine (batches, budget, failure criteria) |
 //! | [`aggregate`] | pure: per-deployment counts and failing devices |
 //! | [`device_index`] | pure: the per-device desired-state index written before each notice |
+//! | [`labels`] | pure: which labels target a device (reported, protected prefixes, set by people) |
 //! | [`kv`] | NATS adapter: buckets, ordered watches, the `desired-state` writer |
 //! | [`registry`] | `Device` resources by server-side apply |
 //! | [`controller`] | the reconcile loop tying it all together |
@@ -30,6 +31,7 @@ pub mod error;
 pub mod http;
 pub mod index;
 pub mod kv;
+pub mod labels;
 pub mod metrics;
 pub mod registry;
 pub mod rollout;

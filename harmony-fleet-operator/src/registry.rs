@@ -18,7 +18,10 @@ use kube::api::{Api, ListParams, Patch, PatchParams};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::crd::device::{Device, DeviceStatus, Inventory};
+use harmony_fleet_contracts::device::PROTECTED_LABEL_PREFIXES;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::crd::device::{Device, DeviceStatus, Inventory, LABELS_ACCEPTED};
 use crate::crd::{FIELD_MANAGER, GROUP};
 use crate::metrics::Metrics;
 
@@ -29,12 +32,22 @@ pub enum DeviceUpdate {
     Info {
         /// The device.
         id: DeviceId,
-        /// Its labels.
+        /// The labels the operator applies: the reported ones it accepted, minus keys someone
+        /// else set on the `Device` ([`crate::labels::to_apply`]).
         labels: BTreeMap<String, String>,
+        /// Reported label keys ignored (protected prefixes).
+        ignored_labels: Vec<String>,
         /// Its inventory.
         inventory: Inventory,
         /// Its agent version.
         agent_version: String,
+    },
+    /// Someone else's labels on the `Device` changed: the labels the operator applies now.
+    Labels {
+        /// The device.
+        id: DeviceId,
+        /// As in [`DeviceUpdate::Info`].
+        labels: BTreeMap<String, String>,
     },
     /// A heartbeat arrived, or the device went offline.
     Liveness {
@@ -62,10 +75,23 @@ struct Written {
     status: DeviceStatus,
 }
 
+/// What `device-info` said, as the registry writes it.
+#[derive(Clone, Debug)]
+struct InfoUpdate {
+    labels: BTreeMap<String, String>,
+    ignored_labels: Vec<String>,
+    inventory: Inventory,
+    agent_version: String,
+    /// When it was queued (the condition's transition time, if it changes).
+    at: Timestamp,
+}
+
 /// Work queued for one device.
 #[derive(Clone, Debug, Default)]
 struct Pending {
-    info: Option<(BTreeMap<String, String>, Inventory, String)>,
+    info: Option<InfoUpdate>,
+    /// Labels to apply, when only someone else's labels changed.
+    labels: Option<BTreeMap<String, String>>,
     liveness: Option<(bool, Option<Timestamp>)>,
     removed: bool,
 }
@@ -126,9 +152,6 @@ async fn run(
         let mut failed = false;
         for (id, p, after) in results {
             match after {
-                Some(after) if !after.exists => {
-                    written.remove(&id);
-                }
                 Some(after) => {
                     written.insert(id, after);
                 }
@@ -183,12 +206,24 @@ fn queue(pending: &mut HashMap<DeviceId, Pending>, update: DeviceUpdate) {
         DeviceUpdate::Info {
             id,
             labels,
+            ignored_labels,
             inventory,
             agent_version,
         } => {
             let p = pending.entry(id).or_default();
             p.removed = false;
-            p.info = Some((labels, inventory, agent_version));
+            p.labels = None;
+            p.info = Some(InfoUpdate {
+                labels,
+                ignored_labels,
+                inventory,
+                agent_version,
+                at: Timestamp::now(),
+            });
+        }
+        DeviceUpdate::Labels { id, labels } => {
+            let p = pending.entry(id).or_default();
+            p.labels = Some(labels);
         }
         DeviceUpdate::Liveness {
             id,
@@ -223,11 +258,18 @@ fn plan(before: &Written, p: &Pending, last_seen_refresh: Duration) -> Option<Wr
         return (after != *before).then_some(after);
     }
     let mut after = before.clone();
-    if let Some((labels, inventory, version)) = &p.info {
+    if let Some(info) = &p.info {
         after.exists = true;
+        after.labels = info.labels.clone();
+        after.inventory = info.inventory.clone();
+        after.status.agent_version = Some(info.agent_version.clone());
+        let condition = labels_condition(&info.ignored_labels, &before.status.conditions, info.at);
+        after.status.conditions = vec![condition];
+    }
+    if let Some(labels) = &p.labels
+        && after.exists
+    {
         after.labels = labels.clone();
-        after.inventory = inventory.clone();
-        after.status.agent_version = Some(version.clone());
     }
     if !after.exists {
         // Liveness of a device without device-info: nothing to attach it to yet.
@@ -255,6 +297,41 @@ fn plan(before: &Written, p: &Pending, last_seen_refresh: Duration) -> Option<Wr
         }
     }
     (after != *before).then_some(after)
+}
+
+/// `LabelsAccepted`: `True`, or `False` naming the ignored keys and how to set them. Keeps
+/// the previous transition time while the status stays the same.
+fn labels_condition(ignored: &[String], before: &[Condition], at: Timestamp) -> Condition {
+    let (status, reason, message) = if ignored.is_empty() {
+        (
+            "True",
+            "Accepted",
+            "every reported label is used for targeting".to_owned(),
+        )
+    } else {
+        (
+            "False",
+            "ProtectedPrefix",
+            format!(
+                "ignored reported label(s) {}: devices may not claim keys under {}; set them with `kubectl label fleetdev <device> <key>=<value>`",
+                ignored.join(", "),
+                PROTECTED_LABEL_PREFIXES.join(", ")
+            ),
+        )
+    };
+    let since = before
+        .iter()
+        .find(|c| c.type_ == LABELS_ACCEPTED && c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(at));
+    Condition {
+        type_: LABELS_ACCEPTED.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        last_transition_time: since,
+        observed_generation: None,
+    }
 }
 
 async fn write(
@@ -313,8 +390,70 @@ mod tests {
                 agent_version: Some("1.0.0".into()),
                 last_heartbeat: Some(ts(last).to_string()),
                 online,
+                conditions: Vec::new(),
             },
         }
+    }
+
+    fn info(labels: &[(&str, &str)], ignored: &[&str]) -> Pending {
+        Pending {
+            info: Some(InfoUpdate {
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                ignored_labels: ignored.iter().map(|k| (*k).to_owned()).collect(),
+                inventory: Inventory::default(),
+                agent_version: "1.0.0".into(),
+                at: ts(2000),
+            }),
+            ..Pending::default()
+        }
+    }
+
+    #[test]
+    fn ignored_labels_are_named_in_a_condition_that_keeps_its_transition_time() {
+        let after = plan(
+            &Written::default(),
+            &info(&[("site", "a")], &["fleet.nationtech.io/zone"]),
+            REFRESH,
+        )
+        .expect("write");
+        let c = &after.status.conditions[0];
+        assert_eq!(
+            (c.type_.as_str(), c.status.as_str()),
+            ("LabelsAccepted", "False")
+        );
+        assert!(
+            c.message.contains("fleet.nationtech.io/zone"),
+            "{}",
+            c.message
+        );
+        assert!(c.message.contains("kubectl label"), "{}", c.message);
+        // The same report later: nothing to write.
+        let mut again = info(&[("site", "a")], &["fleet.nationtech.io/zone"]);
+        if let Some(i) = again.info.as_mut() {
+            i.at = ts(3000);
+        }
+        assert_eq!(plan(&after, &again, REFRESH), None);
+        // Fixed on the device: True, with a new transition time.
+        let fixed = plan(&after, &info(&[("site", "a")], &[]), REFRESH).expect("write");
+        assert_eq!(fixed.status.conditions[0].status, "True");
+    }
+
+    #[test]
+    fn someone_elses_labels_change_only_the_applied_labels() {
+        let before =
+            plan(&Written::default(), &info(&[("site", "a")], &[]), REFRESH).expect("write");
+        let p = Pending {
+            labels: Some(BTreeMap::new()),
+            ..Pending::default()
+        };
+        let after = plan(&before, &p, REFRESH).expect("write");
+        assert!(after.labels.is_empty());
+        assert_eq!(after.status, before.status);
+        // Before any device-info, there is nothing to label.
+        assert_eq!(plan(&Written::default(), &p, REFRESH), None);
     }
 
     fn liveness(online: bool, last: i64) -> Pending {

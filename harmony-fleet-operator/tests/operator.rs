@@ -838,3 +838,137 @@ async fn commands_tell_offline_from_bad_replies() -> Result<()> {
     task.abort();
     Ok(())
 }
+
+/// A label patch as `kubectl label` sends it (another field manager than the operator's).
+async fn kubectl_label(devices: &Api<Device>, device: &DeviceId, labels: Value) -> Result<()> {
+    let params = PatchParams {
+        field_manager: Some("kubectl-label".into()),
+        ..PatchParams::default()
+    };
+    devices
+        .patch(
+            device.as_str(),
+            &params,
+            &Patch::Merge(json!({"metadata": {"labels": labels}})),
+        )
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn targeting_follows_labels_people_set_and_ignores_protected_ones_a_device_claims()
+-> Result<()> {
+    let env = Env::new().await?;
+    let a = env.device(1);
+    env.put_info(
+        &a,
+        &[("site", "lab"), ("fleet.nationtech.io/zone", "vault")],
+    )
+    .await?;
+    let devices: Api<Device> = Api::all(env.client.clone());
+    // The claim is refused, and the Device says so.
+    let condition = eventually("LabelsAccepted=False on the Device", || async {
+        let status = devices.get_opt(a.as_str()).await.ok()??.status?;
+        status
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "LabelsAccepted" && c.status == "False")
+    })
+    .await?;
+    assert_eq!(condition.reason, "ProtectedPrefix");
+    assert!(
+        condition.message.contains("fleet.nationtech.io/zone"),
+        "{}",
+        condition.message
+    );
+    let vault = env.deployment_name("vault");
+    let plant = env.deployment_name("plant");
+    env.apply(deployment(
+        &vault,
+        json!({"matchLabels": {"fleet.nationtech.io/zone": "vault"}}),
+        "nginx:1",
+        json!({}),
+    ))
+    .await?;
+    env.apply(deployment(
+        &plant,
+        json!({"matchLabels": {"site": "plant-3"}}),
+        "nginx:1",
+        json!({}),
+    ))
+    .await?;
+    let status_of = |name: String| {
+        let api = env.deployments();
+        async move { api.get(&name).await.ok()?.status }
+    };
+    eventually("both deployments reconciled, neither matching", || async {
+        let (v, p) = (
+            status_of(vault.clone()).await?,
+            status_of(plant.clone()).await?,
+        );
+        (v.observed_generation.is_some()
+            && p.observed_generation.is_some()
+            && v.aggregate.matched_device_count == 0
+            && p.aggregate.matched_device_count == 0)
+            .then_some(())
+    })
+    .await?;
+    assert!(
+        env.desired().await?.is_empty(),
+        "a claimed protected label targets nothing"
+    );
+
+    // A person labels the Device: that label wins over the reported one.
+    kubectl_label(&devices, &a, json!({"site": "plant-3"})).await?;
+    eventually("key of the relabelled device", || async {
+        env.desired()
+            .await
+            .ok()?
+            .contains_key(&key(&a, &plant))
+            .then_some(())
+    })
+    .await?;
+    // The device reports again (same site=lab): the person's label stays, so does the key.
+    env.put_info(&a, &[("site", "lab"), ("ring", "1")]).await?;
+    eventually("the reported ring label applied", || async {
+        let labels = devices.get(a.as_str()).await.ok()?.metadata.labels?;
+        (labels.get("ring").map(String::as_str) == Some("1")).then_some(labels)
+    })
+    .await
+    .and_then(|labels| {
+        (labels.get("site").map(String::as_str) == Some("plant-3"))
+            .then_some(())
+            .context("the operator overwrote the person's site label")
+    })?;
+    assert!(env.desired().await?.contains_key(&key(&a, &plant)));
+
+    // Protected labels are for people to set: then they target.
+    kubectl_label(&devices, &a, json!({"fleet.nationtech.io/zone": "vault"})).await?;
+    eventually("key of the vault deployment", || async {
+        env.desired()
+            .await
+            .ok()?
+            .contains_key(&key(&a, &vault))
+            .then_some(())
+    })
+    .await?;
+
+    // Removing the person's site label: the reported site=lab targets again.
+    kubectl_label(&devices, &a, json!({"site": null})).await?;
+    eventually("key of plant removed", || async {
+        (!env.desired().await.ok()?.contains_key(&key(&a, &plant))).then_some(())
+    })
+    .await?;
+    let labels = devices
+        .get(a.as_str())
+        .await?
+        .metadata
+        .labels
+        .unwrap_or_default();
+    assert_eq!(
+        labels.get("site").map(String::as_str),
+        Some("lab"),
+        "{labels:?}"
+    );
+    Ok(())
+}

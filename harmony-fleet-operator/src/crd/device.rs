@@ -1,14 +1,17 @@
 //! The cluster-scoped `Device` resource (`fleetdev`), one per device that ever reported
-//! `device-info`: name = device id, labels = the labels the agent reports, `spec` = its
-//! inventory, `status` = agent version, last heartbeat, online/offline.
+//! `device-info`: name = device id, labels = the labels the agent reports plus the ones people
+//! set, `spec` = its inventory, `status` = agent version, last heartbeat, online/offline, and
+//! whether its reported labels were accepted.
 //!
-//! The operator owns these objects and writes them by server-side apply; people read them
-//! (`kubectl get fleetdev -l site=plant-3`). Targeting does not read them back: it works
-//! from `device-info` directly, so the API server is never on the device→key path.
+//! The operator writes these objects by server-side apply; people read them
+//! (`kubectl get fleetdev -l site=plant-3`) and may label them
+//! (`kubectl label fleetdev pi-1 site=plant-3`): a label someone else set wins over a reported
+//! one for targeting, and the operator never removes or overwrites it ([`crate::labels`]).
 
 // The kube derive's repeated `printcolumn(type_ = ...)` arguments are not duplicates.
 #![allow(clippy::duplicated_attributes)]
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 
 /// Annotation that blacklists a device: with value `"true"` the operator writes no
@@ -97,7 +100,7 @@ impl From<&harmony_fleet_contracts::device::Inventory> for Inventory {
 }
 
 /// Liveness of a device.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct DeviceStatus {
     /// Agent version the device reports.
@@ -110,4 +113,12 @@ pub struct DeviceStatus {
     /// Whether a heartbeat arrived within the operator's heartbeat timeout.
     #[serde(default)]
     pub online: bool,
+    /// `LabelsAccepted`: `False` (reason `ProtectedPrefix`) when the device reported labels
+    /// under a prefix devices may not claim (`fleet.nationtech.io/`, `kubernetes.io/`,
+    /// `k8s.io/`); they are ignored for targeting. Set such labels with `kubectl label`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
 }
+
+/// Condition type on a `Device` saying whether its reported labels were all accepted.
+pub const LABELS_ACCEPTED: &str = "LabelsAccepted";
