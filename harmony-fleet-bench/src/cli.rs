@@ -98,7 +98,8 @@ pub struct ConsumerArgs {
     /// Device counts.
     #[arg(long, value_delimiter = ',', default_value = "1000,10000,50000")]
     pub devices: Vec<usize>,
-    /// Watch modes to compare (`per-device`: the agent's consumer; `notify`: notices + get).
+    /// Watch modes to compare (`per-device`: the real agent's delivery, notices + index
+    /// listing; `notify`: the bench's own notices + get of adr/0013).
     #[arg(
         long,
         value_enum,
@@ -121,6 +122,9 @@ pub struct ConsumerArgs {
     /// Deadline for all watches to be up, in seconds.
     #[arg(long, default_value_t = 900)]
     pub setup_timeout_secs: u64,
+    /// Then restart nats-server and time until every device re-synced (per-device mode).
+    #[arg(long)]
+    pub restart: bool,
 }
 
 /// `writes`.
@@ -194,6 +198,7 @@ pub async fn run(cli: BenchCli) -> Result<()> {
                 rate: args.rate,
                 idle_window: Duration::from_secs(args.idle_secs),
                 setup_timeout: Duration::from_secs(args.setup_timeout_secs),
+                restart: args.restart,
                 out_dir: out,
             })
             .await?;
@@ -229,6 +234,7 @@ pub async fn run(cli: BenchCli) -> Result<()> {
                 rate: c.rate,
                 idle_window: Duration::from_secs(c.idle_secs),
                 setup_timeout: Duration::from_secs(c.setup_timeout_secs),
+                restart: c.restart,
                 out_dir: out.clone(),
             })
             .await?;

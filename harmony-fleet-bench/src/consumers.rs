@@ -51,12 +51,15 @@ pub struct ConsumerOptions {
     pub idle_window: Duration,
     /// Deadline for all watches to be ready (and for all changes to be answered).
     pub setup_timeout: Duration,
+    /// After the changes, restart nats-server and time until every device listed again
+    /// (the real agent's delivery only: [`WatchMode::PerDevice`]).
+    pub restart: bool,
     /// Where results go.
     pub out_dir: PathBuf,
 }
 
 /// Column names.
-pub const COLUMNS: [&str; 16] = [
+pub const COLUMNS: [&str; 19] = [
     "mode",
     "devices",
     "connections",
@@ -73,6 +76,9 @@ pub const COLUMNS: [&str; 16] = [
     "p50 ms",
     "p99 ms",
     "outcome",
+    "restart resync s",
+    "restart nats CPU s",
+    "restart nats peak MiB",
 ];
 
 async fn jsz_consumers(monitor: SocketAddr) -> Option<u64> {
@@ -97,7 +103,7 @@ pub async fn run_one(
     n: usize,
     row: &mut [String],
 ) -> Result<()> {
-    let nats = LocalNats::start(NatsOptions::default()).await?;
+    let mut nats = LocalNats::start(NatsOptions::default()).await?;
     let pid = nats.pid().unwrap_or(0);
     let monitor = monitor_addr(&nats)?;
     let client = async_nats::connect(nats.url())
@@ -239,8 +245,42 @@ pub async fn run_one(
     row[13] = num(Some(s.p50.as_secs_f64() * 1000.0), 1);
     row[14] = num(Some(s.p99.as_secs_f64() * 1000.0), 1);
     answered?;
+    if opts.restart && mode == WatchMode::PerDevice {
+        restart_and_resync(&mut nats, &tally, n, opts.setup_timeout, row).await?;
+    }
     drop(fleet);
     Ok(())
+}
+
+/// Restarts the server under `n` connected devices and times until each listed again (one
+/// re-sync per device after its reconnect), with the new server's CPU and peak memory.
+async fn restart_and_resync(
+    nats: &mut LocalNats,
+    tally: &crate::sim::Tally,
+    n: usize,
+    timeout: Duration,
+    row: &mut [String],
+) -> Result<()> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let before = tally.resyncs.load(Relaxed);
+    let started = Instant::now();
+    nats.restart().await?;
+    let pid = nats.pid().unwrap_or(0);
+    let resynced = crate::poll_until(
+        &format!("{n} devices re-synced after the restart"),
+        timeout,
+        Duration::from_millis(100),
+        || {
+            let done = tally.resyncs.load(Relaxed).saturating_sub(before);
+            async move { (done >= n).then_some(done) }
+        },
+    )
+    .await;
+    row[16] = num(Some(started.elapsed().as_secs_f64()), 1);
+    let after = procstat::sample(pid)?;
+    row[17] = num(Some(after.cpu_seconds), 1);
+    row[18] = num(Some(after.peak_rss_mib()), 0);
+    resynced.map(|_| ())
 }
 
 /// Runs every (mode, devices) pair, writing `consumers.csv`/`.md` after each.

@@ -54,6 +54,7 @@ async fn agent_watches_and_change_notices_both_answer_every_change() -> anyhow::
         rate: 100.0,
         idle_window: Duration::from_millis(200),
         setup_timeout: Duration::from_secs(30),
+        restart: true,
         out_dir: out.path().to_owned(),
     };
     for mode in [WatchMode::PerDevice, WatchMode::Notify] {
@@ -62,6 +63,9 @@ async fn agent_watches_and_change_notices_both_answer_every_change() -> anyhow::
         assert_eq!(row[3], "50", "{mode:?}: every watch ready");
         assert_eq!(row[12], "20", "{mode:?}: every change answered");
         assert_eq!(row[4], "0", "{mode:?}: no consumer at all");
+        if mode == WatchMode::PerDevice {
+            assert_ne!(row[16], "-", "every device re-synced after the restart");
+        }
     }
     Ok(())
 }

@@ -210,6 +210,17 @@ where
         (first, latest)
     }
 
+    /// Every pair with a report but no `desired-state` key: reports a device should not have
+    /// written (or left behind). Used once, after a cold start, to collect them.
+    pub fn unassigned_reports(&self) -> impl Iterator<Item = (&K, &D)> {
+        self.entries.iter().flat_map(|(k, devices)| {
+            devices
+                .iter()
+                .filter(|(_, e)| e.report.is_some() && e.assigned.is_none())
+                .map(move |(d, _)| (k, d))
+        })
+    }
+
     /// Every pair that has a `desired-state` key, as `(deployment, device, revision)`.
     /// Used once, after a cold start, to collect orphaned keys.
     pub fn assigned_pairs(&self) -> impl Iterator<Item = (&K, &D, &R)> {
@@ -333,6 +344,22 @@ mod tests {
 
     fn k(s: &str) -> String {
         s.to_owned()
+    }
+
+    #[test]
+    fn reports_without_a_key_are_listed_as_unassigned() {
+        let mut f: FleetState<&str, &str, &str> = FleetState::new();
+        let report = |rev| Report {
+            rev,
+            outcome: Outcome::Succeeded,
+            error: None,
+            at: None,
+        };
+        f.set_assigned(&"web", &"d1", Some("r1"));
+        f.set_report(&"web", &"d1", Some(report("r1")));
+        f.set_report(&"made-up", &"d1", Some(report("r1")));
+        let stray: Vec<_> = f.unassigned_reports().collect();
+        assert_eq!(stray, vec![(&"made-up", &"d1")]);
     }
 
     #[test]

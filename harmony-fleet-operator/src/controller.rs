@@ -238,6 +238,8 @@ pub async fn start(
         held_labels: HashMap::new(),
         reported_labels: HashMap::new(),
         admin_labels: HashMap::new(),
+        stray_states: HashSet::new(),
+        state_store: fleet_kv.state.clone(),
     };
     let main = tokio::spawn(reconciler.run(rx));
     Ok(OperatorHandle {
@@ -387,6 +389,10 @@ struct Reconciler {
     blacklist_relist: Option<HashSet<DeviceId>>,
     /// Latest labels of blacklisted devices, kept out of the index until released.
     held_labels: HashMap<DeviceId, crate::index::Labels>,
+    /// `device-state` keys of pairs with no assignment, to delete.
+    stray_states: HashSet<String>,
+    /// The `device-state` bucket (stray keys are deleted there).
+    state_store: async_nats::jetstream::kv::Store,
     /// Labels each device reported and may claim (protected prefixes dropped).
     reported_labels: HashMap<DeviceId, crate::index::Labels>,
     /// Labels set on `Device` resources by anyone but the operator: they win for targeting.
@@ -889,7 +895,54 @@ impl Reconciler {
                 (k, None)
             }
         };
+        let reported = report.is_some();
         self.fleet.set_report(&k.deployment, &k.device, report);
+        // A device reports only for deployments assigned to it: anything else (a made-up
+        // name, or a leftover) is removed, so a device cannot grow the bucket at will. Before
+        // the cold start converged, assignments are not all known yet.
+        if reported && self.converged && !self.is_assigned(&k.deployment, &k.device) {
+            self.stray_states
+                .insert(keys::state_key(&k.device, &k.deployment));
+        }
+    }
+
+    /// Whether the pair has (or is about to get) a `desired-state` key.
+    fn is_assigned(&self, deployment: &DeploymentName, device: &DeviceId) -> bool {
+        self.fleet.assigned(deployment, device).is_some()
+            || self
+                .ops
+                .get(&keys::desired_key(device, deployment))
+                .is_some_and(|(_, _, rev)| rev.is_some())
+    }
+
+    /// Deletes the `device-state` keys of pairs that have no assignment.
+    async fn flush_stray_states(&mut self) {
+        if self.stray_states.is_empty() {
+            return;
+        }
+        let stray: Vec<String> = self.stray_states.drain().collect();
+        tracing::info!(
+            count = stray.len(),
+            "removing device-state keys of deployments not assigned to their device"
+        );
+        let store = self.state_store.clone();
+        let results: Vec<(String, bool)> = futures::stream::iter(stray)
+            .map(|key| {
+                let store = store.clone();
+                async move {
+                    let ok = store.delete(&key).await.is_ok();
+                    (key, ok)
+                }
+            })
+            .buffer_unordered(64)
+            .collect()
+            .await;
+        for (key, ok) in results {
+            self.metrics.kv_write("delete-stray-state", ok);
+            if !ok {
+                self.stray_states.insert(key);
+            }
+        }
     }
 
     fn on_heartbeat(&mut self, event: KvEvent) {
@@ -1101,6 +1154,7 @@ impl Reconciler {
     async fn flush(&mut self) {
         self.flush_keys().await;
         self.flush_indexes().await;
+        self.flush_stray_states().await;
     }
 
     /// The index writes pending (keys changed, or a cold start found a stale index), then one
@@ -1231,6 +1285,14 @@ impl Reconciler {
         for (k, d) in orphans {
             self.want(&k, &d, None);
         }
+        // Reports of pairs left without a key (their orphans are deleted just above).
+        let stray: Vec<String> = self
+            .fleet
+            .unassigned_reports()
+            .filter(|(k, d)| !self.is_assigned(k, d))
+            .map(|(k, d)| keys::state_key(d, k))
+            .collect();
+        self.stray_states.extend(stray);
         let writes = self.ops.len();
         self.flush().await;
         let pending: Vec<CrKey> = self.finalize.iter().cloned().collect();

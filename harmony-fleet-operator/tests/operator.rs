@@ -972,3 +972,45 @@ async fn targeting_follows_labels_people_set_and_ignores_protected_ones_a_device
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn reports_for_deployments_not_assigned_to_the_device_are_removed() -> Result<()> {
+    let env = Env::new().await?;
+    let a = env.device(1);
+    env.put_info(&a, &[("site", "plant-3")]).await?;
+    let name = env.deployment_name("web");
+    env.apply(deployment(
+        &name,
+        json!({"matchLabels": {"site": "plant-3"}}),
+        "nginx:1",
+        json!({}),
+    ))
+    .await?;
+    let hash = ContentHash::of_bytes(&score("nginx:1").to_canonical_json()?);
+    eventually("key written", || async {
+        env.desired()
+            .await
+            .ok()?
+            .contains_key(&key(&a, &name))
+            .then_some(())
+    })
+    .await?;
+    // Its real report stays; a report under a made-up deployment name is deleted.
+    env.put_state(&a, &name, Phase::Running, &hash, None)
+        .await?;
+    let made_up = env.deployment_name("made-up");
+    env.put_state(&a, &made_up, Phase::Running, &hash, None)
+        .await?;
+    let stray = keys::state_key(&a, &made_up.parse()?);
+    eventually("the made-up report removed", || async {
+        env.kv.state.get(&stray).await.ok()?.is_none().then_some(())
+    })
+    .await?;
+    let kept = env
+        .kv
+        .state
+        .get(keys::state_key(&a, &name.parse()?))
+        .await?;
+    assert!(kept.is_some(), "the assigned deployment's report is kept");
+    Ok(())
+}
