@@ -170,6 +170,18 @@ impl Env {
         Ok(())
     }
 
+    /// Waits until `key` is present in `desired-state` (or absent, with `present = false`).
+    async fn wait_key(&self, key: &str, present: bool) -> Result<()> {
+        let what = format!(
+            "desired-state key {key} {}",
+            if present { "written" } else { "removed" }
+        );
+        eventually(&what, || async {
+            (self.desired().await.ok()?.contains_key(key) == present).then_some(())
+        })
+        .await
+    }
+
     /// Every `desired-state` key of this test's devices, with its value.
     async fn desired(&self) -> Result<BTreeMap<String, bytes::Bytes>> {
         let mut out = BTreeMap::new();
@@ -920,14 +932,7 @@ async fn targeting_follows_labels_people_set_and_ignores_protected_ones_a_device
 
     // A person labels the Device: that label wins over the reported one.
     kubectl_label(&devices, &a, json!({"site": "plant-3"})).await?;
-    eventually("key of the relabelled device", || async {
-        env.desired()
-            .await
-            .ok()?
-            .contains_key(&key(&a, &plant))
-            .then_some(())
-    })
-    .await?;
+    env.wait_key(&key(&a, &plant), true).await?;
     // The device reports again (same site=lab): the person's label stays, so does the key.
     env.put_info(&a, &[("site", "lab"), ("ring", "1")]).await?;
     eventually("the reported ring label applied", || async {
@@ -944,21 +949,11 @@ async fn targeting_follows_labels_people_set_and_ignores_protected_ones_a_device
 
     // Protected labels are for people to set: then they target.
     kubectl_label(&devices, &a, json!({"fleet.nationtech.io/zone": "vault"})).await?;
-    eventually("key of the vault deployment", || async {
-        env.desired()
-            .await
-            .ok()?
-            .contains_key(&key(&a, &vault))
-            .then_some(())
-    })
-    .await?;
+    env.wait_key(&key(&a, &vault), true).await?;
 
     // Removing the person's site label: the reported site=lab targets again.
     kubectl_label(&devices, &a, json!({"site": null})).await?;
-    eventually("key of plant removed", || async {
-        (!env.desired().await.ok()?.contains_key(&key(&a, &plant))).then_some(())
-    })
-    .await?;
+    env.wait_key(&key(&a, &plant), false).await?;
     let labels = devices
         .get(a.as_str())
         .await?
@@ -987,14 +982,7 @@ async fn reports_for_deployments_not_assigned_to_the_device_are_removed() -> Res
     ))
     .await?;
     let hash = ContentHash::of_bytes(&score("nginx:1").to_canonical_json()?);
-    eventually("key written", || async {
-        env.desired()
-            .await
-            .ok()?
-            .contains_key(&key(&a, &name))
-            .then_some(())
-    })
-    .await?;
+    env.wait_key(&key(&a, &name), true).await?;
     // Its real report stays; a report under a made-up deployment name is deleted.
     env.put_state(&a, &name, Phase::Running, &hash, None)
         .await?;
