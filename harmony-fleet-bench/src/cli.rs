@@ -35,7 +35,8 @@ pub struct BenchCli {
 pub enum BenchCommand {
     /// Deployments → keys → reports → status, operator cost, cold start.
     Scale(ScaleArgs),
-    /// One JetStream consumer per device (the agent's watch) vs change notices.
+    /// Desired-state delivery per device: the real agent (notices + index listing) vs the
+    /// bench-only notices + direct get of adr/0013; with --restart, re-sync after a restart.
     Consumers(ConsumerArgs),
     /// Heartbeat write budget and the server's headroom.
     Writes(WriteArgs),
