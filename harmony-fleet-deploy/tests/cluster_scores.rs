@@ -14,7 +14,7 @@ use harmony_fleet_contracts::DeviceId;
 use harmony_fleet_deploy::agent::{FleetAgentScore, PodAgent};
 use harmony_fleet_deploy::nats::{FleetNatsScore, NatsReplicas, cluster as nats_cluster};
 use harmony_fleet_deploy::operator::FleetOperatorScore;
-use harmony_fleet_deploy::operator::objects::{NAME, policy_rules};
+use harmony_fleet_deploy::operator::objects::NAME;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::rbac::v1::ClusterRole;
@@ -131,7 +131,42 @@ async fn cluster_scores_apply_every_object_and_fail_clearly_without_a_kubelet() 
     );
     let roles: Api<ClusterRole> = Api::all(client.clone());
     let role = roles.get(NAME).await.expect("cluster role");
-    assert_eq!(role.rules, Some(policy_rules()));
+    // What the API server stored, against the permissions written out here (not against
+    // `policy_rules()` itself): a widened or narrowed rule fails this line.
+    let stored: Vec<(Vec<String>, Vec<String>, Vec<String>)> = role
+        .rules
+        .expect("rules")
+        .into_iter()
+        .map(|r| {
+            (
+                r.api_groups.unwrap_or_default(),
+                r.resources.unwrap_or_default(),
+                r.verbs,
+            )
+        })
+        .collect();
+    let rule = |resource: &str, verbs: &[&str]| {
+        (
+            vec!["fleet.nationtech.io".to_owned()],
+            vec![resource.to_owned()],
+            verbs.iter().map(|v| (*v).to_owned()).collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(
+        stored,
+        vec![
+            rule("deployments", &["get", "list", "watch", "patch", "update"]),
+            rule("deployments/status", &["get", "patch", "update"]),
+            rule("deployments/finalizers", &["update"]),
+            rule(
+                "devices",
+                &[
+                    "get", "list", "watch", "create", "patch", "update", "delete"
+                ]
+            ),
+            rule("devices/status", &["get", "patch", "update"]),
+        ]
+    );
     let nats_secret = secrets
         .get("harmony-fleet-operator-nats")
         .await

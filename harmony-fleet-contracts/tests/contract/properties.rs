@@ -1,8 +1,6 @@
 //! Property tests: keys round-trip for every valid id, every class of invalid id is refused
 //! both by `FromStr` and at the serde boundary, and canonical bytes depend only on the value.
 
-use std::collections::BTreeMap;
-
 use harmony_fleet_contracts::commands::Verb;
 use harmony_fleet_contracts::keys::{
     self, CommandSubject, DesiredKey, HeartbeatKey, InfoKey, StateKey,
@@ -185,22 +183,38 @@ proptest! {
     }
 
     #[test]
-    fn env_insertion_order_does_not_change_bytes(pairs in prop::collection::vec(("[A-Z_]{1,8}", ".{0,8}"), 0..8)) {
-        let forward: BTreeMap<String, String> = pairs.iter().cloned().collect();
-        let mut reversed = BTreeMap::new();
-        for (k, v) in pairs.iter().rev() {
-            // Last write wins in `forward`; keep the same winner when filling in reverse.
-            reversed.entry(k.clone()).or_insert_with(|| v.clone());
-        }
-        let with_env = |env: BTreeMap<String, String>| {
-            let mut service = Service::new("web", "nginx");
-            service.env = env;
-            ReconcileScore::PodmanV0(PodmanV0::new(vec![service]))
+    fn env_written_in_any_order_gives_sorted_bytes(env in prop::collection::btree_map("[A-Z_]{1,8}", ".{0,8}", 0..8)) {
+        // The same env written by a user in ascending and in descending key order (as JSON
+        // text, the way it reaches the operator), each checked against bytes spelled out here
+        // with the keys sorted, not against another run of the encoder.
+        let ascending: Vec<(&String, &String)> = env.iter().collect();
+        let descending: Vec<(&String, &String)> = env.iter().rev().collect();
+        let entries = |pairs: &[(&String, &String)]| {
+            pairs
+                .iter()
+                .map(|(k, v)| format!("{}:{}", serde_json::to_string(k).unwrap(), serde_json::to_string(v).unwrap()))
+                .collect::<Vec<_>>()
+                .join(",")
         };
-        prop_assert_eq!(
-            with_env(forward).to_canonical_json().unwrap(),
-            with_env(reversed).to_canonical_json().unwrap()
-        );
+        let written = |pairs: &[(&String, &String)]| {
+            format!(
+                r#"{{"type": "PodmanV0", "data": {{"services": [{{"name": "web", "image": "nginx", "env": {{{}}}}}]}}}}"#,
+                entries(pairs)
+            )
+        };
+        let expected = if env.is_empty() {
+            r#"{"data":{"services":[{"image":"nginx","name":"web"}]},"type":"PodmanV0"}"#.to_owned()
+        } else {
+            format!(
+                r#"{{"data":{{"services":[{{"env":{{{}}},"image":"nginx","name":"web"}}]}},"type":"PodmanV0"}}"#,
+                entries(&ascending)
+            )
+        };
+        for pairs in [&ascending, &descending] {
+            let score: ReconcileScore = serde_json::from_str(&written(pairs)).unwrap();
+            let bytes = String::from_utf8(score.to_canonical_json().unwrap()).unwrap();
+            prop_assert_eq!(&bytes, &expected);
+        }
     }
 
     #[test]
@@ -266,4 +280,21 @@ fn payload() -> impl Strategy<Value = ReconcileScore> {
             p.stop_policy.grace_seconds = grace;
             ReconcileScore::PodmanV0(p)
         })
+}
+
+#[test]
+fn env_in_reverse_order_gives_these_bytes() {
+    let expected = r#"{"data":{"services":[{"env":{"ALPHA":"1","MID":"2","ZED":"3"},"image":"nginx","name":"web"}]},"type":"PodmanV0"}"#;
+    for text in [
+        r#"{"type":"PodmanV0","data":{"services":[{"name":"web","image":"nginx","env":{"ZED":"3","MID":"2","ALPHA":"1"}}]}}"#,
+        r#"{"type":"PodmanV0","data":{"services":[{"name":"web","image":"nginx","env":{"ALPHA":"1","ZED":"3","MID":"2"}}]}}"#,
+    ] {
+        let score: ReconcileScore = serde_json::from_str(text).expect("valid payload");
+        let bytes = score.to_canonical_json().expect("encodes");
+        assert_eq!(
+            String::from_utf8(bytes).expect("utf-8"),
+            expected,
+            "from {text}"
+        );
+    }
 }
