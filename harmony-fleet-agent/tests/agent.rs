@@ -94,17 +94,7 @@ impl Fleet {
         let js = jetstream::new(admin.clone());
         let mut stores = Vec::new();
         for spec in buckets::ALL {
-            let store = js
-                .create_key_value(kv::Config {
-                    bucket: spec.name.to_owned(),
-                    description: spec.description.to_owned(),
-                    history: spec.history,
-                    max_value_size: spec.max_value_size,
-                    ..Default::default()
-                })
-                .await
-                .with_context(|| format!("creating bucket {}", spec.name))?;
-            stores.push(store);
+            stores.push(create_bucket(&js, &spec).await?);
         }
         let [desired, infos, states, heartbeats]: [kv::Store; 4] = stores
             .try_into()
@@ -292,6 +282,19 @@ containers_conf = "{conf}"
         let reply: CommandReply<T> = serde_json::from_slice(&reply.payload)?;
         Ok(reply.into_result())
     }
+}
+
+/// Creates a fleet bucket as its contract spec says (what FleetNatsScore does in production).
+async fn create_bucket(js: &jetstream::Context, spec: &buckets::BucketSpec) -> Result<kv::Store> {
+    js.create_key_value(kv::Config {
+        bucket: spec.name.to_owned(),
+        description: spec.description.to_owned(),
+        history: spec.history,
+        max_value_size: spec.max_value_size,
+        ..Default::default()
+    })
+    .await
+    .with_context(|| format!("creating bucket {}", spec.name))
 }
 
 /// The agent running in this process; stopped (and aborted if need be) on drop.
@@ -1006,16 +1009,7 @@ async fn a_recreated_desired_state_stream_is_followed_despite_lower_revisions() 
     // An admin deletes and recreates the bucket; the operator writes v2 into it.
     let js = jetstream::new(fleet.admin.clone());
     js.delete_key_value(buckets::DESIRED_STATE).await?;
-    let spec = buckets::DESIRED_STATE_SPEC;
-    fleet.desired = js
-        .create_key_value(kv::Config {
-            bucket: spec.name.to_owned(),
-            description: spec.description.to_owned(),
-            history: spec.history,
-            max_value_size: spec.max_value_size,
-            ..Default::default()
-        })
-        .await?;
+    fleet.desired = create_bucket(&js, &buckets::DESIRED_STATE_SPEC).await?;
     let v2 = fleet.put("web", &web("v2", port, &shared)).await?;
     fleet.wait_running("web", &v2).await?;
     wait_http(port, "v2").await?;

@@ -188,7 +188,9 @@ async fn seed(api: &Api<Device>) -> HashMap<DeviceId, Written> {
                 id,
                 Written {
                     exists: true,
-                    labels: device.metadata.labels.clone().unwrap_or_default(),
+                    // Only what the operator applied: labels people set are not ours, and
+                    // counting them would re-apply every such device at each start.
+                    labels: owned_labels(&device.metadata),
                     inventory: device.spec.inventory.clone(),
                     status: device.status.clone().unwrap_or_default(),
                 },
@@ -199,6 +201,16 @@ async fn seed(api: &Api<Device>) -> HashMap<DeviceId, Written> {
             None => return out,
         }
     }
+}
+
+/// The labels of `meta` that no one but the operator set ([`crate::labels::set_by_others`]).
+fn owned_labels(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> BTreeMap<String, String> {
+    let others = crate::labels::set_by_others(meta, FIELD_MANAGER);
+    let mut labels = meta.labels.clone().unwrap_or_default();
+    labels.retain(|k, _| !others.contains_key(k));
+    labels
 }
 
 fn queue(pending: &mut HashMap<DeviceId, Pending>, update: DeviceUpdate) {
