@@ -9,7 +9,10 @@
 //! - on every notice (notices arriving during a listing coalesce into one more);
 //! - on a jittered timer ([`WatchSettings::resync_interval`]), which bounds how long a lost
 //!   notice can go unnoticed;
-//! - shortly after a listing that raced a write (a key whose bytes do not match the index).
+//! - shortly after a listing that raced a write (a key whose bytes do not match the index);
+//! - again, a few times with growing pauses, after a notice whose listing showed the same
+//!   index revision as before: on a replicated bucket a follower that has not caught up may
+//!   answer the direct get, and without a second look the change would wait for the timer.
 //!
 //! A missing index is not an empty one: the agent keeps what it runs until the operator writes
 //! it (it writes an explicit empty index to remove everything).
@@ -45,6 +48,13 @@ const MARKER_REASON_HEADER: &str = "Nats-Marker-Reason";
 const SEQUENCE_HEADER: &str = "Nats-Sequence";
 /// How soon a listing that raced a write is repeated.
 const RACE_RETRY: Duration = Duration::from_millis(250);
+/// Pauses before the follow-up listings after a notice that changed nothing visible
+/// (a lagging replica answered); their count bounds the extra reads per notice.
+const NOTICE_FOLLOW_UPS: [Duration; 3] = [
+    Duration::from_millis(250),
+    Duration::from_secs(1),
+    Duration::from_secs(4),
+];
 /// Default of [`WatchSettings::resync_interval`].
 pub const DEFAULT_RESYNC_INTERVAL: Duration = Duration::from_secs(180);
 
@@ -323,12 +333,18 @@ pub async fn run(
         // List now (this is also the re-sync after a reconnect), then on each trigger.
         let mut next_list = Instant::now();
         let mut timer = Instant::now() + jittered(settings.resync_interval, 0.5, 1.5);
+        // Follow-up listings already done for the last notice (`None`: no notice pending).
+        let mut follow_ups: Option<usize> = None;
         loop {
             if Instant::now() >= next_list {
+                let before = seen.index_revision;
                 match list(&client, &device, &mut seen).await {
                     Ok(None) => {
                         failures = 0;
                         next_list = far_future();
+                        if let Some(pause) = follow_up(&mut follow_ups, false) {
+                            next_list = Instant::now() + pause;
+                        }
                     }
                     Ok(Some(listing)) => {
                         failures = 0;
@@ -340,6 +356,10 @@ pub async fn run(
                         } else {
                             far_future()
                         };
+                        let moved = seen.index_revision != before;
+                        if let Some(pause) = follow_up(&mut follow_ups, moved) {
+                            next_list = next_list.min(Instant::now() + pause);
+                        }
                     }
                     Err(err) => {
                         failures = failures.saturating_add(1);
@@ -365,6 +385,7 @@ pub async fn run(
                     // Coalesce a burst (a rollout touching many deployments) into one listing.
                     while let Some(Some(_)) = futures::FutureExt::now_or_never(notices.next()) {}
                     next_list = Instant::now();
+                    follow_ups = Some(0);
                 }
                 () = tokio::time::sleep_until(timer) => {
                     timer = Instant::now() + jittered(settings.resync_interval, 0.5, 1.5);
@@ -374,6 +395,19 @@ pub async fn run(
             }
         }
     }
+}
+
+/// After a listing: the pause before the next follow-up listing of a notice, if one is due.
+/// A notice promises a change; when the index revision did not move (`moved` false), the
+/// replica that answered may lag, so look again, at most [`NOTICE_FOLLOW_UPS`] times.
+fn follow_up(follow_ups: &mut Option<usize>, moved: bool) -> Option<Duration> {
+    let done = (*follow_ups)?;
+    if moved || done >= NOTICE_FOLLOW_UPS.len() {
+        *follow_ups = None;
+        return None;
+    }
+    *follow_ups = Some(done + 1);
+    Some(NOTICE_FOLLOW_UPS[done])
 }
 
 /// An instant far enough away to mean "not scheduled".
@@ -417,6 +451,24 @@ mod tests {
         assert!(retry_delay(0) <= Duration::from_millis(250));
         assert!(retry_delay(10) <= Duration::from_secs(5));
         assert!(retry_delay(10) >= Duration::from_millis(2500));
+    }
+
+    #[test]
+    fn a_notice_whose_listing_changed_nothing_is_followed_up_a_bounded_number_of_times() {
+        // No notice pending: nothing to follow up.
+        let mut pending = None;
+        assert_eq!(follow_up(&mut pending, false), None);
+        // The replica lagged three times, then the budget is spent.
+        let mut pending = Some(0);
+        assert_eq!(follow_up(&mut pending, false), Some(NOTICE_FOLLOW_UPS[0]));
+        assert_eq!(follow_up(&mut pending, false), Some(NOTICE_FOLLOW_UPS[1]));
+        assert_eq!(follow_up(&mut pending, false), Some(NOTICE_FOLLOW_UPS[2]));
+        assert_eq!(follow_up(&mut pending, false), None);
+        assert_eq!(pending, None);
+        // The change showed up: done at once.
+        let mut pending = Some(0);
+        assert_eq!(follow_up(&mut pending, true), None);
+        assert_eq!(pending, None);
     }
 
     #[test]

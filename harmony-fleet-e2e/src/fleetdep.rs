@@ -1,10 +1,21 @@
 //! Fleet `Deployment`s in tests: built from JSON the way a user writes YAML, applied with
 //! server-side apply, status read back.
+//!
+//! Every wait for "converged" is tied to the change that was made: [`Applied`] records the
+//! `metadata.generation` the API server gave the write and the revision (content hash of
+//! `spec.score`) the operator will roll out, and [`wait_converged`] accepts only a status that
+//! describes that generation and that revision, so a status left from an earlier change never
+//! satisfies it.
 
+use std::time::Duration;
+
+use harmony_fleet_contracts::ContentHash;
 use harmony_fleet_operator::crd::{Deployment, DeploymentStatus};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
+
+use crate::wait::eventually;
 
 /// The field manager tests apply with.
 pub const MANAGER: &str = "harmony-fleet-e2e";
@@ -57,6 +68,110 @@ pub async fn apply(client: &kube::Client, manifest: &Value) -> Result<Deployment
     .await
 }
 
+/// What one write of a Deployment asked for: the generation it produced and the revision the
+/// operator rolls out for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// Namespace of the resource.
+    pub namespace: String,
+    /// Name of the resource.
+    pub name: String,
+    /// `metadata.generation` after the write.
+    pub generation: i64,
+    /// Content hash of `spec.score`: what `status.rollout.revision` reads once the operator
+    /// took the change.
+    pub revision: ContentHash,
+}
+
+impl Applied {
+    /// What the API server answered to a write.
+    pub fn of(deployment: &Deployment) -> anyhow::Result<Self> {
+        let generation = deployment
+            .metadata
+            .generation
+            .ok_or_else(|| anyhow::anyhow!("the API server returned no metadata.generation"))?;
+        let bytes = deployment.spec.score.to_canonical_json()?;
+        Ok(Self {
+            namespace: deployment.metadata.namespace.clone().unwrap_or_default(),
+            name: deployment.metadata.name.clone().unwrap_or_default(),
+            generation,
+            revision: ContentHash::of_bytes(&bytes),
+        })
+    }
+}
+
+/// Applies `manifest` and records what the write asked for.
+pub async fn apply_tracked(client: &kube::Client, manifest: &Value) -> anyhow::Result<Applied> {
+    let deployment = apply(client, manifest).await?;
+    Applied::of(&deployment)
+}
+
+/// Why `status` does not (yet) say that `applied` converged on `devices` online devices, or
+/// `None` when it does: the status describes that generation, its rollout is `Complete` on that
+/// revision, exactly `devices` are matched and all of them succeeded, none is offline, and
+/// `Ready` is `True`.
+pub fn not_converged(status: &DeploymentStatus, applied: &Applied, devices: u64) -> Option<String> {
+    if status.observed_generation != Some(applied.generation) {
+        return Some(format!(
+            "observedGeneration {:?}, waiting for {}",
+            status.observed_generation, applied.generation
+        ));
+    }
+    let revision = applied.revision.as_str();
+    match &status.rollout {
+        Some(r) if r.revision == revision && r.phase == "Complete" => {}
+        Some(r) => {
+            return Some(format!(
+                "rollout {} on revision {}, waiting for Complete on {}",
+                r.phase,
+                short(&r.revision),
+                short(revision)
+            ));
+        }
+        None => return Some("no rollout status".into()),
+    }
+    let a = &status.aggregate;
+    if a.matched_device_count != devices || a.succeeded != devices || a.offline != 0 {
+        return Some(format!(
+            "{a:?}, waiting for {devices} matched, succeeded and online"
+        ));
+    }
+    if !condition(status, "Ready") {
+        return Some(format!("Ready is not True: {:?}", status.conditions));
+    }
+    None
+}
+
+/// Waits until the change `applied` converged on `devices` online devices (see
+/// [`not_converged`]).
+pub async fn wait_converged(
+    client: &kube::Client,
+    applied: &Applied,
+    devices: u64,
+    timeout: Duration,
+) -> anyhow::Result<DeploymentStatus> {
+    let (ns, name) = (applied.namespace.as_str(), applied.name.as_str());
+    eventually(
+        &format!(
+            "{ns}/{name} generation {} to converge on {devices} device(s)",
+            applied.generation
+        ),
+        timeout,
+        || async move {
+            let seen = status(client, ns, name).await.ok_or("no status yet")?;
+            match not_converged(&seen, applied, devices) {
+                None => Ok(seen),
+                Some(why) => Err(why),
+            }
+        },
+    )
+    .await
+}
+
+fn short(revision: &str) -> &str {
+    revision.get(..12).unwrap_or(revision)
+}
+
 /// The status of `namespace/name`, if the resource exists and has one.
 pub async fn status(
     client: &kube::Client,
@@ -77,4 +192,77 @@ pub fn condition(status: &DeploymentStatus, kind: &str) -> bool {
         .conditions
         .iter()
         .any(|c| c.type_ == kind && c.status == "True")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use harmony_fleet_operator::crd::deployment::{Aggregate, RolloutStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+    fn applied() -> Applied {
+        Applied {
+            namespace: "ns".into(),
+            name: "web".into(),
+            generation: 3,
+            revision: ContentHash::of_bytes(b"v2"),
+        }
+    }
+
+    fn converged() -> DeploymentStatus {
+        DeploymentStatus {
+            observed_generation: Some(3),
+            conditions: vec![Condition {
+                type_: "Ready".into(),
+                status: "True".into(),
+                reason: "AllSucceeded".into(),
+                message: String::new(),
+                observed_generation: Some(3),
+                last_transition_time: Time(jiff::Timestamp::UNIX_EPOCH),
+            }],
+            aggregate: Aggregate {
+                matched_device_count: 2,
+                succeeded: 2,
+                ..Default::default()
+            },
+            rollout: Some(RolloutStatus {
+                revision: ContentHash::of_bytes(b"v2").to_string(),
+                phase: "Complete".into(),
+                ..Default::default()
+            }),
+            failing_devices: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn only_the_status_of_the_change_just_made_counts() {
+        assert_eq!(not_converged(&converged(), &applied(), 2), None);
+
+        let mut stale = converged();
+        stale.observed_generation = Some(2);
+        let why = not_converged(&stale, &applied(), 2).expect("stale generation");
+        assert!(why.contains("observedGeneration Some(2)"), "{why}");
+
+        let mut old_revision = converged();
+        if let Some(r) = old_revision.rollout.as_mut() {
+            r.revision = ContentHash::of_bytes(b"v1").to_string();
+        }
+        let why = not_converged(&old_revision, &applied(), 2).expect("previous revision");
+        assert!(why.contains("waiting for Complete"), "{why}");
+
+        let mut outage = converged();
+        outage.aggregate.offline = 1;
+        assert!(
+            not_converged(&outage, &applied(), 2).is_some(),
+            "a device is offline"
+        );
+
+        let mut not_ready = converged();
+        not_ready.conditions[0].status = "False".into();
+        assert!(not_converged(&not_ready, &applied(), 2).is_some());
+        assert!(
+            not_converged(&converged(), &applied(), 3).is_some(),
+            "wrong count"
+        );
+    }
 }

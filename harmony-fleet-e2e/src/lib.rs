@@ -6,6 +6,8 @@
 //!   inject (stop/restart NATS, operator, agents; relabel a device).
 //! - [`namespace`]: [`TestNamespace`] — an `e2e-<8 hex>` namespace per test, deleted on drop.
 //! - [`fleetdep`]: building and applying fleet `Deployment`s, reading their status.
+//! - [`restore`]: [`Restore`](restore::Restore) — fault tests put the shared stack back even
+//!   when they fail.
 //! - [`wait`]: polling with a deadline that says what it waited for.
 //! - [`cluster`]: cluster mode — the bring-up on a real cluster (`FLEET_E2E_KUBECONFIG`).
 //!
@@ -16,6 +18,7 @@
 pub mod cluster;
 pub mod fleetdep;
 pub mod namespace;
+pub mod restore;
 pub mod stack;
 pub mod wait;
 

@@ -6,6 +6,7 @@
 //! networks, state) are pruned before bring-up; stale `e2e-*` namespaces too.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::LazyLock;
@@ -34,6 +35,7 @@ use harmony_fleet_operator::commands::CommandsClient;
 use tokio::sync::{OnceCell, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::namespace::{self, TestNamespace};
+use crate::restore::Restore;
 
 /// What a test binary's stack is made of.
 #[derive(Debug, Clone, Copy)]
@@ -335,6 +337,81 @@ impl Stack {
     pub async fn start_operator(&self) -> anyhow::Result<()> {
         self.run(&self.fleet.operator).await.map(|_| ())
     }
+
+    /// A guard that runs `action` on this stack when the test is done with a fault: call
+    /// [`Restore::now`] on the normal path; if the test fails first, dropping it restores.
+    pub fn restore<F, Fut>(&'static self, what: impl Into<String>, action: F) -> Restore
+    where
+        F: FnOnce(&'static Stack) -> Fut,
+        Fut: Future<Output = anyhow::Result<()>> + Send + 'static,
+    {
+        Restore::new(what, RUNTIME.handle().clone(), action(self))
+    }
+
+    /// Restarts `device`'s agent with the stack's labels when the fault is over.
+    pub fn restore_agent(&'static self, device: &DeviceId) -> Restore {
+        let device = device.clone();
+        self.restore(format!("the agent of {device}"), move |stack| async move {
+            stack.start_agent(&device, None).await
+        })
+    }
+
+    /// Brings every NATS member back (through the NATS Score) when the fault is over.
+    pub fn restore_nats(&'static self) -> Restore {
+        self.restore("NATS", |stack| async move {
+            stack.run(&stack.fleet.nats_score()).await.map(|_| ())
+        })
+    }
+
+    /// Starts the operator again when the fault is over.
+    pub fn restore_operator(&'static self) -> Restore {
+        self.restore("the operator", |stack| async move {
+            stack.start_operator().await
+        })
+    }
+
+    /// Names of the clients connected to NATS member `i` (1-based), from its monitoring
+    /// endpoint's `/connz`: `harmony-fleet-operator`, `fleet-agent <device>`, ….
+    pub async fn nats_clients(&self, i: usize) -> anyhow::Result<Vec<String>> {
+        let name = harmony_fleet_deploy::nats::local::process_name(i);
+        let port = self
+            .topology
+            .supervisor()
+            .reserve_port(&format!("{name}:monitor"))?;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let response = probe::http_get(addr, "/connz?limit=4096", Duration::from_secs(2))
+            .await
+            .map_err(|e| anyhow::anyhow!("{name} /connz: {e}"))?;
+        anyhow::ensure!(
+            response.status == 200,
+            "{name} /connz answered HTTP {}: {}",
+            response.status,
+            response.body
+        );
+        connection_names(&response.body).with_context(|| format!("{name} /connz"))
+    }
+
+    /// The NATS member (1-based) client `client` is connected to, if any.
+    pub async fn nats_member_of(&self, client: &str) -> anyhow::Result<Option<usize>> {
+        for i in 1..=self.fleet.nats_replicas.count() {
+            if self.nats_clients(i).await?.iter().any(|c| c == client) {
+                return Ok(Some(i));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// The `name` of every connection in a `/connz` answer.
+fn connection_names(body: &str) -> anyhow::Result<Vec<String>> {
+    let value: serde_json::Value = serde_json::from_str(body).context("not JSON")?;
+    let connections = value["connections"]
+        .as_array()
+        .context("no \"connections\" array")?;
+    Ok(connections
+        .iter()
+        .filter_map(|c| c["name"].as_str().map(str::to_owned))
+        .collect())
 }
 
 async fn run(
@@ -378,5 +455,24 @@ fn spawn_reaper(state_dir: &std::path::Path) {
         .spawn();
     if let Err(e) = spawned {
         eprintln!("e2e: could not start the cleanup watcher: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connz_names_are_read_from_the_connections_array() {
+        let body = r#"{"server_id":"N","num_connections":3,"connections":[
+            {"cid":1,"name":"harmony-fleet-operator"},
+            {"cid":2,"name":"fleet-agent local-1"},
+            {"cid":3}]}"#;
+        assert_eq!(
+            connection_names(body).expect("parsed"),
+            vec!["harmony-fleet-operator", "fleet-agent local-1"]
+        );
+        let err = connection_names(r#"{"connections":null}"#).expect_err("no array");
+        assert!(err.to_string().contains("connections"), "{err}");
     }
 }

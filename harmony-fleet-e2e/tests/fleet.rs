@@ -11,7 +11,7 @@ use harmony_fleet_contracts::commands::{ExecRequest, LogsRequest};
 use harmony_fleet_contracts::{DeploymentName, DeploymentState, DeviceId, Phase, ReconcileScore};
 use harmony_fleet_deploy::nats::{NatsReplicas, smoke};
 use harmony_fleet_e2e::TestNamespace;
-use harmony_fleet_e2e::fleetdep::{self, condition, demo_score, manifest};
+use harmony_fleet_e2e::fleetdep::{self, Applied, demo_score, manifest};
 use harmony_fleet_e2e::stack::{self, Stack, StackOptions};
 use harmony_fleet_e2e::wait::eventually;
 use harmony_fleet_operator::commands::CommandError;
@@ -49,12 +49,13 @@ fn key(device: &DeviceId, deployment: &str) -> String {
     format!("{device}.{deployment}")
 }
 
-/// Applies a Deployment manifest, failing the test with the API server's message.
-async fn apply(stack: &Stack, manifest: serde_json::Value) {
+/// Applies a Deployment manifest, failing the test with the API server's message; returns
+/// the generation and revision the write asked for.
+async fn apply(stack: &Stack, manifest: serde_json::Value) -> Applied {
     let name = manifest["metadata"]["name"].clone();
-    if let Err(e) = fleetdep::apply(&stack.kube, &manifest).await {
-        panic!("applying {name}: {e}");
-    }
+    fleetdep::apply_tracked(&stack.kube, &manifest)
+        .await
+        .unwrap_or_else(|e| panic!("applying {name}: {e:#}"))
 }
 
 /// Applies the demo image `tag` on `devices`, published on `port`, rolled out all at once.
@@ -65,36 +66,21 @@ async fn apply_demo(
     devices: &[&DeviceId],
     tag: &str,
     port: u16,
-) {
+) -> Applied {
     let score = demo_score(tag, port, &[]);
     apply(
         stack,
         manifest(name, namespace, devices_in(devices), score, json!({})),
     )
-    .await;
+    .await
 }
 
-/// Waits until `name` has `succeeded` devices and is Ready.
-async fn wait_ready(stack: &Stack, ns: &str, name: &str, succeeded: u64) -> anyhow::Result<()> {
-    eventually(
-        &format!("{ns}/{name} to be Ready with {succeeded} succeeded"),
-        CONVERGE,
-        || async move {
-            let status = fleetdep::status(&stack.kube, ns, name)
-                .await
-                .ok_or("no status yet")?;
-            let a = &status.aggregate;
-            if a.succeeded == succeeded
-                && a.matched_device_count == succeeded
-                && condition(&status, "Ready")
-            {
-                Ok(())
-            } else {
-                Err(format!("{a:?}, conditions {:?}", status.conditions))
-            }
-        },
-    )
-    .await
+/// Waits until the change `applied` converged on `devices` online devices: a status of that
+/// generation, rollout Complete on that revision, Ready.
+async fn wait_ready(stack: &Stack, applied: &Applied, devices: u64) -> anyhow::Result<()> {
+    fleetdep::wait_converged(&stack.kube, applied, devices, CONVERGE)
+        .await
+        .map(|_| ())
 }
 
 /// Waits until `device` answers `body` on `port`.
@@ -140,10 +126,8 @@ async fn deploy_converges() {
         &stack.device(2).id,
         &stack.device(3).id,
     );
-    apply_demo(stack, &ns.name, &name, &[d1, d2], "v1", port).await;
-    wait_ready(stack, &ns.name, &name, 2)
-        .await
-        .expect("converged");
+    let applied = apply_demo(stack, &ns.name, &name, &[d1, d2], "v1", port).await;
+    wait_ready(stack, &applied, 2).await.expect("converged");
     for device in [d1, d2] {
         wait_http(stack, device, port, "v1").await.expect("serving");
         let running = stack.running_containers(device, &name).await.expect("ps");
@@ -170,7 +154,7 @@ async fn update_rolls_forward_batch_by_batch() {
     let (d1, d2) = (&stack.device(1).id, &stack.device(2).id);
     let rollout =
         json!({"strategy": "Batches", "batches": [{"count": 1}], "successThreshold": 100});
-    apply(
+    let v1 = apply(
         stack,
         manifest(
             &name,
@@ -181,9 +165,7 @@ async fn update_rolls_forward_batch_by_batch() {
         ),
     )
     .await;
-    wait_ready(stack, &ns.name, &name, 2)
-        .await
-        .expect("v1 converged");
+    wait_ready(stack, &v1, 2).await.expect("v1 converged");
     let mut old_ids = Vec::new();
     for device in [d1, d2] {
         wait_http(stack, device, port, "v1")
@@ -199,7 +181,7 @@ async fn update_rolls_forward_batch_by_batch() {
         );
     }
 
-    apply(
+    let v2 = apply(
         stack,
         manifest(
             &name,
@@ -210,6 +192,7 @@ async fn update_rolls_forward_batch_by_batch() {
         ),
     )
     .await;
+    assert!(v2.generation > v1.generation && v2.revision != v1.revision);
     let desired = stack.desired().await.expect("bucket");
     let state = async_nats::jetstream::new(stack.nats.clone())
         .get_key_value(harmony_fleet_contracts::buckets::DEVICE_STATE)
@@ -276,9 +259,7 @@ async fn update_rolls_forward_batch_by_batch() {
     .await
     .expect("second batch after the first succeeded");
 
-    wait_ready(stack, &ns.name, &name, 2)
-        .await
-        .expect("v2 converged");
+    wait_ready(stack, &v2, 2).await.expect("v2 converged");
     for device in [d1, d2] {
         wait_http(stack, device, port, "v2")
             .await
@@ -304,10 +285,8 @@ async fn delete_cleans_up() {
     let name = format!("bye-{}", ns.id);
     let port = port_of(&ns);
     let d1 = &stack.device(1).id;
-    apply_demo(stack, &ns.name, &name, &[d1], "v1", port).await;
-    wait_ready(stack, &ns.name, &name, 1)
-        .await
-        .expect("converged");
+    let applied = apply_demo(stack, &ns.name, &name, &[d1], "v1", port).await;
+    wait_ready(stack, &applied, 1).await.expect("converged");
     let api: Api<Deployment> = Api::namespaced(stack.kube.clone(), &ns.name);
     api.delete(&name, &DeleteParams::default())
         .await
@@ -349,7 +328,7 @@ async fn selector_follows_labels() {
     let port = port_of(&ns);
     let (dev2, dev3) = (stack.device(2), stack.device(3));
     let selector = json!({"matchLabels": {"carries": ns.id.clone()}});
-    apply(
+    let applied = apply(
         stack,
         manifest(
             &name,
@@ -360,6 +339,9 @@ async fn selector_follows_labels() {
         ),
     )
     .await;
+    // Whatever happens below, both agents get the stack's labels back.
+    let unlabel_dev3 = stack.restore_agent(&dev3.id);
+    let unlabel_dev2 = stack.restore_agent(&dev2.id);
     let with_label = |device: &harmony_fleet_deploy::local::LocalDevice| {
         let mut labels = device.labels.clone();
         labels.insert("carries".into(), ns.id.clone());
@@ -372,6 +354,9 @@ async fn selector_follows_labels() {
     wait_http(stack, &dev3.id, port, "v1")
         .await
         .expect("runs on dev3");
+    wait_ready(stack, &applied, 1)
+        .await
+        .expect("converged on dev3");
     assert_eq!(
         stack.desired_keys(&name).await.expect("keys"),
         BTreeSet::from([key(&dev3.id, &name)])
@@ -381,10 +366,7 @@ async fn selector_follows_labels() {
         .start_agent(&dev2.id, with_label(dev2))
         .await
         .expect("label dev2");
-    stack
-        .start_agent(&dev3.id, None)
-        .await
-        .expect("unlabel dev3");
+    unlabel_dev3.now().await.expect("unlabel dev3");
     wait_http(stack, &dev2.id, port, "v1")
         .await
         .expect("runs on dev2");
@@ -402,12 +384,11 @@ async fn selector_follows_labels() {
         stack.desired_keys(&name).await.expect("keys"),
         BTreeSet::from([key(&dev2.id, &name)])
     );
-    stack
-        .start_agent(&dev2.id, None)
-        .await
-        .expect("restore dev2");
+    unlabel_dev2.now().await.expect("unlabel dev2");
 }
 
+/// Decided in adr/0015: an offline device counts by its last report (its workload runs on
+/// without the agent), and `status.aggregate.offline` says how many are offline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn device_offline_online() {
     let stack = stack().await;
@@ -416,10 +397,8 @@ async fn device_offline_online() {
     let name = format!("steady-{}", ns.id);
     let port = port_of(&ns);
     let d3 = &stack.device(3).id;
-    apply_demo(stack, &ns.name, &name, &[d3], "v1", port).await;
-    wait_ready(stack, &ns.name, &name, 1)
-        .await
-        .expect("converged");
+    let applied = apply_demo(stack, &ns.name, &name, &[d3], "v1", port).await;
+    wait_ready(stack, &applied, 1).await.expect("converged");
     wait_http(stack, d3, port, "v1").await.expect("serving");
     let before: Vec<String> = stack
         .running_containers(d3, &name)
@@ -429,6 +408,7 @@ async fn device_offline_online() {
         .map(|c| c.id)
         .collect();
 
+    let restart = stack.restore_agent(d3);
     stack.stop_agent(d3).await.expect("stop agent");
     let err = stack.commands().ping(d3).await.expect_err("agent stopped");
     assert!(matches!(err, CommandError::DeviceOffline { .. }), "{err}");
@@ -449,14 +429,42 @@ async fn device_offline_online() {
         }
     };
     online(false).await.expect("offline");
+    // The Deployment's status says so, and still counts the device by its last report.
+    let during = eventually(
+        "the status to count the offline device",
+        CONVERGE,
+        || async {
+            let status = fleetdep::status(&stack.kube, &ns.name, &name)
+                .await
+                .ok_or("no status")?;
+            if status.aggregate.offline == 1 {
+                Ok(status)
+            } else {
+                Err(format!("{:?}", status.aggregate))
+            }
+        },
+    )
+    .await
+    .expect("offline counted");
+    assert_eq!(during.aggregate.succeeded, 1, "{:?}", during.aggregate);
+    let ready = during
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .expect("a Ready condition");
+    assert!(ready.message.contains("1 offline"), "{}", ready.message);
+    assert!(
+        fleetdep::not_converged(&during, &applied, 1).is_some(),
+        "an outage must not read as converged"
+    );
     // Offline-first: the workload keeps serving while the agent is gone.
     assert_eq!(stack.http(d3, port).await.as_deref(), Ok("v1"));
 
-    stack.start_agent(d3, None).await.expect("start agent");
+    restart.now().await.expect("start agent");
     online(true).await.expect("online again");
-    wait_ready(stack, &ns.name, &name, 1)
+    wait_ready(stack, &applied, 1)
         .await
-        .expect("status recovered");
+        .expect("status recovered: online, same generation and revision");
     let after: Vec<String> = stack
         .running_containers(d3, &name)
         .await
@@ -478,20 +486,29 @@ async fn nats_restart() {
     let name = format!("survivor-{}", ns.id);
     let port = port_of(&ns);
     let d1 = &stack.device(1).id;
+    let healthy_nats = stack.restore_nats();
+    let mut generations = Vec::new();
     for run in 1..=5 {
         stack
             .restart_nats(1)
             .await
             .unwrap_or_else(|e| panic!("run {run}: restart: {e:#}"));
         let tag = if run % 2 == 1 { "v1" } else { "v2" };
-        apply_demo(stack, &ns.name, &name, &[d1], tag, port).await;
+        let applied = apply_demo(stack, &ns.name, &name, &[d1], tag, port).await;
         wait_http(stack, d1, port, tag)
             .await
             .unwrap_or_else(|e| panic!("run {run}: {e:#}"));
-        wait_ready(stack, &ns.name, &name, 1)
+        // The status of this run's generation, not the previous run's.
+        wait_ready(stack, &applied, 1)
             .await
             .unwrap_or_else(|e| panic!("run {run}: {e:#}"));
+        generations.push(applied.generation);
     }
+    assert!(
+        generations.windows(2).all(|w| w[0] < w[1]),
+        "every run was a new generation: {generations:?}"
+    );
+    healthy_nats.now().await.expect("NATS healthy");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -502,10 +519,8 @@ async fn operator_restart() {
     let name = format!("stable-{}", ns.id);
     let port = port_of(&ns);
     let (d1, d2) = (&stack.device(1).id, &stack.device(2).id);
-    apply_demo(stack, &ns.name, &name, &[d1, d2], "v1", port).await;
-    wait_ready(stack, &ns.name, &name, 2)
-        .await
-        .expect("converged");
+    let applied = apply_demo(stack, &ns.name, &name, &[d1, d2], "v1", port).await;
+    wait_ready(stack, &applied, 2).await.expect("converged");
     let desired = stack.desired().await.expect("bucket");
     let snapshot = |desired: async_nats::jetstream::kv::Store| {
         let name = name.clone();
@@ -528,13 +543,14 @@ async fn operator_restart() {
         .expect("status")
         .aggregate;
 
+    let restart = stack.restore_operator();
     stack.stop_operator().await.expect("stop operator");
     let orphan = format!("{d1}.orphan-{}", ns.id);
     desired
         .put(&orphan, before[0].1.clone())
         .await
         .expect("orphan key");
-    stack.start_operator().await.expect("start operator");
+    restart.now().await.expect("start operator");
 
     eventually("the orphaned key to be collected", CONVERGE, || async {
         match desired.get(&orphan).await.map_err(|e| e.to_string())? {
@@ -606,7 +622,7 @@ async fn invalid_input() {
     let name = format!("broken-{}", ns.id);
     let mut score = demo_score("v1", port_of(&ns), &[]);
     score["data"]["services"][0]["image"] = json!("localhost/does-not-exist:v0");
-    apply(
+    let applied = apply(
         stack,
         manifest(&name, &ns.name, devices_in(&[d1]), score, json!({})),
     )
@@ -615,7 +631,10 @@ async fn invalid_input() {
         let status = fleetdep::status(&stack.kube, &ns.name, &name)
             .await
             .ok_or("no status")?;
-        if status.aggregate.failed == 1 && !status.failing_devices.is_empty() {
+        if status.observed_generation == Some(applied.generation)
+            && status.aggregate.failed == 1
+            && !status.failing_devices.is_empty()
+        {
             Ok(status.failing_devices)
         } else {
             Err(format!("{:?}", status.aggregate))
@@ -647,14 +666,12 @@ async fn logs_and_exec() {
     let mut score = demo_score("v1", port, &[]);
     score["data"]["services"][0]["command"] =
         json!(["sh", "-c", format!("echo '{line}'; exec /bin/serve")]);
-    apply(
+    let applied = apply(
         stack,
         manifest(&name, &ns.name, devices_in(&[d2]), score, json!({})),
     )
     .await;
-    wait_ready(stack, &ns.name, &name, 1)
-        .await
-        .expect("converged");
+    wait_ready(stack, &applied, 1).await.expect("converged");
     let deployment: DeploymentName = name.parse().expect("name");
     let commands = stack.commands();
     let logs = eventually("the log line", CONVERGE, || async {
@@ -704,11 +721,9 @@ async fn name_conflict_across_namespaces() {
     let name = format!("dup-{}", first.id);
     let port = port_of(&first);
     let d1 = &stack.device(1).id;
-    apply_demo(stack, &first.name, &name, &[d1], "v1", port).await;
-    wait_ready(stack, &first.name, &name, 1)
-        .await
-        .expect("owner converged");
-    apply_demo(stack, &second.name, &name, &[d1], "v2", port).await;
+    let owner = apply_demo(stack, &first.name, &name, &[d1], "v1", port).await;
+    wait_ready(stack, &owner, 1).await.expect("owner converged");
+    let claimant = apply_demo(stack, &second.name, &name, &[d1], "v2", port).await;
     eventually(
         "the second claimant to report NameConflict",
         CONVERGE,
@@ -743,7 +758,7 @@ async fn name_conflict_across_namespaces() {
     wait_http(stack, d1, port, "v2")
         .await
         .expect("the next claimant took over");
-    wait_ready(stack, &second.name, &name, 1)
+    wait_ready(stack, &claimant, 1)
         .await
         .expect("new owner converged");
 }

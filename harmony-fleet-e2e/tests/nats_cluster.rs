@@ -1,13 +1,16 @@
 //! Losing one node of a three-node NATS cluster during a rollout loses nothing: buckets are
 //! replicated three ways, agents fail over to the surviving servers, the rollout completes.
+//!
+//! The node killed is the one the operator is connected to, with at least one agent on it
+//! too (read from each node's `/connz`), so both kinds of client really fail over.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use harmony_fleet_contracts::DeviceId;
 use harmony_fleet_deploy::nats::NatsReplicas;
-use harmony_fleet_e2e::fleetdep::{self, condition, demo_score, manifest};
-use harmony_fleet_e2e::stack::{self, StackOptions};
+use harmony_fleet_e2e::fleetdep::{self, demo_score, manifest};
+use harmony_fleet_e2e::stack::{self, Stack, StackOptions};
 use harmony_fleet_e2e::wait::eventually;
 use serde_json::json;
 
@@ -17,6 +20,47 @@ const OPTIONS: StackOptions = StackOptions {
     nats_replicas: NatsReplicas::Three,
 };
 const CONVERGE: Duration = Duration::from_secs(120);
+/// The operator's NATS connection name.
+const OPERATOR: &str = "harmony-fleet-operator";
+/// Agent restarts allowed to get one agent onto the operator's node (each lands on a random
+/// one of three: the chance that 20 tries all miss is (2/3)^20 ≈ 0.03%).
+const PLACEMENT_TRIES: usize = 20;
+
+fn agent(device: &DeviceId) -> String {
+    format!("fleet-agent {device}")
+}
+
+/// The NATS node the operator is on, once at least one agent is on it too (restarting agents
+/// until one lands there), with the agents found on it.
+async fn node_with_operator_and_an_agent(stack: &Stack) -> anyhow::Result<(usize, Vec<DeviceId>)> {
+    let devices: Vec<DeviceId> = stack.fleet.devices.iter().map(|d| d.id.clone()).collect();
+    for attempt in 0..=PLACEMENT_TRIES {
+        let node = eventually("the operator on a NATS node", CONVERGE, || async {
+            stack
+                .nats_member_of(OPERATOR)
+                .await
+                .map_err(|e| format!("{e:#}"))?
+                .ok_or_else(|| "not connected to any node".to_owned())
+        })
+        .await?;
+        let clients = stack.nats_clients(node).await?;
+        let on_it: Vec<DeviceId> = devices
+            .iter()
+            .filter(|d| clients.contains(&agent(d)))
+            .cloned()
+            .collect();
+        if !on_it.is_empty() {
+            eprintln!(
+                "nats_node_loss: node {node} holds the operator and {on_it:?} (attempt {attempt})"
+            );
+            return Ok((node, on_it));
+        }
+        let device = &devices[attempt % devices.len()];
+        stack.stop_agent(device).await?;
+        stack.start_agent(device, None).await?;
+    }
+    anyhow::bail!("no agent connected to the operator's node after {PLACEMENT_TRIES} restarts")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_node_loss() {
@@ -35,7 +79,7 @@ async fn nats_node_loss() {
             demo_score(tag, port, &[]),
             json!({}),
         );
-        async move { fleetdep::apply(&stack.kube, &m).await }
+        async move { fleetdep::apply_tracked(&stack.kube, &m).await }
     };
     let devices = &devices;
     let served = |tag: &'static str| async move {
@@ -52,26 +96,40 @@ async fn nats_node_loss() {
             .expect("served");
         }
     };
-    apply("v1").await.expect("apply v1");
+    let v1 = apply("v1").await.expect("apply v1");
     served("v1").await;
+    fleetdep::wait_converged(&stack.kube, &v1, 2, CONVERGE)
+        .await
+        .expect("v1 converged");
     let keys_before = stack.desired_keys(&name).await.expect("keys");
     assert_eq!(keys_before.len(), 2);
 
-    apply("v2").await.expect("apply v2");
-    stack.stop_nats(2).await.expect("kill one NATS node");
+    let (node, agents_on_it) = node_with_operator_and_an_agent(stack)
+        .await
+        .expect("placement");
+    let node_back = stack.restore_nats();
+    let v2 = apply("v2").await.expect("apply v2");
+    stack
+        .stop_nats(node)
+        .await
+        .expect("kill the operator's NATS node");
     served("v2").await;
-    eventually("the Deployment to be Ready on v2", CONVERGE, || async {
-        let status = fleetdep::status(&stack.kube, &ns.name, &name)
-            .await
-            .ok_or("no status")?;
-        if status.aggregate.succeeded == 2 && condition(&status, "Ready") {
-            Ok(())
-        } else {
-            Err(format!("{:?}", status.aggregate))
-        }
-    })
-    .await
-    .expect("rollout completed without one node");
+    fleetdep::wait_converged(&stack.kube, &v2, 2, CONVERGE)
+        .await
+        .expect("rollout completed without the operator's node");
+    // The clients that were on it are connected elsewhere now.
+    let operator_now = stack.nats_member_of(OPERATOR).await.expect("connz");
+    assert!(
+        operator_now.is_some_and(|n| n != node),
+        "operator on {operator_now:?}, killed {node}"
+    );
+    for device in &agents_on_it {
+        let now = stack.nats_member_of(&agent(device)).await.expect("connz");
+        assert!(
+            now.is_some_and(|n| n != node),
+            "{device} on {now:?}, killed {node}"
+        );
+    }
     let keys_after: BTreeSet<String> = stack.desired_keys(&name).await.expect("keys");
     assert_eq!(keys_before, keys_after, "a key was lost with the node");
     let commands = stack.commands();
@@ -82,8 +140,5 @@ async fn nats_node_loss() {
             .expect("every agent still reachable");
     }
     // Bring the node back through the production Score (it rejoins and catches up).
-    stack
-        .run(&stack.fleet.nats_score())
-        .await
-        .expect("node back");
+    node_back.now().await.expect("node back");
 }

@@ -85,6 +85,9 @@ pub struct Counts {
     pub succeeded: u64,
     /// Matched devices that report failure on the revision assigned to them.
     pub failed: u64,
+    /// Matched devices that are offline (heartbeat expired or removed), whatever they last
+    /// reported: they also count in `succeeded`/`failed`/pending by that report.
+    pub offline: u64,
 }
 
 impl Counts {
@@ -111,6 +114,7 @@ pub struct FleetState<D, K, R> {
     entries: HashMap<K, HashMap<D, Entry<R>>>,
     counts: HashMap<K, Counts>,
     failing: HashMap<K, BTreeMap<D, ()>>,
+    offline: HashSet<D>,
     dirty: HashSet<K>,
 }
 
@@ -120,6 +124,7 @@ impl<D, K, R> Default for FleetState<D, K, R> {
             entries: HashMap::new(),
             counts: HashMap::new(),
             failing: HashMap::new(),
+            offline: HashSet::new(),
             dirty: HashSet::new(),
         }
     }
@@ -159,6 +164,51 @@ where
             }
             e.report = report;
         });
+    }
+
+    /// Records whether `device` is offline. `deployments` are the ones that match it (the
+    /// targeting index's view); their `offline` counts change. O(those deployments).
+    ///
+    /// An offline device keeps counting by its last report: its workload runs on without the
+    /// agent, so a dropped link neither blocks a rollout nor reads as a failure.
+    pub fn set_offline<'a>(
+        &mut self,
+        device: &D,
+        offline: bool,
+        deployments: impl IntoIterator<Item = &'a K>,
+    ) where
+        K: 'a,
+    {
+        let changed = if offline {
+            self.offline.insert(device.clone())
+        } else {
+            self.offline.remove(device)
+        };
+        if !changed {
+            return;
+        }
+        for deployment in deployments {
+            let matched = self
+                .entries
+                .get(deployment)
+                .and_then(|d| d.get(device))
+                .is_some_and(|e| e.matched);
+            if !matched {
+                continue;
+            }
+            let counts = self.counts.entry(deployment.clone()).or_default();
+            if offline {
+                counts.offline += 1;
+            } else {
+                counts.offline = counts.offline.saturating_sub(1);
+            }
+            self.dirty.insert(deployment.clone());
+        }
+    }
+
+    /// Whether `device` is recorded offline.
+    pub fn is_offline(&self, device: &D) -> bool {
+        self.offline.contains(device)
     }
 
     /// Revision `desired-state` holds for the pair, as far as the operator knows.
@@ -265,6 +315,7 @@ where
     }
 
     fn update(&mut self, deployment: &K, device: &D, f: impl FnOnce(&mut Entry<R>)) {
+        let offline = self.offline.contains(device);
         let devices = self.entries.entry(deployment.clone()).or_default();
         let entry = devices.entry(device.clone()).or_default();
         let before = entry.class();
@@ -282,6 +333,13 @@ where
             return;
         }
         let counts = self.counts.entry(deployment.clone()).or_default();
+        if offline && (before == Class::Unmatched) != (after == Class::Unmatched) {
+            if after == Class::Unmatched {
+                counts.offline -= 1;
+            } else {
+                counts.offline += 1;
+            }
+        }
         match before {
             Class::Unmatched => {}
             Class::Succeeded => {
@@ -363,6 +421,34 @@ mod tests {
     }
 
     #[test]
+    fn offline_devices_are_counted_beside_their_last_report() {
+        let mut f = Fleet::new();
+        let (web, db) = (k("web"), k("db"));
+        for d in ["a", "b"] {
+            f.set_matched(&web, &k(d), true);
+            f.set_assigned(&web, &k(d), Some(1));
+            f.set_report(&web, &k(d), report(1, Outcome::Succeeded, None, 1));
+        }
+        f.take_dirty();
+        f.set_offline(&k("a"), true, [&web, &db]);
+        let counts = f.counts(&web);
+        assert_eq!((counts.succeeded, counts.offline), (2, 1));
+        assert_eq!(f.counts(&db), Counts::default(), "db does not match a");
+        assert_eq!(f.take_dirty(), vec![web.clone()]);
+        // Repeating the same liveness changes nothing.
+        f.set_offline(&k("a"), true, [&web]);
+        assert!(f.take_dirty().is_empty());
+        // Matching an offline device counts it; unmatching uncounts it.
+        f.set_matched(&db, &k("a"), true);
+        assert_eq!(f.counts(&db).offline, 1);
+        f.set_matched(&web, &k("a"), false);
+        assert_eq!(f.counts(&web).offline, 0);
+        f.set_offline(&k("a"), false, [&db]);
+        assert_eq!(f.counts(&db).offline, 0);
+        assert!(!f.is_offline(&k("a")));
+    }
+
+    #[test]
     fn counts_follow_matches_assignments_and_reports() {
         let mut f = Fleet::new();
         let web = k("web");
@@ -375,7 +461,8 @@ mod tests {
             Counts {
                 matched: 3,
                 succeeded: 0,
-                failed: 0
+                failed: 0,
+                offline: 0
             }
         );
         f.set_report(&web, &k("a"), report(2, Outcome::Succeeded, None, 1));

@@ -963,6 +963,9 @@ impl Reconciler {
                     self.metrics.devices_online.inc();
                 }
                 let online = live.online;
+                // A heartbeat already stale when read (cold start) marks the device offline.
+                self.fleet
+                    .set_offline(&k.device, !online, self.index.deployments_of(&k.device));
                 if let Some(registry) = &self.registry {
                     let _ = registry.send(DeviceUpdate::Liveness {
                         id: k.device,
@@ -982,6 +985,8 @@ impl Reconciler {
                     if live.online {
                         self.metrics.devices_online.dec();
                     }
+                    self.fleet
+                        .set_offline(&k.device, true, self.index.deployments_of(&k.device));
                     if let Some(registry) = &self.registry {
                         let _ = registry.send(DeviceUpdate::Liveness {
                             id: k.device,
@@ -1097,6 +1102,8 @@ impl Reconciler {
             {
                 live.online = false;
                 self.metrics.devices_online.dec();
+                self.fleet
+                    .set_offline(&device, true, self.index.deployments_of(&device));
                 tracing::info!(device = %device, last_heartbeat = %at, "device offline");
                 if let Some(registry) = &self.registry {
                     let _ = registry.send(DeviceUpdate::Liveness {
@@ -1445,6 +1452,7 @@ impl Reconciler {
                 succeeded: counts.succeeded,
                 failed: counts.failed,
                 pending: counts.pending(),
+                offline: counts.offline,
                 last_error: latest.map(|f| format!("{}: {}", f.device, f.error)),
             },
             rollout: Some(RolloutStatus {
@@ -1490,7 +1498,13 @@ impl Reconciler {
         } else if ready {
             (
                 "AllSucceeded",
-                format!("{} devices run the current revision", a.succeeded),
+                match a.offline {
+                    0 => format!("{} devices run the current revision", a.succeeded),
+                    n => format!(
+                        "{} devices run the current revision ({n} offline, by their last report)",
+                        a.succeeded
+                    ),
+                },
             )
         } else {
             (

@@ -243,6 +243,10 @@ pub struct Aggregate {
     pub failed: u64,
     /// Devices still converging (or not reporting).
     pub pending: u64,
+    /// Matched devices whose heartbeat expired. They also count above, by their last report:
+    /// an offline device's workload keeps running without its agent (adr/0015).
+    #[serde(default)]
+    pub offline: u64,
     /// The most recent error among failing devices, as `<device>: <message>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
