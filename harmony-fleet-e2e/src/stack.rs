@@ -393,10 +393,17 @@ impl Stack {
 
     /// The NATS member (1-based) client `client` is connected to, if any.
     pub async fn nats_member_of(&self, client: &str) -> anyhow::Result<Option<usize>> {
+        let mut unreachable = Vec::new();
         for i in 1..=self.fleet.nats_replicas.count() {
-            if self.nats_clients(i).await?.iter().any(|c| c == client) {
-                return Ok(Some(i));
+            // A stopped node holds no clients: skip it, unless no node answers at all.
+            match self.nats_clients(i).await {
+                Ok(names) if names.iter().any(|c| c == client) => return Ok(Some(i)),
+                Ok(_) => {}
+                Err(e) => unreachable.push(format!("{e:#}")),
             }
+        }
+        if unreachable.len() == self.fleet.nats_replicas.count() {
+            anyhow::bail!("no NATS node answered /connz: {}", unreachable.join("; "));
         }
         Ok(None)
     }
