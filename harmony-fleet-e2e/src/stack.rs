@@ -46,6 +46,9 @@ pub struct StackOptions {
     pub devices: usize,
     /// One NATS server or a three-node cluster.
     pub nats_replicas: NatsReplicas,
+    /// Labels: the e2e ones (`site=e2e`, `tier=a|b`) or, when `true`, exactly those
+    /// `local up` gives (`site=local`, …), for tests of the README's walk-through.
+    pub walkthrough_labels: bool,
 }
 
 /// The running fleet and the handles tests use.
@@ -137,8 +140,10 @@ impl Stack {
         fleet.nats_replicas = options.nats_replicas;
         fleet.heartbeat_interval_secs = 2;
         fleet.operator.heartbeat_timeout_secs = 8;
-        for (index, device) in fleet.devices.iter_mut().enumerate() {
-            device.labels = labels_for(device, index);
+        if !options.walkthrough_labels {
+            for (index, device) in fleet.devices.iter_mut().enumerate() {
+                device.labels = labels_for(device, index);
+            }
         }
         for score in fleet.scores() {
             run(score.as_ref(), &topology).await?;

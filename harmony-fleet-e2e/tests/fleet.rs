@@ -24,6 +24,7 @@ const OPTIONS: StackOptions = StackOptions {
     name: "fleet",
     devices: 3,
     nats_replicas: NatsReplicas::One,
+    walkthrough_labels: false,
 };
 const CONVERGE: Duration = Duration::from_secs(90);
 

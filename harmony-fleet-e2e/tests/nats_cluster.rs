@@ -18,6 +18,7 @@ const OPTIONS: StackOptions = StackOptions {
     name: "nats-cluster",
     devices: 2,
     nats_replicas: NatsReplicas::Three,
+    walkthrough_labels: false,
 };
 const CONVERGE: Duration = Duration::from_secs(120);
 /// The operator's NATS connection name.

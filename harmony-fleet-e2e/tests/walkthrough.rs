@@ -1,0 +1,124 @@
+//! The README's walk-through, as a new user runs it: `kubectl apply -f examples/hello.yaml`
+//! from the repository root, on a device labelled exactly as `local up` labels it, then the
+//! tag edited to `v2` and applied again, then `kubectl delete -f`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use harmony::local::bins::KUBECTL;
+use harmony_fleet_contracts::DeviceId;
+use harmony_fleet_deploy::nats::NatsReplicas;
+use harmony_fleet_e2e::stack::{self, Stack, StackOptions};
+use harmony_fleet_e2e::wait::eventually;
+
+const OPTIONS: StackOptions = StackOptions {
+    name: "walkthrough",
+    devices: 1,
+    nats_replicas: NatsReplicas::One,
+    walkthrough_labels: true,
+};
+const CONVERGE: Duration = Duration::from_secs(120);
+/// The port `examples/hello.yaml` publishes.
+const PORT: u16 = 8080;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `kubectl <args>` from the repository root with the stack's kubeconfig: its stdout.
+async fn kubectl(stack: &Stack, args: &[&str]) -> anyhow::Result<String> {
+    let bin = stack.topology().bins().locate(KUBECTL)?;
+    let kubeconfig = stack.topology().kubeconfig_path();
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(&bin)
+            .args(&args)
+            .env("KUBECONFIG", &kubeconfig)
+            .current_dir(repo_root())
+            .output()
+    })
+    .await??;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    anyhow::ensure!(
+        output.status.success(),
+        "kubectl failed ({}): {stdout}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(stdout)
+}
+
+async fn serves(stack: &Stack, device: &DeviceId, tag: &str) {
+    eventually(&format!("{device} to serve {tag}"), CONVERGE, || async {
+        let got = stack.http(device, PORT).await?;
+        if got == tag { Ok(()) } else { Err(got) }
+    })
+    .await
+    .expect("served");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hello_example_as_the_readme_applies_it() {
+    let stack = stack::shared(OPTIONS).await;
+    let _exclusive = stack.exclusive_access().await;
+    let device = stack.fleet.devices[0].id.clone();
+    assert_eq!(
+        stack.fleet.devices[0]
+            .labels
+            .get("site")
+            .map(String::as_str),
+        Some("local"),
+        "the walk-through's device carries site=local"
+    );
+    // A run cut short may have left it; the README's output is that of a first apply.
+    kubectl(
+        stack,
+        &[
+            "delete",
+            "--ignore-not-found",
+            "--wait",
+            "-f",
+            "examples/hello.yaml",
+        ],
+    )
+    .await
+    .expect("clean start");
+
+    let out = kubectl(stack, &["apply", "-f", "examples/hello.yaml"])
+        .await
+        .expect("apply");
+    assert_eq!(out.trim(), "deployment.fleet.nationtech.io/hello created");
+    serves(stack, &device, "v1").await;
+
+    // "Edit the tag in examples/hello.yaml to v2 and apply again."
+    let example = std::fs::read_to_string(repo_root().join("examples/hello.yaml")).expect("read");
+    assert!(
+        example.contains("localhost/fleet-demo:v1"),
+        "the example runs v1"
+    );
+    let dir = tempfile::tempdir().expect("temp dir");
+    let edited = dir.path().join("hello.yaml");
+    std::fs::write(&edited, example.replace("fleet-demo:v1", "fleet-demo:v2")).expect("write");
+    let edited = edited.to_string_lossy().into_owned();
+    let out = kubectl(stack, &["apply", "-f", &edited])
+        .await
+        .expect("apply v2");
+    assert_eq!(
+        out.trim(),
+        "deployment.fleet.nationtech.io/hello configured"
+    );
+    serves(stack, &device, "v2").await;
+
+    kubectl(stack, &["delete", "--wait", "-f", "examples/hello.yaml"])
+        .await
+        .expect("delete");
+    eventually("the container to stop answering", CONVERGE, || async {
+        match stack.http(&device, PORT).await {
+            Err(_) => Ok(()),
+            Ok(body) => Err(format!("still answers {body}")),
+        }
+    })
+    .await
+    .expect("removed");
+}
