@@ -343,6 +343,29 @@ impl Stack {
         self.run(&self.fleet.operator).await.map(|_| ())
     }
 
+    /// Waits until `device` answers `body` on `port` (see [`Stack::http`]).
+    pub async fn wait_http(
+        &self,
+        device: &DeviceId,
+        port: u16,
+        body: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        crate::wait::eventually(
+            &format!("{device}:{port} to answer {body}"),
+            timeout,
+            || async move {
+                let got = self.http(device, port).await?;
+                if got == body {
+                    Ok(())
+                } else {
+                    Err(format!("answered {got}"))
+                }
+            },
+        )
+        .await
+    }
+
     /// A guard that runs `action` on this stack when the test is done with a fault: call
     /// [`Restore::now`] on the normal path; if the test fails first, dropping it restores.
     pub fn restore<F, Fut>(&'static self, what: impl Into<String>, action: F) -> Restore

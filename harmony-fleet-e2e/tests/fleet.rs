@@ -84,23 +84,6 @@ async fn wait_ready(stack: &Stack, applied: &Applied, devices: u64) -> anyhow::R
         .map(|_| ())
 }
 
-/// Waits until `device` answers `body` on `port`.
-async fn wait_http(stack: &Stack, device: &DeviceId, port: u16, body: &str) -> anyhow::Result<()> {
-    eventually(
-        &format!("{device}:{port} to answer {body}"),
-        CONVERGE,
-        || async move {
-            let got = stack.http(device, port).await?;
-            if got == body {
-                Ok(())
-            } else {
-                Err(format!("answered {got}"))
-            }
-        },
-    )
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ping() {
     let stack = stack().await;
@@ -130,7 +113,10 @@ async fn deploy_converges() {
     let applied = apply_demo(stack, &ns.name, &name, &[d1, d2], "v1", port).await;
     wait_ready(stack, &applied, 2).await.expect("converged");
     for device in [d1, d2] {
-        wait_http(stack, device, port, "v1").await.expect("serving");
+        stack
+            .wait_http(device, port, "v1", CONVERGE)
+            .await
+            .expect("serving");
         let running = stack.running_containers(device, &name).await.expect("ps");
         assert_eq!(running.len(), 1, "{device}: {running:?}");
     }
@@ -169,7 +155,8 @@ async fn update_rolls_forward_batch_by_batch() {
     wait_ready(stack, &v1, 2).await.expect("v1 converged");
     let mut old_ids = Vec::new();
     for device in [d1, d2] {
-        wait_http(stack, device, port, "v1")
+        stack
+            .wait_http(device, port, "v1", CONVERGE)
             .await
             .expect("v1 served");
         old_ids.extend(
@@ -262,7 +249,8 @@ async fn update_rolls_forward_batch_by_batch() {
 
     wait_ready(stack, &v2, 2).await.expect("v2 converged");
     for device in [d1, d2] {
-        wait_http(stack, device, port, "v2")
+        stack
+            .wait_http(device, port, "v2", CONVERGE)
             .await
             .expect("v2 served");
         let running = stack.running_containers(device, &name).await.expect("ps");
@@ -352,7 +340,8 @@ async fn selector_follows_labels() {
         .start_agent(&dev3.id, with_label(dev3))
         .await
         .expect("label dev3");
-    wait_http(stack, &dev3.id, port, "v1")
+    stack
+        .wait_http(&dev3.id, port, "v1", CONVERGE)
         .await
         .expect("runs on dev3");
     wait_ready(stack, &applied, 1)
@@ -368,7 +357,8 @@ async fn selector_follows_labels() {
         .await
         .expect("label dev2");
     unlabel_dev3.now().await.expect("unlabel dev3");
-    wait_http(stack, &dev2.id, port, "v1")
+    stack
+        .wait_http(&dev2.id, port, "v1", CONVERGE)
         .await
         .expect("runs on dev2");
     eventually("the workload to leave dev3", CONVERGE, || async {
@@ -400,7 +390,10 @@ async fn device_offline_online() {
     let d3 = &stack.device(3).id;
     let applied = apply_demo(stack, &ns.name, &name, &[d3], "v1", port).await;
     wait_ready(stack, &applied, 1).await.expect("converged");
-    wait_http(stack, d3, port, "v1").await.expect("serving");
+    stack
+        .wait_http(d3, port, "v1", CONVERGE)
+        .await
+        .expect("serving");
     let before: Vec<String> = stack
         .running_containers(d3, &name)
         .await
@@ -496,7 +489,8 @@ async fn nats_restart() {
             .unwrap_or_else(|e| panic!("run {run}: restart: {e:#}"));
         let tag = if run % 2 == 1 { "v1" } else { "v2" };
         let applied = apply_demo(stack, &ns.name, &name, &[d1], tag, port).await;
-        wait_http(stack, d1, port, tag)
+        stack
+            .wait_http(d1, port, tag, CONVERGE)
             .await
             .unwrap_or_else(|e| panic!("run {run}: {e:#}"));
         // The status of this run's generation, not the previous run's.
@@ -756,7 +750,8 @@ async fn name_conflict_across_namespaces() {
     api.delete(&name, &DeleteParams::default())
         .await
         .expect("delete owner");
-    wait_http(stack, d1, port, "v2")
+    stack
+        .wait_http(d1, port, "v2", CONVERGE)
         .await
         .expect("the next claimant took over");
     wait_ready(stack, &claimant, 1)

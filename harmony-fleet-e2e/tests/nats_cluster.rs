@@ -85,16 +85,10 @@ async fn nats_node_loss() {
     let devices = &devices;
     let served = |tag: &'static str| async move {
         for device in devices {
-            eventually(
-                &format!("{device} to serve {tag}"),
-                CONVERGE,
-                || async move {
-                    let got = stack.http(device, port).await?;
-                    if got == tag { Ok(()) } else { Err(got) }
-                },
-            )
-            .await
-            .expect("served");
+            stack
+                .wait_http(device, port, tag, CONVERGE)
+                .await
+                .expect("served");
         }
     };
     let v1 = apply("v1").await.expect("apply v1");

@@ -7,7 +7,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use harmony::local::bins::KUBECTL;
-use harmony_fleet_contracts::DeviceId;
 use harmony_fleet_deploy::nats::NatsReplicas;
 use harmony_fleet_e2e::stack::{self, Stack, StackOptions};
 use harmony_fleet_e2e::wait::eventually;
@@ -49,15 +48,6 @@ async fn kubectl(stack: &Stack, args: &[&str]) -> anyhow::Result<String> {
     Ok(stdout)
 }
 
-async fn serves(stack: &Stack, device: &DeviceId, tag: &str) {
-    eventually(&format!("{device} to serve {tag}"), CONVERGE, || async {
-        let got = stack.http(device, PORT).await?;
-        if got == tag { Ok(()) } else { Err(got) }
-    })
-    .await
-    .expect("served");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hello_example_as_the_readme_applies_it() {
     let stack = stack::shared(OPTIONS).await;
@@ -89,7 +79,10 @@ async fn hello_example_as_the_readme_applies_it() {
         .await
         .expect("apply");
     assert_eq!(out.trim(), "deployment.fleet.nationtech.io/hello created");
-    serves(stack, &device, "v1").await;
+    stack
+        .wait_http(&device, PORT, "v1", CONVERGE)
+        .await
+        .expect("served");
 
     // "Edit the tag in examples/hello.yaml to v2 and apply again."
     let example = std::fs::read_to_string(repo_root().join("examples/hello.yaml")).expect("read");
@@ -108,7 +101,10 @@ async fn hello_example_as_the_readme_applies_it() {
         out.trim(),
         "deployment.fleet.nationtech.io/hello configured"
     );
-    serves(stack, &device, "v2").await;
+    stack
+        .wait_http(&device, PORT, "v2", CONVERGE)
+        .await
+        .expect("served");
 
     kubectl(stack, &["delete", "--wait", "-f", "examples/hello.yaml"])
         .await

@@ -335,7 +335,7 @@ where
         let counts = self.counts.entry(deployment.clone()).or_default();
         if offline && (before == Class::Unmatched) != (after == Class::Unmatched) {
             if after == Class::Unmatched {
-                counts.offline -= 1;
+                counts.offline = counts.offline.saturating_sub(1);
             } else {
                 counts.offline += 1;
             }
