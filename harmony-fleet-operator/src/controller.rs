@@ -320,6 +320,28 @@ impl CaughtUp {
     }
 }
 
+/// Which namespace owns a fleet-wide name among its claims `(created, namespace)`: the oldest.
+/// `creationTimestamp` has one-second resolution, so claims made in the same second tie; the
+/// tie goes to the current owner, then to a claimant not already refused with `NameConflict`
+/// (so a restarted operator keeps the owner), then to the first namespace.
+fn pick_owner<'a>(
+    claims: &'a BTreeSet<(Option<Timestamp>, String)>,
+    current: Option<&str>,
+    refused: impl Fn(&str) -> bool,
+) -> Option<&'a str> {
+    let (oldest, _) = claims.iter().next()?;
+    let tied: Vec<&str> = claims
+        .iter()
+        .take_while(|(created, _)| created == oldest)
+        .map(|(_, ns)| ns.as_str())
+        .collect();
+    tied.iter()
+        .copied()
+        .find(|ns| Some(*ns) == current)
+        .or_else(|| tied.iter().copied().find(|ns| !refused(ns)))
+        .or_else(|| tied.first().copied())
+}
+
 /// What the loop remembers of one `Deployment` resource.
 #[derive(Debug, Clone)]
 struct Cr {
@@ -550,15 +572,28 @@ impl Reconciler {
 
     /// Decides which CR owns `name` and (re)applies it when it changed or `force` is set.
     fn resolve_owner(&mut self, name: &DeploymentName, force: bool) {
+        let current = self.owned.get(name).map(|o| o.key.clone());
+        let refused = |ns: &str| {
+            self.crs
+                .get(&CrKey {
+                    namespace: ns.to_owned(),
+                    name: name.as_str().to_owned(),
+                })
+                .and_then(|cr| cr.last_status.as_ref())
+                .is_some_and(|s| {
+                    s.conditions
+                        .iter()
+                        .any(|c| c.type_ == "Ready" && c.reason == "NameConflict")
+                })
+        };
         let claimant = self
             .claims
             .get(name)
-            .and_then(|c| c.iter().next())
-            .map(|(_, ns)| CrKey {
-                namespace: ns.clone(),
+            .and_then(|c| pick_owner(c, current.as_ref().map(|k| k.namespace.as_str()), refused))
+            .map(|ns| CrKey {
+                namespace: ns.to_owned(),
                 name: name.as_str().to_owned(),
             });
-        let current = self.owned.get(name).map(|o| o.key.clone());
         if let Some(claims) = self.claims.get(name) {
             for (_, ns) in claims {
                 self.status_dirty.insert(CrKey {
@@ -1655,4 +1690,32 @@ fn spawn_status_patcher(
         }
     });
     (tx, task)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> Option<Timestamp> {
+        Timestamp::from_second(secs).ok()
+    }
+
+    #[test]
+    fn the_oldest_claim_owns_a_name_and_a_same_second_tie_keeps_the_owner() {
+        let claims: BTreeSet<_> = [(at(10), "b".to_owned()), (at(11), "a".to_owned())].into();
+        assert_eq!(
+            pick_owner(&claims, Some("a"), |_| false),
+            Some("b"),
+            "oldest wins"
+        );
+
+        // Created in the same second: the current owner keeps it, though "a" sorts first.
+        let tied: BTreeSet<_> = [(at(10), "a".to_owned()), (at(10), "b".to_owned())].into();
+        assert_eq!(pick_owner(&tied, Some("b"), |_| false), Some("b"));
+        // After a restart (no owner yet), the one not refused before keeps it.
+        assert_eq!(pick_owner(&tied, None, |ns| ns == "a"), Some("b"));
+        // Nothing else to go by: the first namespace.
+        assert_eq!(pick_owner(&tied, None, |_| false), Some("a"));
+        assert_eq!(pick_owner(&BTreeSet::new(), None, |_| false), None);
+    }
 }
