@@ -14,9 +14,9 @@
 //!   writes what is missing, deletes orphaned keys, and `/readyz` says `Converged`.
 //!
 //! **Deployment names are fleet-wide.** A `desired-state` key carries the CR name, not its
-//! namespace, so two namespaces cannot both own `web`. The oldest claimant (creation time,
-//! then namespace) owns the name; others get `Ready=False, reason NameConflict` and write no
-//! keys. When the owner is deleted, the next claimant takes over its keys.
+//! namespace, so two namespaces cannot both own `web`. The oldest claimant (creation time;
+//! on a same-second tie the current owner, see [`pick_owner`]) owns the name; others get
+//! `Ready=False, reason NameConflict` and write no keys. When the owner is deleted, the next claimant takes over its keys.
 //!
 //! A single task keeps the logic sequential and lock-free; KV writes of one event are issued
 //! in parallel and awaited before the next event, so the loop never has two opinions about a
