@@ -15,10 +15,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::commands::{self, CommandContext};
-use crate::config::Config;
+use crate::config::{Config, Credentials};
 use crate::connection::Connection;
 use crate::deployments::{Supervisor, WorkerSettings};
 use crate::error::Error;
+use crate::identity::{self, Credential};
 use crate::reports::{self, ReporterSettings};
 use crate::runtime::{ContainerRuntime, PodmanCli};
 use crate::store::Store;
@@ -26,6 +27,45 @@ use crate::watch;
 
 /// How long the loops get to finish after shutdown is requested.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// How long the agent waits before asking again after a refused enrollment or a failed
+/// renewal.
+const IDENTITY_RETRY: Duration = Duration::from_secs(30);
+
+/// The device's credential: the stored one, or one obtained by enrolling (which waits for an
+/// admin's approval). `None` when `shutdown` came first.
+async fn own_credential(
+    config: &Config,
+    bootstrap_creds: Option<&std::path::Path>,
+    shutdown: &CancellationToken,
+) -> Result<Option<Credential>, Error> {
+    let data_dir = &config.agent.data_dir;
+    let key = Arc::new(identity::load_or_create_key(data_dir)?);
+    if let Some(token) = identity::load_credential(data_dir, &key) {
+        return Ok(Some(Credential::new(key, token)));
+    }
+    let Some(bootstrap) = bootstrap_creds else {
+        return Err(identity::IdentityError::NoBootstrap {
+            credential: data_dir.join(identity::CREDENTIAL_FILE),
+        }
+        .into());
+    };
+    let token = identity::enroll(
+        &config.nats.urls,
+        bootstrap,
+        &config.agent.device_id,
+        &key,
+        crate::inventory::read_inventory(),
+        IDENTITY_RETRY,
+        shutdown,
+    )
+    .await?;
+    let Some(token) = token else {
+        return Ok(None);
+    };
+    identity::save_credential(data_dir, &token)?;
+    Ok(Some(Credential::new(key, token)))
+}
 
 /// The agent's version as reported in `device-info`, heartbeats and `ping`.
 pub fn agent_version() -> AgentVersion {
@@ -81,7 +121,18 @@ impl Agent {
         // Offline-first: workloads come back from disk before NATS is tried.
         supervisor.restore();
 
-        let connection = Connection::connect(&config, &device_inbox_prefix(&device)).await?;
+        let credential = match &config.credentials {
+            Some(Credentials::Nkey { bootstrap_creds }) => {
+                match own_credential(&config, bootstrap_creds.as_deref(), &shutdown).await? {
+                    Some(credential) => Some(credential),
+                    None => return Ok(()), // stopped while enrolling
+                }
+            }
+            _ => None,
+        };
+        let connection =
+            Connection::connect(&config, &device_inbox_prefix(&device), credential.as_ref())
+                .await?;
         let (watch_tx, watch_rx) = mpsc::channel(64);
         let mut tasks = JoinSet::new();
         tasks.spawn(watch::run(
@@ -94,6 +145,16 @@ impl Agent {
             stop.clone(),
         ));
         tasks.spawn(supervisor.run(watch_rx));
+        if let Some(credential) = credential {
+            tasks.spawn(identity::renew_loop(
+                connection.client().clone(),
+                credential,
+                device.clone(),
+                config.agent.data_dir.clone(),
+                IDENTITY_RETRY,
+                stop.clone(),
+            ));
+        }
         tasks.spawn(reports::run(
             connection.clone(),
             ReporterSettings {

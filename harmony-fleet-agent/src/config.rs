@@ -78,7 +78,8 @@ pub struct NatsSection {
     pub ping_interval_secs: u64,
 }
 
-/// `[credentials]`, tagged by `type`. Only `toml-shared` exists today; any other type is
+/// `[credentials]`, tagged by `type`: `nkey` (the device's own key and an issued credential,
+/// adr/0016) or `toml-shared` (a password in this file: development only). Any other type is
 /// rejected when the file is read.
 #[derive(Clone, Deserialize)]
 #[serde(tag = "type", deny_unknown_fields)]
@@ -91,6 +92,16 @@ pub enum Credentials {
         /// NATS password.
         password: String,
     },
+    /// The device's own nkey (`<data_dir>/identity.nk`, created on first start) and the
+    /// credential the operator issued for it (`<data_dir>/credential.jwt`). Without a
+    /// credential the agent enrolls with the bootstrap identity.
+    #[serde(rename = "nkey")]
+    Nkey {
+        /// The shared bootstrap `.creds` file (it can only ask to enroll). Needed until the
+        /// device holds a credential.
+        #[serde(default)]
+        bootstrap_creds: Option<PathBuf>,
+    },
 }
 
 impl fmt::Debug for Credentials {
@@ -100,6 +111,10 @@ impl fmt::Debug for Credentials {
                 .debug_struct("TomlShared")
                 .field("user", user)
                 .field("password", &"<redacted>")
+                .finish(),
+            Credentials::Nkey { bootstrap_creds } => f
+                .debug_struct("Nkey")
+                .field("bootstrap_creds", bootstrap_creds)
                 .finish(),
         }
     }
@@ -362,6 +377,22 @@ containers_conf = \"/etc/c.conf\"
         );
         assert!(!format!("{config:?}").contains("s3cret"));
         assert_eq!(config.podman_options().root, Some(PathBuf::from("/tmp/r")));
+    }
+
+    #[test]
+    fn nkey_credentials_name_the_bootstrap_file() {
+        let config = parse(&format!(
+            "{MINIMAL}\n[credentials]\ntype = \"nkey\"\nbootstrap_creds = \"/etc/fleet/bootstrap.creds\"\n"
+        ))
+        .expect("nkey config is valid");
+        assert!(matches!(
+            &config.credentials,
+            Some(Credentials::Nkey { bootstrap_creds: Some(p) }) if p == Path::new("/etc/fleet/bootstrap.creds")
+        ));
+        let message = error_of(&format!(
+            "{MINIMAL}\n[credentials]\ntype = \"nkey\"\nseed = \"SU\"\n"
+        ));
+        assert!(message.contains("seed"), "{message}");
     }
 
     #[test]

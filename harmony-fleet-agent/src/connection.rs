@@ -15,6 +15,7 @@ use bytes::Bytes;
 use tokio::sync::watch;
 
 use crate::config::{Config, Credentials};
+use crate::identity::Credential;
 
 /// Header JetStream KV uses to mark deletes.
 const KV_OPERATION_HEADER: &str = "KV-Operation";
@@ -80,11 +81,21 @@ fn jittered_backoff(attempt: usize, max: Duration) -> Duration {
 
 impl Connection {
     /// Build the client and start connecting in the background. Returns at once.
-    pub async fn connect(config: &Config, inbox_prefix: &str) -> Result<Self, ConnectError> {
+    /// `credential`: the device's own credential (`[credentials] type = "nkey"`), read again
+    /// on every reconnect.
+    pub async fn connect(
+        config: &Config,
+        inbox_prefix: &str,
+        credential: Option<&Credential>,
+    ) -> Result<Self, ConnectError> {
         let (link_tx, link) = watch::channel(Link::default());
         let max_delay = Duration::from_millis(config.nats.reconnect_max_delay_ms);
         let device = config.agent.device_id.to_string();
-        let mut options = async_nats::ConnectOptions::new()
+        let base = match credential {
+            Some(credential) => credential.connect_options(),
+            None => async_nats::ConnectOptions::new(),
+        };
+        let mut options = base
             .name(format!("fleet-agent {device}"))
             .custom_inbox_prefix(inbox_prefix)
             .retry_on_initial_connect()

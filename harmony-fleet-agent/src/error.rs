@@ -15,6 +15,9 @@ pub enum Error {
     /// The data dir cannot be used.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The device key or credential cannot be used.
+    #[error(transparent)]
+    Identity(#[from] crate::identity::IdentityError),
     /// The NATS client cannot be set up.
     #[error(transparent)]
     Connect(#[from] ConnectError),

@@ -7,6 +7,7 @@
 //! |---|---|
 //! | [`config`] | the TOML configuration and its validation |
 //! | [`connection`] | the NATS client, link state, KV writes |
+//! | [`identity`] | the device key, its credential, enrollment and renewal |
 //! | [`watch`] | the desired-state watch (ordered consumer, re-created on every reconnect) |
 //! | [`deployments`] | held desired state (by KV revision), one worker per deployment |
 //! | [`reconcile`] | desired payload vs observed containers ⇒ plan ⇒ runtime calls |
@@ -28,6 +29,7 @@ pub mod config;
 pub mod connection;
 pub mod deployments;
 pub mod error;
+pub mod identity;
 pub mod inventory;
 pub mod logs_stream;
 pub mod reconcile;

@@ -23,6 +23,9 @@ struct Cli {
 enum Command {
     /// Run the agent (the default).
     Run,
+    /// Print this device's public key (creating the key in the data dir on first use), to
+    /// compare with the key an admin approves (`status.enrollment.requestedKey`).
+    Identity,
     /// Validate a configuration file without connecting to anything.
     CheckConfig {
         /// The file to check (defaults to --config / FLEET_AGENT_CONFIG).
@@ -39,9 +42,10 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    let identity_only = matches!(cli.command, Some(Command::Identity));
     let (path, check_only) = match cli.command {
         Some(Command::CheckConfig { path }) => (path.or(cli.config), true),
-        Some(Command::Run) | None => (cli.config, false),
+        Some(Command::Run | Command::Identity) | None => (cli.config, false),
     };
     let Some(path) = path else {
         eprintln!(
@@ -56,6 +60,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if identity_only {
+        return print_identity(&config);
+    }
     if check_only {
         println!("{}: ok (device {})", path.display(), config.agent.device_id);
         return ExitCode::SUCCESS;
@@ -81,6 +88,30 @@ fn main() -> ExitCode {
             }
         }
     })
+}
+
+/// `fleet-agent identity`: the public key, and the credential held if any.
+fn print_identity(config: &Config) -> ExitCode {
+    let data_dir = &config.agent.data_dir;
+    let key = match harmony_fleet_agent::identity::load_or_create_key(data_dir) {
+        Ok(key) => key,
+        Err(err) => {
+            eprintln!("fleet-agent: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("device:     {}", config.agent.device_id);
+    println!("public key: {}", key.public_key());
+    match harmony_fleet_agent::identity::load_credential(data_dir, &key) {
+        Some(_) => println!(
+            "credential: held ({})",
+            data_dir
+                .join(harmony_fleet_agent::identity::CREDENTIAL_FILE)
+                .display()
+        ),
+        None => println!("credential: none yet (the agent enrolls on start)"),
+    }
+    ExitCode::SUCCESS
 }
 
 /// Cancel `shutdown` on SIGTERM or SIGINT.

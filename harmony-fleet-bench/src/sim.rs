@@ -461,6 +461,7 @@ impl Fleet {
                 let connection = harmony_fleet_agent::connection::Connection::connect(
                     &agent,
                     &format!("_INBOX_{}_{k}", config.prefix),
+                    None,
                 )
                 .await
                 .map_err(|e| Error::nats("connecting an agent connection", e))?;

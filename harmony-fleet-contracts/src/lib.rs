@@ -7,7 +7,9 @@
 //! | module | holds |
 //! |---|---|
 //! | [`buckets`] | the four KV bucket names and how to create them ([`BucketSpec`]) |
+//! | [`identity`] | device credentials (JWT claims from the permission template) and enrollment |
 //! | [`ids`] | [`DeviceId`], [`DeploymentName`]: validated at every entry point, serde included |
+//! | [`jwt`] | NATS JWT v2: operator, account and user claims, signed and verified with nkeys |
 //! | [`keys`] | key builders/parsers, watch patterns, command subjects |
 //! | [`payload`] | the Score payload [`ReconcileScore`] (`PodmanV0`) and its validation |
 //! | [`canonical`] | deterministic JSON and the [`ContentHash`] of a payload |
@@ -20,6 +22,7 @@
 //! | [`permissions`] | per-device and operator NATS permission templates |
 //! | [`jetstream`] | the JetStream API subjects behind KV operations |
 //! | [`subject`] | NATS subject syntax and the `*`/`>` matcher |
+//! | [`trust`] | the operator-mode chain of trust: operator, system and fleet accounts, their JWTs |
 //! | [`validation`] | field-path validation errors |
 //!
 //! Compatibility rule: names are frozen (golden tests pin them); payloads evolve additively,
@@ -30,8 +33,10 @@ pub mod canonical;
 pub mod commands;
 pub mod device;
 pub mod heartbeat;
+pub mod identity;
 pub mod ids;
 pub mod jetstream;
+pub mod jwt;
 pub mod keys;
 pub mod notice;
 pub mod payload;
@@ -39,6 +44,7 @@ pub mod permissions;
 pub mod sessions;
 pub mod state;
 pub mod subject;
+pub mod trust;
 pub mod validation;
 
 pub use buckets::{BucketSpec, Writer};

@@ -10,6 +10,7 @@
 //! | read its desired-state index | `$JS.API.DIRECT.GET.KV_desired-state.$KV.desired-state.<d>` ([`crate::notice`]) |
 //! | read its own keys | `$JS.API.DIRECT.GET.KV_<bucket>.$KV.<bucket>.<own key or pattern>` |
 //! | answer commands | `allow_responses` |
+//! | renew its credential | `device-identity.<d>.renew` ([`crate::identity`]) |
 //!
 //! Subscribe: its own inbox prefix `_INBOX_<d>.>` ([`device_inbox_prefix`]; the agent sets
 //! `ConnectOptions::custom_inbox_prefix`), `device-commands.<d>.>`, and its change notices
@@ -31,6 +32,7 @@
 use serde::Serialize;
 
 use crate::buckets::{self, DESIRED_STATE, DEVICE_HEARTBEAT, DEVICE_INFO, DEVICE_STATE};
+use crate::identity;
 use crate::ids::{DeploymentName, DeviceId};
 use crate::jetstream;
 use crate::keys;
@@ -105,6 +107,7 @@ pub fn device_permissions(device: &DeviceId) -> Permissions {
         jetstream::direct_get(DEVICE_INFO, &own_info),
         jetstream::direct_get(DEVICE_STATE, &own_states),
         jetstream::direct_get(DEVICE_HEARTBEAT, &own_heartbeat),
+        identity::renew_subject(device),
     ];
 
     Permissions {
@@ -158,9 +161,15 @@ pub fn operator_permissions() -> Permissions {
     Permissions {
         publish: SubjectList { allow: publish },
         subscribe: SubjectList {
-            allow: vec![format!("{DEFAULT_INBOX_PREFIX}.>")],
+            allow: vec![
+                format!("{DEFAULT_INBOX_PREFIX}.>"),
+                identity::ENROLL_SUBJECT.to_owned(),
+                identity::RENEW_ALL.to_owned(),
+            ],
         },
-        allow_responses: false,
+        // Answers enrollment and renewal requests (their reply subjects are the requesters'
+        // inboxes, which the operator may not publish to otherwise).
+        allow_responses: true,
     }
 }
 
@@ -258,6 +267,11 @@ pub fn agent_subject_uses(
             "get own heartbeat",
         ),
         own(
+            Publish,
+            identity::renew_subject(device),
+            "renew its credential",
+        ),
+        own(
             Subscribe,
             format!("{inbox_prefix}.>"),
             "receive replies (wildcard inbox subscription)",
@@ -299,7 +313,7 @@ mod tests {
         assert!(json["publish"]["allow"].is_array());
         assert!(json["subscribe"]["allow"].is_array());
         assert_eq!(json["allow_responses"], true);
-        let json = serde_json::to_value(operator_permissions()).unwrap();
+        let json = serde_json::to_value(identity::bootstrap_permissions()).unwrap();
         assert!(json.get("allow_responses").is_none());
     }
 

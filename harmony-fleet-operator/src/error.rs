@@ -64,6 +64,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// Signing or reading a NATS credential (JWT) failed.
+    #[error("NATS credential: {context}: {source}")]
+    Credential {
+        /// What the operator was doing.
+        context: String,
+        /// The JWT error.
+        #[source]
+        source: harmony_fleet_contracts::jwt::JwtError,
+    },
     /// A deadline passed.
     #[error("{what} did not finish within {after:?}")]
     Timeout {
@@ -78,6 +87,17 @@ impl Error {
     /// Wraps a kube error with what the operator was doing.
     pub fn kube(context: impl Into<String>, source: kube::Error) -> Self {
         Self::Kube {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Wraps a JWT error with what the operator was doing.
+    pub fn credential(
+        context: impl Into<String>,
+        source: harmony_fleet_contracts::jwt::JwtError,
+    ) -> Self {
+        Self::Credential {
             context: context.into(),
             source,
         }

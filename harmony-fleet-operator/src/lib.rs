@@ -12,6 +12,7 @@
 //! | [`labels`] | pure: which labels target a device (reported, protected prefixes, set by people) |
 //! | [`kv`] | NATS adapter: buckets, ordered watches, the `desired-state` writer |
 //! | [`registry`] | `Device` resources by server-side apply |
+//! | [`identity`] | device credentials: enrollment, renewal, revocation (NATS JWTs) |
 //! | [`controller`] | the reconcile loop tying it all together |
 //! | [`commands`] | `ping` / `exec` / `logs` client |
 //! | [`metrics`], [`http`] | Prometheus metrics, `/healthz`, `/readyz`, `/metrics` |
@@ -29,6 +30,7 @@ pub mod crd;
 pub mod device_index;
 pub mod error;
 pub mod http;
+pub mod identity;
 pub mod index;
 pub mod kv;
 pub mod labels;

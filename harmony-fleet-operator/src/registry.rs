@@ -192,7 +192,12 @@ async fn seed(api: &Api<Device>) -> HashMap<DeviceId, Written> {
                     // counting them would re-apply every such device at each start.
                     labels: owned_labels(&device.metadata),
                     inventory: device.spec.inventory.clone(),
-                    status: device.status.clone().unwrap_or_default(),
+                    // `enrollment` belongs to the identity service (its own field manager):
+                    // the registry never applies it.
+                    status: DeviceStatus {
+                        enrollment: None,
+                        ..device.status.clone().unwrap_or_default()
+                    },
                 },
             );
         }
@@ -403,6 +408,7 @@ mod tests {
                 last_heartbeat: Some(ts(last).to_string()),
                 online,
                 conditions: Vec::new(),
+                enrollment: None,
             },
         }
     }

@@ -612,7 +612,8 @@ fn device_permission_template_is_pinned() {
                 "$JS.API.DIRECT.GET.KV_desired-state.$KV.desired-state.pi-1.>",
                 "$JS.API.DIRECT.GET.KV_device-info.$KV.device-info.info.pi-1",
                 "$JS.API.DIRECT.GET.KV_device-state.$KV.device-state.state.pi-1.>",
-                "$JS.API.DIRECT.GET.KV_device-heartbeat.$KV.device-heartbeat.heartbeat.pi-1"
+                "$JS.API.DIRECT.GET.KV_device-heartbeat.$KV.device-heartbeat.heartbeat.pi-1",
+                "device-identity.pi-1.renew"
             ]},
             "subscribe": {"allow": [
                 "_INBOX_pi-1.>",
@@ -620,6 +621,24 @@ fn device_permission_template_is_pinned() {
                 "desired-notify.pi-1"
             ]},
             "allow_responses": true
+        })
+    );
+}
+
+#[test]
+fn identity_names_are_pinned() {
+    use harmony_fleet_contracts::identity::{
+        BOOTSTRAP_INBOX_PREFIX, ENROLL_SUBJECT, RENEW_ALL, renew_subject,
+    };
+    assert_eq!(ENROLL_SUBJECT, "device-enroll");
+    assert_eq!(BOOTSTRAP_INBOX_PREFIX, "_ENROLL_INBOX");
+    assert_eq!(renew_subject(&device()), "device-identity.pi-1.renew");
+    assert_eq!(RENEW_ALL, "device-identity.*.renew");
+    assert_eq!(
+        serde_json::to_value(harmony_fleet_contracts::identity::bootstrap_permissions()).unwrap(),
+        json!({
+            "publish": {"allow": ["device-enroll"]},
+            "subscribe": {"allow": ["_ENROLL_INBOX.>"]}
         })
     );
 }

@@ -36,6 +36,16 @@ use serde::{Deserialize, Serialize};
     doc = "A device of the fleet, as its agent reports it. Written by the operator.",
     printcolumn(name = "Online", type_ = "boolean", json_path = ".status.online"),
     printcolumn(
+        name = "Enrollment",
+        type_ = "string",
+        json_path = ".status.enrollment.phase"
+    ),
+    printcolumn(
+        name = "Requested Key",
+        type_ = "string",
+        json_path = ".status.enrollment.requestedKey"
+    ),
+    printcolumn(
         name = "Agent Version",
         type_ = "string",
         json_path = ".status.agentVersion"
@@ -56,6 +66,14 @@ pub struct DeviceSpec {
     /// Hardware and OS facts.
     #[serde(default)]
     pub inventory: Inventory,
+    /// The device's approved NATS public key (`U…`, as `fleet-agent identity` prints
+    /// on the device). Set by an admin to approve an enrollment — the key is shown as
+    /// `status.enrollment.requestedKey` — or to re-key a device; the operator then issues a
+    /// credential for this key only, and revokes the one it issued for any earlier key:
+    /// `kubectl patch fleetdev pi-1 --type merge -p '{"spec":{"publicKey":"U…"}}'`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.size() == 56 && self.startsWith('U')").message("publicKey must be a NATS user public key: 56 characters starting with U, as `fleet-agent identity` prints"))]
+    pub public_key: Option<String>,
 }
 
 /// Hardware and OS facts of a device (the `inventory` of its `device-info`).
@@ -118,6 +136,52 @@ pub struct DeviceStatus {
     /// `k8s.io/`); they are ignored for targeting. Set such labels with `kubectl label`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The device's credential: requested, issued, revoked. Written by the operator's identity
+    /// service only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment: Option<Enrollment>,
+}
+
+/// Where a device's credential stands.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Enrollment {
+    /// `Pending` (asked to join; approve by setting `spec.publicKey`), `Enrolled` (a
+    /// credential was issued), `Revoked` (blacklisted: its credential no longer connects).
+    pub phase: EnrollmentPhase,
+    /// The key of the pending request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_key: Option<String>,
+    /// When the pending request arrived (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested_at: Option<String>,
+    /// The key of the last credential issued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_key: Option<String>,
+    /// When the last credential was issued, seconds since the epoch (revocations compare
+    /// against it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_at: Option<i64>,
+    /// When the last credential expires (RFC 3339); the agent renews before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// The last refused request, with why (e.g. the same id with another key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_refusal: Option<String>,
+}
+
+/// Phase of a device's [`Enrollment`].
+#[derive(
+    schemars::JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq,
+)]
+pub enum EnrollmentPhase {
+    /// Asked to join, not approved yet.
+    #[default]
+    Pending,
+    /// A credential was issued.
+    Enrolled,
+    /// Its credential was revoked (blacklisted).
+    Revoked,
 }
 
 /// Condition type on a `Device` saying whether its reported labels were all accepted.

@@ -26,9 +26,28 @@ pub struct NatsAuthConfig {
     /// The user whose identity unauthenticated connections get.
     #[serde(default)]
     pub no_auth_user: Option<String>,
-    /// The account used for system events (`$SYS` requests), if any.
+    /// The account used for system events (`$SYS` requests), if any. In operator mode, the
+    /// system account's public key.
     #[serde(default)]
     pub system_account: Option<String>,
+    /// Decentralized authentication: trust every account JWT signed by this operator, and every
+    /// user JWT signed by such an account. Excludes `accounts`, `users` and `no_auth_user`:
+    /// identities live in JWTs, not in this file.
+    #[serde(default)]
+    pub operator: Option<NatsOperatorTrust>,
+}
+
+/// Operator mode with a `full` account resolver: account JWTs are stored in a directory next
+/// to the JetStream store and updated at run time by system-account requests
+/// (`$SYS.REQ.CLAIMS.UPDATE`), so adding a user or revoking one never changes this file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NatsOperatorTrust {
+    /// The operator JWT (self-signed), inlined.
+    pub jwt: String,
+    /// Account JWTs the resolver starts with, by account public key (at least the system
+    /// account's). A stored JWT that is newer wins over a preloaded one.
+    pub preload: Vec<(String, String)>,
 }
 
 /// One account: its own subject space (and JetStream if enabled).
@@ -187,13 +206,48 @@ impl ServerConfig<'_> {
             );
         }
         if let Some(auth) = self.auth {
-            render_auth(&mut out, auth)?;
+            render_auth(&mut out, auth, self.store_dir)?;
         }
         Ok(out)
     }
 }
 
-fn render_auth(out: &mut String, auth: &NatsAuthConfig) -> Result<()> {
+/// `max_control_line` in operator mode (bytes).
+pub const OPERATOR_MODE_MAX_CONTROL_LINE: usize = 64 * 1024;
+
+fn render_operator(out: &mut String, trust: &NatsOperatorTrust, store_dir: &Path) -> Result<()> {
+    let resolver_dir = store_dir.parent().unwrap_or(store_dir).join("resolver");
+    let _ = writeln!(out, "operator: {}", quote(&trust.jwt));
+    // A client's CONNECT line carries its JWT, permissions included: a service user's JWT
+    // outgrows nats-server's 4 KiB default.
+    let _ = writeln!(out, "max_control_line: {OPERATOR_MODE_MAX_CONTROL_LINE}");
+    let _ = writeln!(
+        out,
+        "resolver {{\n  type: full\n  dir: {}\n  allow_delete: false\n  interval: \"2m\"\n  timeout: \"5s\"\n}}",
+        quote(&resolver_dir.display().to_string())
+    );
+    if !trust.preload.is_empty() {
+        out.push_str("resolver_preload {\n");
+        for (account, jwt) in &trust.preload {
+            check_name("account", account)?;
+            let _ = writeln!(out, "  {}: {}", quote(account), quote(jwt));
+        }
+        out.push_str("}\n");
+    }
+    Ok(())
+}
+
+fn render_auth(out: &mut String, auth: &NatsAuthConfig, store_dir: &Path) -> Result<()> {
+    if let Some(trust) = &auth.operator {
+        if !auth.accounts.is_empty() || !auth.users.is_empty() || auth.no_auth_user.is_some() {
+            return Err(LocalError::Config(
+                "nats auth: `operator` (JWT trust) excludes `accounts`, `users` and `noAuthUser`: \
+                 issue those identities as JWTs instead"
+                    .into(),
+            ));
+        }
+        render_operator(out, trust, store_dir)?;
+    }
     if !auth.accounts.is_empty() {
         out.push_str("accounts {\n");
         for account in &auth.accounts {
@@ -312,6 +366,7 @@ mod tests {
             users: vec![],
             no_auth_user: None,
             system_account: None,
+            operator: None,
         };
         let text = ServerConfig {
             host: "127.0.0.1",
@@ -366,6 +421,45 @@ mod tests {
         .render()
         .expect_err("invalid");
         assert!(err.to_string().contains("\"a b\""), "{err}");
+    }
+
+    #[test]
+    fn renders_operator_trust_with_a_full_resolver_beside_the_store() {
+        let auth = NatsAuthConfig {
+            system_account: Some("ASYS".into()),
+            operator: Some(NatsOperatorTrust {
+                jwt: "eyJop".into(),
+                preload: vec![("ASYS".into(), "eyJsys".into())],
+            }),
+            ..NatsAuthConfig::default()
+        };
+        let config = |auth: &NatsAuthConfig| {
+            ServerConfig {
+                host: "127.0.0.1",
+                server_name: "n1",
+                port: 4222,
+                monitor_port: 8222,
+                store_dir: Path::new("/data/jetstream"),
+                cluster: None,
+                auth: Some(auth),
+            }
+            .render()
+        };
+        let text = config(&auth).expect("render");
+        assert!(text.contains(r#"operator: "eyJop""#), "{text}");
+        assert!(
+            text.contains("type: full\n  dir: \"/data/resolver\""),
+            "{text}"
+        );
+        assert!(text.contains(r#""ASYS": "eyJsys""#), "{text}");
+        assert!(text.contains(r#"system_account: "ASYS""#), "{text}");
+
+        let mixed = NatsAuthConfig {
+            users: vec![device_user()],
+            ..auth
+        };
+        let err = config(&mixed).expect_err("operator and users");
+        assert!(err.to_string().contains("as JWTs"), "{err}");
     }
 
     #[test]
