@@ -55,7 +55,7 @@ pub enum BenchCommand {
     Plot,
     /// (internal) Run the operator, exactly like `harmony-fleet-operator run`.
     #[command(hide = true)]
-    Operator(harmony_fleet_operator::config::RunArgs),
+    Operator(Box<harmony_fleet_operator::config::RunArgs>),
 }
 
 /// `scale`.
@@ -180,7 +180,7 @@ pub async fn run(cli: BenchCli) -> Result<()> {
     let out = cli.out;
     match cli.command {
         Some(BenchCommand::Operator(args)) => {
-            let config = harmony_fleet_operator::config::Config::try_from(args)?;
+            let config = harmony_fleet_operator::config::Config::try_from(*args)?;
             harmony_fleet_operator::run(config).await?;
         }
         Some(BenchCommand::Plot) => {

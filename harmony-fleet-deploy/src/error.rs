@@ -64,6 +64,15 @@ pub enum DeployError {
         device: String,
     },
 
+    /// The fleet's chain of trust (NATS JWTs, adr/0016) could not be made or read.
+    #[error(
+        "fleet trust: {reason}; `harmony-fleet-deploy local down` and `local up` create a new one"
+    )]
+    Trust {
+        /// What failed.
+        reason: String,
+    },
+
     /// A local harness operation (processes, device networks, state files) failed.
     #[error(transparent)]
     Local(#[from] harmony::local::LocalError),

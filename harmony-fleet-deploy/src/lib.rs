@@ -13,7 +13,8 @@
 //! cluster) — and for no other: running one elsewhere does not compile.
 //!
 //! Modules: [`nats`], [`operator`], [`agent`], [`server`] hold the Scores; [`credentials`] the
-//! NATS identities they share; [`binaries`] where the fleet binaries are found; [`wait`] the
+//! NATS identities they share (passwords: the cluster path, a development mode); [`trust`] the
+//! local fleet's JWT chain of trust; [`binaries`] where the fleet binaries are found; [`wait`] the
 //! deadline polling every smoke test uses; [`k8s`] applying and checking cluster objects;
 //! [`error`] what goes wrong; [`local`] the local fleet `local up`/`down`/`status` manage.
 
@@ -26,6 +27,7 @@ pub mod local;
 pub mod nats;
 pub mod operator;
 pub mod server;
+pub mod trust;
 pub mod wait;
 
 pub use agent::{FleetAgentScore, FleetAgentTarget, LocalAgent, PodAgent};

@@ -25,7 +25,7 @@ async fn run(
         .await
 }
 
-fn fleet(devices: usize) -> LocalFleet {
+fn fleet_of(devices: usize) -> LocalFleet {
     let mut fleet = LocalFleet::with_devices(devices).expect("fleet");
     fleet.heartbeat_interval_secs = 2;
     fleet.operator.smoke_timeout = Duration::from_secs(60);
@@ -41,7 +41,7 @@ async fn every_local_score_converges_and_a_second_run_changes_nothing() {
     };
     let topology = LocalTopology::new(dir.path(), SupervisionMode::Owned).expect("topology");
     topology.ensure_ready().await.expect("control plane");
-    let fleet = fleet(2);
+    let fleet = fleet_of(2);
     for score in fleet.scores() {
         let outcome = run(score.as_ref(), &topology)
             .await
@@ -78,6 +78,35 @@ async fn every_local_score_converges_and_a_second_run_changes_nothing() {
             "{name} runs"
         );
     }
+
+    // Enrolling a third device on the running fleet (`local up --devices 3`): it gets its own
+    // key approved and heartbeats, and neither nats-server nor the operator restarts.
+    let pid = |name: &str| topology.process_status(name).map(|s| s.pid);
+    let nats_pid = pid("nats-1");
+    let operator_pid = pid(harmony_fleet_deploy::operator::local::PROCESS);
+    let bigger = fleet_of(3);
+    for score in bigger.scores() {
+        run(score.as_ref(), &topology)
+            .await
+            .unwrap_or_else(|e| panic!("{} with 3 devices failed: {}", score.name(), e.chain()));
+    }
+    assert!(nats_pid.is_some());
+    assert_eq!(pid("nats-1"), nats_pid, "nats-server was not restarted");
+    assert_eq!(
+        pid(harmony_fleet_deploy::operator::local::PROCESS),
+        operator_pid,
+        "the operator was not restarted"
+    );
+    let seed = dir
+        .path()
+        .join("devices/local-3/data")
+        .join(harmony_fleet_agent::identity::SEED_FILE);
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(&seed)
+        .expect("device seed")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "{}", seed.display());
 }
 
 #[tokio::test]
@@ -103,7 +132,7 @@ async fn a_busy_port_is_an_error_naming_the_fix() {
 async fn components_deployed_before_nats_say_to_deploy_nats_first() {
     let dir = tempfile::tempdir().expect("tempdir");
     let topology = LocalTopology::new(dir.path(), SupervisionMode::Owned).expect("topology");
-    let fleet = fleet(1);
+    let fleet = fleet_of(1);
     let agent = fleet.agent_score(&fleet.devices[0]);
     let err = run(&agent, &topology)
         .await

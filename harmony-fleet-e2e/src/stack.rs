@@ -28,9 +28,9 @@ use harmony_fleet_agent::runtime::LABEL_DEPLOYMENT;
 use harmony_fleet_contracts::DeviceId;
 use harmony_fleet_contracts::buckets::DESIRED_STATE;
 use harmony_fleet_deploy::agent::local as agent_local;
-use harmony_fleet_deploy::credentials::FleetCredentials;
 use harmony_fleet_deploy::local::{self, LocalDevice, LocalFleet};
-use harmony_fleet_deploy::nats::{NatsEndpoint, NatsReplicas, local_credentials_path, smoke};
+use harmony_fleet_deploy::nats::{NatsEndpoint, NatsReplicas, smoke};
+use harmony_fleet_deploy::trust::LocalTrust;
 use harmony_fleet_operator::commands::CommandsClient;
 use tokio::sync::{OnceCell, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -62,8 +62,8 @@ pub struct Stack {
     pub kube: kube::Client,
     /// Admin NATS client.
     pub nats: async_nats::Client,
-    /// NATS identities.
-    pub credentials: FleetCredentials,
+    /// The fleet's chain of trust (NATS JWTs).
+    pub trust: LocalTrust,
     /// NATS URLs.
     pub endpoint: NatsEndpoint,
     /// How long bring-up took.
@@ -155,9 +155,8 @@ impl Stack {
         let pruned = namespace::prune(&kube).await?;
         let state = topology.state_dir().to_owned();
         let endpoint = NatsEndpoint::load_local(&state)?;
-        let (credentials, _) =
-            FleetCredentials::load_or_create(&local_credentials_path(&state), &[])?;
-        let nats = smoke::connect(&endpoint.urls, &credentials.admin, Default::default()).await?;
+        let (trust, _) = LocalTrust::load_or_create(&state)?;
+        let nats = smoke::connect(&endpoint.urls, &trust.admin()?, Default::default()).await?;
         let bring_up = started.elapsed();
         eprintln!(
             "e2e: {} up in {:.1}s (control plane {:.1}s, {} device(s), {} NATS server(s), {pruned} stale namespace(s) pruned); state and logs in {}",
@@ -174,10 +173,23 @@ impl Stack {
             state_dir: state,
             kube,
             nats,
-            credentials,
+            trust,
             endpoint,
             bring_up,
             faults: RwLock::new(()),
+        })
+    }
+
+    /// The NATS identity `device` enrolled with: the credential the operator issued and the
+    /// seed the agent created, read from the device's data dir.
+    pub fn device_identity(&self, device: &DeviceId) -> anyhow::Result<smoke::NatsIdentity> {
+        let data = agent_local::device_dir(&self.state_dir, device).join("data");
+        let seed = std::fs::read_to_string(data.join(harmony_fleet_agent::identity::SEED_FILE))?;
+        let jwt =
+            std::fs::read_to_string(data.join(harmony_fleet_agent::identity::CREDENTIAL_FILE))?;
+        Ok(smoke::NatsIdentity::Creds {
+            name: device.to_string(),
+            creds: harmony_fleet_contracts::jwt::creds_file(jwt.trim(), seed.trim()),
         })
     }
 

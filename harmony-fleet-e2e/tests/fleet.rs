@@ -643,8 +643,9 @@ async fn invalid_input() {
         "the reason names the image: {reason}"
     );
 
-    let login = stack.credentials.device(d1).expect("enrolled");
-    smoke::device_is_isolated(&stack.endpoint.urls, d1, &login)
+    // As d1, with the credential it enrolled for and its own seed (this host is the device).
+    let identity = stack.device_identity(d1).expect("enrolled");
+    smoke::device_is_isolated(&stack.endpoint.urls, d1, &identity)
         .await
         .expect("a device cannot read another device's keys");
 }

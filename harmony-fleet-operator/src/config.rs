@@ -1,6 +1,7 @@
 //! Command line and environment: clap arguments, validated into a typed [`Config`].
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -85,7 +86,7 @@ pub struct ServeWebArgs {
     pub mock: bool,
     /// Serve the stylesheet from this file instead of the embedded one (restyling).
     #[arg(long, value_name = "PATH")]
-    pub css_from: Option<std::path::PathBuf>,
+    pub css_from: Option<PathBuf>,
     /// Reload open tabs when the server restarts (development).
     #[arg(long)]
     pub live_reload: bool,
@@ -126,6 +127,21 @@ pub struct RunArgs {
     /// NATS password (prefer the environment variable over the flag).
     #[arg(long, env = "FLEET_NATS_PASSWORD", hide_env_values = true)]
     pub nats_password: Option<String>,
+    /// NATS `.creds` file (user JWT and seed) of the operator, when nats-server runs in
+    /// operator mode (adr/0016). Excludes --nats-user.
+    #[arg(long, env = "FLEET_NATS_CREDS")]
+    pub nats_creds: Option<PathBuf>,
+    /// Issue device credentials: the signer file (JSON: fleetAccount, fleetSigning,
+    /// operatorSigning) harmony-fleet-deploy wrote. Turns the identity service on: enrollment,
+    /// renewal and revocation (needs --identity-system-creds).
+    #[arg(long, env = "FLEET_IDENTITY_SIGNER")]
+    pub identity_signer: Option<PathBuf>,
+    /// `.creds` of the system-account user that pushes the fleet account's revocations.
+    #[arg(long, env = "FLEET_IDENTITY_SYSTEM_CREDS")]
+    pub identity_system_creds: Option<PathBuf>,
+    /// Lifetime of issued device credentials, in seconds (agents renew at two thirds).
+    #[arg(long, env = "FLEET_CREDENTIAL_LIFETIME_SECS", default_value_t = 30 * 24 * 3600)]
+    pub credential_lifetime_secs: u64,
     /// Only reconcile Deployments of this namespace (default: every namespace).
     #[arg(long, env = "FLEET_NAMESPACE")]
     pub namespace: Option<String>,
@@ -162,6 +178,19 @@ pub struct NatsConfig {
     pub urls: Vec<String>,
     /// User and password, when the server requires them.
     pub credentials: Option<(String, String)>,
+    /// A `.creds` file (operator mode), instead of user and password.
+    pub creds_file: Option<PathBuf>,
+}
+
+/// The identity service's settings (`--identity-signer`).
+#[derive(Clone, Debug)]
+pub struct IdentityConfig {
+    /// The signer seeds file.
+    pub signer: PathBuf,
+    /// The system user's `.creds` file.
+    pub system_creds: PathBuf,
+    /// Lifetime of issued credentials.
+    pub lifetime: Duration,
 }
 
 /// Validated operator configuration.
@@ -183,6 +212,8 @@ pub struct Config {
     pub device_resources: bool,
     /// The dashboard, when `--web-listen` is set.
     pub web: Option<WebConfig>,
+    /// Device credentials, when `--identity-signer` is set.
+    pub identity: Option<IdentityConfig>,
 }
 
 /// Where and for whom `run` serves the dashboard.
@@ -201,6 +232,7 @@ impl Config {
             nats: NatsConfig {
                 urls: vec![url.into()],
                 credentials: None,
+                creds_file: None,
             },
             namespace: None,
             heartbeat_timeout: Duration::from_secs(90),
@@ -209,6 +241,7 @@ impl Config {
             create_buckets: false,
             device_resources: true,
             web: None,
+            identity: None,
         }
     }
 }
@@ -221,6 +254,10 @@ impl TryFrom<RunArgs> for Config {
             nats_urls,
             nats_user,
             nats_password,
+            nats_creds,
+            identity_signer,
+            identity_system_creds,
+            credential_lifetime_secs,
             namespace,
             heartbeat_timeout_secs,
             last_seen_refresh_secs,
@@ -255,13 +292,47 @@ impl TryFrom<RunArgs> for Config {
                 ));
             }
         };
+        if credentials.is_some() && nats_creds.is_some() {
+            return Err(Error::Config(
+                "--nats-creds and --nats-user are both set: a server in operator mode takes the .creds file only".into(),
+            ));
+        }
+        let identity = match (identity_signer, identity_system_creds) {
+            (Some(signer), Some(system_creds)) => {
+                if credential_lifetime_secs < 60 {
+                    return Err(Error::Config(
+                        "--credential-lifetime-secs must be at least 60".into(),
+                    ));
+                }
+                Some(IdentityConfig {
+                    signer,
+                    system_creds,
+                    lifetime: Duration::from_secs(credential_lifetime_secs),
+                })
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(Error::Config(
+                    "--identity-signer is set but --identity-system-creds / FLEET_IDENTITY_SYSTEM_CREDS is not: the operator needs the system user to push revocations".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(Error::Config(
+                    "--identity-system-creds is set but --identity-signer / FLEET_IDENTITY_SIGNER is not".into(),
+                ));
+            }
+        };
         if heartbeat_timeout_secs == 0 {
             return Err(Error::Config(
                 "--heartbeat-timeout-secs must be at least 1".into(),
             ));
         }
         Ok(Self {
-            nats: NatsConfig { urls, credentials },
+            nats: NatsConfig {
+                urls,
+                credentials,
+                creds_file: nats_creds,
+            },
             namespace: namespace.filter(|n| !n.is_empty()),
             heartbeat_timeout: Duration::from_secs(heartbeat_timeout_secs),
             last_seen_refresh: Duration::from_secs(last_seen_refresh_secs.max(1)),
@@ -272,6 +343,7 @@ impl TryFrom<RunArgs> for Config {
                 listen,
                 access: web_access,
             }),
+            identity,
         })
     }
 }
@@ -324,6 +396,32 @@ mod tests {
             config.web.map(|w| w.listen),
             Some("0.0.0.0:8081".parse().unwrap())
         );
+    }
+
+    #[test]
+    fn identity_needs_both_files() {
+        let cli = parse(&["run", "--identity-signer", "/s.json"]);
+        let Some(Command::Run(args)) = cli.command else {
+            panic!("run subcommand");
+        };
+        let err = Config::try_from(args).expect_err("invalid").to_string();
+        assert!(err.contains("FLEET_IDENTITY_SYSTEM_CREDS"), "{err}");
+        let cli = parse(&[
+            "run",
+            "--identity-signer",
+            "/s.json",
+            "--identity-system-creds",
+            "/sys.creds",
+            "--nats-creds",
+            "/op.creds",
+        ]);
+        let Some(Command::Run(args)) = cli.command else {
+            panic!("run subcommand");
+        };
+        let config = Config::try_from(args).expect("valid");
+        let identity = config.identity.expect("identity on");
+        assert_eq!(identity.lifetime, Duration::from_secs(30 * 24 * 3600));
+        assert_eq!(config.nats.creds_file, Some(PathBuf::from("/op.creds")));
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client> {
     if let Some((user, password)) = &config.credentials {
         options = options.user_and_password(user.clone(), password.clone());
     }
+    if let Some(path) = &config.creds_file {
+        options = with_creds_file(options, path)?;
+    }
     let addrs = config
         .urls
         .iter()
@@ -60,6 +63,25 @@ pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client> {
         .connect(addrs)
         .await
         .map_err(|e| Error::nats(format!("connecting to {}", config.urls.join(",")), e))
+}
+
+/// `options` authenticating with the `.creds` file at `path`.
+pub fn with_creds_file(
+    options: async_nats::ConnectOptions,
+    path: &std::path::Path,
+) -> Result<async_nats::ConnectOptions> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::Config(format!(
+            "reading the NATS credentials file {}: {e}",
+            path.display()
+        ))
+    })?;
+    options.credentials(&text).map_err(|e| {
+        Error::Config(format!(
+            "NATS credentials file {} is not a .creds file: {e}",
+            path.display()
+        ))
+    })
 }
 
 /// The four fleet buckets.

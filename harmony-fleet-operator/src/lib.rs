@@ -74,6 +74,22 @@ pub async fn run(config: Config) -> Result<()> {
     });
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     let dashboard = start_dashboard(&config, &nats, &client).await?;
+    let _identity = match &config.identity {
+        Some(identity) => {
+            let service = identity::IdentityService::from_config(
+                identity,
+                &config.nats.urls,
+                nats.clone(),
+                client.clone(),
+            )
+            .await?;
+            tracing::info!(
+                "identity service on: enrollment, renewal and revocation of device credentials"
+            );
+            Some(service)
+        }
+        None => None,
+    };
     let operator = start(config, client, nats, metrics, readiness).await?;
     let result = tokio::select! {
         r = operator.wait() => r,

@@ -20,10 +20,22 @@ pub struct AgentConfig {
     pub nats_urls: Vec<String>,
     /// `[labels]`.
     pub labels: BTreeMap<String, String>,
-    /// `[credentials]` (toml-shared).
-    pub login: Login,
+    /// `[credentials]`.
+    pub credentials: AgentCredentials,
     /// `[podman]` root, runroot, tmpdir, containers_conf, network_namespace.
     pub podman: BTreeMap<&'static str, PathBuf>,
+}
+
+/// How the agent authenticates.
+#[derive(Debug, Clone)]
+pub enum AgentCredentials {
+    /// `toml-shared`: a password in the file (the cluster path's development mode).
+    Password(Login),
+    /// `nkey`: the device's own key, enrolling with the bootstrap identity (adr/0016).
+    Nkey {
+        /// The bootstrap `.creds` file.
+        bootstrap_creds: PathBuf,
+    },
 }
 
 fn quote(s: &str) -> String {
@@ -53,11 +65,17 @@ impl AgentConfig {
         for (key, value) in &self.labels {
             out.push_str(&format!("{} = {}\n", quote(key), quote(value)));
         }
-        out.push_str(&format!(
-            "\n[credentials]\ntype = \"toml-shared\"\nuser = {}\npassword = {}\n",
-            quote(&self.login.user),
-            quote(&self.login.password)
-        ));
+        match &self.credentials {
+            AgentCredentials::Password(login) => out.push_str(&format!(
+                "\n[credentials]\ntype = \"toml-shared\"\nuser = {}\npassword = {}\n",
+                quote(&login.user),
+                quote(&login.password)
+            )),
+            AgentCredentials::Nkey { bootstrap_creds } => out.push_str(&format!(
+                "\n[credentials]\ntype = \"nkey\"\nbootstrap_creds = {}\n",
+                quote(&bootstrap_creds.display().to_string())
+            )),
+        }
         if !self.podman.is_empty() {
             out.push_str("\n[podman]\n");
             for (key, path) in &self.podman {

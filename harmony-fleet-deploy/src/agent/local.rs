@@ -19,13 +19,19 @@ use harmony_fleet_contracts::{DeviceId, Heartbeat, keys};
 use jiff::Timestamp;
 use sha2::{Digest, Sha256};
 
-use super::config::AgentConfig;
+use super::config::{AgentConfig, AgentCredentials};
 use super::{FleetAgentScore, LocalAgent};
 use crate::binaries;
-use crate::credentials::{FleetCredentials, write_private};
+use crate::credentials::write_private;
 use crate::error::DeployError;
-use crate::nats::{NatsEndpoint, local_credentials_path, smoke};
+use crate::nats::smoke::NatsIdentity;
+use crate::nats::{NatsEndpoint, smoke};
+use crate::trust::LocalTrust;
 use crate::wait::{self, Poll};
+use harmony::capability::K8sClient;
+use harmony_fleet_operator::crd::Device;
+use kube::Api;
+use kube::api::{Patch, PatchParams};
 
 /// The supervisor's name for the agent of `device`.
 pub fn process_name(device: &DeviceId) -> String {
@@ -89,12 +95,7 @@ pub(super) async fn deploy(
     let state = topology.state_dir().to_owned();
     let device = &score.device_id;
     let endpoint = NatsEndpoint::load_local(&state)?;
-    let (credentials, _) = FleetCredentials::load_or_create(&local_credentials_path(&state), &[])?;
-    let login = credentials
-        .device(device)
-        .ok_or_else(|| DeployError::DeviceNotEnrolled {
-            device: device.to_string(),
-        })?;
+    let (trust, _) = LocalTrust::load_or_create(&state)?;
     let dir = device_dir(&state, device);
     let mut details = Vec::new();
 
@@ -123,12 +124,19 @@ pub(super) async fn deploy(
         heartbeat_interval_secs: score.heartbeat_interval_secs,
         nats_urls: endpoint.urls.clone(),
         labels: score.labels.clone(),
-        login,
+        credentials: AgentCredentials::Nkey {
+            bootstrap_creds: trust.bootstrap_creds_path(),
+        },
         podman: podman_settings,
     };
     let config_path = dir.join("agent.toml");
     let text = config.render();
     write_private(&config_path, text.as_bytes())?;
+    // The device makes its own key; this host plays the admin and approves it before the
+    // agent asks, so the agent's enrollment is answered at once.
+    let public_key = device_public_key(&config_path).await?;
+    approve(topology, device, &public_key).await?;
+    details.push(format!("key {public_key} approved"));
     let digest = hex::encode(Sha256::digest(text.as_bytes()));
     let spec = ProcessSpec::new(
         process_name(device),
@@ -149,7 +157,7 @@ pub(super) async fn deploy(
         details.push(format!("agent process: {change:?}"));
         started - Duration::from_secs(1)
     };
-    wait_heartbeat(topology, score, &endpoint, &credentials, since).await?;
+    wait_heartbeat(topology, score, &endpoint, &trust.admin()?, since).await?;
 
     let mut message = format!("device {device} heartbeating");
     if let Some(network) = &network {
@@ -162,16 +170,70 @@ pub(super) async fn deploy(
     })
 }
 
+/// The public key of the device whose agent reads `config`, as `fleet-agent identity` prints
+/// it (the agent creates its key on first use; the seed stays in its data dir).
+async fn device_public_key(config: &Path) -> Result<String, InterpretError> {
+    let output = tokio::process::Command::new(binaries::AGENT.locate()?)
+        .arg("identity")
+        .arg("--config")
+        .arg(config)
+        .output()
+        .await
+        .map_err(|e| InterpretError::failed(format!("running fleet-agent identity: {e}")))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("public key:"))
+        .map(|k| k.trim().to_owned())
+        .filter(|_| output.status.success())
+        .ok_or_else(|| {
+            InterpretError::failed(format!(
+                "fleet-agent identity --config {} printed no public key: {}",
+                config.display(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            ))
+        })
+}
+
+/// Approves `public_key` for `device`: `spec.publicKey` of its `Device` (created if needed),
+/// what an admin does with `kubectl patch fleetdev`.
+async fn approve(
+    topology: &LocalTopology,
+    device: &DeviceId,
+    public_key: &str,
+) -> Result<(), InterpretError> {
+    let client = topology.k8s_client().await?;
+    let api: Api<Device> = Api::all(client);
+    let body = serde_json::json!({
+        "apiVersion": format!("{}/v1alpha1", harmony_fleet_operator::crd::GROUP),
+        "kind": "Device",
+        "metadata": { "name": device.as_str() },
+        "spec": { "publicKey": public_key },
+    });
+    api.patch(
+        device.as_str(),
+        &PatchParams::apply(crate::FIELD_MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .map_err(|source| InterpretError::Kube {
+        action: "approving the key of".into(),
+        object: format!("Device {device}"),
+        source,
+    })?;
+    Ok(())
+}
+
 /// Waits for a heartbeat of the device written at or after `since`.
 async fn wait_heartbeat(
     topology: &LocalTopology,
     score: &FleetAgentScore,
     endpoint: &NatsEndpoint,
-    credentials: &FleetCredentials,
+    admin: &NatsIdentity,
     since: Timestamp,
 ) -> Result<(), InterpretError> {
     let device = &score.device_id;
-    let admin = smoke::connect(&endpoint.urls, &credentials.admin, Default::default()).await?;
+    let admin = smoke::connect(&endpoint.urls, admin, Default::default()).await?;
     let kv = jetstream::new(admin)
         .get_key_value(DEVICE_HEARTBEAT)
         .await

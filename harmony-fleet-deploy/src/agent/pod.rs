@@ -40,7 +40,7 @@ pub fn objects(score: &FleetAgentScore, pod: &PodAgent, login: Login) -> (Secret
         heartbeat_interval_secs: score.heartbeat_interval_secs,
         nats_urls: NatsEndpoint::in_cluster(ns).urls,
         labels: score.labels.clone(),
-        login,
+        credentials: super::config::AgentCredentials::Password(login),
         podman: BTreeMap::new(),
     };
     let mut labels = k8s::labels(COMPONENT);

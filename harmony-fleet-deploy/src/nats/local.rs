@@ -14,8 +14,9 @@ use harmony::topologies::LocalTopology;
 use harmony_fleet_operator::kv::{BucketChange, ensure_buckets};
 use sha2::{Digest, Sha256};
 
-use super::{FleetNatsScore, NatsEndpoint, auth, local_credentials_path, smoke};
-use crate::credentials::{FleetCredentials, write_private};
+use super::{FleetNatsScore, NatsEndpoint, smoke};
+use crate::credentials::write_private;
+use crate::trust::LocalTrust;
 use crate::wait::{self, Poll};
 
 /// The cluster name of a three-node local NATS.
@@ -40,9 +41,10 @@ pub(super) async fn deploy(
 ) -> Result<Outcome, InterpretError> {
     let state = topology.state_dir().to_owned();
     let dir = state.join("nats");
-    let (credentials, credentials_changed) =
-        FleetCredentials::load_or_create(&local_credentials_path(&state), &score.devices)?;
-    let auth = auth::auth_config(&credentials);
+    // Operator mode (adr/0016): the configuration names no device, so it is the same text on
+    // every run and enrolling a device never restarts the server.
+    let (trust, trust_created) = LocalTrust::load_or_create(&state)?;
+    let auth = trust.auth_config();
     let program = topology
         .bins()
         .locate(bins::NATS_SERVER)
@@ -65,7 +67,7 @@ pub(super) async fn deploy(
     }
 
     let mut details = Vec::new();
-    let mut changed = credentials_changed;
+    let mut changed = trust_created;
     for member in &members {
         let member_dir = dir.join(&member.name);
         let cluster = member.route_port.map(|port| ClusterSection {
@@ -92,8 +94,8 @@ pub(super) async fn deploy(
         .map_err(|e| InterpretError::failed(format!("rendering the NATS configuration: {e}")))?;
         let config = member_dir.join("nats.conf");
         write_private(&config, text.as_bytes())?;
-        // The digest makes a changed configuration (a newly enrolled device) a changed spec,
-        // so the supervisor restarts the server with it.
+        // The digest makes a changed configuration a changed spec, so the supervisor restarts
+        // the server with it. Devices are not in it: enrolling one changes nothing here.
         let digest = hex::encode(Sha256::digest(text.as_bytes()));
         let spec = ProcessSpec::new(&member.name, &program, member_dir.join("nats-server.log"))
             .arg("--config")
@@ -120,7 +122,7 @@ pub(super) async fn deploy(
             .map(|m| format!("nats://127.0.0.1:{}", m.port))
             .collect(),
     };
-    let admin = smoke::connect(&endpoint.urls, &credentials.admin, Default::default()).await?;
+    let admin = smoke::connect(&endpoint.urls, &trust.admin()?, Default::default()).await?;
     let js = async_nats::jetstream::new(admin);
     let buckets = wait::until(
         "the fleet buckets to be created",
@@ -147,17 +149,20 @@ pub(super) async fn deploy(
     let endpoint_json = serde_json::to_vec_pretty(&endpoint).unwrap_or_default();
     write_private(&NatsEndpoint::local_path(&state), &endpoint_json)?;
 
-    smoke::kv_round_trip(&endpoint.urls, &credentials.operator).await?;
-    if let Some((device, _)) = credentials.devices.iter().next()
-        && let Some(login) = credentials.device(device)
-    {
-        smoke::device_is_isolated(&endpoint.urls, device, &login).await?;
-    }
+    smoke::kv_round_trip(&endpoint.urls, &trust.operator()?).await?;
+    let smoke_device: harmony_fleet_contracts::DeviceId = "harmony-smoke"
+        .parse()
+        .map_err(|e| InterpretError::failed(format!("smoke device id: {e}")))?;
+    smoke::device_is_isolated(
+        &endpoint.urls,
+        &smoke_device,
+        &trust.throwaway_device(&smoke_device)?,
+    )
+    .await?;
 
     let message = format!(
-        "NATS at {} ({} device user(s)); KV round trip ok, cross-device read refused",
+        "NATS at {} (operator mode: devices enroll with their own keys); KV round trip ok, cross-device read refused",
         endpoint.urls.join(","),
-        credentials.devices.len()
     );
     Ok(if changed {
         Outcome::success(message).with_details(details)

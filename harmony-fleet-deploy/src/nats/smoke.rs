@@ -14,11 +14,58 @@ use tokio::sync::mpsc;
 use crate::credentials::Login;
 use crate::error::DeployError;
 
-/// Connects to `urls` as `login`, retrying until `deadline` (a server that just started may
-/// still be electing its JetStream leader).
+/// Who connects: a user and password (the cluster path's development mode) or a `.creds`
+/// file's text (operator mode, adr/0016).
+#[derive(Clone)]
+pub enum NatsIdentity {
+    /// User and password.
+    Password(Login),
+    /// `.creds` text: a user JWT and its seed.
+    Creds {
+        /// Shown in errors.
+        name: String,
+        /// The `.creds` text.
+        creds: String,
+    },
+}
+
+impl std::fmt::Debug for NatsIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl NatsIdentity {
+    /// The user's name, for messages.
+    pub fn name(&self) -> &str {
+        match self {
+            NatsIdentity::Password(login) => &login.user,
+            NatsIdentity::Creds { name, .. } => name,
+        }
+    }
+
+    fn apply(&self, options: ConnectOptions) -> Result<ConnectOptions, DeployError> {
+        match self {
+            NatsIdentity::Password(login) => {
+                Ok(options.user_and_password(login.user.clone(), login.password.clone()))
+            }
+            NatsIdentity::Creds { name, creds } => options
+                .credentials(creds)
+                .map_err(|e| DeployError::nats(format!("reading the .creds of {name}"), e)),
+        }
+    }
+}
+
+impl From<&Login> for NatsIdentity {
+    fn from(login: &Login) -> Self {
+        NatsIdentity::Password(login.clone())
+    }
+}
+
+/// Connects to `urls` as `identity`.
 pub async fn connect(
     urls: &[String],
-    login: &Login,
+    identity: &NatsIdentity,
     options: ConnectOptions,
 ) -> Result<async_nats::Client, DeployError> {
     let joined = urls.join(",");
@@ -27,16 +74,16 @@ pub async fn connect(
         .map(|url| url.parse::<async_nats::ServerAddr>())
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| DeployError::nats(format!("parsing the NATS URLs {joined}"), e))?;
-    options
-        .user_and_password(login.user.clone(), login.password.clone())
+    identity
+        .apply(options)?
         .connection_timeout(Duration::from_secs(5))
         .connect(addrs.as_slice())
         .await
-        .map_err(|e| DeployError::nats(format!("connecting to {joined} as {}", login.user), e))
+        .map_err(|e| DeployError::nats(format!("connecting to {joined} as {}", identity.name()), e))
 }
 
 /// Puts, reads back and deletes a key in `desired-state` as `operator`.
-pub async fn kv_round_trip(urls: &[String], operator: &Login) -> Result<(), DeployError> {
+pub async fn kv_round_trip(urls: &[String], operator: &NatsIdentity) -> Result<(), DeployError> {
     let client = connect(urls, operator, ConnectOptions::new()).await?;
     let js = jetstream::new(client);
     let kv = js
@@ -69,7 +116,7 @@ pub async fn kv_round_trip(urls: &[String], operator: &Login) -> Result<(), Depl
 pub async fn device_is_isolated(
     urls: &[String],
     device: &DeviceId,
-    login: &Login,
+    identity: &NatsIdentity,
 ) -> Result<(), DeployError> {
     let (tx, mut violations) = mpsc::unbounded_channel();
     let options = ConnectOptions::new()
@@ -82,7 +129,7 @@ pub async fn device_is_isolated(
                 }
             }
         });
-    let client = connect(urls, login, options).await?;
+    let client = connect(urls, identity, options).await?;
 
     let own = js_api::direct_get(DESIRED_STATE, &format!("{}.harmony-smoke", device.as_str()));
     tokio::time::timeout(

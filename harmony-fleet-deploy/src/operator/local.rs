@@ -22,9 +22,10 @@ use kube::config::{AuthInfo, Kubeconfig, NamedAuthInfo};
 use super::FleetOperatorScore;
 use super::objects::{self, NAME, NatsSettings};
 use crate::binaries;
-use crate::credentials::{FleetCredentials, write_private};
+use crate::credentials::write_private;
 use crate::error::DeployError;
-use crate::nats::{NatsEndpoint, local_credentials_path};
+use crate::nats::NatsEndpoint;
+use crate::trust::LocalTrust;
 use crate::wait::{self, Poll};
 
 /// The operator's process name under the supervisor.
@@ -45,12 +46,15 @@ pub(super) async fn deploy(
 ) -> Result<Outcome, InterpretError> {
     let state = topology.state_dir().to_owned();
     let endpoint = NatsEndpoint::load_local(&state)?;
-    let (credentials, _) = FleetCredentials::load_or_create(&local_credentials_path(&state), &[])?;
+    let (trust, _) = LocalTrust::load_or_create(&state)?;
     let client = topology.k8s_client().await?;
+    // The objects are the cluster's (CRDs, RBAC, Secret) so the local install proves the
+    // RBAC; their Secret's password is unused here: the local operator authenticates with
+    // its .creds file (operator mode, adr/0016).
     let nats = NatsSettings {
         urls: endpoint.urls.clone(),
-        user: credentials.operator.user.clone(),
-        password: credentials.operator.password.clone(),
+        user: "fleet-operator".to_owned(),
+        password: String::new(),
     };
     let objects = objects::objects(score, &nats);
 
@@ -74,8 +78,9 @@ pub(super) async fn deploy(
             score.heartbeat_timeout_secs
         ))
         .env("KUBECONFIG", &kubeconfig)
-        .env("FLEET_NATS_USER", &nats.user)
-        .env("FLEET_NATS_PASSWORD", &nats.password)
+        .env("FLEET_NATS_CREDS", trust.operator_creds_path())
+        .env("FLEET_IDENTITY_SIGNER", trust.signer_path())
+        .env("FLEET_IDENTITY_SYSTEM_CREDS", trust.system_creds_path())
         .env("RUST_LOG", "info")
         // A new control plane (new certificates, new port) must restart the operator.
         .env(

@@ -18,7 +18,9 @@ use harmony_fleet_contracts::identity::{
 };
 use harmony_fleet_contracts::ids::DeviceId;
 use harmony_fleet_contracts::jwt::{self, AccountClaims, Claims};
-use harmony_fleet_contracts::trust::{CLAIMS_UPDATE_SUBJECT, FleetSigner, claims_lookup_subject};
+use harmony_fleet_contracts::trust::{
+    CLAIMS_UPDATE_SUBJECT, FleetSigner, SignerSeeds, claims_lookup_subject,
+};
 use jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -65,6 +67,40 @@ impl Drop for IdentityService {
 }
 
 impl IdentityService {
+    /// Starts the service `config` asks for: reads the signer file, connects the system user.
+    pub async fn from_config(
+        config: &crate::config::IdentityConfig,
+        nats_urls: &[String],
+        nats: async_nats::Client,
+        kube: kube::Client,
+    ) -> Result<Self> {
+        let text = std::fs::read_to_string(&config.signer).map_err(|e| {
+            Error::Config(format!(
+                "reading the identity signer file {} (--identity-signer): {e}",
+                config.signer.display()
+            ))
+        })?;
+        let seeds: SignerSeeds = serde_json::from_str(&text).map_err(|e| {
+            Error::Config(format!(
+                "identity signer file {} (--identity-signer) is not the JSON harmony-fleet-deploy writes: {e}",
+                config.signer.display()
+            ))
+        })?;
+        let signer = FleetSigner::from_seeds(&seeds)
+            .map_err(|e| Error::credential("loading --identity-signer", e))?;
+        let system = crate::kv::connect(&crate::config::NatsConfig {
+            urls: nats_urls.to_vec(),
+            credentials: None,
+            creds_file: Some(config.system_creds.clone()),
+        })
+        .await?;
+        let options = IdentityOptions {
+            lifetime: config.lifetime,
+            ..IdentityOptions::new(Arc::new(signer))
+        };
+        Self::start(nats, system, kube, options).await
+    }
+
     /// Subscribes (so requests sent after this returns are served), reads the fleet account's
     /// current revocations from the resolver, and starts the service.
     ///

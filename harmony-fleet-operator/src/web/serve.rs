@@ -104,7 +104,12 @@ pub async fn serve_web(args: ServeWebArgs) -> Result<()> {
                 e,
             )
         })?;
-        let nats = kv::connect(&NatsConfig { urls, credentials }).await?;
+        let nats = kv::connect(&NatsConfig {
+            urls,
+            credentials,
+            creds_file: None,
+        })
+        .await?;
         Arc::new(
             start_real(
                 nats,
