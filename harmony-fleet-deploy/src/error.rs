@@ -77,6 +77,25 @@ pub enum DeployError {
     #[error(transparent)]
     Local(#[from] harmony::local::LocalError),
 
+    /// A Kubernetes request failed.
+    #[error("Kubernetes API: {action}: {source}; check KUBECONFIG")]
+    Kube {
+        /// What was being done.
+        action: String,
+        /// The client error.
+        #[source]
+        source: kube::Error,
+    },
+
+    /// A device cannot be approved as asked.
+    #[error("cannot approve device {device}: {reason}")]
+    Approval {
+        /// The device.
+        device: String,
+        /// Why, and what to do.
+        reason: String,
+    },
+
     /// A NATS operation failed.
     #[error("NATS: {context}: {message}")]
     Nats {

@@ -21,6 +21,7 @@
 pub mod agent;
 pub mod binaries;
 pub mod credentials;
+pub mod devices;
 pub mod error;
 pub mod k8s;
 pub mod local;

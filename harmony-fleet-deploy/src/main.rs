@@ -17,7 +17,7 @@ use harmony_fleet_deploy::agent::{FleetAgentScore, PodAgent};
 use harmony_fleet_deploy::local::{self, LocalFleet};
 use harmony_fleet_deploy::nats::{FleetNatsScore, NatsReplicas};
 use harmony_fleet_deploy::operator::{FleetOperatorScore, helm};
-use harmony_fleet_deploy::{FleetServerScore, binaries};
+use harmony_fleet_deploy::{FleetServerScore, binaries, devices};
 use tracing_subscriber::EnvFilter;
 
 /// Install harmony fleet (NATS, the operator, device agents) with its Scores.
@@ -46,6 +46,11 @@ enum Command {
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,
+    },
+    /// Devices of the cluster in KUBECONFIG: who asks to join, and approving them.
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
     },
     /// Write the operator's Helm chart (generated from the same objects the Scores apply).
     HelmChart {
@@ -95,6 +100,26 @@ enum LocalCommand {
     Status {
         #[command(flatten)]
         state: StateDir,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeviceCommand {
+    /// List devices with their enrollment state and key (`kubectl get fleetdev`).
+    List {
+        /// Only devices waiting for approval.
+        #[arg(long)]
+        pending: bool,
+    },
+    /// Approve a device: its credential is issued at once and it connects. Compare the key
+    /// with what `fleet-agent identity` prints on the device, and pass it as --key.
+    Approve {
+        /// The device id.
+        device: String,
+        /// The key to approve: must equal the pending request's; without a pending request,
+        /// pre-approves this key.
+        #[arg(long)]
+        key: Option<String>,
     },
 }
 
@@ -190,6 +215,7 @@ async fn main() -> ExitCode {
             )
             .await
         }
+        Command::Device { command } => device_command(command).await,
         Command::HelmChart { out, image } => {
             let score = FleetOperatorScore {
                 image,
@@ -201,6 +227,54 @@ async fn main() -> ExitCode {
                     println!(
                         "Install: helm install fleet {} --namespace fleet-system --create-namespace --set nats.password=…",
                         out.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn device_command(command: DeviceCommand) -> ExitCode {
+    let client = match kube::Client::try_default().await {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("error: building a Kubernetes client from KUBECONFIG: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match command {
+        DeviceCommand::List { pending } => match devices::list(&client, pending).await {
+            Ok(rows) => {
+                println!("{:<24} {:<10} {:<7} KEY", "DEVICE", "ENROLLMENT", "ONLINE");
+                for row in &rows {
+                    println!(
+                        "{:<24} {:<10} {:<7} {}",
+                        row.name, row.enrollment, row.online, row.key
+                    );
+                    if let Some(refusal) = &row.last_refusal {
+                        println!("  last refusal: {refusal}");
+                    }
+                }
+                if pending && rows.is_empty() {
+                    println!("No device waits for approval.");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        DeviceCommand::Approve { device, key } => {
+            match devices::approve(&client, &device, key.as_deref()).await {
+                Ok(key) => {
+                    println!(
+                        "Approved {device} with key {key}: its credential is issued when it asks."
                     );
                     ExitCode::SUCCESS
                 }

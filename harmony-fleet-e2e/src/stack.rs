@@ -49,6 +49,8 @@ pub struct StackOptions {
     /// Labels: the e2e ones (`site=e2e`, `tier=a|b`) or, when `true`, exactly those
     /// `local up` gives (`site=local`, …), for tests of the README's walk-through.
     pub walkthrough_labels: bool,
+    /// Lifetime of device credentials; `None`: the operator's default (30 days).
+    pub credential_lifetime_secs: Option<u64>,
 }
 
 /// The running fleet and the handles tests use.
@@ -140,6 +142,7 @@ impl Stack {
         fleet.nats_replicas = options.nats_replicas;
         fleet.heartbeat_interval_secs = 2;
         fleet.operator.heartbeat_timeout_secs = 8;
+        fleet.operator.credential_lifetime_secs = options.credential_lifetime_secs;
         if !options.walkthrough_labels {
             for (index, device) in fleet.devices.iter_mut().enumerate() {
                 device.labels = labels_for(device, index);

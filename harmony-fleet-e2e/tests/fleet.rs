@@ -25,6 +25,7 @@ const OPTIONS: StackOptions = StackOptions {
     devices: 3,
     nats_replicas: NatsReplicas::One,
     walkthrough_labels: false,
+    credential_lifetime_secs: None,
 };
 const CONVERGE: Duration = Duration::from_secs(90);
 

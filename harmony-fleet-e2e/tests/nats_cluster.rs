@@ -19,6 +19,7 @@ const OPTIONS: StackOptions = StackOptions {
     devices: 2,
     nats_replicas: NatsReplicas::Three,
     walkthrough_labels: false,
+    credential_lifetime_secs: None,
 };
 const CONVERGE: Duration = Duration::from_secs(120);
 /// The operator's NATS connection name.

@@ -16,6 +16,7 @@ const OPTIONS: StackOptions = StackOptions {
     devices: 1,
     nats_replicas: NatsReplicas::One,
     walkthrough_labels: true,
+    credential_lifetime_secs: None,
 };
 const CONVERGE: Duration = Duration::from_secs(120);
 /// The port `examples/hello.yaml` publishes.

@@ -299,9 +299,10 @@ impl TryFrom<RunArgs> for Config {
         }
         let identity = match (identity_signer, identity_system_creds) {
             (Some(signer), Some(system_creds)) => {
-                if credential_lifetime_secs < 60 {
+                if credential_lifetime_secs < 10 {
                     return Err(Error::Config(
-                        "--credential-lifetime-secs must be at least 60".into(),
+                        "--credential-lifetime-secs must be at least 10 (default 2592000, 30 days)"
+                            .into(),
                     ));
                 }
                 Some(IdentityConfig {

@@ -134,9 +134,11 @@ pub(super) async fn deploy(
     write_private(&config_path, text.as_bytes())?;
     // The device makes its own key; this host plays the admin and approves it before the
     // agent asks, so the agent's enrollment is answered at once.
-    let public_key = device_public_key(&config_path).await?;
-    approve(topology, device, &public_key).await?;
-    details.push(format!("key {public_key} approved"));
+    if local.pre_approve {
+        let public_key = device_public_key(&config_path).await?;
+        approve(topology, device, &public_key).await?;
+        details.push(format!("key {public_key} approved"));
+    }
     let digest = hex::encode(Sha256::digest(text.as_bytes()));
     let spec = ProcessSpec::new(
         process_name(device),

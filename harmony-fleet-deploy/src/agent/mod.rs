@@ -39,6 +39,9 @@ pub struct LocalAgent {
     /// Tags of the `localhost/fleet-demo` image to build into the device's own storage (no
     /// registry is reachable; a real device would pull).
     pub demo_image_tags: Vec<String>,
+    /// Approve the device's key (`spec.publicKey`) before its agent asks to join, as the admin
+    /// of a local fleet would. `false`: the agent's request waits for an approval.
+    pub pre_approve: bool,
 }
 
 impl Default for LocalAgent {
@@ -46,6 +49,7 @@ impl Default for LocalAgent {
         LocalAgent {
             isolate_network: true,
             demo_image_tags: vec!["v1".into(), "v2".into()],
+            pre_approve: true,
         }
     }
 }

@@ -38,6 +38,8 @@ pub struct FleetOperatorScore {
     pub dashboard_port: Option<u16>,
     /// How long the operator may take to report `Converged`.
     pub smoke_timeout: Duration,
+    /// Lifetime of the device credentials the operator issues; `None`: its default (30 days).
+    pub credential_lifetime_secs: Option<u64>,
 }
 
 impl Default for FleetOperatorScore {
@@ -49,6 +51,7 @@ impl Default for FleetOperatorScore {
             heartbeat_timeout_secs: 90,
             dashboard_port: None,
             smoke_timeout: Duration::from_secs(90),
+            credential_lifetime_secs: None,
         }
     }
 }

@@ -1,0 +1,275 @@
+//! Device identity end to end (adr/0016): the local stack in operator mode with short-lived
+//! credentials (15 s, renewed at 10 s), real agents enrolling with their own keys, the operator
+//! issuing, an admin approving with `harmony-fleet-deploy device approve`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use futures::StreamExt;
+use harmony_fleet_agent::identity::{CREDENTIAL_FILE, SEED_FILE};
+use harmony_fleet_contracts::buckets::DEVICE_HEARTBEAT;
+use harmony_fleet_contracts::jwt::{self, Claims, UserClaims};
+use harmony_fleet_contracts::{DeviceId, Heartbeat, keys};
+use harmony_fleet_deploy::agent::local::device_dir;
+use harmony_fleet_deploy::agent::{FleetAgentTarget, LocalAgent};
+use harmony_fleet_deploy::devices;
+use harmony_fleet_deploy::local::LocalDevice;
+use harmony_fleet_deploy::nats::NatsReplicas;
+use harmony_fleet_e2e::stack::{self, Stack, StackOptions};
+use harmony_fleet_e2e::wait::eventually;
+use harmony_fleet_operator::crd::Device;
+use harmony_fleet_operator::crd::device::EnrollmentPhase;
+use jiff::Timestamp;
+use kube::Api;
+
+const LIFETIME_SECS: u64 = 15;
+
+const OPTIONS: StackOptions = StackOptions {
+    name: "identity",
+    devices: 1,
+    nats_replicas: NatsReplicas::One,
+    walkthrough_labels: false,
+    credential_lifetime_secs: Some(LIFETIME_SECS),
+};
+
+async fn stack() -> &'static Stack {
+    stack::shared(OPTIONS).await
+}
+
+fn data_dir(stack: &Stack, device: &DeviceId) -> std::path::PathBuf {
+    device_dir(&stack.state_dir, device).join("data")
+}
+
+fn credential(stack: &Stack, device: &DeviceId) -> Result<Claims<UserClaims>, String> {
+    let text = std::fs::read_to_string(data_dir(stack, device).join(CREDENTIAL_FILE))
+        .map_err(|e| e.to_string())?;
+    jwt::decode(text.trim()).map_err(|e| e.to_string())
+}
+
+async fn heartbeat_at(stack: &Stack, device: &DeviceId) -> Result<Timestamp, String> {
+    let kv = async_nats::jetstream::new(stack.nats.clone())
+        .get_key_value(DEVICE_HEARTBEAT)
+        .await
+        .map_err(|e| e.to_string())?;
+    let bytes = kv
+        .get(keys::heartbeat_key(device))
+        .await
+        .map_err(|e| e.to_string())?
+        .ok_or("no heartbeat yet")?;
+    serde_json::from_slice::<Heartbeat>(&bytes)
+        .ok()
+        .and_then(|h| h.timestamp())
+        .ok_or_else(|| "unreadable heartbeat".to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_device_heartbeats_within_two_seconds() {
+    let stack = stack().await;
+    let _shared = stack.shared_access().await;
+    let id: DeviceId = "ident-new".parse().expect("id");
+    let device = LocalDevice {
+        id: id.clone(),
+        labels: BTreeMap::from([("site".to_owned(), "e2e-identity".to_owned())]),
+    };
+    let mut score = stack.fleet.agent_score(&device);
+    score.target = FleetAgentTarget::Local(LocalAgent {
+        isolate_network: false,
+        demo_image_tags: vec![],
+        pre_approve: false,
+    });
+    let _restore = stack.restore("stop ident-new", |stack| async move {
+        let id: DeviceId = "ident-new".parse()?;
+        stack.stop_agent(&id).await
+    });
+    // The Score waits for the device's first heartbeat, which needs an approval.
+    let running = tokio::spawn(async move { stack.run(&score).await.map(|_| ()) });
+
+    let api: Api<Device> = Api::all(stack.kube.clone());
+    let pending = eventually(
+        "the new device to ask to join",
+        Duration::from_secs(60),
+        || {
+            let api = api.clone();
+            async move {
+                let device = api.get_opt("ident-new").await.map_err(|e| e.to_string())?;
+                match device
+                    .as_ref()
+                    .and_then(|d| d.status.as_ref()?.enrollment.clone())
+                {
+                    Some(e) if e.phase == EnrollmentPhase::Pending => Ok(e),
+                    other => Err(format!("{other:?}")),
+                }
+            }
+        },
+    )
+    .await
+    .expect("pending");
+    let listed = devices::list(&stack.kube, true).await.expect("list");
+    assert!(
+        listed.iter().any(|r| r.name == "ident-new"),
+        "`device list --pending` shows it: {listed:?}"
+    );
+
+    // The key the device prints (`fleet-agent identity`) is the one it asked with.
+    let seed = std::fs::read_to_string(data_dir(stack, &id).join(SEED_FILE)).expect("seed");
+    let printed = nkeys::KeyPair::from_seed(seed.trim())
+        .expect("seed")
+        .public_key();
+    assert_eq!(pending.requested_key.as_deref(), Some(printed.as_str()));
+
+    let approved_at = Timestamp::now();
+    devices::approve(&stack.kube, "ident-new", Some(&printed))
+        .await
+        .expect("approve");
+    running
+        .await
+        .expect("join")
+        .expect("the agent Score converges once approved");
+    let first = heartbeat_at(stack, &id).await.expect("heartbeat");
+    let took = first.duration_since(approved_at);
+    eprintln!("approval → first heartbeat: {took:?}");
+    assert!(
+        took < jiff::SignedDuration::from_secs(2),
+        "approval to first heartbeat took {took:?}"
+    );
+    let _ = stack.stop_agent(&id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_are_renewed_before_they_expire_and_heartbeats_never_stop() {
+    let stack = stack().await;
+    let _shared = stack.shared_access().await;
+    let id = stack.device(1).id.clone();
+    let first = eventually("a credential", Duration::from_secs(10), || async {
+        credential(stack, &id)
+    })
+    .await
+    .expect("credential");
+    let old_exp = first.exp.expect("credentials expire");
+    assert_eq!(
+        old_exp - first.iat,
+        i64::try_from(LIFETIME_SECS).expect("fits")
+    );
+
+    // Every heartbeat from now until well past the old credential's expiry.
+    let kv = async_nats::jetstream::new(stack.nats.clone())
+        .get_key_value(DEVICE_HEARTBEAT)
+        .await
+        .expect("bucket");
+    let mut watch = kv.watch(keys::heartbeat_key(&id)).await.expect("watch");
+    let mut seen: Vec<Timestamp> = Vec::new();
+    let until = Timestamp::from_second(old_exp + 4).expect("ts");
+    let collect = async {
+        while let Some(Ok(entry)) = watch.next().await {
+            if let Some(at) = serde_json::from_slice::<Heartbeat>(&entry.value)
+                .ok()
+                .and_then(|h| h.timestamp())
+            {
+                seen.push(at);
+                if at > until {
+                    return;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(LIFETIME_SECS + 20), collect)
+        .await
+        .expect("heartbeats continue past the old credential's expiry");
+
+    let renewed = credential(stack, &id).expect("credential");
+    assert!(renewed.iat > first.iat, "the stored credential was renewed");
+    assert!(
+        renewed.iat < old_exp,
+        "renewed before the old one expired ({} ≥ {old_exp})",
+        renewed.iat
+    );
+    let gaps: Vec<i64> = seen
+        .windows(2)
+        .map(|w| w[1].duration_since(w[0]).as_millis() as i64)
+        .collect();
+    let worst = gaps.iter().copied().max().unwrap_or(0);
+    eprintln!(
+        "heartbeats across the renewal: {}, worst gap {worst} ms",
+        seen.len()
+    );
+    assert!(
+        worst < 5_000,
+        "a heartbeat gap of {worst} ms (interval 2 s)"
+    );
+}
+
+/// Every file under `dir` whose name ends with `.log`.
+fn logs(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            logs(&path, out);
+        } else if path.extension().is_some_and(|e| e == "log") {
+            out.push(path);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_seed_or_credential_appears_in_any_log() {
+    let stack = stack().await;
+    let _shared = stack.shared_access().await;
+    let id = stack.device(1).id.clone();
+    let data = data_dir(stack, &id);
+    let mut secrets = vec![
+        std::fs::read_to_string(data.join(SEED_FILE))
+            .expect("seed")
+            .trim()
+            .to_owned(),
+    ];
+    if let Ok(text) = std::fs::read_to_string(data.join(CREDENTIAL_FILE)) {
+        secrets.push(text.trim().to_owned());
+    }
+    let trust = std::fs::read_to_string(stack.state_dir.join("nats").join("trust.json"))
+        .expect("trust.json");
+    let trust: serde_json::Value = serde_json::from_str(&trust).expect("json");
+    for seed in trust["seeds"].as_object().expect("seeds").values() {
+        secrets.push(seed.as_str().expect("seed").to_owned());
+    }
+    for creds in [
+        "admin.creds",
+        "operator.creds",
+        "system.creds",
+        "bootstrap.creds",
+    ] {
+        let text =
+            std::fs::read_to_string(stack.state_dir.join("nats").join(creds)).expect("creds");
+        let (token, seed) = jwt::parse_creds(&text).expect("creds");
+        secrets.push(token);
+        secrets.push(seed);
+    }
+    let mut files = Vec::new();
+    logs(&stack.state_dir, &mut files);
+    assert!(
+        !files.is_empty(),
+        "logs under {}",
+        stack.state_dir.display()
+    );
+    for file in &files {
+        let text = String::from_utf8_lossy(&std::fs::read(file).unwrap_or_default()).into_owned();
+        for secret in &secrets {
+            // JWTs are compared by their signature part, seeds whole.
+            let needle = secret.rsplit('.').next().unwrap_or(secret);
+            assert!(
+                !text.contains(needle),
+                "{} contains a secret ({}…)",
+                file.display(),
+                &needle[..8.min(needle.len())]
+            );
+        }
+    }
+    eprintln!(
+        "checked {} log file(s) for {} secret(s)",
+        files.len(),
+        secrets.len()
+    );
+}
