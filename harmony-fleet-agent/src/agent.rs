@@ -146,10 +146,19 @@ impl Agent {
         ));
         tasks.spawn(supervisor.run(watch_rx));
         if let Some(credential) = credential {
-            tasks.spawn(identity::renew_loop(
+            let bootstrap_creds = match &config.credentials {
+                Some(Credentials::Nkey { bootstrap_creds }) => bootstrap_creds.clone(),
+                _ => None,
+            };
+            tasks.spawn(identity::maintain(
                 connection.client().clone(),
                 credential,
-                device.clone(),
+                identity::Enroller {
+                    urls: config.nats.urls.clone(),
+                    bootstrap_creds,
+                    device: device.clone(),
+                    inventory: crate::inventory::read_inventory(),
+                },
                 config.agent.data_dir.clone(),
                 IDENTITY_RETRY,
                 stop.clone(),

@@ -95,6 +95,7 @@ impl Connection {
             Some(credential) => credential.connect_options(),
             None => async_nats::ConnectOptions::new(),
         };
+        let refused = credential.cloned();
         let mut options = base
             .name(format!("fleet-agent {device}"))
             .custom_inbox_prefix(inbox_prefix)
@@ -105,7 +106,15 @@ impl Connection {
             .reconnect_delay_callback(move |attempt| jittered_backoff(attempt, max_delay))
             .event_callback(move |event| {
                 let link_tx = link_tx.clone();
+                let refused = refused.clone();
                 async move {
+                    let text = event.to_string().to_lowercase();
+                    if let Some(credential) = &refused
+                        && (text.contains("authorization violation")
+                            || text.contains("authentication"))
+                    {
+                        credential.refused();
+                    }
                     match &event {
                         async_nats::Event::Connected => {
                             tracing::info!("connected to NATS");

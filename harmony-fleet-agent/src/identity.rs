@@ -142,6 +142,10 @@ pub fn load_credential(data_dir: &Path, key: &KeyPair) -> Option<String> {
     let token = std::fs::read_to_string(&path).ok()?;
     let token = token.trim().to_owned();
     match jwt::decode::<UserClaims>(&token) {
+        Ok(claims) if claims.exp.is_some_and(|exp| exp <= now()) => {
+            tracing::warn!(path = %path.display(), "stored credential has expired; enrolling again");
+            None
+        }
         Ok(claims) if claims.sub == key.public_key() => Some(token),
         Ok(_) => {
             tracing::warn!(path = %path.display(), "stored credential is for another key; enrolling again");
@@ -165,6 +169,7 @@ pub fn save_credential(data_dir: &Path, token: &str) -> Result<(), IdentityError
 pub struct Credential {
     key: Arc<KeyPair>,
     jwt: Arc<RwLock<String>>,
+    refused: Arc<tokio::sync::Notify>,
 }
 
 impl std::fmt::Debug for Credential {
@@ -181,7 +186,14 @@ impl Credential {
         Self {
             key,
             jwt: Arc::new(RwLock::new(jwt)),
+            refused: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    /// Called when the server refuses this credential (revoked, expired): [`maintain`]
+    /// enrolls again.
+    pub fn refused(&self) {
+        self.refused.notify_one();
     }
 
     /// The key.
@@ -316,17 +328,32 @@ pub async fn enroll(
     }
 }
 
-/// Renews `credential` once two thirds of its lifetime have passed, stores it, and reconnects
-/// `client` with it (the server closes a connection whose JWT expires). Retries every
-/// `retry` until it succeeds or `stop`.
-pub async fn renew_loop(
+/// How to enroll again when the server refuses the credential.
+#[derive(Debug, Clone)]
+pub struct Enroller {
+    /// Server URLs.
+    pub urls: Vec<String>,
+    /// The bootstrap `.creds` file, if configured.
+    pub bootstrap_creds: Option<PathBuf>,
+    /// The device.
+    pub device: DeviceId,
+    /// What it reports when asking.
+    pub inventory: Inventory,
+}
+
+/// Keeps `credential` valid: renews it once two thirds of its lifetime have passed, stores it,
+/// and reconnects `client` with it (the server closes a connection whose JWT expires); when
+/// the server refuses it (revoked, say, then un-blacklisted), enrolls again with `enroller`.
+/// Retries every `retry` until `stop`.
+pub async fn maintain(
     client: async_nats::Client,
     credential: Credential,
-    device: DeviceId,
+    enroller: Enroller,
     data_dir: PathBuf,
     retry: Duration,
     stop: CancellationToken,
 ) {
+    let device = enroller.device.clone();
     loop {
         let claims = match jwt::decode::<UserClaims>(&credential.jwt()) {
             Ok(c) => c,
@@ -341,6 +368,10 @@ pub async fn renew_loop(
         let wait = Duration::from_secs(u64::try_from(at - now()).unwrap_or(0));
         tokio::select! {
             () = tokio::time::sleep(wait) => {}
+            () = credential.refused.notified() => {
+                reenroll(&credential, &enroller, &data_dir, retry, &stop).await;
+                continue;
+            }
             () = stop.cancelled() => return,
         }
         let body = serde_json::to_vec(&RenewRequest {
@@ -368,6 +399,43 @@ pub async fn renew_loop(
             () = tokio::time::sleep(retry) => {}
             () = stop.cancelled() => return,
         }
+    }
+}
+
+/// Enrolls again after a refusal; the reconnect loop picks the new JWT up.
+async fn reenroll(
+    credential: &Credential,
+    enroller: &Enroller,
+    data_dir: &Path,
+    retry: Duration,
+    stop: &CancellationToken,
+) {
+    let Some(bootstrap) = &enroller.bootstrap_creds else {
+        tracing::error!(
+            "the server refuses this device's credential and [credentials] bootstrap_creds is not set: the device cannot enroll again"
+        );
+        return;
+    };
+    tracing::warn!("the server refuses this device's credential; enrolling again");
+    match enroll(
+        &enroller.urls,
+        bootstrap,
+        &enroller.device,
+        credential.key(),
+        enroller.inventory.clone(),
+        retry,
+        stop,
+    )
+    .await
+    {
+        Ok(Some(token)) => {
+            if let Err(e) = save_credential(data_dir, &token) {
+                tracing::error!(error = %e, "storing the new credential");
+            }
+            credential.replace(token);
+        }
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = %e, "enrolling again failed"),
     }
 }
 
@@ -401,12 +469,23 @@ mod tests {
             &device,
             &other.public_key(),
             &account.public_key(),
-            1,
+            now(),
             Duration::from_secs(30),
         );
         save_credential(dir.path(), &jwt::encode(claims, &account).expect("jwt")).expect("save");
         assert_eq!(load_credential(dir.path(), &key), None);
         assert!(load_credential(dir.path(), &other).is_some());
+
+        // An expired one is ignored too: the agent enrolls again.
+        let expired = harmony_fleet_contracts::identity::device_user_claims(
+            &device,
+            &other.public_key(),
+            &account.public_key(),
+            1,
+            Duration::from_secs(30),
+        );
+        save_credential(dir.path(), &jwt::encode(expired, &account).expect("jwt")).expect("save");
+        assert_eq!(load_credential(dir.path(), &other), None);
         let mode = std::fs::metadata(dir.path().join(CREDENTIAL_FILE))
             .expect("meta")
             .permissions()

@@ -42,6 +42,9 @@ pub enum BenchCommand {
     Writes(WriteArgs),
     /// The release `fleet-agent` binary: size and idle memory.
     Agent(AgentArgs),
+    /// A fleet reconnecting: N devices connect with their own credentials (JWTs, operator
+    /// mode) vs no authentication, side by side; and the cost of issuing the credentials.
+    Reconnect(ReconnectArgs),
     /// Everything, with the sizes of issue 9.
     All {
         /// Scale arguments.
@@ -148,6 +151,17 @@ pub struct WriteArgs {
     pub devices_per_connection: usize,
 }
 
+/// `reconnect`.
+#[derive(Debug, Clone, Args)]
+pub struct ReconnectArgs {
+    /// Devices.
+    #[arg(long, default_value_t = 100_000)]
+    pub devices: usize,
+    /// Connections in flight at once.
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: usize,
+}
+
 /// `agent`.
 #[derive(Debug, Clone, Args)]
 pub struct AgentArgs {
@@ -211,6 +225,14 @@ pub async fn run(cli: BenchCli) -> Result<()> {
                 window: Duration::from_secs(args.window_secs),
                 saturate: Duration::from_secs(args.saturate_secs),
                 devices_per_connection: args.devices_per_connection,
+                out_dir: out,
+            })
+            .await?;
+        }
+        Some(BenchCommand::Reconnect(args)) => {
+            crate::reconnect::run(&crate::reconnect::ReconnectOptions {
+                devices: args.devices,
+                concurrency: args.concurrency,
                 out_dir: out,
             })
             .await?;

@@ -26,6 +26,7 @@ pub mod notify;
 pub mod operator;
 pub mod plot;
 pub mod procstat;
+pub mod reconnect;
 pub mod report;
 pub mod scale;
 pub mod sim;

@@ -19,15 +19,16 @@ use harmony_fleet_deploy::nats::NatsReplicas;
 use harmony_fleet_e2e::stack::{self, Stack, StackOptions};
 use harmony_fleet_e2e::wait::eventually;
 use harmony_fleet_operator::crd::Device;
-use harmony_fleet_operator::crd::device::EnrollmentPhase;
+use harmony_fleet_operator::crd::device::{BLACKLIST_ANNOTATION, EnrollmentPhase};
 use jiff::Timestamp;
 use kube::Api;
+use kube::api::{Patch, PatchParams};
 
 const LIFETIME_SECS: u64 = 15;
 
 const OPTIONS: StackOptions = StackOptions {
     name: "identity",
-    devices: 1,
+    devices: 2,
     nats_replicas: NatsReplicas::One,
     walkthrough_labels: false,
     credential_lifetime_secs: Some(LIFETIME_SECS),
@@ -196,6 +197,76 @@ async fn credentials_are_renewed_before_they_expire_and_heartbeats_never_stop() 
     assert!(
         worst < 5_000,
         "a heartbeat gap of {worst} ms (interval 2 s)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blacklisted_device_is_cut_off_and_comes_back_when_lifted() {
+    let stack = stack().await;
+    let _shared = stack.shared_access().await;
+    let id = stack.device(2).id.clone();
+    let api: Api<Device> = Api::all(stack.kube.clone());
+    let annotate = |value: Option<&str>| {
+        let api = api.clone();
+        let patch = serde_json::json!({"metadata": {"annotations": {BLACKLIST_ANNOTATION: value}}});
+        async move {
+            api.patch(id_str(), &PatchParams::default(), &Patch::Merge(patch))
+                .await
+                .map(|_| ())
+        }
+    };
+    fn id_str() -> &'static str {
+        "local-2"
+    }
+    let _lift = stack.restore("lift the blacklist of local-2", |stack| async move {
+        let api: Api<Device> = Api::all(stack.kube.clone());
+        let patch = serde_json::json!({"metadata": {"annotations": {BLACKLIST_ANNOTATION: null}}});
+        api.patch("local-2", &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+        Ok(())
+    });
+    eventually("local-2 online", Duration::from_secs(30), || async {
+        heartbeat_at(stack, &id).await
+    })
+    .await
+    .expect("heartbeat");
+
+    annotate(Some("true")).await.expect("blacklist");
+    let cut = Timestamp::now();
+    eventually("local-2 disconnected", Duration::from_secs(5), || async {
+        let node = stack.nats_clients(1).await.map_err(|e| e.to_string())?;
+        if node.iter().any(|c| c == "fleet-agent local-2") {
+            Err("still connected".to_owned())
+        } else {
+            Ok(())
+        }
+    })
+    .await
+    .expect("the blacklisted device's connection is closed within 5 s");
+    eprintln!(
+        "blacklist → connection closed: {:?}",
+        Timestamp::now().duration_since(cut)
+    );
+
+    annotate(None).await.expect("lift");
+    let lifted = Timestamp::now();
+    let back = eventually(
+        "local-2 heartbeating again",
+        Duration::from_secs(60),
+        || async {
+            let at = heartbeat_at(stack, &id).await?;
+            if at > lifted {
+                Ok(at)
+            } else {
+                Err(format!("last heartbeat {at}"))
+            }
+        },
+    )
+    .await
+    .expect("the device enrolls again once the blacklist is lifted");
+    eprintln!(
+        "blacklist lifted → heartbeating: {:?}",
+        back.duration_since(lifted)
     );
 }
 
