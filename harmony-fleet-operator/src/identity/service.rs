@@ -506,9 +506,33 @@ impl State {
             Ok(()) => {
                 tracing::info!(revoked = next.len(), "fleet account revocations updated");
                 self.revocations = next;
+                self.mark_revoked().await;
             }
             Err(e) => {
                 tracing::error!(error = %e, "pushing the fleet account's revocations failed; retrying on the next Device change")
+            }
+        }
+    }
+
+    /// Shows `Revoked` on blacklisted devices whose credential is now revoked.
+    async fn mark_revoked(&mut self) {
+        let revoked: Vec<String> = self
+            .records
+            .iter()
+            .filter(|(_, r)| r.blacklisted && !r.deleting && r.issued.is_some())
+            .filter(|(name, _)| {
+                self.enrollments
+                    .get(*name)
+                    .is_some_and(|e| e.phase != EnrollmentPhase::Revoked)
+            })
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in revoked {
+            if let Some(mut enrollment) = self.enrollments.get(&name).cloned() {
+                enrollment.phase = EnrollmentPhase::Revoked;
+                if let Err(e) = self.write_enrollment(&name, enrollment).await {
+                    tracing::warn!(device = %name, error = %e, "marking a credential revoked failed");
+                }
             }
         }
     }
