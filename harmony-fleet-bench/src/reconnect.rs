@@ -6,6 +6,11 @@
 //! round trip (flush), then closes: one process here cannot hold 100k clients, so this measures
 //! the handshake work a reconnect storm costs the server, not 100k idle connections.
 //!
+//! The third mode is the alternative adr/0016 weighed: an auth callout. Devices present a
+//! user and token; nats-server forwards each CONNECT to a callout service (here, in this
+//! process, on its own connection) that checks the token and answers with a signed user JWT
+//! carrying the device's permission template. Its CPU is the service's share of the cost.
+//!
 //! Also measured: what issuing the N credentials costs the operator (one ed25519 signature and
 //! a JSON encoding each).
 
@@ -58,6 +63,7 @@ fn now() -> i64 {
 enum Login {
     Anonymous,
     Jwt { jwt: String, key: Arc<KeyPair> },
+    Token { user: String, token: String },
 }
 
 fn options(device: &DeviceId, login: &Login) -> async_nats::ConnectOptions {
@@ -69,6 +75,9 @@ fn options(device: &DeviceId, login: &Login) -> async_nats::ConnectOptions {
                 let key = key.clone();
                 async move { key.sign(&nonce).map_err(async_nats::AuthError::new) }
             })
+        }
+        Login::Token { user, token } => {
+            async_nats::ConnectOptions::with_user_and_password(user.clone(), token.clone())
         }
     };
     base.custom_inbox_prefix(device_inbox_prefix(device))
@@ -206,8 +215,169 @@ pub async fn run(opts: &ReconnectOptions) -> Result<Table> {
     row(&mut table, "jwt (operator mode)", opts, elapsed, cpu);
     eprintln!("reconnect: jwt: {elapsed:.1} s");
 
+    drop(nats);
+
+    // Auth callout: the server asks a service for every connection.
+    let (elapsed, cpu, service_cpu) = callout_storm(&ids, opts.concurrency).await?;
+    row(&mut table, "auth callout", opts, elapsed, cpu);
+    table
+        .rows
+        .last_mut()
+        .into_iter()
+        .for_each(|r| r[0] = format!("auth callout (+{service_cpu:.1} s service CPU)"));
+    eprintln!("reconnect: callout: {elapsed:.1} s");
+
     let path = table.write(&opts.out_dir, "reconnect")?;
     eprintln!("reconnect: wrote {}", path.display());
     println!("{}", table.markdown());
     Ok(table)
+}
+
+/// The token of `device` in the callout mode: what a device would present (derived, so the
+/// service checks it without a table).
+fn token_of(secret: &[u8], device: &str) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(secret);
+    h.update(device.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// Runs the callout mode; returns (seconds, server CPU seconds, service CPU seconds).
+async fn callout_storm(ids: &[DeviceId], concurrency: usize) -> Result<(f64, f64, f64)> {
+    use harmony::local::nats::{NatsAccount, NatsAuthCallout, NatsUser};
+    let issuer = Arc::new(KeyPair::new_account());
+    let service_password = "callout-service".to_owned();
+    let auth = NatsAuthConfig {
+        accounts: vec![
+            NatsAccount {
+                name: "AUTH".into(),
+                jetstream: false,
+                users: vec![NatsUser {
+                    user: "auth".into(),
+                    password: service_password.clone(),
+                    permissions: None,
+                }],
+            },
+            NatsAccount {
+                name: "FLEET".into(),
+                jetstream: true,
+                users: vec![],
+            },
+        ],
+        auth_callout: Some(NatsAuthCallout {
+            issuer: issuer.public_key(),
+            auth_users: vec!["auth".into()],
+            account: "AUTH".into(),
+        }),
+        ..NatsAuthConfig::default()
+    };
+    let nats = LocalNats::start(NatsOptions {
+        auth: Some(auth),
+        ..NatsOptions::default()
+    })
+    .await?;
+    let secret = b"bench-callout-secret".to_vec();
+    let service =
+        async_nats::ConnectOptions::with_user_and_password("auth".into(), service_password)
+            .connect(nats.url())
+            .await
+            .map_err(|e| Error::nats("connecting the callout service", e))?;
+    let mut requests = service
+        .subscribe("$SYS.REQ.USER.AUTH")
+        .await
+        .map_err(|e| Error::nats("subscribing the callout service", e))?;
+    service
+        .flush()
+        .await
+        .map_err(|e| Error::nats("flushing the callout service", e))?;
+    let busy = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let busy_ns = busy.clone();
+    let responder = service.clone();
+    let key = issuer.clone();
+    let service_secret = secret.clone();
+    let task = tokio::spawn(async move {
+        while let Some(message) = requests.next().await {
+            let started = Instant::now();
+            let answer = authorize(&message.payload, &key, &service_secret);
+            busy_ns.fetch_add(
+                started.elapsed().as_nanos() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+            if let (Some(reply), Some(answer)) = (message.reply, answer) {
+                let _ = responder.publish(reply, answer.into()).await;
+            }
+        }
+    });
+    let logins = ids
+        .iter()
+        .map(|d| {
+            (
+                d.clone(),
+                Login::Token {
+                    user: d.to_string(),
+                    token: token_of(&secret, d.as_str()),
+                },
+            )
+        })
+        .collect();
+    let (elapsed, cpu) = storm(&nats, logins, concurrency).await?;
+    task.abort();
+    let service_cpu = busy.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e9;
+    Ok((elapsed, cpu, service_cpu))
+}
+
+/// The callout service's decision for one authorization request: a response JWT, or `None`
+/// for an unreadable request.
+fn authorize(request: &[u8], issuer: &KeyPair, secret: &[u8]) -> Option<String> {
+    use harmony_fleet_contracts::identity::{DEVICE_MAX_PAYLOAD, user_rules};
+    use harmony_fleet_contracts::jwt::{self, Claims};
+    let text = std::str::from_utf8(request).ok()?;
+    let claims: Claims<serde_json::Value> = jwt::decode(text).ok()?;
+    let nats = &claims.nats;
+    let user_nkey = nats["user_nkey"].as_str()?.to_owned();
+    let server_id = nats["server_id"]["id"].as_str()?.to_owned();
+    let user = nats["connect_opts"]["user"].as_str().unwrap_or_default();
+    let pass = nats["connect_opts"]["pass"].as_str().unwrap_or_default();
+    let response = |inner: serde_json::Value| {
+        jwt::encode(
+            Claims {
+                jti: String::new(),
+                aud: Some(server_id.clone()),
+                iat: now(),
+                iss: String::new(),
+                name: String::new(),
+                sub: user_nkey.clone(),
+                exp: None,
+                nats: inner,
+            },
+            issuer,
+        )
+        .ok()
+    };
+    let device: Option<DeviceId> = user.parse().ok();
+    let Some(device) = device.filter(|d| token_of(secret, d.as_str()) == pass) else {
+        return response(serde_json::json!({
+            "error": "unknown device or wrong token", "type": "authorization_response", "version": 2
+        }));
+    };
+    let mut rules = user_rules(&harmony_fleet_contracts::permissions::device_permissions(
+        &device,
+    ));
+    rules.payload = DEVICE_MAX_PAYLOAD;
+    let user_jwt = jwt::encode(
+        Claims {
+            jti: String::new(),
+            aud: Some("FLEET".into()),
+            iat: now(),
+            iss: String::new(),
+            name: device.to_string(),
+            sub: user_nkey.clone(),
+            exp: None,
+            nats: rules,
+        },
+        issuer,
+    )
+    .ok()?;
+    response(serde_json::json!({"jwt": user_jwt, "type": "authorization_response", "version": 2}))
 }

@@ -69,3 +69,26 @@ async fn agent_watches_and_change_notices_both_answer_every_change() -> anyhow::
     }
     Ok(())
 }
+
+#[tokio::test]
+async fn a_reconnect_storm_authenticates_every_device_in_each_mode() -> anyhow::Result<()> {
+    let out = tempfile::tempdir()?;
+    let table =
+        harmony_fleet_bench::reconnect::run(&harmony_fleet_bench::reconnect::ReconnectOptions {
+            devices: 20,
+            concurrency: 4,
+            out_dir: out.path().to_owned(),
+        })
+        .await?;
+    assert_eq!(
+        table.rows.len(),
+        3,
+        "none, jwt and auth callout: {:?}",
+        table.rows
+    );
+    for row in &table.rows {
+        assert_eq!(row[1], "20", "{row:?}");
+    }
+    assert!(out.path().join("reconnect.csv").is_file());
+    Ok(())
+}

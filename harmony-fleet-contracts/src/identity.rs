@@ -242,6 +242,7 @@ pub fn device_user_claims(
     nats.issuer_account = Some(account.to_owned());
     Claims {
         jti: String::new(),
+        aud: None,
         iat: now,
         iss: String::new(),
         name: device.to_string(),
@@ -279,6 +280,7 @@ pub fn bootstrap_user_claims(
     nats.issuer_account = Some(account.to_owned());
     Claims {
         jti: String::new(),
+        aud: None,
         iat: now,
         iss: String::new(),
         name: "fleet-bootstrap".to_owned(),
@@ -299,6 +301,7 @@ pub fn fleet_account_claims(
     nats.revocations = revocations;
     Claims {
         jti: String::new(),
+        aud: None,
         iat: now,
         iss: String::new(),
         name: "FLEET".to_owned(),

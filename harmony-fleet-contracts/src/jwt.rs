@@ -84,6 +84,10 @@ pub struct Claims<N> {
     pub name: String,
     /// Subject's public key.
     pub sub: String,
+    /// Audience: who the JWT is for (auth callout responses: the server id; their user JWTs:
+    /// the target account).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aud: Option<String>,
     /// Expiry, seconds since the epoch; `None`: never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exp: Option<i64>,
@@ -377,6 +381,7 @@ mod tests {
     fn user_claims(subject: &KeyPair) -> Claims<UserClaims> {
         Claims {
             jti: String::new(),
+            aud: None,
             iat: 1_700_000_000,
             iss: String::new(),
             name: "dev-1".into(),
@@ -449,6 +454,7 @@ mod tests {
         let account = KeyPair::new_account();
         let claims = |revoked: &[&str]| Claims {
             jti: String::new(),
+            aud: None,
             iat: 1,
             iss: String::new(),
             name: "FLEET".into(),

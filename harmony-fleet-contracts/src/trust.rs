@@ -272,6 +272,7 @@ impl TrustChain {
         jwt::encode(
             Claims {
                 jti: String::new(),
+                aud: None,
                 iat: now,
                 iss: String::new(),
                 name: "harmony-fleet".into(),
@@ -291,6 +292,7 @@ impl TrustChain {
         jwt::encode(
             Claims {
                 jti: String::new(),
+                aud: None,
                 iat: now,
                 iss: String::new(),
                 name: "SYS".into(),
@@ -323,6 +325,7 @@ impl TrustChain {
         nats.issuer_account = Some(self.fleet_account());
         let claims = Claims {
             jti: String::new(),
+            aud: None,
             iat: now,
             iss: String::new(),
             name: name.to_owned(),
@@ -364,6 +367,7 @@ impl TrustChain {
         let user = KeyPair::new_user();
         let claims: Claims<UserClaims> = Claims {
             jti: String::new(),
+            aud: None,
             iat: now,
             iss: String::new(),
             name: "fleet-claims-pusher".into(),

@@ -35,6 +35,22 @@ pub struct NatsAuthConfig {
     /// identities live in JWTs, not in this file.
     #[serde(default)]
     pub operator: Option<NatsOperatorTrust>,
+    /// Delegate authentication to a service (nats-server's auth callout): every CONNECT not
+    /// from `authUsers` is sent to it, and it answers with a signed user JWT.
+    #[serde(default)]
+    pub auth_callout: Option<NatsAuthCallout>,
+}
+
+/// nats-server's `auth_callout` block.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NatsAuthCallout {
+    /// Public account nkey that signs the service's responses.
+    pub issuer: String,
+    /// Users that bypass the callout (the service's own).
+    pub auth_users: Vec<String>,
+    /// The account of those users.
+    pub account: String,
 }
 
 /// Operator mode with a `full` account resolver: account JWTs are stored in a directory next
@@ -264,12 +280,25 @@ fn render_auth(out: &mut String, auth: &NatsAuthConfig, store_dir: &Path) -> Res
         }
         out.push_str("}\n");
     }
-    if !auth.users.is_empty() {
-        out.push_str("authorization {\n  users: [\n");
-        for user in &auth.users {
-            render_user(out, user, "    ")?;
+    if !auth.users.is_empty() || auth.auth_callout.is_some() {
+        out.push_str("authorization {\n");
+        if !auth.users.is_empty() {
+            out.push_str("  users: [\n");
+            for user in &auth.users {
+                render_user(out, user, "    ")?;
+            }
+            out.push_str("  ]\n");
         }
-        out.push_str("  ]\n}\n");
+        if let Some(callout) = &auth.auth_callout {
+            let _ = writeln!(
+                out,
+                "  auth_callout {{\n    issuer: {}\n    auth_users: {}\n    account: {}\n  }}",
+                quote(&callout.issuer),
+                list(&callout.auth_users),
+                quote(&callout.account)
+            );
+        }
+        out.push_str("}\n");
     }
     if let Some(user) = &auth.no_auth_user {
         let _ = writeln!(out, "no_auth_user: {}", quote(user));
@@ -367,6 +396,7 @@ mod tests {
             no_auth_user: None,
             system_account: None,
             operator: None,
+            auth_callout: None,
         };
         let text = ServerConfig {
             host: "127.0.0.1",
@@ -460,6 +490,33 @@ mod tests {
         };
         let err = config(&mixed).expect_err("operator and users");
         assert!(err.to_string().contains("as JWTs"), "{err}");
+    }
+
+    #[test]
+    fn renders_an_auth_callout_block() {
+        let auth = NatsAuthConfig {
+            auth_callout: Some(NatsAuthCallout {
+                issuer: "AISSUER".into(),
+                auth_users: vec!["auth".into()],
+                account: "AUTH".into(),
+            }),
+            ..NatsAuthConfig::default()
+        };
+        let text = ServerConfig {
+            host: "127.0.0.1",
+            server_name: "n1",
+            port: 4222,
+            monitor_port: 8222,
+            store_dir: Path::new("/tmp/js"),
+            cluster: None,
+            auth: Some(&auth),
+        }
+        .render()
+        .expect("render");
+        assert!(
+            text.contains("authorization {\n  auth_callout {\n    issuer: \"AISSUER\"\n    auth_users: [\"auth\"]\n    account: \"AUTH\"\n  }\n}"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use config::{
-    AllowResponses, ClusterSection, NatsAccount, NatsAuthConfig, NatsOperatorTrust,
-    NatsPermissions, NatsUser, ServerConfig, SubjectPermission,
+    AllowResponses, ClusterSection, NatsAccount, NatsAuthCallout, NatsAuthConfig,
+    NatsOperatorTrust, NatsPermissions, NatsUser, ServerConfig, SubjectPermission,
 };
 
 use crate::local::bins::{self, BinLocator};
