@@ -760,3 +760,52 @@ async fn name_conflict_across_namespaces() {
         .await
         .expect("new owner converged");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_missed_while_offline_converge_when_the_device_returns() {
+    let stack = stack().await;
+    let _exclusive = stack.exclusive_access().await;
+    let ns = stack.namespace().await.expect("namespace");
+    let name = format!("missed-{}", ns.id);
+    let port = port_of(&ns);
+    let d2 = &stack.device(2).id;
+    let first = apply_demo(stack, &ns.name, &name, &[d2], "v1", port).await;
+    wait_ready(stack, &first, 1).await.expect("converged");
+    stack
+        .wait_http(d2, port, "v1", CONVERGE)
+        .await
+        .expect("serving v1");
+
+    // Three changes while the device is disconnected: it missed every notice, and its
+    // index listing on reconnect brings it to the last one.
+    let restart = stack.restore_agent(d2);
+    stack.stop_agent(d2).await.expect("stop agent");
+    let mut last = first;
+    for tag in ["v2", "v1", "v2"] {
+        last = apply_demo(stack, &ns.name, &name, &[d2], tag, port).await;
+    }
+    restart.now().await.expect("start agent");
+    stack
+        .wait_http(d2, port, "v2", CONVERGE)
+        .await
+        .expect("the last of three missed changes is served");
+    wait_ready(stack, &last, 1)
+        .await
+        .expect("converged on the last change");
+
+    // Offline across a NATS restart, with a change made after it: the device gets it.
+    let restart = stack.restore_agent(d2);
+    let healthy_nats = stack.restore_nats();
+    stack.stop_agent(d2).await.expect("stop agent");
+    stack.restart_nats(1).await.expect("restart NATS");
+    let after_restart = apply_demo(stack, &ns.name, &name, &[d2], "v1", port).await;
+    restart.now().await.expect("start agent");
+    stack
+        .wait_http(d2, port, "v1", CONVERGE)
+        .await
+        .expect("the change made while it was away across a NATS restart is served");
+    wait_ready(stack, &after_restart, 1)
+        .await
+        .expect("converged after the NATS restart");
+    healthy_nats.now().await.expect("NATS healthy");
+}
