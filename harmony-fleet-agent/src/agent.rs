@@ -32,6 +32,20 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// renewal.
 const IDENTITY_RETRY: Duration = Duration::from_secs(30);
 
+/// How this device enrolls (again).
+fn enroller(config: &Config) -> identity::Enroller {
+    identity::Enroller {
+        urls: config.nats.urls.clone(),
+        ca_file: config.nats.ca_file.clone(),
+        bootstrap_creds: match &config.credentials {
+            Some(Credentials::Nkey { bootstrap_creds }) => bootstrap_creds.clone(),
+            _ => None,
+        },
+        device: config.agent.device_id.clone(),
+        inventory: crate::inventory::read_inventory(),
+    }
+}
+
 /// The device's credential: the stored one, or one obtained by enrolling (which waits for an
 /// admin's approval). `None` when `shutdown` came first.
 async fn own_credential(
@@ -50,16 +64,8 @@ async fn own_credential(
         }
         .into());
     };
-    let token = identity::enroll(
-        &config.nats.urls,
-        bootstrap,
-        &config.agent.device_id,
-        &key,
-        crate::inventory::read_inventory(),
-        IDENTITY_RETRY,
-        shutdown,
-    )
-    .await?;
+    let token =
+        identity::enroll(&enroller(config), bootstrap, &key, IDENTITY_RETRY, shutdown).await?;
     let Some(token) = token else {
         return Ok(None);
     };
@@ -146,19 +152,10 @@ impl Agent {
         ));
         tasks.spawn(supervisor.run(watch_rx));
         if let Some(credential) = credential {
-            let bootstrap_creds = match &config.credentials {
-                Some(Credentials::Nkey { bootstrap_creds }) => bootstrap_creds.clone(),
-                _ => None,
-            };
             tasks.spawn(identity::maintain(
                 connection.client().clone(),
                 credential,
-                identity::Enroller {
-                    urls: config.nats.urls.clone(),
-                    bootstrap_creds,
-                    device: device.clone(),
-                    inventory: crate::inventory::read_inventory(),
-                },
+                enroller(&config),
                 config.agent.data_dir.clone(),
                 IDENTITY_RETRY,
                 stop.clone(),

@@ -76,6 +76,10 @@ pub struct NatsSection {
     /// Seconds between client pings; a dead server is noticed after about two of them.
     #[serde(default = "default_ping_interval_secs")]
     pub ping_interval_secs: u64,
+    /// CA (PEM) the servers' certificates must chain to. Set: TLS is required and the server
+    /// verified; unset: the client accepts what the server offers (development).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[credentials]`, tagged by `type`: `nkey` (the device's own key and an issued credential,

@@ -149,6 +149,9 @@ impl Connection {
                     }
                 }
             });
+        if let Some(ca) = &config.nats.ca_file {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
         if let Some(Credentials::TomlShared { user, password }) = &config.credentials {
             options = options.user_and_password(user.clone(), password.clone());
         }

@@ -245,19 +245,24 @@ fn now() -> i64 {
 /// Enrolls through the bootstrap user until a credential for `key` is issued (or `stop`).
 /// Refusals are logged and retried after `retry`: an admin may approve or un-blacklist later.
 pub async fn enroll(
-    urls: &[String],
+    enroller: &Enroller,
     bootstrap_creds: &Path,
-    device: &DeviceId,
     key: &KeyPair,
-    inventory: Inventory,
     retry: Duration,
     stop: &CancellationToken,
 ) -> Result<Option<String>, IdentityError> {
+    let (urls, device) = (&enroller.urls, &enroller.device);
     let creds = std::fs::read_to_string(bootstrap_creds).map_err(|e| IdentityError::Bootstrap {
         path: bootstrap_creds.to_owned(),
         message: e.to_string(),
     })?;
-    let options = async_nats::ConnectOptions::new()
+    let base = match enroller.ca_file.as_deref() {
+        Some(ca) => async_nats::ConnectOptions::new()
+            .add_root_certificates(ca.to_owned())
+            .require_tls(true),
+        None => async_nats::ConnectOptions::new(),
+    };
+    let options = base
         .credentials(&creds)
         .map_err(|e| IdentityError::Bootstrap {
             path: bootstrap_creds.to_owned(),
@@ -277,15 +282,16 @@ pub async fn enroll(
     };
     tracing::info!(public_key = %key.public_key(), "enrolling: waiting for an admin to approve this key");
     loop {
-        let request = match EnrollRequest::signed(device.clone(), key, inventory.clone(), now()) {
-            Ok(r) => r,
-            Err(source) => {
-                return Err(IdentityError::Seed {
-                    path: PathBuf::from(SEED_FILE),
-                    source,
-                });
-            }
-        };
+        let request =
+            match EnrollRequest::signed(device.clone(), key, enroller.inventory.clone(), now()) {
+                Ok(r) => r,
+                Err(source) => {
+                    return Err(IdentityError::Seed {
+                        path: PathBuf::from(SEED_FILE),
+                        source,
+                    });
+                }
+            };
         let body = serde_json::to_vec(&request).unwrap_or_default();
         let answer = tokio::select! {
             a = client.request(ENROLL_SUBJECT, body.into()) => a,
@@ -333,6 +339,8 @@ pub async fn enroll(
 pub struct Enroller {
     /// Server URLs.
     pub urls: Vec<String>,
+    /// The servers' CA, if TLS is required.
+    pub ca_file: Option<PathBuf>,
     /// The bootstrap `.creds` file, if configured.
     pub bootstrap_creds: Option<PathBuf>,
     /// The device.
@@ -417,17 +425,7 @@ async fn reenroll(
         return;
     };
     tracing::warn!("the server refuses this device's credential; enrolling again");
-    match enroll(
-        &enroller.urls,
-        bootstrap,
-        &enroller.device,
-        credential.key(),
-        enroller.inventory.clone(),
-        retry,
-        stop,
-    )
-    .await
-    {
+    match enroll(enroller, bootstrap, credential.key(), retry, stop).await {
         Ok(Some(token)) => {
             if let Err(e) = save_credential(data_dir, &token) {
                 tracing::error!(error = %e, "storing the new credential");

@@ -13,7 +13,8 @@ use harmony::topologies::LocalTopology;
 use harmony::topology::Topology;
 use harmony_fleet_deploy::FleetServerScore;
 use harmony_fleet_deploy::local::{DownOnDrop, LocalFleet};
-use harmony_fleet_deploy::nats::FleetNatsScore;
+use harmony_fleet_deploy::nats::{FleetNatsScore, NatsEndpoint, smoke};
+use harmony_fleet_deploy::trust::LocalTrust;
 
 async fn run(
     score: &dyn Score<LocalTopology>,
@@ -97,6 +98,43 @@ async fn every_local_score_converges_and_a_second_run_changes_nothing() {
         operator_pid,
         "the operator was not restarted"
     );
+    // TLS: the INFO line demands it, and a client without the fleet's CA cannot verify the
+    // server (no plaintext path exists on the local fleet).
+    let endpoint = NatsEndpoint::load_local(dir.path()).expect("endpoint");
+    let ca = endpoint.ca_file.clone().expect("a CA");
+    assert!(ca.is_file(), "{}", ca.display());
+    let (trust, _) = LocalTrust::load_or_create(dir.path()).expect("trust");
+    smoke::connect(
+        &endpoint,
+        &trust.admin().expect("admin"),
+        Default::default(),
+    )
+    .await
+    .expect("with the CA the admin connects");
+    let unverified = NatsEndpoint {
+        ca_file: None,
+        ..endpoint.clone()
+    };
+    let err = smoke::connect(
+        &unverified,
+        &trust.admin().expect("admin"),
+        Default::default(),
+    )
+    .await
+    .expect_err("a client that does not trust the fleet CA is refused");
+    eprintln!("without the CA: {err}");
+    let addr = endpoint.urls[0].trim_start_matches("nats://").to_owned();
+    let mut info = String::new();
+    {
+        use std::io::{BufRead as _, BufReader};
+        let stream = std::net::TcpStream::connect(&addr).expect("tcp");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        BufReader::new(stream).read_line(&mut info).expect("INFO");
+    }
+    assert!(info.contains("\"tls_required\":true"), "{info}");
+
     let seed = dir
         .path()
         .join("devices/local-3/data")

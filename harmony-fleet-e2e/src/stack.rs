@@ -159,7 +159,7 @@ impl Stack {
         let state = topology.state_dir().to_owned();
         let endpoint = NatsEndpoint::load_local(&state)?;
         let (trust, _) = LocalTrust::load_or_create(&state)?;
-        let nats = smoke::connect(&endpoint.urls, &trust.admin()?, Default::default()).await?;
+        let nats = smoke::connect(&endpoint, &trust.admin()?, Default::default()).await?;
         let bring_up = started.elapsed();
         eprintln!(
             "e2e: {} up in {:.1}s (control plane {:.1}s, {} device(s), {} NATS server(s), {pruned} stale namespace(s) pruned); state and logs in {}",

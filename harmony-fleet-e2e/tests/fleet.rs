@@ -646,7 +646,7 @@ async fn invalid_input() {
 
     // As d1, with the credential it enrolled for and its own seed (this host is the device).
     let identity = stack.device_identity(d1).expect("enrolled");
-    smoke::device_is_isolated(&stack.endpoint.urls, d1, &identity)
+    smoke::device_is_isolated(&stack.endpoint, d1, &identity)
         .await
         .expect("a device cannot read another device's keys");
 }

@@ -131,6 +131,10 @@ pub struct RunArgs {
     /// operator mode (adr/0016). Excludes --nats-user.
     #[arg(long, env = "FLEET_NATS_CREDS")]
     pub nats_creds: Option<PathBuf>,
+    /// CA (PEM) the NATS servers' certificates chain to: TLS is then required and the
+    /// servers verified.
+    #[arg(long, env = "FLEET_NATS_CA")]
+    pub nats_ca: Option<PathBuf>,
     /// Issue device credentials: the signer file (JSON: fleetAccount, fleetSigning,
     /// operatorSigning) harmony-fleet-deploy wrote. Turns the identity service on: enrollment,
     /// renewal and revocation (needs --identity-system-creds).
@@ -180,6 +184,8 @@ pub struct NatsConfig {
     pub credentials: Option<(String, String)>,
     /// A `.creds` file (operator mode), instead of user and password.
     pub creds_file: Option<PathBuf>,
+    /// CA of the servers' TLS certificates (TLS required when set).
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The identity service's settings (`--identity-signer`).
@@ -233,6 +239,7 @@ impl Config {
                 urls: vec![url.into()],
                 credentials: None,
                 creds_file: None,
+                ca_file: None,
             },
             namespace: None,
             heartbeat_timeout: Duration::from_secs(90),
@@ -255,6 +262,7 @@ impl TryFrom<RunArgs> for Config {
             nats_user,
             nats_password,
             nats_creds,
+            nats_ca,
             identity_signer,
             identity_system_creds,
             credential_lifetime_secs,
@@ -333,6 +341,7 @@ impl TryFrom<RunArgs> for Config {
                 urls,
                 credentials,
                 creds_file: nats_creds,
+                ca_file: nats_ca,
             },
             namespace: namespace.filter(|n| !n.is_empty()),
             heartbeat_timeout: Duration::from_secs(heartbeat_timeout_secs),

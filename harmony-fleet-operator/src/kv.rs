@@ -51,6 +51,9 @@ pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client> {
     if let Some(path) = &config.creds_file {
         options = with_creds_file(options, path)?;
     }
+    if let Some(ca) = &config.ca_file {
+        options = options.add_root_certificates(ca.clone()).require_tls(true);
+    }
     let addrs = config
         .urls
         .iter()

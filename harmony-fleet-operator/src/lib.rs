@@ -78,7 +78,7 @@ pub async fn run(config: Config) -> Result<()> {
         Some(identity) => {
             let service = identity::IdentityService::from_config(
                 identity,
-                &config.nats.urls,
+                &config.nats,
                 nats.clone(),
                 client.clone(),
             )

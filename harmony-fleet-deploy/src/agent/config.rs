@@ -18,6 +18,8 @@ pub struct AgentConfig {
     pub heartbeat_interval_secs: u64,
     /// `[nats] urls`.
     pub nats_urls: Vec<String>,
+    /// `[nats] ca_file`: the CA the servers' certificates chain to (TLS required).
+    pub nats_ca: Option<PathBuf>,
     /// `[labels]`.
     pub labels: BTreeMap<String, String>,
     /// `[credentials]`.
@@ -58,9 +60,13 @@ impl AgentConfig {
         ));
         let urls: Vec<String> = self.nats_urls.iter().map(|u| quote(u)).collect();
         out.push_str(&format!(
-            "[nats]\nurls = [{}]\nreconnect_max_delay_ms = 2000\n\n",
+            "[nats]\nurls = [{}]\nreconnect_max_delay_ms = 2000\n",
             urls.join(", ")
         ));
+        if let Some(ca) = &self.nats_ca {
+            out.push_str(&format!("ca_file = {}\n", quote(&ca.display().to_string())));
+        }
+        out.push('\n');
         out.push_str("[labels]\n");
         for (key, value) in &self.labels {
             out.push_str(&format!("{} = {}\n", quote(key), quote(value)));

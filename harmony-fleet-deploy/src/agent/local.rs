@@ -123,6 +123,7 @@ pub(super) async fn deploy(
         data_dir: dir.join("data"),
         heartbeat_interval_secs: score.heartbeat_interval_secs,
         nats_urls: endpoint.urls.clone(),
+        nats_ca: endpoint.ca_file.clone(),
         labels: score.labels.clone(),
         credentials: AgentCredentials::Nkey {
             bootstrap_creds: trust.bootstrap_creds_path(),
@@ -235,7 +236,7 @@ async fn wait_heartbeat(
     since: Timestamp,
 ) -> Result<(), InterpretError> {
     let device = &score.device_id;
-    let admin = smoke::connect(&endpoint.urls, admin, Default::default()).await?;
+    let admin = smoke::connect(endpoint, admin, Default::default()).await?;
     let kv = jetstream::new(admin)
         .get_key_value(DEVICE_HEARTBEAT)
         .await

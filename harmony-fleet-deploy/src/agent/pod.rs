@@ -39,6 +39,7 @@ pub fn objects(score: &FleetAgentScore, pod: &PodAgent, login: Login) -> (Secret
         data_dir: PathBuf::from("/var/lib/fleet-agent"),
         heartbeat_interval_secs: score.heartbeat_interval_secs,
         nats_urls: NatsEndpoint::in_cluster(ns).urls,
+        nats_ca: None,
         labels: score.labels.clone(),
         credentials: super::config::AgentCredentials::Password(login),
         podman: BTreeMap::new(),

@@ -84,6 +84,7 @@ pub fn objects(
         store_dir: Path::new("/data/jetstream"),
         cluster: cluster.as_ref(),
         auth: Some(&auth),
+        tls: None,
     }
     .render()
     .map_err(|e| InterpretError::failed(format!("rendering the NATS configuration: {e}")))?

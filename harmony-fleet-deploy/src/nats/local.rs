@@ -7,7 +7,8 @@ use std::time::Duration;
 use harmony::capability::ProcessSupervisor;
 use harmony::interpret::{InterpretError, Outcome};
 use harmony::local::bins;
-use harmony::local::nats::{ClusterSection, ServerConfig};
+use harmony::local::certs::ServerTls;
+use harmony::local::nats::{ClusterSection, NatsTls, ServerConfig};
 use harmony::local::probe;
 use harmony::local::{ProcessChange, ProcessSpec};
 use harmony::topologies::LocalTopology;
@@ -16,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::{FleetNatsScore, NatsEndpoint, smoke};
 use crate::credentials::write_private;
+use crate::error::DeployError;
 use crate::trust::LocalTrust;
 use crate::wait::{self, Poll};
 
@@ -45,6 +47,15 @@ pub(super) async fn deploy(
     // every run and enrolling a device never restarts the server.
     let (trust, trust_created) = LocalTrust::load_or_create(&state)?;
     let auth = trust.auth_config();
+    // TLS always: clients verify the server against this CA (kept across runs).
+    let certs =
+        ServerTls::load_or_generate(&LocalTrust::dir(&state).join("tls"), "harmony-fleet-nats")
+            .map_err(DeployError::from)?;
+    let tls = NatsTls {
+        cert_file: certs.server_cert.clone(),
+        key_file: certs.server_key.clone(),
+        ca_file: certs.ca_cert.clone(),
+    };
     let program = topology
         .bins()
         .locate(bins::NATS_SERVER)
@@ -89,6 +100,7 @@ pub(super) async fn deploy(
             store_dir: &store,
             cluster: cluster.as_ref(),
             auth: Some(&auth),
+            tls: Some(&tls),
         }
         .render()
         .map_err(|e| InterpretError::failed(format!("rendering the NATS configuration: {e}")))?;
@@ -121,8 +133,9 @@ pub(super) async fn deploy(
             .iter()
             .map(|m| format!("nats://127.0.0.1:{}", m.port))
             .collect(),
+        ca_file: Some(certs.ca_cert.clone()),
     };
-    let admin = smoke::connect(&endpoint.urls, &trust.admin()?, Default::default()).await?;
+    let admin = smoke::connect(&endpoint, &trust.admin()?, Default::default()).await?;
     let js = async_nats::jetstream::new(admin);
     let buckets = wait::until(
         "the fleet buckets to be created",
@@ -149,19 +162,19 @@ pub(super) async fn deploy(
     let endpoint_json = serde_json::to_vec_pretty(&endpoint).unwrap_or_default();
     write_private(&NatsEndpoint::local_path(&state), &endpoint_json)?;
 
-    smoke::kv_round_trip(&endpoint.urls, &trust.operator()?).await?;
+    smoke::kv_round_trip(&endpoint, &trust.operator()?).await?;
     let smoke_device: harmony_fleet_contracts::DeviceId = "harmony-smoke"
         .parse()
         .map_err(|e| InterpretError::failed(format!("smoke device id: {e}")))?;
     smoke::device_is_isolated(
-        &endpoint.urls,
+        &endpoint,
         &smoke_device,
         &trust.throwaway_device(&smoke_device)?,
     )
     .await?;
 
     let message = format!(
-        "NATS at {} (operator mode: devices enroll with their own keys); KV round trip ok, cross-device read refused",
+        "NATS at {} (TLS, operator mode: devices enroll with their own keys); KV round trip ok, cross-device read refused",
         endpoint.urls.join(","),
     );
     Ok(if changed {

@@ -85,6 +85,10 @@ impl FleetNatsScore {
 pub struct NatsEndpoint {
     /// Every server's client URL.
     pub urls: Vec<String>,
+    /// The CA the servers' TLS certificates chain to; `None`: plaintext (the cluster path, a
+    /// development mode until it moves to TLS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
 }
 
 impl NatsEndpoint {
@@ -113,6 +117,7 @@ impl NatsEndpoint {
     pub fn in_cluster(namespace: &str) -> Self {
         NatsEndpoint {
             urls: vec![format!("nats://{}.{namespace}.svc:4222", cluster::SERVICE)],
+            ca_file: None,
         }
     }
 }

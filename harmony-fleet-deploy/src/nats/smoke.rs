@@ -11,6 +11,7 @@ use harmony_fleet_contracts::buckets::DESIRED_STATE;
 use harmony_fleet_contracts::{DeviceId, device_inbox_prefix, jetstream as js_api};
 use tokio::sync::mpsc;
 
+use super::NatsEndpoint;
 use crate::credentials::Login;
 use crate::error::DeployError;
 
@@ -62,13 +63,19 @@ impl From<&Login> for NatsIdentity {
     }
 }
 
-/// Connects to `urls` as `identity`.
+/// Connects to `endpoint` as `identity`, verifying the servers against its CA when it has
+/// one (and then refusing plaintext).
 pub async fn connect(
-    urls: &[String],
+    endpoint: &NatsEndpoint,
     identity: &NatsIdentity,
     options: ConnectOptions,
 ) -> Result<async_nats::Client, DeployError> {
+    let urls = &endpoint.urls;
     let joined = urls.join(",");
+    let options = match &endpoint.ca_file {
+        Some(ca) => options.add_root_certificates(ca.clone()).require_tls(true),
+        None => options,
+    };
     let addrs = urls
         .iter()
         .map(|url| url.parse::<async_nats::ServerAddr>())
@@ -83,8 +90,11 @@ pub async fn connect(
 }
 
 /// Puts, reads back and deletes a key in `desired-state` as `operator`.
-pub async fn kv_round_trip(urls: &[String], operator: &NatsIdentity) -> Result<(), DeployError> {
-    let client = connect(urls, operator, ConnectOptions::new()).await?;
+pub async fn kv_round_trip(
+    endpoint: &NatsEndpoint,
+    operator: &NatsIdentity,
+) -> Result<(), DeployError> {
+    let client = connect(endpoint, operator, ConnectOptions::new()).await?;
     let js = jetstream::new(client);
     let kv = js
         .get_key_value(DESIRED_STATE)
@@ -114,7 +124,7 @@ pub async fn kv_round_trip(urls: &[String], operator: &NatsIdentity) -> Result<(
 /// As `device`, reads its own `desired-state` key (must be answered) and another device's
 /// (must be refused by the server with a permissions violation).
 pub async fn device_is_isolated(
-    urls: &[String],
+    endpoint: &NatsEndpoint,
     device: &DeviceId,
     identity: &NatsIdentity,
 ) -> Result<(), DeployError> {
@@ -129,7 +139,7 @@ pub async fn device_is_isolated(
                 }
             }
         });
-    let client = connect(urls, identity, options).await?;
+    let client = connect(endpoint, identity, options).await?;
 
     let own = js_api::direct_get(DESIRED_STATE, &format!("{}.harmony-smoke", device.as_str()));
     tokio::time::timeout(

@@ -88,6 +88,9 @@ pub(super) async fn deploy(
             control_plane_server(&topology.kubeconfig_path()),
         )
         .stop_timeout(Duration::from_secs(10));
+    if let Some(ca) = &endpoint.ca_file {
+        spec = spec.env("FLEET_NATS_CA", ca);
+    }
     if let Some(lifetime) = score.credential_lifetime_secs {
         spec = spec.arg(format!("--credential-lifetime-secs={lifetime}"));
     }

@@ -70,7 +70,7 @@ impl IdentityService {
     /// Starts the service `config` asks for: reads the signer file, connects the system user.
     pub async fn from_config(
         config: &crate::config::IdentityConfig,
-        nats_urls: &[String],
+        nats_config: &crate::config::NatsConfig,
         nats: async_nats::Client,
         kube: kube::Client,
     ) -> Result<Self> {
@@ -89,9 +89,10 @@ impl IdentityService {
         let signer = FleetSigner::from_seeds(&seeds)
             .map_err(|e| Error::credential("loading --identity-signer", e))?;
         let system = crate::kv::connect(&crate::config::NatsConfig {
-            urls: nats_urls.to_vec(),
+            urls: nats_config.urls.clone(),
             credentials: None,
             creds_file: Some(config.system_creds.clone()),
+            ca_file: nats_config.ca_file.clone(),
         })
         .await?;
         let options = IdentityOptions {

@@ -108,6 +108,7 @@ pub async fn serve_web(args: ServeWebArgs) -> Result<()> {
             urls,
             credentials,
             creds_file: None,
+            ca_file: None,
         })
         .await?;
         Arc::new(

@@ -114,6 +114,66 @@ impl PkiFiles {
     }
 }
 
+/// A CA and a serving certificate for `127.0.0.1` / `localhost` (a local nats-server's TLS),
+/// generated once and kept: clients keep trusting the same CA across restarts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerTls {
+    /// CA certificate clients trust.
+    pub ca_cert: PathBuf,
+    /// Serving certificate.
+    pub server_cert: PathBuf,
+    /// Its private key (0600).
+    pub server_key: PathBuf,
+}
+
+impl ServerTls {
+    /// The files in `dir`, generated if any is missing (CA key 0600 beside them).
+    pub fn load_or_generate(dir: &Path, server_name: &str) -> Result<Self> {
+        let files = ServerTls {
+            ca_cert: dir.join("ca.crt"),
+            server_cert: dir.join("server.crt"),
+            server_key: dir.join("server.key"),
+        };
+        if files.ca_cert.is_file() && files.server_cert.is_file() && files.server_key.is_file() {
+            return Ok(files);
+        }
+        std::fs::create_dir_all(dir)
+            .map_err(|e| LocalError::io(format!("creating {}", dir.display()), e))?;
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::default();
+        ca_params.distinguished_name = name(&format!("{server_name}-ca"), None);
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_cert = ca_params.self_signed(&ca_key)?;
+        write(&files.ca_cert, &ca_cert.pem(), false)?;
+        write(&dir.join("ca.key"), &ca_key.serialize_pem(), true)?;
+        let issuer = Issuer::new(ca_params, ca_key);
+        let server_key = KeyPair::generate()?;
+        let mut server =
+            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
+        server.distinguished_name = name(server_name, None);
+        server.is_ca = IsCa::ExplicitNoCa;
+        server.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        // Routes present the same certificate as clients of each other.
+        server.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        server.use_authority_key_identifier_extension = true;
+        let server_cert = server.signed_by(&server_key, &issuer)?;
+        write(&files.server_cert, &server_cert.pem(), false)?;
+        write(&files.server_key, &server_key.serialize_pem(), true)?;
+        Ok(files)
+    }
+}
+
 fn name(common_name: &str, organization: Option<&str>) -> rcgen::DistinguishedName {
     let mut dn = rcgen::DistinguishedName::new();
     if let Some(org) = organization {

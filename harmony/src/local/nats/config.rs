@@ -188,6 +188,44 @@ pub struct ServerConfig<'a> {
     pub cluster: Option<&'a ClusterSection>,
     /// Accounts, users and permissions; `None`: no authentication.
     pub auth: Option<&'a NatsAuthConfig>,
+    /// TLS for clients (required) and routes; `None`: plaintext.
+    pub tls: Option<&'a NatsTls>,
+}
+
+/// Certificate files of a TLS-serving nats-server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NatsTls {
+    /// Serving certificate (PEM).
+    pub cert_file: std::path::PathBuf,
+    /// Its key (PEM).
+    pub key_file: std::path::PathBuf,
+    /// CA that routes' certificates must chain to (PEM).
+    pub ca_file: std::path::PathBuf,
+}
+
+fn render_tls(out: &mut String, tls: &NatsTls, indent: &str, verify_peer: bool) {
+    let _ = writeln!(out, "{indent}tls {{");
+    let _ = writeln!(
+        out,
+        "{indent}  cert_file: {}",
+        quote(&tls.cert_file.display().to_string())
+    );
+    let _ = writeln!(
+        out,
+        "{indent}  key_file: {}",
+        quote(&tls.key_file.display().to_string())
+    );
+    let _ = writeln!(
+        out,
+        "{indent}  ca_file: {}",
+        quote(&tls.ca_file.display().to_string())
+    );
+    if verify_peer {
+        let _ = writeln!(out, "{indent}  verify: true");
+    }
+    let _ = writeln!(out, "{indent}  timeout: 5");
+    let _ = writeln!(out, "{indent}}}");
 }
 
 fn quote(s: &str) -> String {
@@ -211,15 +249,24 @@ impl ServerConfig<'_> {
             "jetstream {{\n  store_dir: {}\n}}",
             quote(&self.store_dir.display().to_string())
         );
+        if let Some(tls) = self.tls {
+            render_tls(&mut out, tls, "", false);
+        }
         if let Some(cluster) = self.cluster {
             let _ = writeln!(
                 out,
-                "cluster {{\n  name: {}\n  listen: \"{}:{}\"\n  routes: {}\n}}",
+                "cluster {{\n  name: {}\n  listen: \"{}:{}\"\n  routes: {}",
                 quote(&cluster.name),
                 self.host,
                 cluster.port,
                 list(&cluster.routes)
             );
+            // Routes authenticate each other by certificate: only a server holding a
+            // certificate of this CA joins the cluster.
+            if let Some(tls) = self.tls {
+                render_tls(&mut out, tls, "  ", true);
+            }
+            out.push_str("}\n");
         }
         if let Some(auth) = self.auth {
             render_auth(&mut out, auth, self.store_dir)?;
@@ -406,6 +453,7 @@ mod tests {
             store_dir: Path::new("/tmp/js"),
             cluster: None,
             auth: Some(&auth),
+            tls: None,
         }
         .render()
         .expect("render");
@@ -447,6 +495,7 @@ mod tests {
             store_dir: Path::new("/tmp"),
             cluster: None,
             auth: Some(&auth),
+            tls: None,
         }
         .render()
         .expect_err("invalid");
@@ -472,6 +521,7 @@ mod tests {
                 store_dir: Path::new("/data/jetstream"),
                 cluster: None,
                 auth: Some(auth),
+                tls: None,
             }
             .render()
         };
@@ -510,6 +560,7 @@ mod tests {
             store_dir: Path::new("/tmp/js"),
             cluster: None,
             auth: Some(&auth),
+            tls: None,
         }
         .render()
         .expect("render");
@@ -537,6 +588,7 @@ mod tests {
             store_dir: Path::new("/tmp/js"),
             cluster: Some(&cluster),
             auth: None,
+            tls: None,
         }
         .render()
         .expect("render");

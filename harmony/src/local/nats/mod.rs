@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 pub use config::{
     AllowResponses, ClusterSection, NatsAccount, NatsAuthCallout, NatsAuthConfig,
-    NatsOperatorTrust, NatsPermissions, NatsUser, ServerConfig, SubjectPermission,
+    NatsOperatorTrust, NatsPermissions, NatsTls, NatsUser, ServerConfig, SubjectPermission,
 };
 
 use crate::local::bins::{self, BinLocator};
@@ -216,6 +216,7 @@ impl LocalNats {
             store_dir: &store_dir,
             cluster: self.cluster.as_ref(),
             auth: self.options.auth.as_ref(),
+            tls: None,
         }
         .render()?;
         let config_path = self.config_path();
