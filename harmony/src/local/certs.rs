@@ -63,19 +63,7 @@ impl PkiFiles {
             service_account_pub: dir.join("sa.pub"),
         };
 
-        let ca_key = KeyPair::generate()?;
-        let mut ca_params = CertificateParams::default();
-        ca_params.distinguished_name = name("harmony-local-ca", None);
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_cert = ca_params.self_signed(&ca_key)?;
-        write(&files.ca_cert, &ca_cert.pem(), false)?;
-        write(&files.ca_key, &ca_key.serialize_pem(), true)?;
-        let issuer = Issuer::new(ca_params, ca_key);
+        let issuer = new_ca("harmony-local-ca", &files.ca_cert, &files.ca_key)?;
 
         let server_key = KeyPair::generate()?;
         let mut server =
@@ -139,19 +127,11 @@ impl ServerTls {
         }
         std::fs::create_dir_all(dir)
             .map_err(|e| LocalError::io(format!("creating {}", dir.display()), e))?;
-        let ca_key = KeyPair::generate()?;
-        let mut ca_params = CertificateParams::default();
-        ca_params.distinguished_name = name(&format!("{server_name}-ca"), None);
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_cert = ca_params.self_signed(&ca_key)?;
-        write(&files.ca_cert, &ca_cert.pem(), false)?;
-        write(&dir.join("ca.key"), &ca_key.serialize_pem(), true)?;
-        let issuer = Issuer::new(ca_params, ca_key);
+        let issuer = new_ca(
+            &format!("{server_name}-ca"),
+            &files.ca_cert,
+            &dir.join("ca.key"),
+        )?;
         let server_key = KeyPair::generate()?;
         let mut server =
             CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
@@ -172,6 +152,23 @@ impl ServerTls {
         write(&files.server_key, &server_key.serialize_pem(), true)?;
         Ok(files)
     }
+}
+
+/// A self-signed CA named `common_name`, written to `cert` and `key` (0600).
+fn new_ca(common_name: &str, cert: &Path, key: &Path) -> Result<Issuer<'static, KeyPair>> {
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::default();
+    ca_params.distinguished_name = name(common_name, None);
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    write(cert, &ca_cert.pem(), false)?;
+    write(key, &ca_key.serialize_pem(), true)?;
+    Ok(Issuer::new(ca_params, ca_key))
 }
 
 fn name(common_name: &str, organization: Option<&str>) -> rcgen::DistinguishedName {
@@ -224,5 +221,25 @@ mod tests {
         }
         let public = std::fs::read_to_string(&pki.service_account_pub).expect("read");
         assert!(public.starts_with("-----BEGIN PUBLIC KEY-----"), "{public}");
+    }
+
+    #[test]
+    fn server_tls_is_generated_once_and_kept() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = ServerTls::load_or_generate(dir.path(), "nats").expect("generate");
+        let ca = std::fs::read_to_string(&first.ca_cert).expect("ca");
+        let again = ServerTls::load_or_generate(dir.path(), "nats").expect("load");
+        assert_eq!(first, again);
+        assert_eq!(
+            std::fs::read_to_string(&again.ca_cert).expect("ca"),
+            ca,
+            "kept"
+        );
+        let mode = std::fs::metadata(&first.server_key)
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0);
     }
 }
