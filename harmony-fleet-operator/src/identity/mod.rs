@@ -6,6 +6,7 @@
 //! | module | holds |
 //! |---|---|
 //! | [`decide`] | pure: what to answer, what to revoke, the next revocation list |
+//! | [`account`] | the fleet account JWT on the resolver: read revocations, push updates |
 //! | [`service`] | the async shell: NATS subscriptions, the `Device` watch, writes |
 //!
 //! How an admin sees and approves a device:
@@ -15,6 +16,7 @@
 //! kubectl patch fleetdev pi-1 --type merge -p '{"spec":{"publicKey":"U…"}}'
 //! ```
 
+pub mod account;
 pub mod decide;
 pub mod service;
 

@@ -17,16 +17,14 @@ use harmony_fleet_contracts::identity::{
     RENEW_ALL, RenewRequest,
 };
 use harmony_fleet_contracts::ids::DeviceId;
-use harmony_fleet_contracts::jwt::{self, AccountClaims, Claims};
-use harmony_fleet_contracts::trust::{
-    CLAIMS_UPDATE_SUBJECT, FleetSigner, SignerSeeds, claims_lookup_subject,
-};
+use harmony_fleet_contracts::trust::{FleetSigner, SignerSeeds};
 use jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use tokio::time::Instant;
 
+use super::account;
 use super::decide::{self, Decision, DeviceRecord};
 use super::{CREDENTIAL_FINALIZER, FIELD_MANAGER};
 use crate::crd::GROUP;
@@ -124,7 +122,7 @@ impl IdentityService {
         nats.flush()
             .await
             .map_err(|e| Error::nats("flushing identity subscriptions", e))?;
-        let revocations = load_revocations(&system, options.signer.fleet_account()).await?;
+        let revocations = account::revocations(&system, options.signer.fleet_account()).await?;
         let state = State {
             nats,
             system,
@@ -138,23 +136,6 @@ impl IdentityService {
         let task = tokio::spawn(state.run(enroll, renew));
         Ok(Self { task })
     }
-}
-
-async fn load_revocations(
-    system: &async_nats::Client,
-    account: &str,
-) -> Result<BTreeMap<String, i64>> {
-    let reply = system
-        .request(claims_lookup_subject(account), "".into())
-        .await
-        .map_err(|e| Error::nats(format!("looking up the claims of account {account}"), e))?;
-    if reply.payload.is_empty() {
-        return Ok(BTreeMap::new());
-    }
-    let text = String::from_utf8_lossy(&reply.payload);
-    let claims: Claims<AccountClaims> = jwt::decode(&text)
-        .map_err(|e| Error::credential(format!("reading the JWT of account {account}"), e))?;
-    Ok(claims.nats.revocations)
 }
 
 struct Held {
@@ -539,24 +520,7 @@ impl State {
     }
 
     async fn push_account(&self, revocations: BTreeMap<String, i64>) -> Result<()> {
-        let account = self
-            .options
-            .signer
-            .fleet_account_jwt(revocations, now())
-            .map_err(|e| Error::credential("signing the fleet account", e))?;
-        let reply = self
-            .system
-            .request(CLAIMS_UPDATE_SUBJECT, account.into())
-            .await
-            .map_err(|e| Error::nats("pushing the fleet account JWT", e))?;
-        let body: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap_or_default();
-        if body.get("error").is_some() || body["data"]["code"] != 200 {
-            return Err(Error::nats(
-                "pushing the fleet account JWT",
-                format!("the resolver refused it: {body}"),
-            ));
-        }
-        Ok(())
+        account::push(&self.system, &self.options.signer, revocations, now()).await
     }
 
     /// A deleted `Device` keeps its finalizer until its credential is revoked.
