@@ -45,6 +45,8 @@ pub enum BenchCommand {
     /// A fleet reconnecting: N devices connect with their own credentials (JWTs, operator
     /// mode) vs no authentication, side by side; and the cost of issuing the credentials.
     Reconnect(ReconnectArgs),
+    /// Enrolling N pre-approved devices through the real operator's identity service.
+    Enroll(EnrollArgs),
     /// Everything, with the sizes of issue 9.
     All {
         /// Scale arguments.
@@ -162,6 +164,17 @@ pub struct ReconnectArgs {
     pub concurrency: usize,
 }
 
+/// `enroll`.
+#[derive(Debug, Clone, Args)]
+pub struct EnrollArgs {
+    /// Devices.
+    #[arg(long, default_value_t = 10_000)]
+    pub devices: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+}
+
 /// `agent`.
 #[derive(Debug, Clone, Args)]
 pub struct AgentArgs {
@@ -233,6 +246,16 @@ pub async fn run(cli: BenchCli) -> Result<()> {
             crate::reconnect::run(&crate::reconnect::ReconnectOptions {
                 devices: args.devices,
                 concurrency: args.concurrency,
+                out_dir: out,
+            })
+            .await?;
+        }
+        Some(BenchCommand::Enroll(args)) => {
+            crate::enroll::run(&crate::enroll::EnrollOptions {
+                devices: args.devices,
+                concurrency: args.concurrency,
+                operator_exe: std::env::current_exe()
+                    .map_err(|e| Error::io("locating this executable", e))?,
                 out_dir: out,
             })
             .await?;

@@ -20,6 +20,7 @@
 
 pub mod cli;
 pub mod consumers;
+pub mod enroll;
 pub mod error;
 pub mod footprint;
 pub mod notify;

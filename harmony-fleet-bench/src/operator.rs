@@ -27,6 +27,8 @@ pub struct OperatorSpec {
     pub log_file: PathBuf,
     /// Whether it writes `Device` resources.
     pub device_resources: bool,
+    /// More flags (e.g. the identity service's).
+    pub extra_args: Vec<String>,
 }
 
 /// A running operator process; stopped when dropped.
@@ -60,6 +62,7 @@ impl OperatorProcess {
         if !spec.device_resources {
             ps = ps.arg("--no-device-resources");
         }
+        ps = ps.args(spec.extra_args.iter().cloned());
         let process = SupervisedProcess::spawn(ps)?;
         Ok(Self {
             process,

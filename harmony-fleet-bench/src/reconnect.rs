@@ -131,6 +131,38 @@ fn row(table: &mut Table, auth: &str, opts: &ReconnectOptions, elapsed: f64, cpu
     ]);
 }
 
+/// A nats-server that trusts `chain` (operator mode, full resolver).
+pub async fn trusted_nats(chain: &TrustChain) -> Result<LocalNats> {
+    let t = now();
+    let jwt_err = |what: &'static str| move |e| Error::nats(what, e);
+    let auth = NatsAuthConfig {
+        system_account: Some(chain.system_account()),
+        operator: Some(NatsOperatorTrust {
+            jwt: chain.operator_jwt(t).map_err(jwt_err("operator JWT"))?,
+            preload: vec![
+                (
+                    chain.system_account(),
+                    chain
+                        .system_account_jwt(t)
+                        .map_err(jwt_err("system account JWT"))?,
+                ),
+                (
+                    chain.fleet_account(),
+                    chain
+                        .fleet_account_jwt(BTreeMap::new(), t)
+                        .map_err(jwt_err("fleet account JWT"))?,
+                ),
+            ],
+        }),
+        ..NatsAuthConfig::default()
+    };
+    Ok(LocalNats::start(NatsOptions {
+        auth: Some(auth),
+        ..NatsOptions::default()
+    })
+    .await?)
+}
+
 /// Runs both modes and writes `reconnect.csv`/`.md`; prints the credential issuing cost.
 pub async fn run(opts: &ReconnectOptions) -> Result<Table> {
     let ids: Vec<DeviceId> = (0..opts.devices)
@@ -182,35 +214,7 @@ pub async fn run(opts: &ReconnectOptions) -> Result<Table> {
         ids.len(),
         1e6 * issue_secs / ids.len().max(1) as f64
     );
-    let t = now();
-    let auth = NatsAuthConfig {
-        system_account: Some(chain.system_account()),
-        operator: Some(NatsOperatorTrust {
-            jwt: chain
-                .operator_jwt(t)
-                .map_err(|e| Error::nats("operator JWT", e))?,
-            preload: vec![
-                (
-                    chain.system_account(),
-                    chain
-                        .system_account_jwt(t)
-                        .map_err(|e| Error::nats("system account JWT", e))?,
-                ),
-                (
-                    chain.fleet_account(),
-                    chain
-                        .fleet_account_jwt(BTreeMap::new(), t)
-                        .map_err(|e| Error::nats("fleet account JWT", e))?,
-                ),
-            ],
-        }),
-        ..NatsAuthConfig::default()
-    };
-    let nats = LocalNats::start(NatsOptions {
-        auth: Some(auth),
-        ..NatsOptions::default()
-    })
-    .await?;
+    let nats = trusted_nats(&chain).await?;
     let (elapsed, cpu) = storm(&nats, logins, opts.concurrency).await?;
     row(&mut table, "jwt (operator mode)", opts, elapsed, cpu);
     eprintln!("reconnect: jwt: {elapsed:.1} s");

@@ -317,6 +317,7 @@ pub async fn run_pair(
         namespace: ns.clone(),
         log_file: opts.out_dir.join("logs").join(format!("operator-{ns}.log")),
         device_resources: opts.device_resources,
+        extra_args: Vec::new(),
     };
     let mut operator = OperatorProcess::spawn(&spec)?;
     row.first_start_s = secs(operator.wait_converged(deadline).await?);

@@ -92,3 +92,18 @@ async fn a_reconnect_storm_authenticates_every_device_in_each_mode() -> anyhow::
     assert!(out.path().join("reconnect.csv").is_file());
     Ok(())
 }
+
+#[tokio::test]
+async fn pre_approved_devices_enroll_through_the_operator() -> anyhow::Result<()> {
+    let out = tempfile::tempdir()?;
+    let table = harmony_fleet_bench::enroll::run(&harmony_fleet_bench::enroll::EnrollOptions {
+        devices: 20,
+        concurrency: 4,
+        operator_exe: PathBuf::from(env!("CARGO_BIN_EXE_fleet-bench")),
+        out_dir: out.path().to_owned(),
+    })
+    .await?;
+    assert_eq!(table.rows.len(), 1);
+    assert_eq!(table.rows[0][0], "20");
+    Ok(())
+}
