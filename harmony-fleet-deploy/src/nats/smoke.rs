@@ -105,10 +105,19 @@ pub async fn kv_round_trip(
     kv.put(key, value.clone())
         .await
         .map_err(|e| DeployError::nats(format!("putting {key}"), e))?;
-    let read = kv
-        .get(key)
-        .await
-        .map_err(|e| DeployError::nats(format!("reading {key}"), e))?;
+    // Reads are direct gets, which any replica answers: one that is still catching up (a node
+    // that just rejoined) may not have the value yet. Read until it is there or 10 s passed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let read = loop {
+        let read = kv
+            .get(key)
+            .await
+            .map_err(|e| DeployError::nats(format!("reading {key}"), e))?;
+        if read.as_ref() == Some(&value) || tokio::time::Instant::now() >= deadline {
+            break read;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     kv.delete(key)
         .await
         .map_err(|e| DeployError::nats(format!("deleting {key}"), e))?;
