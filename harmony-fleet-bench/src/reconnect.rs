@@ -223,12 +223,8 @@ pub async fn run(opts: &ReconnectOptions) -> Result<Table> {
 
     // Auth callout: the server asks a service for every connection.
     let (elapsed, cpu, service_cpu) = callout_storm(&ids, opts.concurrency).await?;
-    row(&mut table, "auth callout", opts, elapsed, cpu);
-    table
-        .rows
-        .last_mut()
-        .into_iter()
-        .for_each(|r| r[0] = format!("auth callout (+{service_cpu:.1} s service CPU)"));
+    let label = format!("auth callout (+{service_cpu:.1} s service CPU)");
+    row(&mut table, &label, opts, elapsed, cpu);
     eprintln!("reconnect: callout: {elapsed:.1} s");
 
     let path = table.write(&opts.out_dir, "reconnect")?;

@@ -132,6 +132,8 @@ impl IdentityService {
             enrollments: HashMap::new(),
             held: HashMap::new(),
             revocations,
+            listing: false,
+            deleted_while_listing: Vec::new(),
         };
         let task = tokio::spawn(state.run(enroll, renew));
         Ok(Self { task })
@@ -153,6 +155,11 @@ struct State {
     enrollments: HashMap<String, Enrollment>,
     held: HashMap<String, Held>,
     revocations: BTreeMap<String, i64>,
+    /// Between the watch's `Init` and `InitDone`: revocations are reconciled once at the end
+    /// of the listing, not once per listed `Device` (which is quadratic in the fleet).
+    listing: bool,
+    /// `Device`s being deleted seen during the listing, released after its reconcile.
+    deleted_while_listing: Vec<Device>,
 }
 
 fn now() -> i64 {
@@ -423,11 +430,18 @@ impl State {
 
     async fn on_device_event(&mut self, event: watcher::Event<Device>) {
         match event {
-            watcher::Event::Init => {}
+            watcher::Event::Init => self.listing = true,
             watcher::Event::InitApply(device) | watcher::Event::Apply(device) => {
                 self.on_device(device).await;
             }
-            watcher::Event::InitDone => self.reconcile_revocations().await,
+            watcher::Event::InitDone => {
+                self.listing = false;
+                self.reconcile_revocations().await;
+                // Deleted while the operator was away: released now that revocations are in.
+                for device in std::mem::take(&mut self.deleted_while_listing) {
+                    self.release_deleted(&device).await;
+                }
+            }
             watcher::Event::Delete(device) => {
                 if let Some(name) = device.metadata.name.as_deref() {
                     self.records.remove(name);
@@ -468,11 +482,15 @@ impl State {
                 self.reply(Some(&held.reply), &reply).await;
             }
         }
-        if revocation_changed {
+        if revocation_changed && !self.listing {
             self.reconcile_revocations().await;
         }
         if record.deleting {
-            self.release_deleted(&device).await;
+            if self.listing {
+                self.deleted_while_listing.push(device);
+            } else {
+                self.release_deleted(&device).await;
+            }
         }
     }
 
