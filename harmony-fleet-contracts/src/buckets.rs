@@ -58,6 +58,38 @@ pub struct BucketSpec {
     /// always enables rollups, so deploy code must create or update these streams with
     /// rollups off.
     pub allow_rollup: bool,
+    /// Keys one device may hold in an agent-written bucket, with [`Self::max_value_size`]
+    /// each: its byte budget there (see [`Self::max_bytes`]). 0 on operator-written buckets,
+    /// which have no byte limit, so device writes never compete with the operator's.
+    pub keys_per_device: u32,
+}
+
+/// Devices a fleet's buckets are sized for when the installer does not say (the stream byte
+/// limits of agent-written buckets scale with it; see [`BucketSpec::max_bytes`]).
+pub const DEFAULT_FLEET_CAPACITY: u64 = 10_000;
+
+/// Deployments one device may report on at once: the `device-state` budget per device.
+pub const MAX_DEPLOYMENTS_PER_DEVICE: u32 = 64;
+
+/// What JetStream stores besides a value: subject, headers and its own framing (a bound,
+/// generous for the fleet's keys of at most ~330 bytes and KV headers).
+pub const STORED_OVERHEAD_BYTES: i64 = 512;
+
+impl BucketSpec {
+    /// The stream's byte limit (`max_bytes`) for a fleet of `capacity` devices: every device
+    /// holding its whole budget ([`Self::keys_per_device`] values of [`Self::max_value_size`])
+    /// fits, and nothing beyond. `-1` (no limit) on operator-written buckets: they are a
+    /// separate stream, so a device filling its buckets never blocks the operator's writes.
+    pub fn max_bytes(&self, capacity: u64) -> i64 {
+        if self.writer == Writer::Operator || self.keys_per_device == 0 {
+            return -1;
+        }
+        let per_device = i64::from(self.keys_per_device)
+            * (i64::from(self.max_value_size) + STORED_OVERHEAD_BYTES);
+        i64::try_from(capacity.max(1))
+            .unwrap_or(i64::MAX)
+            .saturating_mul(per_device)
+    }
 }
 
 /// `desired-state`: what the operator wants each device to run.
@@ -70,6 +102,7 @@ pub const DESIRED_STATE_SPEC: BucketSpec = BucketSpec {
     max_value_size: 256 * 1024,
     allow_direct: true,
     allow_rollup: true,
+    keys_per_device: 0,
 };
 
 /// `device-info`: labels and inventory per device.
@@ -82,6 +115,7 @@ pub const DEVICE_INFO_SPEC: BucketSpec = BucketSpec {
     max_value_size: 64 * 1024,
     allow_direct: true,
     allow_rollup: false,
+    keys_per_device: 1,
 };
 
 /// `device-state`: phase of each deployment on each device.
@@ -94,6 +128,7 @@ pub const DEVICE_STATE_SPEC: BucketSpec = BucketSpec {
     max_value_size: 16 * 1024,
     allow_direct: true,
     allow_rollup: false,
+    keys_per_device: MAX_DEPLOYMENTS_PER_DEVICE,
 };
 
 /// `device-heartbeat`: liveness per device.
@@ -106,6 +141,7 @@ pub const DEVICE_HEARTBEAT_SPEC: BucketSpec = BucketSpec {
     max_value_size: 256,
     allow_direct: true,
     allow_rollup: false,
+    keys_per_device: 1,
 };
 
 /// Every fleet bucket, in a stable order.
@@ -166,6 +202,19 @@ mod tests {
         assert!(
             DEVICE_HEARTBEAT_SPEC.max_value_size as usize > crate::heartbeat::MAX_SERIALIZED_LEN
         );
+    }
+
+    #[test]
+    fn only_agent_written_buckets_have_a_byte_limit_that_scales_with_the_fleet() {
+        assert_eq!(DESIRED_STATE_SPEC.max_bytes(100_000), -1);
+        // One heartbeat key per device: 256 B + overhead, times the fleet.
+        assert_eq!(DEVICE_HEARTBEAT_SPEC.max_bytes(1_000), 1_000 * (256 + 512));
+        let state = DEVICE_STATE_SPEC.max_bytes(10);
+        assert_eq!(state, 10 * 64 * (16 * 1024 + 512));
+        assert_eq!(DEVICE_STATE_SPEC.max_bytes(20), 2 * state);
+        // A zero capacity still lets one device in; a huge one saturates.
+        assert_eq!(DEVICE_INFO_SPEC.max_bytes(0), DEVICE_INFO_SPEC.max_bytes(1));
+        assert_eq!(DEVICE_INFO_SPEC.max_bytes(u64::MAX), i64::MAX);
     }
 
     #[test]

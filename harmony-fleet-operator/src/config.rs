@@ -164,6 +164,12 @@ pub struct RunArgs {
     /// Do not create or update `Device` resources.
     #[arg(long, env = "FLEET_NO_DEVICE_RESOURCES")]
     pub no_device_resources: bool,
+    /// Blacklist a device that writes more than this many distinct `device-state` keys for
+    /// deployments it does not have within a minute (each is removed; an honest agent leaves
+    /// at most one per deployment just taken from it). Its credential is revoked; an admin
+    /// lifts it by removing the annotation fleet.nationtech.io/blacklisted.
+    #[arg(long, env = "FLEET_STRAY_REPORT_LIMIT", default_value_t = crate::write_quota::DEFAULT_STRAY_KEY_LIMIT)]
+    pub stray_report_limit: u32,
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "FLEET_LOG_JSON")]
     pub log_json: bool,
@@ -216,6 +222,8 @@ pub struct Config {
     pub create_buckets: bool,
     /// Whether to write `Device` resources.
     pub device_resources: bool,
+    /// Distinct stray `device-state` keys per device and minute before it is blacklisted.
+    pub stray_report_limit: u32,
     /// The dashboard, when `--web-listen` is set.
     pub web: Option<WebConfig>,
     /// Device credentials, when `--identity-signer` is set.
@@ -247,6 +255,7 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             create_buckets: false,
             device_resources: true,
+            stray_report_limit: crate::write_quota::DEFAULT_STRAY_KEY_LIMIT,
             web: None,
             identity: None,
         }
@@ -272,6 +281,7 @@ impl TryFrom<RunArgs> for Config {
             listen,
             create_buckets,
             no_device_resources,
+            stray_report_limit,
             log_json: _,
             web_listen,
             web_access,
@@ -349,6 +359,7 @@ impl TryFrom<RunArgs> for Config {
             listen,
             create_buckets,
             device_resources: !no_device_resources,
+            stray_report_limit,
             web: web_listen.map(|listen| WebConfig {
                 listen,
                 access: web_access,

@@ -47,7 +47,7 @@ use crate::config::Config;
 use crate::crd::deployment::{
     Aggregate, Deployment, DeploymentStatus, FailingDevice, MAX_FAILING_DEVICES, RolloutStatus,
 };
-use crate::crd::device::{BLACKLIST_ANNOTATION, Device};
+use crate::crd::device::{BLACKLIST_ANNOTATION, BLACKLIST_REASON_ANNOTATION, Device};
 use crate::crd::{FIELD_MANAGER, FINALIZER, GROUP};
 use crate::device_index::DeviceIndexes;
 use crate::error::{Error, Result};
@@ -58,6 +58,7 @@ use crate::labels;
 use crate::metrics::Metrics;
 use crate::registry::{self, DeviceUpdate};
 use crate::rollout::{DeviceView, Outcome, Phase, Policy, Progress, RolloutState};
+use crate::write_quota::{self, StrayWrites, Verdict};
 
 type Rev = ContentHash;
 
@@ -207,6 +208,8 @@ pub async fn start(
     };
     let (status_tx, task) = spawn_status_patcher(client.clone(), metrics.clone());
     tasks.push(task);
+    let (stray_tx, task) = kv::spawn_stray_remover(fleet_kv.state.clone(), metrics.clone());
+    tasks.push(task);
 
     let reconciler = Reconciler {
         heartbeat_timeout: config.heartbeat_timeout,
@@ -238,8 +241,9 @@ pub async fn start(
         held_labels: HashMap::new(),
         reported_labels: HashMap::new(),
         admin_labels: HashMap::new(),
-        stray_states: HashSet::new(),
-        state_store: fleet_kv.state.clone(),
+        stray_tx,
+        stray_writes: StrayWrites::new(config.stray_report_limit, write_quota::DEFAULT_WINDOW),
+        flooding: Vec::new(),
     };
     let main = tokio::spawn(reconciler.run(rx));
     Ok(OperatorHandle {
@@ -411,10 +415,12 @@ struct Reconciler {
     blacklist_relist: Option<HashSet<DeviceId>>,
     /// Latest labels of blacklisted devices, kept out of the index until released.
     held_labels: HashMap<DeviceId, crate::index::Labels>,
-    /// `device-state` keys of pairs with no assignment, to delete.
-    stray_states: HashSet<String>,
-    /// The `device-state` bucket (stray keys are deleted there).
-    state_store: async_nats::jetstream::kv::Store,
+    /// `device-state` keys of pairs with no assignment go here to be deleted.
+    stray_tx: mpsc::UnboundedSender<String>,
+    /// Stray keys counted per device: too many, and the device is blacklisted.
+    stray_writes: StrayWrites,
+    /// Devices found flooding, with the reason, to blacklist on their `Device`.
+    flooding: Vec<(DeviceId, String)>,
     /// Labels each device reported and may claim (protected prefixes dropped).
     reported_labels: HashMap<DeviceId, crate::index::Labels>,
     /// Labels set on `Device` resources by anyone but the operator: they win for targeting.
@@ -900,14 +906,28 @@ impl Reconciler {
                 return;
             }
             KvEvent::Put { key, value, .. } => {
-                let Ok(k) = StateKey::parse(&key) else {
-                    tracing::warn!(key, "ignoring foreign key in device-state");
-                    return;
+                let k = match StateKey::parse(&key) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        // A device may write `state.<itself>.<anything>`: a key that is not
+                        // a deployment name is as stray as one of a deployment it lacks.
+                        match stray_state_device(&key) {
+                            Some(device) if self.converged => self.note_stray(&device, key),
+                            _ => {
+                                tracing::warn!(key, error = %e, "ignoring foreign key in device-state")
+                            }
+                        }
+                        return;
+                    }
                 };
                 let state: DeploymentState = match serde_json::from_slice(&value) {
                     Ok(s) => s,
                     Err(e) => {
-                        tracing::warn!(key, error = %e, "ignoring unreadable device-state");
+                        if self.converged && !self.is_assigned(&k.deployment, &k.device) {
+                            self.note_stray(&k.device, key);
+                        } else {
+                            tracing::warn!(key, error = %e, "ignoring unreadable device-state");
+                        }
                         return;
                     }
                 };
@@ -936,9 +956,25 @@ impl Reconciler {
         // name, or a leftover) is removed, so a device cannot grow the bucket at will. Before
         // the cold start converged, assignments are not all known yet.
         if reported && self.converged && !self.is_assigned(&k.deployment, &k.device) {
-            self.stray_states
-                .insert(keys::state_key(&k.device, &k.deployment));
+            self.note_stray(&k.device, keys::state_key(&k.device, &k.deployment));
         }
+    }
+
+    /// Queues the removal of `device`'s stray `device-state` key `key` and counts it: a device
+    /// over the limit ([`StrayWrites`]) is queued for blacklisting.
+    fn note_stray(&mut self, device: &DeviceId, key: String) {
+        self.metrics.stray_reports.inc();
+        if let Verdict::Exceeded { keys } = self.stray_writes.record(device, &key, Instant::now()) {
+            let reason = format!(
+                "the operator blacklisted it: it wrote {keys} device-state keys for deployments not assigned to it within {}s (limit {}, --stray-report-limit); remove the annotation {BLACKLIST_ANNOTATION} to let it back",
+                self.stray_writes.window().as_secs(),
+                self.stray_writes.limit(),
+            );
+            tracing::warn!(device = %device, keys, "device floods device-state: blacklisting it");
+            self.metrics.devices_flooding.inc();
+            self.flooding.push((device.clone(), reason));
+        }
+        let _ = self.stray_tx.send(key);
     }
 
     /// Whether the pair has (or is about to get) a `desired-state` key.
@@ -948,36 +984,6 @@ impl Reconciler {
                 .ops
                 .get(&keys::desired_key(device, deployment))
                 .is_some_and(|(_, _, rev)| rev.is_some())
-    }
-
-    /// Deletes the `device-state` keys of pairs that have no assignment.
-    async fn flush_stray_states(&mut self) {
-        if self.stray_states.is_empty() {
-            return;
-        }
-        let stray: Vec<String> = self.stray_states.drain().collect();
-        tracing::info!(
-            count = stray.len(),
-            "removing device-state keys of deployments not assigned to their device"
-        );
-        let store = self.state_store.clone();
-        let results: Vec<(String, bool)> = futures::stream::iter(stray)
-            .map(|key| {
-                let store = store.clone();
-                async move {
-                    let ok = store.delete(&key).await.is_ok();
-                    (key, ok)
-                }
-            })
-            .buffer_unordered(64)
-            .collect()
-            .await;
-        for (key, ok) in results {
-            self.metrics.kv_write("delete-stray-state", ok);
-            if !ok {
-                self.stray_states.insert(key);
-            }
-        }
     }
 
     fn on_heartbeat(&mut self, event: KvEvent) {
@@ -1112,6 +1118,7 @@ impl Reconciler {
                 return;
             }
             tracing::info!(device = %device, "device released from the blacklist");
+            self.stray_writes.release(&device);
             if let Some(labels) = self.held_labels.remove(&device) {
                 let changes = self.index.upsert_device(device, labels);
                 self.apply_changes(changes);
@@ -1196,7 +1203,37 @@ impl Reconciler {
     async fn flush(&mut self) {
         self.flush_keys().await;
         self.flush_indexes().await;
-        self.flush_stray_states().await;
+        self.flush_flooding().await;
+    }
+
+    /// Blacklists the devices found flooding (annotations on their `Device`; the blacklist
+    /// watch then takes their keys, and the identity service revokes their credential).
+    async fn flush_flooding(&mut self) {
+        if self.flooding.is_empty() {
+            return;
+        }
+        let api: Api<Device> = Api::all(self.client.clone());
+        for (device, reason) in std::mem::take(&mut self.flooding) {
+            let patch = serde_json::json!({"metadata": {"annotations": {
+                BLACKLIST_ANNOTATION: "true",
+                BLACKLIST_REASON_ANNOTATION: reason,
+            }}});
+            let result = api
+                .patch(
+                    device.as_str(),
+                    &PatchParams::default(),
+                    &Patch::Merge(patch),
+                )
+                .await;
+            match result {
+                Ok(_) => {
+                    tracing::info!(device = %device, "device blacklisted for flooding device-state")
+                }
+                Err(e) => {
+                    tracing::warn!(device = %device, error = %e, "could not blacklist a flooding device (no Device resource with --no-device-resources?); its stray keys are still removed")
+                }
+            }
+        }
     }
 
     /// The index writes pending (keys changed, or a cold start found a stale index), then one
@@ -1334,7 +1371,15 @@ impl Reconciler {
             .filter(|(k, d)| !self.is_assigned(k, d))
             .map(|(k, d)| keys::state_key(d, k))
             .collect();
-        self.stray_states.extend(stray);
+        if !stray.is_empty() {
+            tracing::info!(
+                count = stray.len(),
+                "removing device-state keys of deployments not assigned to their device"
+            );
+        }
+        for key in stray {
+            let _ = self.stray_tx.send(key);
+        }
         let writes = self.ops.len();
         self.flush().await;
         let pending: Vec<CrKey> = self.finalize.iter().cloned().collect();
@@ -1364,6 +1409,7 @@ impl Reconciler {
             }
         }
         self.expire_heartbeats();
+        self.stray_writes.expire(Instant::now());
         let retry: Vec<((DeploymentName, DeviceId), Option<Rev>)> = self.retry.drain().collect();
         for ((k, d), rev) in retry {
             let rev = if self.index.is_matched(&k, &d) {
@@ -1692,12 +1738,35 @@ fn spawn_status_patcher(
     (tx, task)
 }
 
+/// The device a `device-state` key names, when it has the shape a device may write
+/// (`state.<device>.<one token>`) without being a valid [`StateKey`].
+fn stray_state_device(key: &str) -> Option<DeviceId> {
+    let mut parts = key.splitn(3, '.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(keys::STATE_PREFIX), Some(device), Some(rest)) if !rest.is_empty() => {
+            device.parse().ok()
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn at(secs: i64) -> Option<Timestamp> {
         Timestamp::from_second(secs).ok()
+    }
+
+    #[test]
+    fn stray_keys_name_their_device_even_when_not_a_deployment() {
+        let device = |k: &str| stray_state_device(k).map(|d| d.to_string());
+        assert_eq!(device("state.pi-1.NOT_A_NAME").as_deref(), Some("pi-1"));
+        assert_eq!(device("state.pi-1.web").as_deref(), Some("pi-1"));
+        assert_eq!(device("state.pi-1"), None);
+        assert_eq!(device("state.pi-1."), None);
+        assert_eq!(device("info.pi-1.x"), None);
+        assert_eq!(device("state.Not_A_Device.x"), None);
     }
 
     #[test]

@@ -122,7 +122,7 @@ async fn open_bucket(
         Ok(store) => Ok(store),
         Err(e) if create => {
             tracing::info!(bucket = spec.name, reason = %e, "creating missing KV bucket");
-            ensure_bucket(js, spec, 1).await?;
+            ensure_bucket(js, spec, 1, buckets::DEFAULT_FLEET_CAPACITY).await?;
             js.get_key_value(spec.name)
                 .await
                 .map_err(|e| Error::nats(format!("opening bucket {}", spec.name), e))
@@ -145,16 +145,23 @@ pub enum BucketChange {
 }
 
 /// The JetStream stream behind a fleet bucket, exactly as the contract says: history,
-/// value size, direct get, and rollups only where [`BucketSpec::allow_rollup`] allows them
+/// value size, direct get, rollups only where [`BucketSpec::allow_rollup`] allows them
 /// (`async_nats`'s `create_key_value` always enables rollups, which would let one device wipe
-/// every device's entries of an agent-written bucket).
-pub fn bucket_stream_config(spec: &BucketSpec, replicas: usize) -> jetstream::stream::Config {
+/// every device's entries of an agent-written bucket), and on agent-written buckets a byte
+/// limit for a fleet of `capacity` devices ([`BucketSpec::max_bytes`]; new writes beyond it
+/// are refused, stored ones are kept).
+pub fn bucket_stream_config(
+    spec: &BucketSpec,
+    replicas: usize,
+    capacity: u64,
+) -> jetstream::stream::Config {
     jetstream::stream::Config {
         name: buckets::stream_name(spec.name),
         description: Some(spec.description.to_owned()),
         subjects: vec![format!("$KV.{}.>", spec.name)],
         max_messages_per_subject: spec.history,
         max_message_size: spec.max_value_size,
+        max_bytes: spec.max_bytes(capacity),
         storage: jetstream::stream::StorageType::File,
         allow_rollup: spec.allow_rollup,
         deny_delete: true,
@@ -167,13 +174,14 @@ pub fn bucket_stream_config(spec: &BucketSpec, replicas: usize) -> jetstream::st
 }
 
 /// Creates the bucket's stream, or updates it when its settings differ from the contract's
-/// (e.g. more replicas). Idempotent.
+/// (e.g. more replicas, or a larger fleet `capacity`). Idempotent.
 pub async fn ensure_bucket(
     js: &jetstream::Context,
     spec: &BucketSpec,
     replicas: usize,
+    capacity: u64,
 ) -> Result<BucketChange> {
-    let wanted = bucket_stream_config(spec, replicas);
+    let wanted = bucket_stream_config(spec, replicas, capacity);
     let context = |what: &str| format!("{what} the stream of bucket {}", spec.name);
     match js.get_stream(&wanted.name).await {
         Ok(mut stream) => {
@@ -184,6 +192,7 @@ pub async fn ensure_bucket(
             let current = &info.config;
             let same = current.max_messages_per_subject == wanted.max_messages_per_subject
                 && current.max_message_size == wanted.max_message_size
+                && current.max_bytes == wanted.max_bytes
                 && current.allow_rollup == wanted.allow_rollup
                 && current.allow_direct == wanted.allow_direct
                 && current.num_replicas == wanted.num_replicas
@@ -216,12 +225,49 @@ pub async fn ensure_bucket(
 pub async fn ensure_buckets(
     js: &jetstream::Context,
     replicas: usize,
+    capacity: u64,
 ) -> Result<Vec<(&'static str, BucketChange)>> {
     let mut changes = Vec::with_capacity(buckets::ALL.len());
     for spec in &buckets::ALL {
-        changes.push((spec.name, ensure_bucket(js, spec, replicas).await?));
+        changes.push((
+            spec.name,
+            ensure_bucket(js, spec, replicas, capacity).await?,
+        ));
     }
     Ok(changes)
+}
+
+/// Removes `device-state` keys sent to it (stray reports, see `write_quota`), up to 64 at a
+/// time, off the reconcile loop: a device writing thousands of them must not slow the loop
+/// that counts them. A failed delete is retried three times, 200 ms apart.
+pub fn spawn_stray_remover(
+    store: kv::Store,
+    metrics: Metrics,
+) -> (mpsc::UnboundedSender<String>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::unbounded_channel::<String>();
+    let task = tokio::spawn(async move {
+        stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|key| (key, rx)) })
+            .for_each_concurrent(64, |key| {
+                let (store, metrics) = (store.clone(), metrics.clone());
+                async move {
+                    for attempt in 1..=3 {
+                        match store.delete(&key).await {
+                            Ok(()) => {
+                                metrics.kv_write("delete-stray-state", true);
+                                return;
+                            }
+                            Err(e) => {
+                                metrics.kv_write("delete-stray-state", false);
+                                tracing::warn!(key, attempt, error = %e, "removing a stray device-state key failed");
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                            }
+                        }
+                    }
+                }
+            })
+            .await;
+    });
+    (tx, task)
 }
 
 /// Watches every key of `store` from its latest values on, as a stream of [`KvEvent`]s with

@@ -10,6 +10,7 @@
 //! | [`aggregate`] | pure: per-deployment counts and failing devices |
 //! | [`device_index`] | pure: the per-device desired-state index written before each notice |
 //! | [`labels`] | pure: which labels target a device (reported, protected prefixes, set by people) |
+//! | [`write_quota`] | pure: stray `device-state` keys per device, and when that is flooding |
 //! | [`kv`] | NATS adapter: buckets, ordered watches, the `desired-state` writer |
 //! | [`registry`] | `Device` resources by server-side apply |
 //! | [`identity`] | device credentials: enrollment, renewal, revocation (NATS JWTs) |
@@ -41,6 +42,7 @@ pub mod rollout;
 pub mod service;
 #[cfg(feature = "web-frontend")]
 pub mod web;
+pub mod write_quota;
 
 pub use controller::{OperatorHandle, start};
 pub use error::{Error, Result};

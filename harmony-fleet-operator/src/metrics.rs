@@ -49,6 +49,10 @@ pub struct Metrics {
     pub kv_writes_skipped: Counter,
     /// Change notices published to devices (`desired-notify.<device>`).
     pub notices_sent: Counter,
+    /// `device-state` keys removed because their deployment is not assigned to the device.
+    pub stray_reports: Counter,
+    /// Devices blacklisted by the operator for writing too many stray keys.
+    pub devices_flooding: Counter,
     /// Status patches and Device applies.
     pub status_patches: Family<PatchLabels, Counter>,
     /// Devices whose last heartbeat is within the timeout.
@@ -77,6 +81,8 @@ impl Metrics {
         let kv_writes = Family::<KvLabels, Counter>::default();
         let kv_writes_skipped = Counter::default();
         let notices_sent = Counter::default();
+        let stray_reports = Counter::default();
+        let devices_flooding = Counter::default();
         let status_patches = Family::<PatchLabels, Counter>::default();
         let devices_online = Gauge::default();
         let devices_known = Gauge::default();
@@ -107,6 +113,16 @@ impl Metrics {
             notices_sent.clone(),
         );
         registry.register(
+            "stray_reports",
+            "device-state keys written for deployments not assigned to their device (removed)",
+            stray_reports.clone(),
+        );
+        registry.register(
+            "devices_flooding",
+            "Devices blacklisted for writing more stray device-state keys than the limit",
+            devices_flooding.clone(),
+        );
+        registry.register(
             "status_patches",
             "Deployment status patches and Device applies",
             status_patches.clone(),
@@ -129,6 +145,8 @@ impl Metrics {
             kv_writes,
             kv_writes_skipped,
             notices_sent,
+            stray_reports,
+            devices_flooding,
             status_patches,
             devices_online,
             devices_known,

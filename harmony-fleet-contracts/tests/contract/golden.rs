@@ -75,9 +75,21 @@ fn bucket_names_are_the_published_ones() {
     );
 }
 
+/// name, writer, key format, history, value size, direct, rollup, keys per device.
+type PinnedSpec = (
+    &'static str,
+    Writer,
+    &'static str,
+    i64,
+    i32,
+    bool,
+    bool,
+    u32,
+);
+
 #[test]
 fn bucket_specs_are_pinned() {
-    let summary: Vec<(&str, Writer, &str, i64, i32, bool, bool)> = buckets::ALL
+    let summary: Vec<PinnedSpec> = buckets::ALL
         .iter()
         .map(|s: &BucketSpec| {
             (
@@ -88,6 +100,7 @@ fn bucket_specs_are_pinned() {
                 s.max_value_size,
                 s.allow_direct,
                 s.allow_rollup,
+                s.keys_per_device,
             )
         })
         .collect();
@@ -101,7 +114,8 @@ fn bucket_specs_are_pinned() {
                 1,
                 262_144,
                 true,
-                true
+                true,
+                0
             ),
             (
                 "device-info",
@@ -110,7 +124,8 @@ fn bucket_specs_are_pinned() {
                 1,
                 65_536,
                 true,
-                false
+                false,
+                1
             ),
             (
                 "device-state",
@@ -119,7 +134,8 @@ fn bucket_specs_are_pinned() {
                 1,
                 16_384,
                 true,
-                false
+                false,
+                64
             ),
             (
                 "device-heartbeat",
@@ -128,7 +144,8 @@ fn bucket_specs_are_pinned() {
                 1,
                 256,
                 true,
-                false
+                false,
+                1
             ),
         ]
     );

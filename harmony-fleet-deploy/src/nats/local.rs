@@ -143,7 +143,7 @@ pub(super) async fn deploy(
         || {
             let js = js.clone();
             async move {
-                match ensure_buckets(&js, count).await {
+                match ensure_buckets(&js, count, score.fleet_capacity).await {
                     Ok(changes) => Poll::Ready(changes),
                     // A fresh cluster answers "insufficient resources" until its meta leader is
                     // elected: retry within the deadline.

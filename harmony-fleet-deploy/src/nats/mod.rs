@@ -58,6 +58,11 @@ pub struct FleetNatsScore {
     pub image: String,
     /// How long the smoke test may take.
     pub smoke_timeout: Duration,
+    /// Devices the buckets are sized for: the byte limits of the agent-written buckets are
+    /// this many devices' budgets (`BucketSpec::max_bytes`), so a misbehaving device can fill
+    /// at most its share of the disk. Raise it before the fleet outgrows it: writes of new
+    /// keys beyond it are refused.
+    pub fleet_capacity: u64,
 }
 
 impl FleetNatsScore {
@@ -69,6 +74,7 @@ impl FleetNatsScore {
             namespace: crate::DEFAULT_NAMESPACE.to_owned(),
             image: "docker.io/library/nats:2.12.1-alpine".to_owned(),
             smoke_timeout: Duration::from_secs(60),
+            fleet_capacity: harmony_fleet_contracts::buckets::DEFAULT_FLEET_CAPACITY,
         }
     }
 

@@ -22,6 +22,10 @@ use kube::{CustomResource, KubeSchema};
 /// An annotation rather than a label: labels mirror what the agent reports, and a device must
 /// not be able to lift its own blacklist by reporting a label.
 pub const BLACKLIST_ANNOTATION: &str = "fleet.nationtech.io/blacklisted";
+
+/// Why the operator blacklisted a device itself (e.g. it flooded `device-state`), next to
+/// [`BLACKLIST_ANNOTATION`]. Informational: removing the blacklist annotation lifts it.
+pub const BLACKLIST_REASON_ANNOTATION: &str = "fleet.nationtech.io/blacklist-reason";
 use serde::{Deserialize, Serialize};
 
 /// What a device is: its inventory, as its agent reports it.
