@@ -165,6 +165,11 @@ async fn cluster_scores_apply_every_object_and_fail_clearly_without_a_kubelet() 
                 ]
             ),
             rule("devices/status", &["get", "patch", "update"]),
+            (
+                vec!["events.k8s.io".to_owned()],
+                vec!["events".to_owned()],
+                vec!["create".to_owned(), "patch".to_owned()],
+            ),
         ]
     );
     let nats_secret = secrets

@@ -73,6 +73,14 @@ pub struct WebAccessArgs {
         value_name = "URL"
     )]
     pub public_urls: Vec<String>,
+    /// How long a dashboard sign-in session lasts, in minutes (sessions live in the process:
+    /// a restart signs everyone out).
+    #[arg(
+        long = "web-session-minutes",
+        env = "FLEET_WEB_SESSION_MINUTES",
+        default_value_t = 480
+    )]
+    pub session_minutes: u64,
 }
 
 /// Flags of `serve-web`.

@@ -254,6 +254,29 @@ async fn real_service_shows_the_fleet_and_blacklisting_removes_desired_state() -
     .await?;
     assert!(kv.desired.get(&key1).await?.is_none());
 
+    // The audit trail: an Event on the Device names who did what.
+    service
+        .audit(harmony_fleet_operator::service::AuditEntry::now(
+            "ops",
+            d1.clone(),
+            harmony_fleet_operator::service::AuditAction::Blacklisted,
+        ))
+        .await;
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(client.clone());
+    eventually("the audit Event on the Device", || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items
+            .into_iter()
+            .find(|e| {
+                e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(d1.as_str())
+                    && e.reason.as_deref() == Some("Blacklisted")
+                    && e.note.as_deref() == Some("ops blacklisted the device")
+                    && e.regarding.as_ref().and_then(|r| r.kind.as_deref()) == Some("Device")
+            })
+            .map(|_| ())
+    })
+    .await?;
+
     // Released: the key comes back.
     let row = service.set_blacklisted(&d1, false).await?;
     assert!(!row.blacklisted);

@@ -120,6 +120,13 @@ pub fn policy_rules() -> Vec<PolicyRule> {
             ],
         ),
         rule(&["devices/status"], &["get", "patch", "update"]),
+        // The dashboard's audit trail: Events on Devices (`kubectl describe fleetdev`).
+        PolicyRule {
+            api_groups: Some(vec!["events.k8s.io".to_owned()]),
+            resources: Some(vec!["events".to_owned()]),
+            verbs: vec!["create".to_owned(), "patch".to_owned()],
+            ..PolicyRule::default()
+        },
     ]
 }
 

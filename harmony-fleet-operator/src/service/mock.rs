@@ -59,6 +59,7 @@ struct MockState {
 pub struct MockFleetService {
     state: Mutex<MockState>,
     log_interval: Duration,
+    audit: Mutex<Vec<super::AuditEntry>>,
 }
 
 impl Default for MockFleetService {
@@ -246,7 +247,16 @@ impl MockFleetService {
                 deployments,
             }),
             log_interval: Self::LOG_INTERVAL,
+            audit: Mutex::new(Vec::new()),
         }
+    }
+
+    /// The audit entries recorded so far, oldest first.
+    pub fn audit_log(&self) -> Vec<super::AuditEntry> {
+        self.audit
+            .lock()
+            .map(|a| a.clone())
+            .unwrap_or_else(|e| e.into_inner().clone())
     }
 
     /// The same fleet with another interval between simulated log lines.
@@ -592,6 +602,14 @@ impl FleetService for MockFleetService {
             output: out_rx,
             input: in_tx,
         })
+    }
+
+    async fn audit(&self, entry: super::AuditEntry) {
+        entry.log();
+        match self.audit.lock() {
+            Ok(mut log) => log.push(entry),
+            Err(e) => e.into_inner().push(entry),
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! be exercised without a server and the real implementation is tested on its own against
 //! real servers.
 
+pub mod audit;
 pub mod bridge;
 pub mod error;
 pub mod mock;
@@ -18,6 +19,7 @@ use async_trait::async_trait;
 use harmony_fleet_contracts::commands::ServiceLogs;
 use harmony_fleet_contracts::ids::{DeploymentName, DeviceId};
 
+pub use audit::{AuditAction, AuditEntry};
 pub use error::ServiceError;
 pub use model::*;
 pub use sessions::{LogEvent, LogStream, ShellEvent, ShellInput, ShellSession};
@@ -63,4 +65,7 @@ pub trait FleetService: Send + Sync + 'static {
     ) -> ServiceResult<LogStream>;
     /// Opens an interactive shell on the device's pseudo-terminal of `cols`×`rows`.
     async fn open_shell(&self, id: &DeviceId, cols: u16, rows: u16) -> ServiceResult<ShellSession>;
+    /// Records what a person did to a device (see [`audit`]). Never fails the action: an
+    /// entry that cannot be stored is logged as a warning (the log line is always written).
+    async fn audit(&self, entry: AuditEntry);
 }

@@ -61,6 +61,7 @@ struct KvView {
 /// The fleet as NATS KV and the Kubernetes API hold it.
 pub struct RealFleetService {
     client: kube::Client,
+    audit: super::audit::EventAudit,
     commands: CommandsClient,
     options: RealOptions,
     view: Arc<RwLock<KvView>>,
@@ -146,6 +147,7 @@ impl RealFleetService {
             "Device",
         ));
         Ok(Self {
+            audit: super::audit::EventAudit::new(client.clone()),
             client,
             commands: CommandsClient::new(nats),
             options,
@@ -651,5 +653,11 @@ impl FleetService for RealFleetService {
 
     async fn open_shell(&self, id: &DeviceId, cols: u16, rows: u16) -> ServiceResult<ShellSession> {
         Ok(bridge::open_shell(self.commands.clone(), id.clone(), cols, rows).await?)
+    }
+
+    async fn audit(&self, entry: super::AuditEntry) {
+        if let Err(e) = self.audit.record(&entry).await {
+            tracing::warn!(device = %entry.device, action = entry.action.reason(), error = %e, "could not publish the audit Event (the log line above is the record)");
+        }
     }
 }

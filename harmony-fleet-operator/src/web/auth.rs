@@ -2,8 +2,9 @@
 //!
 //! Configured by environment (see `serve-web --help`):
 //! - `FLEET_WEB_TOKEN`: a bearer token. API clients and proxies send
-//!   `Authorization: Bearer <token>`; people paste it once on `/login`, which stores it in an
-//!   `HttpOnly`, `SameSite=Strict` cookie.
+//!   `Authorization: Bearer <token>`; people paste it once on `/login`, which opens a session
+//!   ([`super::sessions`]: an expiring random id in an `HttpOnly`, `SameSite=Strict` cookie,
+//!   `Secure` unless served over plain http on loopback; sign-ins are rate-limited).
 //! - `FLEET_WEB_BASIC_AUTH=user:password`: HTTP basic auth (the browser asks).
 //! - Neither: open, which is allowed only on a loopback address or with
 //!   `--allow-unauthenticated` (the dashboard sits behind an authenticating proxy, such as an
@@ -13,20 +14,41 @@
 //! does not stop a foreign page: [`super::boundary`] checks Host, Origin and the CSRF token
 //! before this module runs.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
 
 use axum::Form;
 use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{Extensions, HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use base64::Engine;
 use maud::{DOCTYPE, html};
 use serde::Deserialize;
 
-/// Name of the cookie that carries the token.
-pub const TOKEN_COOKIE: &str = "fleet_token";
+use super::sessions::{SESSION_COOKIE, Sessions};
+
+/// Who a request comes from, as the audit trail names them: `local` when the dashboard is
+/// open, `token` for the bearer token and its sessions, the user name with basic auth. Put
+/// in the request's extensions by [`guard`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal(pub String);
+
+impl Principal {
+    /// The principal [`guard`] put in `extensions` (`local` if none: an unguarded router).
+    pub fn of(extensions: &Extensions) -> String {
+        extensions
+            .get::<Principal>()
+            .map_or_else(|| "local".to_owned(), |p| p.0.clone())
+    }
+}
+
+impl std::fmt::Display for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// The production Content-Security-Policy: scripts only from this origin (no inline script,
 /// no eval). Inline styles stay allowed because xterm.js sizes its rows with them.
@@ -112,35 +134,40 @@ impl Auth {
         Ok(auth)
     }
 
-    fn admits(&self, headers: &HeaderMap) -> bool {
+    /// Who `headers` authenticate, if anyone.
+    fn admits(&self, headers: &HeaderMap, sessions: &Sessions) -> Option<Principal> {
+        let who = |w: &str| Some(Principal(w.to_owned()));
         match self {
-            Auth::Open => true,
+            Auth::Open => who("local"),
             Auth::Token(token) => {
                 let bearer = headers
                     .get(header::AUTHORIZATION)
                     .and_then(|v| v.to_str().ok())
                     .and_then(|v| v.strip_prefix("Bearer "));
-                let cookie = cookie(headers, TOKEN_COOKIE);
-                bearer
-                    .into_iter()
-                    .chain(cookie.as_deref())
-                    .any(|t| constant_time_eq(t, token))
+                if bearer.is_some_and(|t| constant_time_eq(t, token)) {
+                    return who("token");
+                }
+                let session = cookie(headers, SESSION_COOKIE)?;
+                sessions.who(&session, Instant::now()).map(Principal)
             }
-            Auth::Basic { user, password } => headers
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Basic "))
-                .and_then(|b64| {
-                    base64::engine::general_purpose::STANDARD
-                        .decode(b64.trim())
-                        .ok()
-                })
-                .and_then(|raw| String::from_utf8(raw).ok())
-                .is_some_and(|pair| {
-                    pair.split_once(':').is_some_and(|(u, p)| {
-                        constant_time_eq(u, user) & constant_time_eq(p, password)
+            Auth::Basic { user, password } => {
+                let ok = headers
+                    .get(header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.strip_prefix("Basic "))
+                    .and_then(|b64| {
+                        base64::engine::general_purpose::STANDARD
+                            .decode(b64.trim())
+                            .ok()
                     })
-                }),
+                    .and_then(|raw| String::from_utf8(raw).ok())
+                    .is_some_and(|pair| {
+                        pair.split_once(':').is_some_and(|(u, p)| {
+                            constant_time_eq(u, user) & constant_time_eq(p, password)
+                        })
+                    });
+                if ok { who(user) } else { None }
+            }
         }
     }
 }
@@ -166,14 +193,22 @@ fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .map(|(_, v)| v.to_owned())
 }
 
-/// Middleware: authentication.
-pub async fn guard(State(auth): State<Auth>, request: Request, next: Next) -> Response {
+/// Middleware: authentication. An admitted request carries its [`Principal`].
+pub async fn guard(
+    State(state): State<super::WebState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let path = request.uri().path();
     let public = path.starts_with("/assets/") || path == "/login" || path == "/favicon.ico";
-    if public || auth.admits(request.headers()) {
+    if let Some(who) = state.auth.admits(request.headers(), &state.sessions) {
+        request.extensions_mut().insert(who);
         return next.run(request).await;
     }
-    match auth {
+    if public {
+        return next.run(request).await;
+    }
+    match state.auth {
         Auth::Basic { .. } => (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Basic realm=\"harmony fleet\"")],
@@ -242,29 +277,87 @@ pub struct LoginForm {
     pub token: String,
 }
 
-/// `POST /login`: stores the token in a cookie when it is right.
+/// The client's address, when the server records it (`serve` does; handler tests do not).
+fn client(extensions: &Extensions) -> Option<IpAddr> {
+    extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip())
+}
+
+/// Whether the browser reached this dashboard over plain http on a loopback name: the only
+/// case where the session cookie goes without `Secure` (browsers would drop it otherwise).
+fn plain_http_on_loopback(headers: &HeaderMap) -> bool {
+    let https = headers
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    let loopback = name.eq_ignore_ascii_case("localhost")
+        || name.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    !https && loopback
+}
+
+/// `POST /login`: opens a session when the token is right. Failed attempts are limited per
+/// client address (429 with `Retry-After` beyond the limit).
 pub async fn login(
     State(state): State<super::WebState>,
     headers: HeaderMap,
+    extensions: Extensions,
     Form(form): Form<LoginForm>,
 ) -> Response {
+    let (client, now) = (client(&extensions), Instant::now());
+    if let Err(wait) = state.sessions.may_try(client, now) {
+        let secs = wait.as_secs().max(1);
+        tracing::warn!(client = ?client, retry_after_secs = secs, "dashboard sign-in refused: too many failed attempts");
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [(header::RETRY_AFTER, secs.to_string())],
+            format!("too many failed sign-ins from this address: try again in {secs} s"),
+        )
+            .into_response();
+    }
     let ok = match &state.auth {
         Auth::Token(token) => constant_time_eq(form.token.trim(), token),
         _ => false,
     };
     if !ok {
+        state.sessions.failed(client, now);
+        tracing::warn!(client = ?client, "dashboard sign-in with a wrong token");
         return (StatusCode::UNAUTHORIZED, Body::from("wrong token")).into_response();
     }
-    let secure = headers
-        .get("x-forwarded-proto")
-        .is_some_and(|v| v == "https");
+    state.sessions.succeeded(client);
+    let id = state.sessions.open("token", now);
+    tracing::info!(client = ?client, who = "token", "dashboard session opened");
     let cookie = format!(
-        "{TOKEN_COOKIE}={}; Path=/; HttpOnly; SameSite=Strict{}",
-        form.token.trim(),
-        if secure { "; Secure" } else { "" }
+        "{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        state.sessions.lifetime().as_secs(),
+        if plain_http_on_loopback(&headers) {
+            ""
+        } else {
+            "; Secure"
+        }
     );
     let mut response = Redirect::to("/").into_response();
     if let Ok(value) = HeaderValue::from_str(&cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
+}
+
+/// `POST /logout`: closes the session and clears its cookie.
+pub async fn logout(State(state): State<super::WebState>, headers: HeaderMap) -> Response {
+    if let Some(id) = cookie(&headers, SESSION_COOKIE) {
+        state.sessions.close(&id);
+    }
+    let mut response = Redirect::to("/login").into_response();
+    let clear = format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0");
+    if let Ok(value) = HeaderValue::from_str(&clear) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
     response
@@ -292,6 +385,27 @@ mod tests {
         assert!(Auth::from_settings(None, Some("admin".into()), false, any).is_err());
         assert!(Auth::from_settings(None, Some("a:b".into()), false, any).is_ok());
         assert!(Auth::from_settings(Some("t".into()), Some("a:b".into()), false, any).is_err());
+    }
+
+    #[test]
+    fn the_cookie_goes_without_secure_only_over_plain_http_on_loopback() {
+        let headers = |host: &str, proto: Option<&str>| {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, host.parse().unwrap());
+            if let Some(p) = proto {
+                h.insert("x-forwarded-proto", p.parse().unwrap());
+            }
+            h
+        };
+        assert!(plain_http_on_loopback(&headers("127.0.0.1:8080", None)));
+        assert!(plain_http_on_loopback(&headers("localhost:8080", None)));
+        assert!(plain_http_on_loopback(&headers("[::1]:8080", None)));
+        assert!(!plain_http_on_loopback(&headers(
+            "localhost:8080",
+            Some("https")
+        )));
+        assert!(!plain_http_on_loopback(&headers("fleet.example.com", None)));
+        assert!(!plain_http_on_loopback(&headers("10.0.0.5:8080", None)));
     }
 
     #[test]

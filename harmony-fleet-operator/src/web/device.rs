@@ -3,12 +3,15 @@
 
 use axum::Form;
 use axum::extract::{Path, State};
+use axum::http::Extensions;
 use maud::{Markup, html};
 use serde::Deserialize;
 
+use super::auth::Principal;
 use super::devices::device_id;
 use super::layout::{self, Nav};
 use super::{WebResult, WebState};
+use crate::service::{AuditAction, AuditEntry};
 
 /// The device page.
 pub async fn page(State(state): State<WebState>, Path(id): Path<String>) -> WebResult<Markup> {
@@ -116,10 +119,19 @@ pub struct ExecForm {
 /// Runs a command and answers its output as a fragment.
 pub async fn exec(
     State(state): State<WebState>,
+    extensions: Extensions,
     Path(id): Path<String>,
     Form(form): Form<ExecForm>,
 ) -> WebResult<Markup> {
     let id = device_id(&id)?;
+    // Recorded before it runs: an attempt on a device that never answers is audited too.
+    state
+        .service
+        .audit(
+            AuditEntry::now(Principal::of(&extensions), id.clone(), AuditAction::Exec)
+                .with_command(form.command.clone()),
+        )
+        .await;
     let out = state.service.run_command(&id, &form.command).await?;
     let status = match (out.exit_code, out.timed_out) {
         (_, true) => "timed out".to_owned(),

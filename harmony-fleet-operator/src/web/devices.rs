@@ -3,15 +3,18 @@
 
 use axum::Form;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{Extensions, HeaderMap};
 use axum::response::{IntoResponse, Redirect, Response};
 use harmony_fleet_contracts::ids::DeviceId;
 use maud::{Markup, html};
 use serde::Deserialize;
 
+use super::auth::Principal;
 use super::layout::{self, Nav};
 use super::{WebError, WebResult, WebState};
-use crate::service::{DeviceQuery, DeviceSummary, ServiceError, StatusFilter};
+use crate::service::{
+    AuditAction, AuditEntry, DeviceQuery, DeviceSummary, ServiceError, StatusFilter,
+};
 
 /// Query string of `/devices`.
 #[derive(Debug, Default, Deserialize)]
@@ -140,12 +143,25 @@ pub struct BlacklistForm {
 pub async fn blacklist(
     State(state): State<WebState>,
     headers: HeaderMap,
+    extensions: Extensions,
     Path(id): Path<String>,
     Form(form): Form<BlacklistForm>,
 ) -> WebResult<Response> {
     let id = device_id(&id)?;
     let summary = state.service.set_blacklisted(&id, form.blacklisted).await?;
-    tracing::info!(device = %id, blacklisted = form.blacklisted, "blacklist changed from the dashboard");
+    let action = if form.blacklisted {
+        AuditAction::Blacklisted
+    } else {
+        AuditAction::Released
+    };
+    state
+        .service
+        .audit(AuditEntry::now(
+            Principal::of(&extensions),
+            id.clone(),
+            action,
+        ))
+        .await;
     if layout::is_htmx(&headers) {
         Ok(row(&state, &summary).into_response())
     } else {

@@ -10,7 +10,8 @@
 //! | [`shell`] | the interactive shell (WebSocket ↔ [`ShellSession`](crate::service::ShellSession)) |
 //! | [`assets`] | CSS/JS embedded by `build.rs`, `--css-from`, live reload |
 //! | [`boundary`] | the Host / Origin allow-list and the CSRF token, checked before anything else |
-//! | [`auth`] | bearer token / basic auth, security headers (CSP) |
+//! | [`auth`] | bearer token / basic auth, who is asking, security headers (CSP) |
+//! | [`sessions`] | sign-in sessions (expiring) and the sign-in rate limit |
 //! | [`serve`] | `serve-web` and the dashboard inside `run` |
 
 pub mod assets;
@@ -23,6 +24,7 @@ pub mod layout;
 pub mod live;
 pub mod overview;
 pub mod serve;
+pub mod sessions;
 pub mod shell;
 
 use std::sync::Arc;
@@ -38,6 +40,7 @@ use crate::service::{FleetService, ServiceError};
 pub use assets::Assets;
 pub use auth::Auth;
 pub use boundary::Boundary;
+pub use sessions::Sessions;
 
 /// What every handler gets.
 #[derive(Clone)]
@@ -50,6 +53,8 @@ pub struct WebState {
     pub auth: Auth,
     /// Which hosts and origins are this dashboard, and its CSRF token.
     pub boundary: Boundary,
+    /// Open sign-in sessions and recent failed sign-ins.
+    pub sessions: Sessions,
 }
 
 impl std::fmt::Debug for WebState {
@@ -63,7 +68,7 @@ impl std::fmt::Debug for WebState {
 /// The dashboard's router: pages, fragments, streams and assets behind `state.auth`, and
 /// everything behind `state.boundary` (checked first).
 pub fn app(state: WebState) -> Router {
-    let auth = state.auth.clone();
+    let guarded = state.clone();
     let boundary = state.boundary.clone();
     Router::new()
         .route("/", get(overview::page))
@@ -80,8 +85,9 @@ pub fn app(state: WebState) -> Router {
         .route("/favicon.ico", get(assets::favicon))
         .route("/_live-reload", get(assets::live_reload))
         .route("/login", get(auth::login_page).post(auth::login))
+        .route("/logout", post(auth::logout))
         .with_state(state)
-        .layer(axum::middleware::from_fn_with_state(auth, auth::guard))
+        .layer(axum::middleware::from_fn_with_state(guarded, auth::guard))
         .layer(axum::middleware::from_fn_with_state(
             boundary,
             boundary::guard,

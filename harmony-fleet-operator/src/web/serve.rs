@@ -7,15 +7,15 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 
-use super::{Assets, Auth, Boundary, WebState, app};
+use super::{Assets, Auth, Boundary, Sessions, WebState, app};
 use crate::config::{NatsConfig, ServeWebArgs, WebAccessArgs};
 use crate::error::{Error, Result};
 use crate::kv;
 use crate::service::real::{RealFleetService, RealOptions};
 use crate::service::{FleetService, mock::MockFleetService};
 
-/// Who may come in, and the boundary every request crosses first.
-fn access(args: &WebAccessArgs, addr: SocketAddr) -> Result<(Auth, Boundary)> {
+/// Who may come in, the boundary every request crosses first, and the sessions.
+fn access(args: &WebAccessArgs, addr: SocketAddr) -> Result<(Auth, Boundary, Sessions)> {
     let auth = Auth::from_settings(
         args.token.clone(),
         args.basic_auth.clone(),
@@ -31,7 +31,13 @@ fn access(args: &WebAccessArgs, addr: SocketAddr) -> Result<(Auth, Boundary)> {
             "the dashboard listens on every address but answers only loopback host names: set --web-public-url to the URL people use"
         );
     }
-    Ok((auth, boundary))
+    if args.session_minutes == 0 {
+        return Err(Error::Config(
+            "--web-session-minutes must be at least 1 (default 480, 8 hours)".into(),
+        ));
+    }
+    let sessions = Sessions::new(Duration::from_secs(args.session_minutes.saturating_mul(60)));
+    Ok((auth, boundary, sessions))
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener> {
@@ -45,17 +51,22 @@ pub async fn serve(
     listener: TcpListener,
     service: Arc<dyn FleetService>,
     assets: Assets,
-    (auth, boundary): (Auth, Boundary),
+    (auth, boundary, sessions): (Auth, Boundary, Sessions),
 ) -> Result<()> {
     let router = app(WebState {
         service,
         assets,
         auth,
         boundary,
+        sessions,
     });
-    axum::serve(listener, router)
-        .await
-        .map_err(|e| Error::Config(format!("dashboard server failed: {e}")))
+    // The client address feeds the sign-in rate limit.
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+    .map_err(|e| Error::Config(format!("dashboard server failed: {e}")))
 }
 
 /// `serve-web`: until Ctrl-C / SIGTERM.

@@ -10,12 +10,14 @@
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
+use axum::http::Extensions;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
+use super::auth::Principal;
 use super::devices::device_id;
 use super::{WebResult, WebState};
-use crate::service::{ShellEvent, ShellInput};
+use crate::service::{AuditAction, AuditEntry, ShellEvent, ShellInput};
 
 /// Initial terminal size.
 #[derive(Debug, Deserialize)]
@@ -49,6 +51,7 @@ enum ClientMessage {
 /// [`super::boundary`] before this runs.
 pub async fn upgrade(
     State(state): State<WebState>,
+    extensions: Extensions,
     Path(id): Path<String>,
     Query(size): Query<Size>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -58,15 +61,17 @@ pub async fn upgrade(
         Ok(ws) => ws,
         Err(rejection) => return Ok(rejection.into_response()),
     };
+    let who = Principal::of(&extensions);
     Ok(ws
         .on_upgrade(move |socket| async move {
-            tracing::info!(device = %id, "shell opened from the dashboard");
+            let entry = |action| AuditEntry::now(who.clone(), id.clone(), action);
+            state.service.audit(entry(AuditAction::ShellOpened)).await;
             let opened = state.service.open_shell(&id, size.cols, size.rows).await;
             match opened {
                 Ok(session) => bridge(socket, session).await,
                 Err(e) => close(socket, 1011, &format!("cannot open a shell: {e}")).await,
             }
-            tracing::info!(device = %id, "shell closed");
+            state.service.audit(entry(AuditAction::ShellClosed)).await;
         })
         .into_response())
 }

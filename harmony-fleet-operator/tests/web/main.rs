@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use harmony_fleet_operator::service::mock::MockFleetService;
 use harmony_fleet_operator::web::boundary::{AllowedHosts, CsrfToken};
-use harmony_fleet_operator::web::{Assets, Auth, Boundary, WebState, app};
+use harmony_fleet_operator::web::{Assets, Auth, Boundary, Sessions, WebState, app};
 use tower::ServiceExt;
 
 /// The address the test dashboard pretends to listen on, and the `Host` of every request
@@ -33,6 +33,7 @@ fn router_with(auth: Auth) -> Router {
         assets: Assets::new(None, false),
         auth,
         boundary: boundary(),
+        sessions: Sessions::default(),
     })
 }
 
@@ -366,6 +367,7 @@ async fn css_from_serves_the_stylesheet_from_disk() {
         assets: Assets::new(Some(css), true),
         auth: Auth::Open,
         boundary: boundary(),
+        sessions: Sessions::default(),
     });
     let reply = get(app.clone(), "/assets/app.css").await;
     assert_eq!(reply.body, "body{color:red}");
@@ -422,6 +424,180 @@ async fn token_auth_admits_bearer_and_cookie_and_redirects_browsers_to_login() {
         .body(Body::empty())
         .unwrap();
     assert_eq!(send(app, with_cookie).await.status, StatusCode::OK);
+}
+
+fn login_request(token: &str) -> Request<Body> {
+    Request::post("/login")
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(format!("token={token}&csrf={CSRF}")))
+        .expect("request")
+}
+
+fn session_cookie(reply: &Reply) -> String {
+    reply.headers[header::SET_COOKIE]
+        .to_str()
+        .expect("ascii cookie")
+        .to_owned()
+}
+
+fn with_cookie(path: &str, cookie: &str) -> Request<Body> {
+    Request::get(path)
+        .header(header::COOKIE, cookie.split(';').next().unwrap_or_default())
+        .header("hx-request", "true")
+        .body(Body::empty())
+        .expect("request")
+}
+
+#[tokio::test]
+async fn a_session_cookie_holds_no_token_expires_and_is_secure_beyond_loopback_http() {
+    let router = router_with(Auth::Token("s3cret".into()));
+    let cookie = session_cookie(&send(router.clone(), login_request("s3cret")).await);
+    assert!(cookie.starts_with("fleet_session="), "{cookie}");
+    assert!(
+        !cookie.contains("s3cret"),
+        "the token is not the cookie: {cookie}"
+    );
+    assert!(cookie.contains("Max-Age=28800"), "8 h by default: {cookie}");
+    assert!(
+        !cookie.contains("Secure"),
+        "plain http on loopback: {cookie}"
+    );
+
+    // Behind a TLS-terminating proxy the cookie is Secure.
+    let mut behind_tls = login_request("s3cret");
+    behind_tls
+        .headers_mut()
+        .insert("x-forwarded-proto", "https".parse().unwrap());
+    let cookie = session_cookie(&send(router, behind_tls).await);
+    assert!(cookie.contains("; Secure"), "{cookie}");
+
+    // An expired session is refused.
+    let expiring = app(WebState {
+        service: Arc::new(MockFleetService::new()),
+        assets: Assets::new(None, false),
+        auth: Auth::Token("s3cret".into()),
+        boundary: boundary(),
+        sessions: Sessions::new(std::time::Duration::ZERO),
+    });
+    let cookie = session_cookie(&send(expiring.clone(), login_request("s3cret")).await);
+    assert_eq!(
+        send(expiring, with_cookie("/devices", &cookie))
+            .await
+            .status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn logout_closes_the_session() {
+    let app = router_with(Auth::Token("s3cret".into()));
+    let cookie = session_cookie(&send(app.clone(), login_request("s3cret")).await);
+    assert_eq!(
+        send(app.clone(), with_cookie("/devices", &cookie))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let logout = Request::post("/logout")
+        .header(header::COOKIE, cookie.split(';').next().unwrap())
+        .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Body::from(format!("csrf={CSRF}")))
+        .unwrap();
+    let reply = send(app.clone(), logout).await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER);
+    assert!(session_cookie(&reply).contains("Max-Age=0"));
+    assert_eq!(
+        send(app, with_cookie("/devices", &cookie)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn sign_ins_are_rate_limited_after_five_failures() {
+    use harmony_fleet_operator::web::sessions::LOGIN_ATTEMPTS;
+    let app = router_with(Auth::Token("s3cret".into()));
+    for _ in 0..LOGIN_ATTEMPTS {
+        assert_eq!(
+            send(app.clone(), login_request("guess")).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+    // Even the right token waits until the window ends.
+    let reply = send(app.clone(), login_request("s3cret")).await;
+    assert_eq!(reply.status, StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = reply.headers[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    assert!(
+        reply.body.contains("too many failed sign-ins"),
+        "{}",
+        reply.body
+    );
+}
+
+#[tokio::test]
+async fn commands_and_blacklist_changes_are_audited_with_who_did_them() {
+    use harmony_fleet_operator::service::AuditAction;
+    let mock = Arc::new(MockFleetService::new());
+    let router = app(WebState {
+        service: mock.clone(),
+        assets: Assets::new(None, false),
+        auth: Auth::Basic {
+            user: "ops".into(),
+            password: "pw".into(),
+        },
+        boundary: boundary(),
+        sessions: Sessions::default(),
+    });
+    let basic = format!(
+        "Basic {}",
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "ops:pw")
+    );
+    let mut exec = htmx_post("/devices/pi-01/exec", "command=uname+-a");
+    exec.headers_mut()
+        .insert(header::AUTHORIZATION, basic.parse().unwrap());
+    assert_eq!(send(router.clone(), exec).await.status, StatusCode::OK);
+    let mut blacklist = htmx_post("/devices/pi-02/blacklist", "blacklisted=true");
+    blacklist
+        .headers_mut()
+        .insert(header::AUTHORIZATION, basic.parse().unwrap());
+    assert_eq!(send(router, blacklist).await.status, StatusCode::OK);
+
+    let log = mock.audit_log();
+    let seen: Vec<(&str, &str, AuditAction, &str)> = log
+        .iter()
+        .map(|e| {
+            (
+                e.who.as_str(),
+                e.device.as_str(),
+                e.action,
+                e.command.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("ops", "pi-01", AuditAction::Exec, "uname -a"),
+            ("ops", "pi-02", AuditAction::Blacklisted, ""),
+        ]
+    );
+
+    // With authentication off, the audit says "local".
+    let open = Arc::new(MockFleetService::new());
+    let router = app(WebState {
+        service: open.clone(),
+        assets: Assets::new(None, false),
+        auth: Auth::Open,
+        boundary: boundary(),
+        sessions: Sessions::default(),
+    });
+    let exec = htmx_post("/devices/pi-01/exec", "command=id");
+    assert_eq!(send(router, exec).await.status, StatusCode::OK);
+    assert_eq!(open.audit_log()[0].who, "local");
 }
 
 #[tokio::test]
