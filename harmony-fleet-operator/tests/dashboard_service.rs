@@ -178,7 +178,9 @@ async fn real_service_shows_the_fleet_and_blacklisting_removes_desired_state() -
         .context("service ready")??;
 
     let query = DeviceQuery {
-        label: Some(("site".into(), Some(site.clone()))),
+        labels: harmony_fleet_operator::service::device_list::parse_selector(&format!(
+            "site={site}"
+        ))?,
         ..DeviceQuery::default()
     };
     let page = service.list_devices(&query).await?;
@@ -218,7 +220,19 @@ async fn real_service_shows_the_fleet_and_blacklisting_removes_desired_state() -
     assert_eq!(deployment.devices.len(), 2);
     assert_eq!(deployment.summary.images, ["localhost/demo:v1"]);
     let overview = service.overview().await?;
-    assert!(overview.failed.iter().any(|d| d.id == id));
+    let listed = overview
+        .attention
+        .iter()
+        .find(|d| d.id == id)
+        .context("the failing deployment needs attention")?;
+    assert!(
+        listed
+            .attention
+            .iter()
+            .any(|a| a.reason == "DevicesFailing"),
+        "{:?}",
+        listed.attention
+    );
 
     // Blacklist: the annotation is written, the operator removes the device's key.
     let row = service.set_blacklisted(&d1, true).await?;

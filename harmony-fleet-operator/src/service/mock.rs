@@ -1,6 +1,8 @@
-//! [`MockFleetService`]: a seeded, in-memory fleet of 10 devices in mixed states and 4
-//! deployments (complete, progressing in waves, paused after failures, all-at-once), for
-//! `serve-web --mock`, the handler tests and the browser tests.
+//! [`MockFleetService`]: a seeded, in-memory fleet of 10 devices in mixed states and 7
+//! deployments (complete, progressing in waves, paused after failures, all-at-once, and three
+//! the operator refuses or that match nothing), for `serve-web --mock`, the handler tests and
+//! the browser tests. Deployment statuses are built the operator's way (conditions, aggregate,
+//! rollout) and read through the same [`deployment_attention`] as the real service's.
 //!
 //! Sessions are simulated in-process: the log tail emits a line every
 //! [`MockFleetService::LOG_INTERVAL`], and the shell is a tiny line editor that understands
@@ -17,8 +19,11 @@ use harmony_fleet_contracts::device::Inventory;
 use harmony_fleet_contracts::ids::{DeploymentName, DeviceId};
 use harmony_fleet_contracts::state::Phase;
 use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use tokio::sync::mpsc;
 
+use super::attention::deployment_attention;
+use super::device_list::{self, DeviceFacts};
 use super::{
     CommandOutput, DeploymentDetail, DeploymentDevice, DeploymentRef, DeploymentSummary,
     DeviceDeployment, DeviceDetail, DevicePage, DeviceQuery, DeviceSummary, FleetService, LogEvent,
@@ -41,11 +46,38 @@ struct MockDevice {
     held: Vec<(String, Phase, Option<String>, bool)>,
 }
 
+impl DeviceFacts for &MockDevice {
+    fn id(&self) -> &DeviceId {
+        &self.id
+    }
+    fn labels(&self) -> &BTreeMap<String, String> {
+        &self.labels
+    }
+    fn online(&self) -> bool {
+        self.online
+    }
+    fn blacklisted(&self) -> bool {
+        self.blacklisted
+    }
+    fn failing(&self) -> bool {
+        self.runs
+            .iter()
+            .any(|(_, phase, ..)| *phase == Phase::Failed)
+    }
+    fn text_fields(&self) -> [&str; 2] {
+        [self.arch, "0.1.0"]
+    }
+}
+
 #[derive(Clone, Debug)]
 struct MockDeployment {
     summary: DeploymentSummary,
     waves: Vec<(String, WaveState)>,
     services: Vec<String>,
+    /// Conditions the operator would have written: (type, true?, reason, message).
+    conditions: Vec<(&'static str, bool, &'static str, String)>,
+    /// The operator serves it (`false`: refused, so no device runs it and it has no rollout).
+    serving: bool,
 }
 
 #[derive(Debug)]
@@ -81,9 +113,10 @@ impl MockFleetService {
     /// Interval between two simulated log lines.
     pub const LOG_INTERVAL: Duration = Duration::from_millis(500);
 
-    /// The seeded fleet: 10 devices (7 online, 2 offline, 1 blacklisted; 2 failing) and 4
+    /// The seeded fleet: 10 devices (7 online, 2 offline, 1 blacklisted; 2 failing) and 7
     /// deployments (`web` complete, `telemetry` progressing in waves, `camera` paused after
-    /// failures, `edge-proxy` complete all at once).
+    /// failures, `edge-proxy` complete all at once; `vision/thermal` refused with
+    /// `InvalidScore`, `lab/web` refused with `NameConflict`, `apps/kiosk` matching no device).
     pub fn new() -> Self {
         let now = Timestamp::now();
         let ago = |secs: i64| now - SignedDuration::from_secs(secs);
@@ -173,13 +206,17 @@ impl MockFleetService {
                 succeeded: 0,
                 failed: 0,
                 pending: 0,
+                offline: 0,
                 rollout: Some(rollout),
                 last_error: None,
+                attention: Vec::new(),
                 images: images.iter().map(|s| (*s).to_owned()).collect(),
                 selector: selector.to_owned(),
             },
             waves,
             services: services.iter().map(|s| (*s).to_owned()).collect(),
+            conditions: Vec::new(),
+            serving: true,
         };
         let rollout =
             |phase: &str, reason: Option<&str>, current: u32, total: u32, rev: &str| RolloutView {
@@ -190,7 +227,7 @@ impl MockFleetService {
                 updated: 0,
                 revision: rev.to_owned(),
             };
-        let deployments = vec![
+        let mut deployments = vec![
             deployment(
                 "apps",
                 "web",
@@ -241,6 +278,65 @@ impl MockFleetService {
                 &["proxy"],
             ),
         ];
+        if let Some(camera) = deployments
+            .iter_mut()
+            .find(|d| d.summary.id.name == "camera")
+        {
+            camera.conditions.push((
+                "Paused",
+                true,
+                "FailureCriteriaExceeded",
+                "2 of 3 completed devices failed (67% > maxFailedPercent 0%)".into(),
+            ));
+        }
+        let refused =
+            |ns: &str, name: &str, selector: &str, reason: &'static str, message: String| {
+                let mut d = deployment(
+                    ns,
+                    name,
+                    selector,
+                    &[],
+                    RolloutView::default(),
+                    Vec::new(),
+                    &[],
+                );
+                d.summary.rollout = None;
+                d.serving = false;
+                d.conditions.push(("Ready", false, reason, message));
+                d
+            };
+        deployments.push(refused(
+            "vision",
+            "thermal",
+            "site=plant-3",
+            "InvalidScore",
+            "spec.score is invalid: services[0].image must not be empty".into(),
+        ));
+        deployments.push(refused(
+            "lab",
+            "web",
+            "site=lab",
+            "NameConflict",
+            "deployment name `web` is already used by namespace `apps`: names are fleet-wide \
+             (they become desired-state keys); rename this one"
+                .into(),
+        ));
+        let mut kiosk = deployment(
+            "apps",
+            "kiosk",
+            "site=plant-9",
+            &["registry.local/kiosk:1.0"],
+            rollout("Complete", None, 1, 1, "sha256:0badcafe"),
+            vec![("every device".into(), WaveState::Done)],
+            &["kiosk"],
+        );
+        kiosk.conditions.push((
+            "Ready",
+            true,
+            "NoMatchingDevices",
+            "no device matches targetSelector".into(),
+        ));
+        deployments.push(kiosk);
         Self {
             state: Mutex::new(MockState {
                 devices,
@@ -304,36 +400,78 @@ fn summary(d: &MockDevice) -> DeviceSummary {
 }
 
 fn deployment_summary(state: &MockState, d: &MockDeployment) -> DeploymentSummary {
+    use crate::crd::deployment::{Aggregate, DeploymentStatus, FailingDevice, RolloutStatus};
     let mut s = d.summary.clone();
-    let (mut matched, mut ok, mut failed, mut pending, mut updated) = (0, 0, 0, 0, 0);
-    let mut last_error = None;
-    for device in state.devices.values() {
-        for (name, phase, error, on_target) in &device.runs {
-            if *name != s.id.name {
-                continue;
-            }
-            matched += 1;
-            if *on_target {
-                updated += 1;
-            }
-            match phase {
-                Phase::Running if *on_target => ok += 1,
-                Phase::Failed => {
-                    failed += 1;
-                    last_error = last_error.or_else(|| error.clone());
+    let mut aggregate = Aggregate::default();
+    let mut failing_devices = Vec::new();
+    let mut updated = 0;
+    let runs = state.devices.values().flat_map(|device| {
+        device
+            .runs
+            .iter()
+            .filter(|(name, ..)| d.serving && *name == s.id.name)
+            .map(move |run| (device, run))
+    });
+    for (device, (_, phase, error, on_target)) in runs {
+        aggregate.matched_device_count += 1;
+        if *on_target {
+            updated += 1;
+        }
+        if !device.online {
+            aggregate.offline += 1;
+        }
+        match phase {
+            Phase::Running if *on_target => aggregate.succeeded += 1,
+            Phase::Failed => {
+                aggregate.failed += 1;
+                let error = error.clone().unwrap_or_default();
+                if aggregate.last_error.is_none() {
+                    aggregate.last_error = Some(format!("{}: {error}", device.id));
                 }
-                _ => pending += 1,
+                failing_devices.push(FailingDevice {
+                    device: device.id.to_string(),
+                    error,
+                });
             }
+            _ => aggregate.pending += 1,
         }
     }
-    s.matched = matched;
-    s.succeeded = ok;
-    s.failed = failed;
-    s.pending = pending;
-    s.last_error = last_error;
     if let Some(r) = &mut s.rollout {
         r.updated = updated;
     }
+    let status = DeploymentStatus {
+        conditions: d
+            .conditions
+            .iter()
+            .map(|(type_, ok, reason, message)| Condition {
+                type_: (*type_).to_owned(),
+                status: if *ok { "True" } else { "False" }.to_owned(),
+                reason: (*reason).to_owned(),
+                message: message.clone(),
+                observed_generation: Some(1),
+                last_transition_time: Time(Timestamp::UNIX_EPOCH),
+            })
+            .collect(),
+        aggregate: aggregate.clone(),
+        rollout: s.rollout.as_ref().map(|r| RolloutStatus {
+            revision: r.revision.clone(),
+            phase: r.phase.clone(),
+            current_batch: r.current_batch,
+            total_batches: r.total_batches,
+            updated: r.updated,
+            reason: r.reason.clone(),
+            ..RolloutStatus::default()
+        }),
+        failing_devices,
+        ..DeploymentStatus::default()
+    };
+    s.attention = deployment_attention(&status);
+    s.matched = aggregate.matched_device_count;
+    s.succeeded = aggregate.succeeded;
+    s.failed = aggregate.failed;
+    s.pending = aggregate.pending;
+    s.offline = aggregate.offline;
+    s.last_error = aggregate.last_error;
     s
 }
 
@@ -355,30 +493,17 @@ impl FleetService for MockFleetService {
             offline_total: offline.len(),
             offline: offline.into_iter().take(OVERVIEW_OFFLINE_LIMIT).collect(),
             deployments_total: deployments.len(),
-            failed: deployments
-                .iter()
-                .filter(|d| d.failed > 0)
-                .cloned()
-                .collect(),
-            paused: deployments
+            attention: deployments
                 .into_iter()
-                .filter(|d| d.rollout.as_ref().is_some_and(RolloutView::is_stopped))
+                .filter(|d| !d.attention.is_empty())
                 .collect(),
         })
     }
 
     async fn list_devices(&self, query: &DeviceQuery) -> ServiceResult<DevicePage> {
         let state = self.lock();
-        let matched: Vec<DeviceSummary> = state
-            .devices
-            .values()
-            .map(summary)
-            .filter(|d| query.matches(d))
-            .collect();
-        Ok(DevicePage {
-            total_matched: matched.len(),
-            devices: matched.into_iter().take(query.effective_limit()).collect(),
-        })
+        let selection = device_list::select(state.devices.values(), query);
+        Ok(DevicePage::of(selection, summary))
     }
 
     async fn device(&self, id: &DeviceId) -> ServiceResult<DeviceDetail> {
@@ -424,11 +549,13 @@ impl FleetService for MockFleetService {
 
     async fn list_deployments(&self) -> ServiceResult<Vec<DeploymentSummary>> {
         let state = self.lock();
-        Ok(state
+        let mut list: Vec<DeploymentSummary> = state
             .deployments
             .iter()
             .map(|d| deployment_summary(&state, d))
-            .collect())
+            .collect();
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(list)
     }
 
     async fn deployment(&self, id: &DeploymentRef) -> ServiceResult<DeploymentDetail> {
@@ -447,7 +574,7 @@ impl FleetService for MockFleetService {
                 device
                     .runs
                     .iter()
-                    .filter(|(name, ..)| *name == id.name)
+                    .filter(|(name, ..)| d.serving && *name == id.name)
                     .map(|(_, phase, error, on_target)| DeploymentDevice {
                         device: device.id.clone(),
                         phase: Some(*phase),
@@ -702,9 +829,34 @@ mod tests {
         let overview = mock.overview().await.unwrap();
         assert_eq!(overview.offline_total, 2);
         assert_eq!(overview.devices_blacklisted, 1);
-        assert_eq!(overview.deployments_total, 4);
-        assert_eq!(overview.failed.len(), 1);
-        assert_eq!(overview.paused.len(), 1);
+        assert_eq!(overview.deployments_total, 7);
+        let attention: Vec<(String, Vec<&str>)> = overview
+            .attention
+            .iter()
+            .map(|d| {
+                (
+                    format!("{}/{}", d.id.namespace, d.id.name),
+                    d.attention.iter().map(|a| a.reason.as_str()).collect(),
+                )
+            })
+            .collect();
+        let expected: Vec<(String, Vec<&str>)> = vec![
+            ("apps/kiosk".into(), vec!["NoMatchingDevices"]),
+            ("apps/telemetry".into(), vec!["DevicesOffline"]),
+            ("apps/web".into(), vec!["DevicesOffline"]),
+            ("infra/edge-proxy".into(), vec!["DevicesOffline"]),
+            ("lab/web".into(), vec!["NameConflict"]),
+            (
+                "vision/camera".into(),
+                vec![
+                    "FailureCriteriaExceeded",
+                    "DevicesFailing",
+                    "DevicesOffline",
+                ],
+            ),
+            ("vision/thermal".into(), vec!["InvalidScore"]),
+        ];
+        assert_eq!(attention, expected);
     }
 
     #[tokio::test]

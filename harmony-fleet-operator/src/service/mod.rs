@@ -7,13 +7,16 @@
 //! be exercised without a server and the real implementation is tested on its own against
 //! real servers.
 
+pub mod attention;
 pub mod audit;
 pub mod bridge;
+pub mod device_list;
 pub mod error;
 pub mod mock;
 pub mod model;
 pub mod real;
 pub mod sessions;
+pub mod view;
 
 use async_trait::async_trait;
 use harmony_fleet_contracts::commands::ServiceLogs;
@@ -30,9 +33,10 @@ pub type ServiceResult<T> = Result<T, ServiceError>;
 /// Everything the dashboard can ask of the fleet.
 #[async_trait]
 pub trait FleetService: Send + Sync + 'static {
-    /// What needs attention: offline devices, failed deployments, stopped rollouts.
+    /// What needs attention: offline devices, and every deployment with an
+    /// [`Attention`] item (counts over the whole fleet, however large).
     async fn overview(&self) -> ServiceResult<Overview>;
-    /// Devices matching `query`, by id, one page.
+    /// Devices matching `query`, by id, one page (filtered and cut on the server).
     async fn list_devices(&self, query: &DeviceQuery) -> ServiceResult<DevicePage>;
     /// One device with its inventory and deployments.
     async fn device(&self, id: &DeviceId) -> ServiceResult<DeviceDetail>;

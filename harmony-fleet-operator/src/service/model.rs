@@ -9,6 +9,9 @@ use harmony_fleet_contracts::ids::{DeploymentName, DeviceId};
 use harmony_fleet_contracts::state::Phase;
 use jiff::Timestamp;
 
+pub use super::attention::{Attention, AttentionKind};
+use crate::index::Selector;
+
 /// Deployment phases on one device, counted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PhaseCounts {
@@ -115,61 +118,37 @@ impl StatusFilter {
     pub fn parse(token: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|f| f.as_str() == token)
     }
-
-    /// Whether `device` passes.
-    pub fn matches(self, device: &DeviceSummary) -> bool {
-        match self {
-            StatusFilter::Online => device.online,
-            StatusFilter::Offline => !device.online,
-            StatusFilter::Blacklisted => device.blacklisted,
-            StatusFilter::Failing => device.deployments.failed > 0,
-        }
-    }
 }
 
-/// Which devices to list.
+/// Which devices to list: filters and the page (see [`super::device_list`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeviceQuery {
-    /// `key` or `key=value`: only devices with that label (and value).
-    pub label: Option<(String, Option<String>)>,
+    /// Label selector (`kubectl -l` syntax, read by
+    /// [`parse_selector`](super::device_list::parse_selector)); empty selects every device.
+    pub labels: Selector,
     /// Only devices in this status.
     pub status: Option<StatusFilter>,
-    /// At most this many (0: the service's default page size).
-    pub limit: usize,
+    /// Free text found in the id, a label key or value, the architecture or agent version
+    /// (ASCII case ignored; blank: no text filter).
+    pub text: String,
+    /// 1-based page (0 counts as 1; past the end shows the last page).
+    pub page: usize,
+    /// Rows per page (0: [`DeviceQuery::DEFAULT_PER_PAGE`]; capped at
+    /// [`DeviceQuery::MAX_PER_PAGE`]).
+    pub per_page: usize,
 }
 
 impl DeviceQuery {
-    /// Default page size: pages stay small at any fleet size.
-    pub const DEFAULT_LIMIT: usize = 500;
-
-    /// Parses `key` or `key=value` (blank ⇒ no label filter).
-    pub fn parse_label(text: &str) -> Option<(String, Option<String>)> {
-        let text = text.trim();
-        if text.is_empty() {
-            return None;
-        }
-        Some(match text.split_once('=') {
-            Some((k, v)) => (k.trim().to_owned(), Some(v.trim().to_owned())),
-            None => (text.to_owned(), None),
-        })
-    }
-
-    /// Whether `device` passes the label and status filters.
-    pub fn matches(&self, device: &DeviceSummary) -> bool {
-        let label_ok = match &self.label {
-            None => true,
-            Some((k, None)) => device.labels.contains_key(k),
-            Some((k, Some(v))) => device.labels.get(k) == Some(v),
-        };
-        label_ok && self.status.is_none_or(|s| s.matches(device))
-    }
+    /// Default page size: a page renders in well under 100 ms at any fleet size.
+    pub const DEFAULT_PER_PAGE: usize = 100;
+    /// Largest page a request may ask for.
+    pub const MAX_PER_PAGE: usize = 500;
 
     /// The effective page size.
-    pub fn effective_limit(&self) -> usize {
-        if self.limit == 0 {
-            Self::DEFAULT_LIMIT
-        } else {
-            self.limit
+    pub fn effective_per_page(&self) -> usize {
+        match self.per_page {
+            0 => Self::DEFAULT_PER_PAGE,
+            n => n.min(Self::MAX_PER_PAGE),
         }
     }
 }
@@ -179,8 +158,30 @@ impl DeviceQuery {
 pub struct DevicePage {
     /// The devices, by id.
     pub devices: Vec<DeviceSummary>,
-    /// How many matched in total (the page may hold fewer).
+    /// How many matched in total (the page holds at most `per_page`).
     pub total_matched: usize,
+    /// 1-based page shown.
+    pub page: usize,
+    /// Pages in total (at least 1).
+    pub pages: usize,
+    /// Rows per page.
+    pub per_page: usize,
+}
+
+impl DevicePage {
+    /// The page of `selection`, its rows turned into summaries by `summary`.
+    pub fn of<T>(
+        selection: super::device_list::Selection<T>,
+        summary: impl FnMut(T) -> DeviceSummary,
+    ) -> Self {
+        Self {
+            devices: selection.items.into_iter().map(summary).collect(),
+            total_matched: selection.total_matched,
+            page: selection.page,
+            pages: selection.pages,
+            per_page: selection.per_page,
+        }
+    }
 }
 
 /// Identity of a `Deployment` resource.
@@ -231,8 +232,13 @@ pub struct DeploymentSummary {
     pub pending: u64,
     /// Rollout progress, once the operator wrote it.
     pub rollout: Option<RolloutView>,
+    /// Matched devices that are offline (counted above by their last report).
+    pub offline: u64,
     /// A recent error from a failing device.
     pub last_error: Option<String>,
+    /// What needs attention, from the status the operator wrote (see
+    /// [`deployment_attention`](super::attention::deployment_attention)).
+    pub attention: Vec<Attention>,
     /// Images of its services.
     pub images: Vec<String>,
     /// Human form of the target selector.
@@ -294,7 +300,7 @@ pub struct DeploymentDetail {
     pub summary: DeploymentSummary,
     /// Waves, in order.
     pub waves: Vec<Wave>,
-    /// Per-device phase (capped at [`DeviceQuery::DEFAULT_LIMIT`] rows).
+    /// Per-device phase (capped at [`DeviceQuery::MAX_PER_PAGE`] rows).
     pub devices: Vec<DeploymentDevice>,
 }
 
@@ -313,10 +319,9 @@ pub struct Overview {
     pub offline_total: usize,
     /// Deployments known.
     pub deployments_total: usize,
-    /// Deployments with failing devices.
-    pub failed: Vec<DeploymentSummary>,
-    /// Deployments whose rollout stopped (paused or rolled back).
-    pub paused: Vec<DeploymentSummary>,
+    /// Deployments with at least one [`Attention`] item (refused, name conflict, stopped,
+    /// failing, matching nothing, offline devices), by namespace and name.
+    pub attention: Vec<DeploymentSummary>,
 }
 
 /// How many offline devices the overview lists.

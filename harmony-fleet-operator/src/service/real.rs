@@ -1,24 +1,23 @@
 //! [`RealFleetService`]: the fleet as NATS KV and the Kubernetes API hold it.
 //!
-//! Reading a 1M-device bucket per page view would not scale, so the service keeps a view:
-//! ordered watches of `device-info`, `device-state` and `device-heartbeat` (from the start,
-//! like the operator's) and kube reflectors of `Deployment` and `Device` resources. Pages
-//! read that view. Writes go where the truth lives: blacklisting patches the `Device`
+//! Reading a 1M-device bucket per page view would not scale, so the service keeps a view
+//! ([`FleetView`]): ordered watches of `device-info`, `device-state` and `device-heartbeat`
+//! (from the start, like the operator's) and kube reflectors of `Deployment` and `Device`
+//! resources. Pages read that view. What needs attention about a Deployment comes from the
+//! status the operator wrote ([`deployment_attention`]). Writes go where the truth lives: blacklisting patches the `Device`
 //! resource's [`BLACKLIST_ANNOTATION`] (the operator's controller honours it), commands and
 //! sessions go to the device over NATS.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::StreamExt;
 use harmony_fleet_contracts::commands::{ExecRequest, LogsRequest, ServiceLogs};
-use harmony_fleet_contracts::device::DeviceInfo;
 use harmony_fleet_contracts::ids::{DeploymentName, DeviceId};
-use harmony_fleet_contracts::keys::{HeartbeatKey, InfoKey, StateKey};
 use harmony_fleet_contracts::payload::ReconcileScore;
-use harmony_fleet_contracts::state::{DeploymentState, Phase};
+use harmony_fleet_contracts::state::Phase;
 use jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -26,12 +25,13 @@ use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
 use tokio::sync::watch;
 
+use super::attention::deployment_attention;
 use super::sessions::{LogStream, ShellSession};
+use super::view::{FleetView, Liveness};
 use super::{
     CommandOutput, DeploymentDetail, DeploymentDevice, DeploymentRef, DeploymentSummary,
-    DeviceDeployment, DeviceDetail, DevicePage, DeviceQuery, DeviceSummary, FleetService,
-    OVERVIEW_OFFLINE_LIMIT, Overview, PhaseCounts, RolloutView, ServiceError, ServiceResult, Wave,
-    WaveState, bridge,
+    DeviceDeployment, DeviceDetail, DevicePage, DeviceQuery, DeviceSummary, FleetService, Overview,
+    RolloutView, ServiceError, ServiceResult, Wave, WaveState, bridge,
 };
 use crate::commands::CommandsClient;
 use crate::crd::deployment::{Deployment, RolloutStrategy};
@@ -50,21 +50,13 @@ pub struct RealOptions {
     pub heartbeat_timeout: Duration,
 }
 
-/// What the KV watches keep.
-#[derive(Debug, Default)]
-struct KvView {
-    info: BTreeMap<DeviceId, DeviceInfo>,
-    heartbeats: HashMap<DeviceId, Timestamp>,
-    states: HashMap<DeviceId, BTreeMap<DeploymentName, DeploymentState>>,
-}
-
 /// The fleet as NATS KV and the Kubernetes API hold it.
 pub struct RealFleetService {
     client: kube::Client,
     audit: super::audit::EventAudit,
     commands: CommandsClient,
     options: RealOptions,
-    view: Arc<RwLock<KvView>>,
+    view: Arc<RwLock<FleetView>>,
     caught_up: watch::Receiver<u8>,
     deployments: Store<Deployment>,
     devices: Store<Device>,
@@ -104,7 +96,7 @@ impl RealFleetService {
                     context: "opening the fleet buckets".into(),
                     message: e.to_string(),
                 })?;
-        let view = Arc::new(RwLock::new(KvView::default()));
+        let view = Arc::new(RwLock::new(FleetView::default()));
         let (caught_tx, caught_up) = watch::channel(0u8);
         let caught_tx = Arc::new(caught_tx);
         let mut tasks = Vec::new();
@@ -126,7 +118,10 @@ impl RealFleetService {
                 while let Some(event) = events.next().await {
                     match event {
                         Ok(KvEvent::CaughtUp) => caught_tx.send_modify(|n| *n += 1),
-                        Ok(event) => apply(&view, bucket, event),
+                        Ok(event) => view
+                            .write()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .apply(bucket, event),
                         Err(e) => {
                             tracing::warn!(bucket, error = %e, "dashboard KV watch error; it resumes by itself")
                         }
@@ -185,46 +180,33 @@ impl RealFleetService {
         }
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, KvView> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, FleetView> {
         self.view
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn is_blacklisted(&self, id: &DeviceId) -> bool {
-        self.devices
-            .get(&ObjectRef::new(id.as_str()))
-            .is_some_and(|d| blacklisted(&d))
-    }
-
-    fn online(&self, last_seen: Option<Timestamp>) -> bool {
-        let Ok(timeout) = jiff::SignedDuration::try_from(self.options.heartbeat_timeout) else {
-            return false;
-        };
-        last_seen.is_some_and(|at| Timestamp::now().duration_since(at) < timeout)
-    }
-
-    fn summary(&self, view: &KvView, info: &DeviceInfo) -> DeviceSummary {
-        let id = &info.device_id;
-        let last_seen = view.heartbeats.get(id).copied();
-        let mut counts = PhaseCounts::default();
-        for state in view.states.get(id).into_iter().flat_map(BTreeMap::values) {
-            counts.add(state.phase);
-        }
-        DeviceSummary {
-            id: id.clone(),
-            labels: info.labels.clone(),
-            online: self.online(last_seen),
-            last_seen,
-            blacklisted: self.is_blacklisted(id),
-            agent_version: info.agent_version.as_str().to_owned(),
-            arch: info.inventory.arch.clone(),
-            deployments: counts,
+    /// Online and blacklisted as of now: the blacklist is read once per request from the
+    /// `Device` reflector (one pass), not looked up per device.
+    fn liveness(&self) -> Liveness {
+        let blacklisted: HashSet<String> = self
+            .devices
+            .state()
+            .iter()
+            .filter(|d| blacklisted(d))
+            .filter_map(|d| d.metadata.name.clone())
+            .collect();
+        Liveness {
+            now: Timestamp::now(),
+            heartbeat_timeout: jiff::SignedDuration::try_from(self.options.heartbeat_timeout)
+                .unwrap_or(jiff::SignedDuration::ZERO),
+            blacklisted,
         }
     }
 
     fn deployment_summary(&self, d: &Deployment) -> DeploymentSummary {
         let status = d.status.clone().unwrap_or_default();
+        let attention = deployment_attention(&status);
         let agg = status.aggregate;
         DeploymentSummary {
             id: DeploymentRef {
@@ -235,6 +217,7 @@ impl RealFleetService {
             succeeded: agg.succeeded,
             failed: agg.failed,
             pending: agg.pending,
+            offline: agg.offline,
             rollout: status.rollout.map(|r| RolloutView {
                 phase: r.phase,
                 reason: r.reason,
@@ -244,6 +227,7 @@ impl RealFleetService {
                 revision: r.revision,
             }),
             last_error: agg.last_error,
+            attention,
             images: services(&d.spec.score)
                 .iter()
                 .map(|s| s.image.clone())
@@ -290,57 +274,6 @@ where
             }
         }
     })
-}
-
-fn apply(view: &RwLock<KvView>, bucket: &'static str, event: KvEvent) {
-    let mut view = view
-        .write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    match (bucket, event) {
-        ("device-info", KvEvent::Put { key, value, .. }) => {
-            let Ok(k) = InfoKey::parse(&key) else { return };
-            match serde_json::from_slice::<DeviceInfo>(&value) {
-                Ok(info) if info.device_id == k.device => {
-                    view.info.insert(k.device, info);
-                }
-                Ok(_) | Err(_) => {
-                    tracing::debug!(key, "dashboard ignores an unreadable device-info value")
-                }
-            }
-        }
-        ("device-info", KvEvent::Delete { key }) => {
-            if let Ok(k) = InfoKey::parse(&key) {
-                view.info.remove(&k.device);
-            }
-        }
-        ("device-state", KvEvent::Put { key, value, .. }) => {
-            let Ok(k) = StateKey::parse(&key) else { return };
-            if let Ok(state) = serde_json::from_slice::<DeploymentState>(&value) {
-                view.states
-                    .entry(k.device)
-                    .or_default()
-                    .insert(k.deployment, state);
-            }
-        }
-        ("device-state", KvEvent::Delete { key }) => {
-            if let Ok(k) = StateKey::parse(&key)
-                && let Some(states) = view.states.get_mut(&k.device)
-            {
-                states.remove(&k.deployment);
-            }
-        }
-        ("device-heartbeat", KvEvent::Put { key, at, .. }) => {
-            if let Ok(k) = HeartbeatKey::parse(&key) {
-                view.heartbeats.insert(k.device, at);
-            }
-        }
-        ("device-heartbeat", KvEvent::Delete { key }) => {
-            if let Ok(k) = HeartbeatKey::parse(&key) {
-                view.heartbeats.remove(&k.device);
-            }
-        }
-        _ => {}
-    }
 }
 
 /// The services of a payload (none for payload kinds this build does not know).
@@ -436,61 +369,27 @@ impl FleetService for RealFleetService {
     async fn overview(&self) -> ServiceResult<Overview> {
         self.ready()?;
         let deployments = self.list_deployments().await?;
-        let view = self.read();
-        let mut overview = Overview {
-            devices_total: view.info.len(),
-            deployments_total: deployments.len(),
-            ..Overview::default()
-        };
-        for info in view.info.values() {
-            let s = self.summary(&view, info);
-            if s.blacklisted {
-                overview.devices_blacklisted += 1;
-            }
-            if s.online {
-                overview.devices_online += 1;
-            } else {
-                overview.offline_total += 1;
-                if overview.offline.len() < OVERVIEW_OFFLINE_LIMIT {
-                    overview.offline.push(s);
-                }
-            }
-        }
-        for d in deployments {
-            if d.rollout.as_ref().is_some_and(RolloutView::is_stopped) {
-                overview.paused.push(d.clone());
-            }
-            if d.failed > 0 {
-                overview.failed.push(d);
-            }
-        }
+        let liveness = self.liveness();
+        let mut overview = self.read().overview(&liveness);
+        overview.deployments_total = deployments.len();
+        overview.attention = deployments
+            .into_iter()
+            .filter(|d| !d.attention.is_empty())
+            .collect();
         Ok(overview)
     }
 
     async fn list_devices(&self, query: &DeviceQuery) -> ServiceResult<DevicePage> {
         self.ready()?;
-        let view = self.read();
-        let limit = query.effective_limit();
-        let mut page = DevicePage::default();
-        for info in view.info.values() {
-            let s = self.summary(&view, info);
-            if query.matches(&s) {
-                page.total_matched += 1;
-                if page.devices.len() < limit {
-                    page.devices.push(s);
-                }
-            }
-        }
-        Ok(page)
+        let liveness = self.liveness();
+        Ok(self.read().list(query, &liveness))
     }
 
     async fn device(&self, id: &DeviceId) -> ServiceResult<DeviceDetail> {
         self.ready()?;
+        let liveness = self.liveness();
         let view = self.read();
-        let info = view
-            .info
-            .get(id)
-            .ok_or_else(|| ServiceError::no_device(id))?;
+        let info = view.info(id).ok_or_else(|| ServiceError::no_device(id))?;
         let services_of = |name: &DeploymentName| -> Vec<String> {
             self.deployments
                 .state()
@@ -505,8 +404,7 @@ impl FleetService for RealFleetService {
                 .unwrap_or_default()
         };
         let deployments = view
-            .states
-            .get(id)
+            .states(id)
             .into_iter()
             .flat_map(BTreeMap::iter)
             .filter(|(_, s)| s.phase != Phase::Removed)
@@ -519,7 +417,7 @@ impl FleetService for RealFleetService {
             })
             .collect();
         Ok(DeviceDetail {
-            summary: self.summary(&view, info),
+            summary: view.summary(info, &liveness),
             inventory: info.inventory.clone(),
             deployments,
         })
@@ -549,16 +447,17 @@ impl FleetService for RealFleetService {
         let target = summary.rollout.as_ref().map(|r| r.revision.clone());
         let selector = d.spec.target_selector.to_index();
         let name: Option<DeploymentName> = id.name.parse().ok();
+        let liveness = self.liveness();
         let view = self.read();
         let mut devices = Vec::new();
-        for info in view.info.values() {
+        for info in view.devices() {
             let state = name.as_ref().and_then(|n| {
-                view.states
-                    .get(&info.device_id)
+                view.states(&info.device_id)
                     .and_then(|s| s.get(n))
                     .filter(|s| s.phase != Phase::Removed)
             });
-            let matched = selector.matches(&info.labels) && !self.is_blacklisted(&info.device_id);
+            let matched = selector.matches(&info.labels)
+                && !liveness.blacklisted.contains(info.device_id.as_str());
             if !matched && state.is_none() {
                 continue;
             }
@@ -572,7 +471,7 @@ impl FleetService for RealFleetService {
                 last_error: state.and_then(|s| s.last_error.clone()),
                 last_change: state.map(|s| s.last_change),
             });
-            if devices.len() >= DeviceQuery::DEFAULT_LIMIT {
+            if devices.len() >= DeviceQuery::MAX_PER_PAGE {
                 break;
             }
         }
@@ -613,12 +512,10 @@ impl FleetService for RealFleetService {
                 source,
             },
         })?;
+        let liveness = self.liveness();
         let view = self.read();
-        let info = view
-            .info
-            .get(id)
-            .ok_or_else(|| ServiceError::no_device(id))?;
-        let mut summary = self.summary(&view, info);
+        let info = view.info(id).ok_or_else(|| ServiceError::no_device(id))?;
+        let mut summary = view.summary(info, &liveness);
         // The reflector may not have seen our own write yet.
         summary.blacklisted = blacklisted;
         Ok(summary)

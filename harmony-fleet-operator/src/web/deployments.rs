@@ -1,9 +1,11 @@
-//! `/deployments`: every deployment with its rollout progress, and one deployment's waves and
+//! `/deployments`: every deployment with its rollout progress and what needs attention (the
+//! operator's reason and message, as on the overview), and one deployment's waves and
 //! per-device phase.
 
 use axum::extract::{Path, State};
 use maud::{Markup, html};
 
+use super::attention;
 use super::layout::{self, Nav, Tone};
 use super::{WebResult, WebState};
 use crate::service::{DeploymentRef, DeploymentSummary, WaveState};
@@ -19,7 +21,12 @@ fn progress(d: &DeploymentSummary) -> Markup {
     }
 }
 
+/// The rollout's phase; for a resource the operator refuses, the refusal's reason instead (it
+/// has no rollout, and "no status yet" would hide that the status says why).
 fn rollout_badge(d: &DeploymentSummary) -> Markup {
+    if let Some(refusal) = d.attention.iter().find(|a| a.kind.is_refusal()) {
+        return layout::badge(&refusal.reason, Tone::Bad);
+    }
     match &d.rollout {
         None => layout::badge("no status yet", Tone::Muted),
         Some(r) => {
@@ -51,6 +58,7 @@ pub async fn page(State(state): State<WebState>) -> WebResult<Markup> {
                         th scope="col" class="p-2" { "Rollout" }
                         th scope="col" class="p-2" { "Progress" }
                         th scope="col" class="hidden p-2 sm:table-cell" { "Failed" }
+                        th scope="col" class="p-2" { "Needs attention" }
                         th scope="col" class="hidden p-2 md:table-cell" { "Targets" }
                     }
                 }
@@ -64,11 +72,12 @@ pub async fn page(State(state): State<WebState>) -> WebResult<Markup> {
                             td class="p-2" { (rollout_badge(d)) }
                             td class="p-2" { (progress(d)) }
                             td class="hidden p-2 sm:table-cell" { (d.failed) }
+                            td class="p-2" { (attention::list(&d.attention)) }
                             td class="hidden p-2 font-mono text-xs md:table-cell" { (d.selector) }
                         }
                     }
                     @if list.is_empty() {
-                        tr { td colspan="5" class="p-3 text-slate-600" { "No deployment yet: apply a fleet Deployment with kubectl." } }
+                        tr { td colspan="6" class="p-3 text-slate-600" { "No deployment yet: apply a fleet Deployment with kubectl." } }
                     }
                 }
             }
@@ -92,9 +101,12 @@ pub async fn detail(
             (rollout_badge(s)) (progress(s))
             span class="text-sm text-slate-600" { "namespace " (s.id.namespace) }
         }
-        @if let Some(r) = &s.rollout { @if let Some(reason) = &r.reason {
-            p role="alert" class="mb-4 rounded border border-amber-300 bg-amber-50 p-2 text-sm" { (reason) }
-        } }
+        @if !s.attention.is_empty() {
+            section aria-labelledby="attention-h" class="mb-4 rounded border border-amber-300 bg-amber-50 p-3" {
+                h2 id="attention-h" class="mb-1 font-semibold" { "Needs attention" }
+                (attention::list(&s.attention))
+            }
+        }
         div class="grid gap-4 md:grid-cols-3" {
             section aria-labelledby="spec-h" class="rounded-lg border border-slate-200 bg-white p-4" {
                 h2 id="spec-h" class="mb-2 font-semibold" { "Target" }

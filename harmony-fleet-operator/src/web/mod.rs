@@ -6,6 +6,8 @@
 //! |---|---|
 //! | [`layout`] | the page shell, navigation and small rendering helpers |
 //! | [`overview`], [`devices`], [`device`], [`deployments`] | the pages and their fragments |
+//! | [`attention`] | what needs attention about a deployment, as both pages show it |
+//! | [`pager`] | the devices page's page links |
 //! | [`live`] | the live log tail (SSE) |
 //! | [`shell`] | the interactive shell (WebSocket ↔ [`ShellSession`](crate::service::ShellSession)) |
 //! | [`assets`] | CSS/JS embedded by `build.rs`, `--css-from`, live reload |
@@ -15,6 +17,7 @@
 //! | [`serve`] | `serve-web` and the dashboard inside `run` |
 
 pub mod assets;
+pub mod attention;
 pub mod auth;
 pub mod boundary;
 pub mod deployments;
@@ -23,6 +26,7 @@ pub mod devices;
 pub mod layout;
 pub mod live;
 pub mod overview;
+pub mod pager;
 pub mod serve;
 pub mod sessions;
 pub mod shell;

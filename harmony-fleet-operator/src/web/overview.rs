@@ -1,10 +1,13 @@
-//! `/`: what needs attention — offline devices, deployments with failing devices, rollouts
-//! stopped by their failure criteria — and the fleet's size at a glance.
+//! `/`: what needs attention — offline devices, and every deployment with an attention item
+//! (refused by the operator, a name conflict, a stopped rollout, failing or offline devices, a
+//! selector matching nothing) with the operator's reason and message — and the fleet's size
+//! at a glance.
 
 use axum::extract::State;
 use maud::{Markup, html};
 
-use super::layout::{self, Nav, Tone};
+use super::attention;
+use super::layout::{self, Nav};
 use super::{WebResult, WebState};
 use crate::service::DeploymentSummary;
 
@@ -34,7 +37,7 @@ pub async fn page(State(state): State<WebState>) -> WebResult<Markup> {
             (stat("Deployments", o.deployments_total.to_string()))
         }
         h2 class="mb-2 text-lg font-semibold" { "Needs attention" }
-        @if o.offline.is_empty() && o.failed.is_empty() && o.paused.is_empty() {
+        @if o.offline_total == 0 && o.attention.is_empty() {
             p role="status" class="text-green-800" { "Nothing needs attention: every device is online and every rollout is healthy." }
         }
         div class="grid gap-4 md:grid-cols-3" {
@@ -52,28 +55,13 @@ pub async fn page(State(state): State<WebState>) -> WebResult<Markup> {
                     a class="text-sm text-blue-700 underline" href="/devices?status=offline" { "all offline devices" }
                 }
             }
-            section aria-labelledby="failed-h" class="rounded-lg border border-slate-200 bg-white p-4" {
-                h3 id="failed-h" class="mb-2 font-semibold" { "Failing deployments (" (o.failed.len()) ")" }
-                ul class="space-y-2" {
-                    @for d in &o.failed {
-                        li {
-                            (deployment_link(d)) " "
-                            (layout::badge(&format!("{} failed", d.failed), Tone::Bad))
-                            @if let Some(e) = &d.last_error { p class="break-words text-sm text-slate-600" { (e) } }
-                        }
-                    }
-                }
-            }
-            section aria-labelledby="paused-h" class="rounded-lg border border-slate-200 bg-white p-4" {
-                h3 id="paused-h" class="mb-2 font-semibold" { "Stopped rollouts (" (o.paused.len()) ")" }
-                ul class="space-y-2" {
-                    @for d in &o.paused {
-                        li {
-                            (deployment_link(d)) " "
-                            @if let Some(r) = &d.rollout {
-                                (layout::badge(&r.phase, Tone::Warn))
-                                @if let Some(reason) = &r.reason { p class="break-words text-sm text-slate-600" { (reason) } }
-                            }
+            section aria-labelledby="deployments-h" class="rounded-lg border border-slate-200 bg-white p-4 md:col-span-2" {
+                h3 id="deployments-h" class="mb-2 font-semibold" { "Deployments (" (o.attention.len()) ")" }
+                ul class="space-y-3" {
+                    @for d in &o.attention {
+                        li data-deployment={ (d.id.namespace) "/" (d.id.name) } {
+                            (deployment_link(d))
+                            (attention::list(&d.attention))
                         }
                     }
                 }

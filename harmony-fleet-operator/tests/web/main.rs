@@ -1,8 +1,10 @@
 //! Handler tests of the dashboard against `MockFleetService`: status codes, fragments,
 //! HTMX swaps, security headers and access control — every request driven through the real
-//! router with `oneshot`, no server. `boundary` holds the Host / Origin / CSRF tests.
+//! router with `oneshot`, no server. `boundary` holds the Host / Origin / CSRF tests, `lists`
+//! what needs attention and the devices page's filters and pages.
 
 mod boundary;
+mod lists;
 
 use std::sync::Arc;
 
@@ -90,8 +92,8 @@ async fn overview_lists_what_needs_attention() {
     assert_eq!(reply.status, StatusCode::OK);
     for needle in [
         "Offline devices (2)",
-        "Failing deployments (1)",
-        "Stopped rollouts (1)",
+        "Deployments (7)",
+        "FailureCriteriaExceeded",
         "vision/camera",
         "pi-04",
         r#"aria-current="page""#,
@@ -136,16 +138,16 @@ async fn devices_page_lists_every_device_with_its_status() {
 }
 
 #[tokio::test]
-async fn filtering_through_htmx_answers_only_the_rows() {
+async fn filtering_through_htmx_answers_only_the_results() {
     let request = Request::get("/devices?status=offline&label=")
         .header("hx-request", "true")
-        .header("hx-target", "device-rows")
+        .header("hx-target", "device-results")
         .body(Body::empty())
         .unwrap();
     let reply = send(router(), request).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert!(
-        reply.body.starts_with(r#"<tbody id="device-rows">"#),
+        reply.body.starts_with(r#"<div id="device-results">"#),
         "{}",
         reply.body
     );
