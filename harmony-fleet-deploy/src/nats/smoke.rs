@@ -12,54 +12,33 @@ use harmony_fleet_contracts::{DeviceId, device_inbox_prefix, jetstream as js_api
 use tokio::sync::mpsc;
 
 use super::NatsEndpoint;
-use crate::credentials::Login;
 use crate::error::DeployError;
 
-/// Who connects: a user and password (the cluster path's development mode) or a `.creds`
-/// file's text (operator mode, adr/0016).
+/// Who connects: a `.creds` file's text (a user JWT and its seed, operator mode, adr/0016).
 #[derive(Clone)]
-pub enum NatsIdentity {
-    /// User and password.
-    Password(Login),
-    /// `.creds` text: a user JWT and its seed.
-    Creds {
-        /// Shown in errors.
-        name: String,
-        /// The `.creds` text.
-        creds: String,
-    },
+pub struct NatsIdentity {
+    /// Shown in errors.
+    pub name: String,
+    /// The `.creds` text.
+    pub creds: String,
 }
 
 impl std::fmt::Debug for NatsIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
+        f.write_str(&self.name)
     }
 }
 
 impl NatsIdentity {
     /// The user's name, for messages.
     pub fn name(&self) -> &str {
-        match self {
-            NatsIdentity::Password(login) => &login.user,
-            NatsIdentity::Creds { name, .. } => name,
-        }
+        &self.name
     }
 
     fn apply(&self, options: ConnectOptions) -> Result<ConnectOptions, DeployError> {
-        match self {
-            NatsIdentity::Password(login) => {
-                Ok(options.user_and_password(login.user.clone(), login.password.clone()))
-            }
-            NatsIdentity::Creds { name, creds } => options
-                .credentials(creds)
-                .map_err(|e| DeployError::nats(format!("reading the .creds of {name}"), e)),
-        }
-    }
-}
-
-impl From<&Login> for NatsIdentity {
-    fn from(login: &Login) -> Self {
-        NatsIdentity::Password(login.clone())
+        options
+            .credentials(&self.creds)
+            .map_err(|e| DeployError::nats(format!("reading the .creds of {}", self.name), e))
     }
 }
 
@@ -150,19 +129,39 @@ pub async fn device_is_isolated(
         });
     let client = connect(endpoint, identity, options).await?;
 
+    // In a cluster, a server learns of the stream's direct-get responders on the other nodes
+    // through route interest, which can trail a fresh connection (or a node that just
+    // rejoined) by a moment: "no responders" then means "not yet", so ask until answered.
     let own = js_api::direct_get(DESIRED_STATE, &format!("{}.harmony-smoke", device.as_str()));
-    tokio::time::timeout(
-        Duration::from_secs(5),
-        client.request(own.clone(), Bytes::new()),
-    )
-    .await
-    .map_err(|_| {
-        DeployError::nats(
-            format!("reading own key as {device}"),
-            "no answer within 5s",
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.request(own.clone(), Bytes::new()),
         )
-    })?
-    .map_err(|e| DeployError::nats(format!("reading own key ({own}) as {device}"), e))?;
+        .await
+        .map_err(|_| {
+            DeployError::nats(
+                format!("reading own key as {device}"),
+                "no answer within 5s",
+            )
+        })?;
+        match answer {
+            Ok(_) => break,
+            Err(e)
+                if e.kind() == async_nats::RequestErrorKind::NoResponders
+                    && tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => {
+                return Err(DeployError::nats(
+                    format!("reading own key ({own}) as {device}"),
+                    e,
+                ));
+            }
+        }
+    }
 
     let other_device: DeviceId = "harmony-smoke-other"
         .parse()
