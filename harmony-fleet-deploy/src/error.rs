@@ -54,14 +54,17 @@ pub enum DeployError {
         path: PathBuf,
     },
 
-    /// A device agent was deployed for a device NATS has no user for.
+    /// A cluster component was deployed before the NATS install issued its identity.
     #[error(
-        "device `{device}` has no NATS user; add it to FleetNatsScore.devices (or pass it to \
-         `--devices`) and run FleetNatsScore again before its agent"
+        "Secret {namespace}/{secret} does not exist: FleetNatsScore issues it (the NATS \
+         identities of the operator and agents); run it first (`harmony-fleet-deploy cluster \
+         deploy` runs every Score in order)"
     )]
-    DeviceNotEnrolled {
-        /// The device id.
-        device: String,
+    NatsIdentityMissing {
+        /// The namespace looked in.
+        namespace: String,
+        /// The Secret expected.
+        secret: &'static str,
     },
 
     /// The fleet's chain of trust (NATS JWTs, adr/0016) could not be made or read.

@@ -78,6 +78,12 @@ impl Applier {
         self.details.push(outcome.message.clone());
     }
 
+    /// Records a change made outside [`Self::apply`] (e.g. a Secret created once).
+    pub fn note(&mut self, detail: impl Into<String>) {
+        self.changed = true;
+        self.details.push(detail.into());
+    }
+
     /// Whether anything changed so far.
     pub fn changed(&self) -> bool {
         self.changed

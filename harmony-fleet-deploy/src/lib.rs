@@ -3,8 +3,8 @@
 //!
 //! | Score | what it makes real | smoke test it blocks on |
 //! |---|---|---|
-//! | [`FleetNatsScore`] | NATS with JetStream, the four fleet buckets, an operator user and one user per enrolled device (contract permission template) | KV round trip as the operator; a device denied another device's key |
-//! | [`FleetOperatorScore`] | CRDs, service account, RBAC, credentials Secret and the operator workload | `/readyz` says `Converged` |
+//! | [`FleetNatsScore`] | NATS with JetStream over TLS in operator mode, the four fleet buckets, the chain of trust, the operator's and the agents' bootstrap identities | locally: KV round trip as the operator, a device denied another device's key; cluster: the StatefulSet ready |
+//! | [`FleetOperatorScore`] | CRDs, service account, RBAC and the operator workload (with the identity service that enrolls devices) | `/readyz` says `Converged` |
 //! | [`FleetAgentScore`] | one device agent, as a local process ([`FleetAgentTarget::Local`]) or a Pod | a heartbeat from that device |
 //! | [`FleetServerScore`] | NATS + operator, composed | both of the above |
 //!
@@ -12,17 +12,18 @@
 //! local control plane, components as supervised processes) and `K8sAnywhereTopology` (a real
 //! cluster) — and for no other: running one elsewhere does not compile.
 //!
-//! Modules: [`nats`], [`operator`], [`agent`], [`server`] hold the Scores; [`credentials`] the
-//! NATS identities they share (passwords: the cluster path, a development mode); [`trust`] the
-//! local fleet's JWT chain of trust; [`binaries`] where the fleet binaries are found; [`wait`] the
+//! Modules: [`nats`], [`operator`], [`agent`], [`server`] hold the Scores; [`trust`] the
+//! fleet's JWT chain of trust and TLS CA (kept in files locally, in Secrets on a cluster);
+//! [`devices`] enrollment approval; [`files`] private files; [`binaries`] where the fleet
+//! binaries are found; [`wait`] the
 //! deadline polling every smoke test uses; [`k8s`] applying and checking cluster objects;
 //! [`error`] what goes wrong; [`local`] the local fleet `local up`/`down`/`status` manage.
 
 pub mod agent;
 pub mod binaries;
-pub mod credentials;
 pub mod devices;
 pub mod error;
+pub mod files;
 pub mod k8s;
 pub mod local;
 pub mod nats;

@@ -74,8 +74,7 @@ impl LocalFleet {
 
     /// The NATS Score of this fleet.
     pub fn nats_score(&self) -> FleetNatsScore {
-        FleetNatsScore::new(self.devices.iter().map(|d| d.id.clone()).collect())
-            .with_replicas(self.nats_replicas)
+        FleetNatsScore::new().with_replicas(self.nats_replicas)
     }
 
     /// The agent Score of `device`.

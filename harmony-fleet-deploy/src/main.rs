@@ -136,7 +136,8 @@ enum ClusterCommand {
         /// Agent image, for --device.
         #[arg(long, default_value = "localhost/harmony-fleet-agent:latest")]
         agent_image: String,
-        /// A device to enrol and run as a Pod (repeatable).
+        /// A device to run as an agent Pod (repeatable). Its agent makes its own key and asks
+        /// to enroll; the install approves that key.
         #[arg(long = "device")]
         devices: Vec<DeviceId>,
         /// Three NATS replicas instead of one.
@@ -187,7 +188,7 @@ async fn main() -> ExitCode {
                     args,
                 },
         } => {
-            let mut nats = FleetNatsScore::new(devices.clone());
+            let mut nats = FleetNatsScore::new();
             nats.namespace = namespace.clone();
             if nats_cluster {
                 nats.replicas = NatsReplicas::Three;
@@ -200,12 +201,18 @@ async fn main() -> ExitCode {
             let mut scores: Vec<Box<dyn Score<K8sAnywhereTopology>>> =
                 vec![Box::new(FleetServerScore { nats, operator })];
             for device in devices {
-                let labels = [("fleet.nationtech.io/device".to_owned(), device.to_string())].into();
+                // The operator labels each Device fleet.nationtech.io/device=<id> itself (from
+                // its identity, a label no device can claim): select on that.
                 let pod = PodAgent {
                     namespace: namespace.clone(),
                     image: agent_image.clone(),
+                    pre_approve: true,
                 };
-                scores.push(Box::new(FleetAgentScore::pod(device, labels, pod)));
+                scores.push(Box::new(FleetAgentScore::pod(
+                    device,
+                    Default::default(),
+                    pod,
+                )));
             }
             harmony_cli::run_to_exit_code(
                 Inventory::autoload(),
@@ -225,8 +232,9 @@ async fn main() -> ExitCode {
                 Ok(()) => {
                     println!("Helm chart written to {}", out.display());
                     println!(
-                        "Install: helm install fleet {} --namespace fleet-system --create-namespace --set nats.password=…",
-                        out.display()
+                        "Install: helm install fleet {} --namespace fleet-system (after FleetNatsScore issued Secret {} there: `harmony-fleet-deploy cluster deploy`, or its NATS part)",
+                        out.display(),
+                        harmony_fleet_deploy::operator::objects::OPERATOR_SECRET,
                     );
                     ExitCode::SUCCESS
                 }

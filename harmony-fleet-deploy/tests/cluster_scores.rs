@@ -1,11 +1,13 @@
 //! The cluster Scores applied to a real kube-apiserver (the local control plane). There is no
 //! kubelet here, so pods never run: each Score must fail its smoke test with a message saying
-//! what it waited for, and the objects it applied are checked as the API server stored them.
+//! what it waited for, and the objects it applied are checked as the API server stored them:
+//! operator-mode NATS over TLS (adr/0019), no password or device anywhere, roots created once.
 
 use std::time::Duration;
 
 use harmony::interpret::{InterpretError, Outcome};
 use harmony::inventory::Inventory;
+use harmony::local::certs::CaPem;
 use harmony::local::{ControlPlaneOptions, LocalControlPlane};
 use harmony::score::Score;
 use harmony::topologies::K8sAnywhereTopology;
@@ -15,10 +17,15 @@ use harmony_fleet_deploy::agent::{FleetAgentScore, PodAgent};
 use harmony_fleet_deploy::nats::{FleetNatsScore, NatsReplicas, cluster as nats_cluster};
 use harmony_fleet_deploy::operator::FleetOperatorScore;
 use harmony_fleet_deploy::operator::objects::NAME;
+use harmony_fleet_deploy::trust::cluster::{
+    BOOTSTRAP_SECRET, CA_SECRET, OPERATOR_SECRET, SERVER_TLS_SECRET, TRUST_SECRET, operator_keys,
+};
+use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use kube::Api;
+use kube::api::PostParams;
 
 async fn run(
     score: &dyn Score<K8sAnywhereTopology>,
@@ -34,6 +41,14 @@ fn device(id: &str) -> DeviceId {
     id.parse().expect("device id")
 }
 
+fn text(secret: &Secret, key: &str) -> String {
+    String::from_utf8(secret.data.as_ref().expect("data")[key].0.clone()).expect("utf8")
+}
+
+fn version(secret: &Secret) -> Option<String> {
+    secret.metadata.resource_version.clone()
+}
+
 #[tokio::test]
 async fn cluster_scores_apply_every_object_and_fail_clearly_without_a_kubelet() {
     let plane = LocalControlPlane::start(ControlPlaneOptions::default())
@@ -43,10 +58,69 @@ async fn cluster_scores_apply_every_object_and_fail_clearly_without_a_kubelet() 
     topology.ensure_ready().await.expect("topology");
     let client = plane.client().await.expect("client");
     let ns = "fleet-system";
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
 
-    // NATS: three replicas, two enrolled devices.
-    let mut nats = FleetNatsScore::new(vec![device("pi-1"), device("pi-2")])
-        .with_replicas(NatsReplicas::Three);
+    // Components before NATS: the identity NATS issues is missing, and the error says so.
+    let operator = FleetOperatorScore {
+        image: "registry.example/harmony-fleet-operator:1.0".into(),
+        smoke_timeout: Duration::from_secs(2),
+        ..FleetOperatorScore::default()
+    };
+    let err = run(&operator, &topology)
+        .await
+        .expect_err("NATS first")
+        .chain();
+    assert!(
+        err.contains("harmony-fleet-operator-nats does not exist: FleetNatsScore issues it"),
+        "{err}"
+    );
+
+    // The platform's own CA, created before the install: NATS' certificate chains to it.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(ns.into()),
+                    ..Default::default()
+                },
+                ..Namespace::default()
+            },
+        )
+        .await
+        .expect("namespace");
+    let platform_ca = CaPem::generate("platform-ca").expect("ca");
+    secrets
+        .create(
+            &PostParams::default(),
+            &Secret {
+                metadata: kube::api::ObjectMeta {
+                    name: Some(CA_SECRET.into()),
+                    ..Default::default()
+                },
+                type_: Some("kubernetes.io/tls".into()),
+                data: Some(
+                    [
+                        (
+                            "tls.crt".to_owned(),
+                            ByteString(platform_ca.cert.clone().into_bytes()),
+                        ),
+                        (
+                            "tls.key".to_owned(),
+                            ByteString(platform_ca.key.clone().into_bytes()),
+                        ),
+                    ]
+                    .into(),
+                ),
+                ..Secret::default()
+            },
+        )
+        .await
+        .expect("CA secret");
+
+    // NATS: three replicas.
+    let mut nats = FleetNatsScore::new().with_replicas(NatsReplicas::Three);
     nats.smoke_timeout = Duration::from_secs(2);
     let err = run(&nats, &topology).await.expect_err("no kubelet").chain();
     assert!(
@@ -58,18 +132,59 @@ async fn cluster_scores_apply_every_object_and_fail_clearly_without_a_kubelet() 
     let spec = set.spec.expect("spec");
     assert_eq!(spec.replicas, Some(3));
     assert_eq!(spec.service_name.as_deref(), Some("fleet-nats-headless"));
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let volumes = spec.template.spec.expect("pod").volumes.expect("volumes");
+    assert!(
+        volumes
+            .iter()
+            .any(|v| v.secret.as_ref().and_then(|s| s.secret_name.as_deref())
+                == Some(SERVER_TLS_SECRET)),
+        "the servers mount their certificate: {volumes:?}"
+    );
     let config = secrets
         .get(nats_cluster::CONFIG_SECRET)
         .await
         .expect("config");
-    let conf = String::from_utf8(config.data.expect("data")["nats.conf"].0.clone()).expect("utf8");
+    let conf = text(&config, "nats.conf");
     assert!(conf.contains("server_name: $POD_NAME"), "{conf}");
     assert!(
         conf.contains("fleet-nats-2.fleet-nats-headless.fleet-system.svc:6222"),
         "{conf}"
     );
-    assert!(conf.contains("\"pi-2\""), "device user missing: {conf}");
+    assert!(conf.contains("operator:"), "operator mode: {conf}");
+    assert!(conf.contains("resolver"), "{conf}");
+    assert!(
+        conf.contains("/etc/nats/tls/tls.crt"),
+        "TLS for clients: {conf}"
+    );
+    assert!(
+        conf.contains("verify: true"),
+        "routes verify each other: {conf}"
+    );
+    for absent in ["password", "pi-1", "SEED"] {
+        assert!(!conf.contains(absent), "{absent} in nats.conf: {conf}");
+    }
+    let tls = secrets.get(SERVER_TLS_SECRET).await.expect("server tls");
+    assert_eq!(
+        text(&tls, "ca.crt"),
+        platform_ca.cert,
+        "issued by the platform's CA"
+    );
+    let operator_secret = secrets
+        .get(OPERATOR_SECRET)
+        .await
+        .expect("operator identity");
+    assert_eq!(
+        text(&operator_secret, operator_keys::URL),
+        "tls://fleet-nats.fleet-system.svc:4222"
+    );
+    assert_eq!(text(&operator_secret, operator_keys::BUCKET_REPLICAS), "3");
+    assert!(text(&operator_secret, operator_keys::CREDS).contains("BEGIN NATS USER JWT"));
+    let bootstrap = secrets
+        .get(BOOTSTRAP_SECRET)
+        .await
+        .expect("bootstrap identity");
+    assert!(text(&bootstrap, "bootstrap.creds").contains("BEGIN NATS USER JWT"));
+    assert_eq!(text(&bootstrap, "ca.crt"), platform_ca.cert);
     let services: Api<Service> = Api::namespaced(client.clone(), ns);
     services.get("fleet-nats").await.expect("client service");
     services
@@ -77,42 +192,50 @@ async fn cluster_scores_apply_every_object_and_fail_clearly_without_a_kubelet() 
         .await
         .expect("headless service");
 
-    // A second run keeps the stored objects (and the generated passwords) as they are.
-    let before = sets
+    // A second run changes nothing: no new trust, no re-issued identity, same StatefulSet.
+    let versions = |names: &'static [&'static str]| {
+        let secrets = secrets.clone();
+        async move {
+            let mut out = Vec::new();
+            for name in names {
+                out.push(version(&secrets.get(name).await.expect("secret")));
+            }
+            out
+        }
+    };
+    const KEPT: &[&str] = &[
+        TRUST_SECRET,
+        CA_SECRET,
+        SERVER_TLS_SECRET,
+        OPERATOR_SECRET,
+        BOOTSTRAP_SECRET,
+        nats_cluster::CONFIG_SECRET,
+    ];
+    let before = versions(KEPT).await;
+    let set_before = sets
         .get("fleet-nats")
         .await
         .expect("get")
         .metadata
         .resource_version;
-    let credentials_before = secrets
-        .get(nats_cluster::CREDENTIALS_SECRET)
-        .await
-        .expect("get")
-        .data;
     let _ = run(&nats, &topology).await;
-    let after = sets
+    assert_eq!(
+        before,
+        versions(KEPT).await,
+        "a second run rewrote a Secret"
+    );
+    let set_after = sets
         .get("fleet-nats")
         .await
         .expect("get")
         .metadata
         .resource_version;
-    assert_eq!(before, after, "a second apply changed the StatefulSet");
-    let credentials_after = secrets
-        .get(nats_cluster::CREDENTIALS_SECRET)
-        .await
-        .expect("get")
-        .data;
     assert_eq!(
-        credentials_before, credentials_after,
-        "passwords were rotated"
+        set_before, set_after,
+        "a second apply changed the StatefulSet"
     );
 
-    // Operator: CRDs, RBAC, Secret, Deployment.
-    let operator = FleetOperatorScore {
-        image: "registry.example/harmony-fleet-operator:1.0".into(),
-        smoke_timeout: Duration::from_secs(2),
-        ..FleetOperatorScore::default()
-    };
+    // Operator: CRDs, RBAC, the Deployment mounting its identity.
     let err = run(&operator, &topology)
         .await
         .expect_err("no kubelet")
@@ -128,6 +251,37 @@ async fn cluster_scores_apply_every_object_and_fail_clearly_without_a_kubelet() 
     assert_eq!(
         pod.containers[0].image.as_deref(),
         Some("registry.example/harmony-fleet-operator:1.0")
+    );
+    let env: Vec<(String, Option<String>)> = pod.containers[0]
+        .env
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| (e.name, e.value))
+        .collect();
+    for (name, value) in [
+        (
+            "FLEET_NATS_CREDS",
+            "/etc/fleet-operator/nats/operator.creds",
+        ),
+        ("FLEET_NATS_CA", "/etc/fleet-operator/nats/ca.crt"),
+        (
+            "FLEET_IDENTITY_SIGNER",
+            "/etc/fleet-operator/nats/signer.json",
+        ),
+        ("FLEET_CREATE_BUCKETS", "true"),
+    ] {
+        assert!(
+            env.contains(&(name.to_owned(), Some(value.to_owned()))),
+            "{name}={value} missing: {env:?}"
+        );
+    }
+    assert!(
+        pod.volumes.expect("volumes").iter().any(|v| v
+            .secret
+            .as_ref()
+            .and_then(|s| s.secret_name.as_deref())
+            == Some(OPERATOR_SECRET))
     );
     let roles: Api<ClusterRole> = Api::all(client.clone());
     let role = roles.get(NAME).await.expect("cluster role");
@@ -172,18 +326,8 @@ async fn cluster_scores_apply_every_object_and_fail_clearly_without_a_kubelet() 
             ),
         ]
     );
-    let nats_secret = secrets
-        .get("harmony-fleet-operator-nats")
-        .await
-        .expect("nats secret");
-    let data = nats_secret.data.expect("data");
-    assert_eq!(data["FLEET_NATS_USER"].0, b"fleet-operator");
-    assert_eq!(
-        String::from_utf8_lossy(&data["FLEET_NATS_URL"].0),
-        "nats://fleet-nats.fleet-system.svc:4222"
-    );
 
-    // Agents as Pods: an enrolled device gets its Deployment; an unknown one a clear error.
+    // Agents as Pods: the agent makes its own key and enrolls with the bootstrap identity.
     let mut agent = FleetAgentScore::pod(device("pi-1"), Default::default(), PodAgent::default());
     agent.smoke_timeout = Duration::from_secs(1);
     let err = run(&agent, &topology)
@@ -195,19 +339,49 @@ async fn cluster_scores_apply_every_object_and_fail_clearly_without_a_kubelet() 
         .get("fleet-agent-pi-1")
         .await
         .expect("agent deployment");
-    assert_eq!(agent_deployment.spec.and_then(|s| s.replicas), Some(1));
+    let agent_spec = agent_deployment.spec.expect("spec");
+    assert_eq!(agent_spec.replicas, Some(1));
+    let agent_volumes = agent_spec
+        .template
+        .spec
+        .expect("pod")
+        .volumes
+        .expect("volumes");
+    assert!(
+        agent_volumes.iter().any(|v| v
+            .host_path
+            .as_ref()
+            .is_some_and(|h| h.path == "/var/lib/harmony-fleet/agents/pi-1")),
+        "the key lives on the node's disk: {agent_volumes:?}"
+    );
     let agent_config = secrets.get("fleet-agent-pi-1").await.expect("agent secret");
-    let toml =
-        String::from_utf8(agent_config.data.expect("data")["agent.toml"].0.clone()).expect("utf8");
+    let toml = text(&agent_config, "agent.toml");
+    assert!(toml.contains("type = \"nkey\""), "{toml}");
+    assert!(toml.contains("ca_file"), "{toml}");
+    assert!(
+        toml.contains("tls://fleet-nats.fleet-system.svc:4222"),
+        "{toml}"
+    );
+    assert!(!toml.contains("password"), "{toml}");
     harmony_fleet_agent::config::Config::parse(&toml, std::path::Path::new("agent.toml"))
         .expect("the agent accepts the generated configuration");
 
-    let stranger = FleetAgentScore::pod(device("pi-9"), Default::default(), PodAgent::default());
-    let err = run(&stranger, &topology)
+    let elsewhere = FleetAgentScore::pod(
+        device("pi-9"),
+        Default::default(),
+        PodAgent {
+            namespace: "no-fleet-here".into(),
+            ..PodAgent::default()
+        },
+    );
+    let err = run(&elsewhere, &topology)
         .await
-        .expect_err("not enrolled")
+        .expect_err("no NATS in that namespace")
         .chain();
-    assert!(err.contains("device `pi-9` has no NATS user"), "{err}");
+    assert!(
+        err.contains("no-fleet-here/fleet-agent-bootstrap does not exist"),
+        "{err}"
+    );
 
     let local = FleetAgentScore::local(device("pi-1"), Default::default());
     let err = run(&local, &topology)

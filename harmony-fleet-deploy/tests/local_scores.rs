@@ -158,7 +158,7 @@ async fn a_busy_port_is_an_error_naming_the_fix() {
         format!("{{\"nats-1\": {port}}}"),
     )
     .expect("write ports");
-    let err = run(&FleetNatsScore::new(vec![]), &topology)
+    let err = run(&FleetNatsScore::new(), &topology)
         .await
         .expect_err("port is busy")
         .chain();

@@ -61,10 +61,10 @@ impl ClusterOptions {
     }
 }
 
-/// The cluster bring-up, in order: NATS, the operator, then one agent Pod per device (labels
-/// `site=e2e` and the device id, like the local stack's devices).
+/// The cluster bring-up, in order: NATS, the operator, then one agent Pod per device (label
+/// `site=e2e`, like the local stack's devices; the operator adds the device id).
 pub fn scores(options: &ClusterOptions) -> Vec<Box<dyn Score<K8sAnywhereTopology>>> {
-    let mut nats = FleetNatsScore::new(options.devices.clone());
+    let mut nats = FleetNatsScore::new();
     nats.namespace = NAMESPACE.to_owned();
     nats.smoke_timeout = options.smoke_timeout;
     let operator = FleetOperatorScore {
@@ -76,13 +76,12 @@ pub fn scores(options: &ClusterOptions) -> Vec<Box<dyn Score<K8sAnywhereTopology
     let mut scores: Vec<Box<dyn Score<K8sAnywhereTopology>>> =
         vec![Box::new(nats), Box::new(operator)];
     for device in &options.devices {
-        let labels = BTreeMap::from([
-            ("site".to_owned(), "e2e".to_owned()),
-            ("fleet.nationtech.io/device".to_owned(), device.to_string()),
-        ]);
+        // The operator sets fleet.nationtech.io/device itself (a protected label).
+        let labels = BTreeMap::from([("site".to_owned(), "e2e".to_owned())]);
         let pod = PodAgent {
             namespace: NAMESPACE.to_owned(),
             image: options.agent_image.clone(),
+            pre_approve: true,
         };
         let mut score = FleetAgentScore::pod(device.clone(), labels, pod);
         score.smoke_timeout = options.smoke_timeout;

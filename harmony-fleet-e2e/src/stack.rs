@@ -190,7 +190,7 @@ impl Stack {
         let seed = std::fs::read_to_string(data.join(harmony_fleet_agent::identity::SEED_FILE))?;
         let jwt =
             std::fs::read_to_string(data.join(harmony_fleet_agent::identity::CREDENTIAL_FILE))?;
-        Ok(smoke::NatsIdentity::Creds {
+        Ok(smoke::NatsIdentity {
             name: device.to_string(),
             creds: harmony_fleet_contracts::jwt::creds_file(jwt.trim(), seed.trim()),
         })

@@ -166,9 +166,17 @@ pub struct RunArgs {
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "FLEET_OPERATOR_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
-    /// Create missing fleet KV buckets (development; production buckets come from FleetNatsScore).
+    /// Create missing fleet KV buckets from the contract's specs (the cluster install sets it:
+    /// only the operator reaches NATS there; locally FleetNatsScore creates them).
     #[arg(long, env = "FLEET_CREATE_BUCKETS")]
     pub create_buckets: bool,
+    /// With --create-buckets: replicas of each bucket (1, or 3 on a three-node NATS cluster).
+    #[arg(long, env = "FLEET_BUCKET_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub bucket_replicas: u8,
+    /// With --create-buckets: devices the agent-written buckets' byte limits are sized for
+    /// (adr/0018); beyond it, new keys of every device are refused.
+    #[arg(long, env = "FLEET_FLEET_CAPACITY", default_value_t = harmony_fleet_contracts::buckets::DEFAULT_FLEET_CAPACITY)]
+    pub fleet_capacity: u64,
     /// Do not create or update `Device` resources.
     #[arg(long, env = "FLEET_NO_DEVICE_RESOURCES")]
     pub no_device_resources: bool,
@@ -226,8 +234,8 @@ pub struct Config {
     pub last_seen_refresh: Duration,
     /// Listen address of the HTTP endpoints.
     pub listen: SocketAddr,
-    /// Whether to create missing buckets.
-    pub create_buckets: bool,
+    /// Whether to create missing buckets, and how.
+    pub create_buckets: Option<crate::kv::BucketLayout>,
     /// Whether to write `Device` resources.
     pub device_resources: bool,
     /// Distinct stray `device-state` keys per device and minute before it is blacklisted.
@@ -261,7 +269,7 @@ impl Config {
             heartbeat_timeout: Duration::from_secs(90),
             last_seen_refresh: Duration::from_secs(300),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            create_buckets: false,
+            create_buckets: None,
             device_resources: true,
             stray_report_limit: crate::write_quota::DEFAULT_STRAY_KEY_LIMIT,
             web: None,
@@ -288,6 +296,8 @@ impl TryFrom<RunArgs> for Config {
             last_seen_refresh_secs,
             listen,
             create_buckets,
+            bucket_replicas,
+            fleet_capacity,
             no_device_resources,
             stray_report_limit,
             log_json: _,
@@ -365,7 +375,10 @@ impl TryFrom<RunArgs> for Config {
             heartbeat_timeout: Duration::from_secs(heartbeat_timeout_secs),
             last_seen_refresh: Duration::from_secs(last_seen_refresh_secs.max(1)),
             listen,
-            create_buckets,
+            create_buckets: create_buckets.then_some(crate::kv::BucketLayout {
+                replicas: usize::from(bucket_replicas),
+                fleet_capacity,
+            }),
             device_resources: !no_device_resources,
             stray_report_limit,
             web: web_listen.map(|listen| WebConfig {

@@ -125,7 +125,7 @@ pub async fn start(
     readiness: Readiness,
 ) -> Result<OperatorHandle> {
     let nats_client = nats.clone();
-    let fleet_kv = FleetKv::open(nats, config.create_buckets).await?;
+    let fleet_kv = FleetKv::open_or_create(nats, config.create_buckets).await?;
     let (tx, rx) = mpsc::channel::<Input>(8192);
     let mut tasks = Vec::new();
 

@@ -100,9 +100,36 @@ pub struct FleetKv {
     pub heartbeat: kv::Store,
 }
 
+/// How [`FleetKv::open_or_create`] creates a missing bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BucketLayout {
+    /// Replicas of each bucket's stream.
+    pub replicas: usize,
+    /// Devices the agent-written buckets' byte limits are sized for.
+    pub fleet_capacity: u64,
+}
+
+impl Default for BucketLayout {
+    fn default() -> Self {
+        BucketLayout {
+            replicas: 1,
+            fleet_capacity: buckets::DEFAULT_FLEET_CAPACITY,
+        }
+    }
+}
+
 impl FleetKv {
-    /// Opens the buckets; creates missing ones from the contract's specs when `create` is set.
+    /// Opens the buckets; creates missing ones from the contract's specs (one replica, the
+    /// default capacity) when `create` is set.
     pub async fn open(client: async_nats::Client, create: bool) -> Result<Self> {
+        Self::open_or_create(client, create.then(BucketLayout::default)).await
+    }
+
+    /// Opens the buckets; creates missing ones with `create`'s layout when given.
+    pub async fn open_or_create(
+        client: async_nats::Client,
+        create: Option<BucketLayout>,
+    ) -> Result<Self> {
         let js = jetstream::new(client);
         Ok(Self {
             desired: open_bucket(&js, &buckets::DESIRED_STATE_SPEC, create).await?,
@@ -116,18 +143,18 @@ impl FleetKv {
 async fn open_bucket(
     js: &jetstream::Context,
     spec: &BucketSpec,
-    create: bool,
+    create: Option<BucketLayout>,
 ) -> Result<kv::Store> {
-    match js.get_key_value(spec.name).await {
-        Ok(store) => Ok(store),
-        Err(e) if create => {
-            tracing::info!(bucket = spec.name, reason = %e, "creating missing KV bucket");
-            ensure_bucket(js, spec, 1, buckets::DEFAULT_FLEET_CAPACITY).await?;
+    match (js.get_key_value(spec.name).await, create) {
+        (Ok(store), _) => Ok(store),
+        (Err(e), Some(layout)) => {
+            tracing::info!(bucket = spec.name, replicas = layout.replicas, reason = %e, "creating missing KV bucket");
+            ensure_bucket(js, spec, layout.replicas, layout.fleet_capacity).await?;
             js.get_key_value(spec.name)
                 .await
                 .map_err(|e| Error::nats(format!("opening bucket {}", spec.name), e))
         }
-        Err(_) => Err(Error::MissingBucket {
+        (Err(_), None) => Err(Error::MissingBucket {
             bucket: spec.name.to_owned(),
         }),
     }

@@ -5,8 +5,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use crate::credentials::Login;
-
 /// What goes into one agent's `agent.toml`.
 #[derive(Debug, Clone)]
 pub struct AgentConfig {
@@ -28,11 +26,10 @@ pub struct AgentConfig {
     pub podman: BTreeMap<&'static str, PathBuf>,
 }
 
-/// How the agent authenticates.
+/// How the agent authenticates (the agent also reads a `toml-shared` password, which no
+/// Score writes: every install runs NATS in operator mode).
 #[derive(Debug, Clone)]
 pub enum AgentCredentials {
-    /// `toml-shared`: a password in the file (the cluster path's development mode).
-    Password(Login),
     /// `nkey`: the device's own key, enrolling with the bootstrap identity (adr/0016).
     Nkey {
         /// The bootstrap `.creds` file.
@@ -72,11 +69,6 @@ impl AgentConfig {
             out.push_str(&format!("{} = {}\n", quote(key), quote(value)));
         }
         match &self.credentials {
-            AgentCredentials::Password(login) => out.push_str(&format!(
-                "\n[credentials]\ntype = \"toml-shared\"\nuser = {}\npassword = {}\n",
-                quote(&login.user),
-                quote(&login.password)
-            )),
             AgentCredentials::Nkey { bootstrap_creds } => out.push_str(&format!(
                 "\n[credentials]\ntype = \"nkey\"\nbootstrap_creds = {}\n",
                 quote(&bootstrap_creds.display().to_string())

@@ -22,16 +22,13 @@ use sha2::{Digest, Sha256};
 use super::config::{AgentConfig, AgentCredentials};
 use super::{FleetAgentScore, LocalAgent};
 use crate::binaries;
-use crate::credentials::write_private;
 use crate::error::DeployError;
+use crate::files::write_private;
 use crate::nats::smoke::NatsIdentity;
 use crate::nats::{NatsEndpoint, smoke};
 use crate::trust::LocalTrust;
 use crate::wait::{self, Poll};
 use harmony::capability::K8sClient;
-use harmony_fleet_operator::crd::Device;
-use kube::Api;
-use kube::api::{Patch, PatchParams};
 
 /// The supervisor's name for the agent of `device`.
 pub fn process_name(device: &DeviceId) -> String {
@@ -137,7 +134,8 @@ pub(super) async fn deploy(
     // agent asks, so the agent's enrollment is answered at once.
     if local.pre_approve {
         let public_key = device_public_key(&config_path).await?;
-        approve(topology, device, &public_key).await?;
+        let client = topology.k8s_client().await?;
+        crate::devices::approve(&client, device.as_str(), Some(&public_key)).await?;
         details.push(format!("key {public_key} approved"));
     }
     let digest = hex::encode(Sha256::digest(text.as_bytes()));
@@ -196,35 +194,6 @@ async fn device_public_key(config: &Path) -> Result<String, InterpretError> {
                 String::from_utf8_lossy(&output.stderr).trim()
             ))
         })
-}
-
-/// Approves `public_key` for `device`: `spec.publicKey` of its `Device` (created if needed),
-/// what an admin does with `kubectl patch fleetdev`.
-async fn approve(
-    topology: &LocalTopology,
-    device: &DeviceId,
-    public_key: &str,
-) -> Result<(), InterpretError> {
-    let client = topology.k8s_client().await?;
-    let api: Api<Device> = Api::all(client);
-    let body = serde_json::json!({
-        "apiVersion": format!("{}/v1alpha1", harmony_fleet_operator::crd::GROUP),
-        "kind": "Device",
-        "metadata": { "name": device.as_str() },
-        "spec": { "publicKey": public_key },
-    });
-    api.patch(
-        device.as_str(),
-        &PatchParams::apply(crate::FIELD_MANAGER).force(),
-        &Patch::Apply(body),
-    )
-    .await
-    .map_err(|source| InterpretError::Kube {
-        action: "approving the key of".into(),
-        object: format!("Device {device}"),
-        source,
-    })?;
-    Ok(())
 }
 
 /// Waits for a heartbeat of the device written at or after `since`.

@@ -61,6 +61,9 @@ pub struct PodAgent {
     pub namespace: String,
     /// The agent image.
     pub image: String,
+    /// Approve the key the Pod's agent asks to enroll with (it makes the key itself), as the
+    /// admin who created the Pod would. `false`: the request waits for `device approve`.
+    pub pre_approve: bool,
 }
 
 impl Default for PodAgent {
@@ -68,6 +71,7 @@ impl Default for PodAgent {
         PodAgent {
             namespace: crate::DEFAULT_NAMESPACE.to_owned(),
             image: "localhost/harmony-fleet-agent:latest".to_owned(),
+            pre_approve: true,
         }
     }
 }

@@ -1,13 +1,15 @@
 //! [`FleetNatsScore`] on a cluster: a StatefulSet of `nats-server` (1 or 3 replicas, routes
-//! between the pods for JetStream replication), its Services, the configuration Secret (users
-//! from the contract's templates) and the credentials Secret the other components read.
+//! between the pods for JetStream replication, mutually authenticated by certificate), its
+//! Services, and the Secrets of [`crate::trust::cluster`]: the chain of trust (operator mode,
+//! adr/0016: the configuration names no device), the TLS CA and certificate, the operator's
+//! identity and the agents' bootstrap identity (adr/0019). Clients must use TLS.
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
 use harmony::capability::K8sClient;
 use harmony::interpret::{InterpretError, Outcome};
-use harmony::local::nats::{ClusterSection, ServerConfig};
+use harmony::local::nats::{ClusterSection, NatsTls, ServerConfig};
 use harmony::topologies::K8sAnywhereTopology;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
@@ -20,22 +22,22 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::Api;
 
-use super::{FleetNatsScore, auth};
-use crate::credentials::FleetCredentials;
+use super::FleetNatsScore;
 use crate::k8s::{self, Applier};
+use crate::trust::cluster::{
+    self as trust_cluster, BOOTSTRAP_SECRET, ClusterTrust, OPERATOR_SECRET, OperatorSettings,
+    SERVER_TLS_SECRET,
+};
 
 /// The client Service (and StatefulSet) name.
 pub const SERVICE: &str = "fleet-nats";
 /// The headless Service giving each pod a stable DNS name for routes.
 pub const HEADLESS_SERVICE: &str = "fleet-nats-headless";
-/// The Secret holding [`FleetCredentials`] as `credentials.json`.
-pub const CREDENTIALS_SECRET: &str = "fleet-nats-credentials";
 /// The Secret holding `nats.conf`.
 pub const CONFIG_SECRET: &str = "fleet-nats-config";
-/// Key of the credentials in [`CREDENTIALS_SECRET`].
-pub const CREDENTIALS_KEY: &str = "credentials.json";
+/// Where the pod mounts [`SERVER_TLS_SECRET`].
+const TLS_DIR: &str = "/etc/nats/tls";
 const COMPONENT: &str = "fleet-nats";
 const CLIENT_PORT: u16 = 4222;
 const ROUTE_PORT: u16 = 6222;
@@ -49,8 +51,6 @@ const POD_NAME_PLACEHOLDER: &str = "__POD_NAME__";
 pub struct NatsObjects {
     /// The namespace.
     pub namespace: Namespace,
-    /// [`CREDENTIALS_SECRET`].
-    pub credentials: Secret,
     /// [`CONFIG_SECRET`].
     pub config: Secret,
     /// [`HEADLESS_SERVICE`].
@@ -61,14 +61,20 @@ pub struct NatsObjects {
     pub statefulset: StatefulSet,
 }
 
-/// The objects for `score` with `credentials`.
+/// The objects for `score`, trusting `trust`'s operator. The configuration is the same text on
+/// every run: no device, no credential, only the operator's and the accounts' public JWTs.
 pub fn objects(
     score: &FleetNatsScore,
-    credentials: &FleetCredentials,
+    trust: &ClusterTrust,
 ) -> Result<NatsObjects, InterpretError> {
     let ns = score.namespace.as_str();
     let replicas = score.replicas.count();
-    let auth = auth::auth_config(credentials);
+    let auth = trust.trust().auth_config();
+    let tls = NatsTls {
+        cert_file: Path::new(TLS_DIR).join("tls.crt"),
+        key_file: Path::new(TLS_DIR).join("tls.key"),
+        ca_file: Path::new(TLS_DIR).join("ca.crt"),
+    };
     let cluster = (replicas > 1).then(|| ClusterSection {
         name: COMPONENT.to_owned(),
         port: ROUTE_PORT,
@@ -84,7 +90,7 @@ pub fn objects(
         store_dir: Path::new("/data/jetstream"),
         cluster: cluster.as_ref(),
         auth: Some(&auth),
-        tls: None,
+        tls: Some(&tls),
     }
     .render()
     .map_err(|e| InterpretError::failed(format!("rendering the NATS configuration: {e}")))?
@@ -146,6 +152,12 @@ pub fn objects(
                 ..VolumeMount::default()
             },
             VolumeMount {
+                name: "tls".into(),
+                mount_path: TLS_DIR.into(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
                 name: "data".into(),
                 mount_path: "/data".into(),
                 ..VolumeMount::default()
@@ -157,14 +169,6 @@ pub fn objects(
         namespace: Namespace {
             metadata: k8s::meta(ns, None, COMPONENT),
             ..Namespace::default()
-        },
-        credentials: Secret {
-            metadata: k8s::meta(CREDENTIALS_SECRET, Some(ns), COMPONENT),
-            data: Some(BTreeMap::from([(
-                CREDENTIALS_KEY.to_owned(),
-                ByteString(credentials.to_json().into_bytes()),
-            )])),
-            ..Secret::default()
         },
         config: Secret {
             metadata: k8s::meta(CONFIG_SECRET, Some(ns), COMPONENT),
@@ -215,14 +219,25 @@ pub fn objects(
                     }),
                     spec: Some(PodSpec {
                         containers: vec![container],
-                        volumes: Some(vec![Volume {
-                            name: "config".into(),
-                            secret: Some(SecretVolumeSource {
-                                secret_name: Some(CONFIG_SECRET.into()),
-                                ..SecretVolumeSource::default()
-                            }),
-                            ..Volume::default()
-                        }]),
+                        volumes: Some(vec![
+                            Volume {
+                                name: "config".into(),
+                                secret: Some(SecretVolumeSource {
+                                    secret_name: Some(CONFIG_SECRET.into()),
+                                    ..SecretVolumeSource::default()
+                                }),
+                                ..Volume::default()
+                            },
+                            Volume {
+                                name: "tls".into(),
+                                secret: Some(SecretVolumeSource {
+                                    secret_name: Some(SERVER_TLS_SECRET.into()),
+                                    default_mode: Some(0o400),
+                                    ..SecretVolumeSource::default()
+                                }),
+                                ..Volume::default()
+                            },
+                        ]),
                         ..PodSpec::default()
                     }),
                 },
@@ -251,35 +266,9 @@ pub fn objects(
     })
 }
 
-/// The installation's credentials: read from [`CREDENTIALS_SECRET`] when it exists (so a
-/// re-run never rotates passwords), generated otherwise; missing devices are enrolled.
-pub async fn credentials(
-    client: &kube::Client,
-    namespace: &str,
-    devices: &[harmony_fleet_contracts::DeviceId],
-) -> Result<FleetCredentials, InterpretError> {
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let existing = secrets
-        .get_opt(CREDENTIALS_SECRET)
-        .await
-        .map_err(|source| InterpretError::Kube {
-            action: "get of".into(),
-            object: format!("Secret {namespace}/{CREDENTIALS_SECRET}"),
-            source,
-        })?;
-    let mut credentials = match existing
-        .as_ref()
-        .and_then(|s| s.data.as_ref())
-        .and_then(|d| d.get(CREDENTIALS_KEY))
-    {
-        Some(bytes) => FleetCredentials::from_json(
-            &bytes.0,
-            Path::new(&format!("Secret {namespace}/{CREDENTIALS_SECRET}")),
-        )?,
-        None => FleetCredentials::generate(&[]),
-    };
-    credentials.enroll(devices);
-    Ok(credentials)
+/// The URLs clients in the cluster use (TLS required).
+pub fn client_urls(namespace: &str) -> Vec<String> {
+    vec![format!("tls://{SERVICE}.{namespace}.svc:{CLIENT_PORT}")]
 }
 
 pub(super) async fn deploy(
@@ -294,9 +283,41 @@ pub(super) async fn deploy(
         ..Namespace::default()
     };
     applier.apply(&client, &namespace).await?;
-    let credentials = credentials(&client, ns, &score.devices).await?;
-    let objects = objects(score, &credentials)?;
-    applier.apply(&client, &objects.credentials).await?;
+    let (trust, created) = ClusterTrust::load_or_create(&client, ns).await?;
+    for detail in created {
+        applier.note(detail);
+    }
+    let names = ClusterTrust::server_names(ns, SERVICE, HEADLESS_SERVICE);
+    trust
+        .ensure(
+            &client,
+            &mut applier,
+            SERVER_TLS_SECRET,
+            trust.server_tls(&names),
+        )
+        .await?;
+    let settings = OperatorSettings {
+        urls: client_urls(ns),
+        bucket_replicas: score.replicas.count(),
+        fleet_capacity: score.fleet_capacity,
+    };
+    trust
+        .ensure(
+            &client,
+            &mut applier,
+            OPERATOR_SECRET,
+            trust.operator_secret(&settings),
+        )
+        .await?;
+    trust
+        .ensure(
+            &client,
+            &mut applier,
+            BOOTSTRAP_SECRET,
+            trust.bootstrap_secret(),
+        )
+        .await?;
+    let objects = objects(score, &trust)?;
     applier.apply(&client, &objects.config).await?;
     applier.apply(&client, &objects.headless).await?;
     applier.apply(&client, &objects.client).await?;
@@ -311,7 +332,8 @@ pub(super) async fn deploy(
     )
     .await?;
     Ok(applier.outcome(format!(
-        "NATS StatefulSet {ns}/{SERVICE} ready with {} replica(s)",
-        score.replicas.count()
+        "NATS StatefulSet {ns}/{SERVICE} ready with {} replica(s) (TLS, operator mode; CA in Secret {})",
+        score.replicas.count(),
+        trust_cluster::CA_SECRET,
     )))
 }

@@ -16,8 +16,8 @@ use harmony_fleet_operator::kv::{BucketChange, ensure_buckets};
 use sha2::{Digest, Sha256};
 
 use super::{FleetNatsScore, NatsEndpoint, smoke};
-use crate::credentials::write_private;
 use crate::error::DeployError;
+use crate::files::write_private;
 use crate::trust::LocalTrust;
 use crate::wait::{self, Poll};
 

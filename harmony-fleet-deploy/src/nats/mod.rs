@@ -1,13 +1,14 @@
-//! [`FleetNatsScore`]: NATS with JetStream, the four fleet buckets, and one identity per
-//! component — the operator, and each enrolled device with the contract's permission template,
-//! so that a device can touch only its own keys and subjects.
+//! [`FleetNatsScore`]: NATS with JetStream over TLS, in operator mode (adr/0016): the server
+//! trusts the fleet's operator key, and each party holds a credential signed under it — the
+//! operator, the agents' bootstrap identity, and each enrolled device (issued by the operator's
+//! identity service, carrying the contract's permission template, so a device can touch only
+//! its own keys and subjects). No device is named in the server's configuration.
 //!
-//! - [`auth`]: contract permission templates → nats-server users.
-//! - [`local`]: on `LocalTopology`, one or three supervised `nats-server` processes.
-//! - [`cluster`]: on a cluster, a StatefulSet with its Services and configuration Secret.
+//! - [`local`]: on `LocalTopology`, one or three supervised `nats-server` processes, the
+//!   fleet buckets and the smoke test.
+//! - [`cluster`]: on a cluster, a StatefulSet with its Services and Secrets (adr/0019).
 //! - [`smoke`]: the proof it works (KV round trip, a denied cross-device read).
 
-pub mod auth;
 pub mod cluster;
 pub mod local;
 pub mod smoke;
@@ -20,7 +21,6 @@ use harmony::interpret::{Interpret, InterpretError, InterpretStatus, Outcome, St
 use harmony::inventory::Inventory;
 use harmony::score::Score;
 use harmony::topologies::{K8sAnywhereTopology, LocalTopology};
-use harmony_fleet_contracts::DeviceId;
 use serde::{Deserialize, Serialize};
 
 use crate::error::DeployError;
@@ -50,8 +50,6 @@ impl NatsReplicas {
 pub struct FleetNatsScore {
     /// One server or a three-node cluster.
     pub replicas: NatsReplicas,
-    /// Devices that get a NATS user (their agents cannot connect otherwise).
-    pub devices: Vec<DeviceId>,
     /// Cluster only: the namespace of the StatefulSet.
     pub namespace: String,
     /// Cluster only: the nats-server image (≥ 2.11).
@@ -66,11 +64,10 @@ pub struct FleetNatsScore {
 }
 
 impl FleetNatsScore {
-    /// A single server with users for `devices`.
-    pub fn new(devices: Vec<DeviceId>) -> Self {
+    /// A single server. Devices need nothing here: each enrolls with its own key.
+    pub fn new() -> Self {
         FleetNatsScore {
             replicas: NatsReplicas::One,
-            devices,
             namespace: crate::DEFAULT_NAMESPACE.to_owned(),
             image: "docker.io/library/nats:2.12.1-alpine".to_owned(),
             smoke_timeout: Duration::from_secs(60),
@@ -86,13 +83,19 @@ impl FleetNatsScore {
     }
 }
 
+impl Default for FleetNatsScore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// Where clients reach the fleet's NATS, as the NATS Score leaves it for the Scores after it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NatsEndpoint {
     /// Every server's client URL.
     pub urls: Vec<String>,
-    /// The CA the servers' TLS certificates chain to; `None`: plaintext (the cluster path, a
-    /// development mode until it moves to TLS).
+    /// The CA the servers' TLS certificates chain to; `None`: the system's roots (a cluster's
+    /// clients mount the CA from a Secret instead, see [`crate::trust::cluster`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_file: Option<PathBuf>,
 }
@@ -119,18 +122,14 @@ impl NatsEndpoint {
         })
     }
 
-    /// The in-cluster endpoint of the StatefulSet in `namespace`.
-    pub fn in_cluster(namespace: &str) -> Self {
+    /// The in-cluster endpoint of the StatefulSet in `namespace` (TLS; clients verify it with
+    /// the CA at `ca_file`, where they mount it).
+    pub fn in_cluster(namespace: &str, ca_file: Option<PathBuf>) -> Self {
         NatsEndpoint {
-            urls: vec![format!("nats://{}.{namespace}.svc:4222", cluster::SERVICE)],
-            ca_file: None,
+            urls: cluster::client_urls(namespace),
+            ca_file,
         }
     }
-}
-
-/// The credentials file of the NATS deployed on `LocalTopology` at `state_dir`.
-pub fn local_credentials_path(state_dir: &Path) -> PathBuf {
-    state_dir.join("nats").join("credentials.json")
 }
 
 struct FleetNatsInterpret {

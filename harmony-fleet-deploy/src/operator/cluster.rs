@@ -1,16 +1,18 @@
-//! [`FleetOperatorScore`] on a cluster: CRDs, RBAC, the NATS Secret (the operator identity
-//! of the credentials FleetNatsScore keeps) and the Deployment, ready when its `/readyz`
-//! readiness probe passes (it says `Converged` only after the cold start).
+//! [`FleetOperatorScore`] on a cluster: CRDs, RBAC and the Deployment, which mounts the NATS
+//! identity `FleetNatsScore` issued (Secret [`OPERATOR_SECRET`], adr/0019); ready when its
+//! `/readyz` readiness probe passes (it says `Converged` only after the cold start).
 
 use harmony::capability::K8sClient;
 use harmony::interpret::{InterpretError, Outcome};
 use harmony::inventory::Inventory;
 use harmony::topologies::K8sAnywhereTopology;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
 
 use super::FleetOperatorScore;
-use super::objects::{self, NAME, NatsSettings};
+use super::objects::{self, NAME, OPERATOR_SECRET};
+use crate::error::DeployError;
 use crate::k8s;
-use crate::nats::{NatsEndpoint, cluster as nats_cluster};
 
 pub(super) async fn deploy(
     score: &FleetOperatorScore,
@@ -19,13 +21,23 @@ pub(super) async fn deploy(
 ) -> Result<Outcome, InterpretError> {
     let client = topology.k8s_client().await?;
     let ns = score.namespace.as_str();
-    let credentials = nats_cluster::credentials(&client, ns, &[]).await?;
-    let nats = NatsSettings {
-        urls: NatsEndpoint::in_cluster(ns).urls,
-        user: credentials.operator.user.clone(),
-        password: credentials.operator.password.clone(),
-    };
-    let objects = objects::objects(score, &nats);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let issued = secrets
+        .get_opt(OPERATOR_SECRET)
+        .await
+        .map_err(|source| InterpretError::Kube {
+            action: "get of".into(),
+            object: format!("Secret {ns}/{OPERATOR_SECRET}"),
+            source,
+        })?;
+    if issued.is_none() {
+        return Err(DeployError::NatsIdentityMissing {
+            namespace: ns.to_owned(),
+            secret: OPERATOR_SECRET,
+        }
+        .into());
+    }
+    let objects = objects::objects(score);
     let mut applier = objects.apply_access(&client, inventory, topology).await?;
     applier.apply(&client, &objects.deployment).await?;
     k8s::wait_deployment_available(&client, ns, NAME, &k8s::selector(NAME), score.smoke_timeout)

@@ -1,4 +1,4 @@
-//! [`FleetOperatorScore`] on `LocalTopology`: the same CRDs, RBAC and Secret as in a cluster,
+//! [`FleetOperatorScore`] on `LocalTopology`: the same CRDs and RBAC as in a cluster,
 //! applied to the local control plane, and the operator as a supervised process that talks to
 //! the API server *as its service account* (a TokenRequest token), so the local install proves
 //! the RBAC is sufficient — a missing rule fails here, not first in production.
@@ -20,10 +20,10 @@ use kube::api::PostParams;
 use kube::config::{AuthInfo, Kubeconfig, NamedAuthInfo};
 
 use super::FleetOperatorScore;
-use super::objects::{self, NAME, NatsSettings};
+use super::objects::{self, NAME};
 use crate::binaries;
-use crate::credentials::write_private;
 use crate::error::DeployError;
+use crate::files::write_private;
 use crate::nats::NatsEndpoint;
 use crate::trust::LocalTrust;
 use crate::wait::{self, Poll};
@@ -48,15 +48,9 @@ pub(super) async fn deploy(
     let endpoint = NatsEndpoint::load_local(&state)?;
     let (trust, _) = LocalTrust::load_or_create(&state)?;
     let client = topology.k8s_client().await?;
-    // The objects are the cluster's (CRDs, RBAC, Secret) so the local install proves the
-    // RBAC; their Secret's password is unused here: the local operator authenticates with
-    // its .creds file (operator mode, adr/0016).
-    let nats = NatsSettings {
-        urls: endpoint.urls.clone(),
-        user: "fleet-operator".to_owned(),
-        password: String::new(),
-    };
-    let objects = objects::objects(score, &nats);
+    // The objects are the cluster's (CRDs, RBAC) so the local install proves the RBAC; the
+    // local operator authenticates to NATS with its .creds file (operator mode, adr/0016).
+    let objects = objects::objects(score);
 
     let mut applier = objects.apply_access(&client, inventory, topology).await?;
 

@@ -3,6 +3,10 @@
 //! RBAC is least privilege, derived from what the operator does: it reads and patches fleet
 //! `Deployment`s (status, finalizer), and owns `Device` resources (server-side apply, status,
 //! delete of stale ones). Nothing else.
+//!
+//! In a cluster the operator's NATS identity and settings come from the Secret
+//! [`OPERATOR_SECRET`], which `FleetNatsScore` issues (adr/0019): files mounted read-only,
+//! settings as environment variables.
 
 use std::collections::BTreeMap;
 
@@ -12,12 +16,11 @@ use harmony::inventory::Inventory;
 use harmony::score::Score;
 use harmony::scores::CrdScore;
 use harmony::topology::Topology;
-use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EnvFromSource, EnvVar, HTTPGetAction, Namespace,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, Secret, SecretEnvSource, SecurityContext,
-    ServiceAccount,
+    Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
+    Namespace, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SecretKeySelector,
+    SecretVolumeSource, SecurityContext, ServiceAccount, Volume, VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -26,27 +29,20 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::FleetOperatorScore;
 use crate::k8s::{self, Applier};
+pub use crate::trust::cluster::OPERATOR_SECRET;
+use crate::trust::cluster::operator_keys;
 
-/// Name of the operator's service account, roles, Secret and Deployment.
+/// Name of the operator's service account, roles and Deployment.
 pub const NAME: &str = "harmony-fleet-operator";
-/// The Secret holding the operator's NATS settings as environment variables.
-pub const NATS_SECRET: &str = "harmony-fleet-operator-nats";
+/// Where the pod mounts the files of [`OPERATOR_SECRET`].
+pub const NATS_DIR: &str = "/etc/fleet-operator/nats";
+/// The user the operator runs as (and the group that may read its mounted Secret).
+const RUN_AS: i64 = 65532;
 /// The port of `/healthz`, `/readyz` and `/metrics` in the pod.
 pub const HTTP_PORT: u16 = 8080;
 /// The dashboard port in the pod.
 pub const WEB_PORT: u16 = 18080;
 const FLEET_GROUP: &str = "fleet.nationtech.io";
-
-/// The operator's NATS connection, as its Secret carries it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NatsSettings {
-    /// Server URLs.
-    pub urls: Vec<String>,
-    /// User.
-    pub user: String,
-    /// Password.
-    pub password: String,
-}
 
 /// Every object the install applies, in order.
 #[derive(Debug, Clone)]
@@ -61,16 +57,13 @@ pub struct OperatorObjects {
     pub cluster_role: ClusterRole,
     /// The grant.
     pub cluster_role_binding: ClusterRoleBinding,
-    /// NATS settings.
-    pub nats_secret: Secret,
     /// The workload (applied in clusters only; a local process on `LocalTopology`).
     pub deployment: Deployment,
 }
 
 impl OperatorObjects {
     /// Applies everything but the workload — CRDs (waiting until established), namespace,
-    /// service account, RBAC and the NATS Secret — the part the local and cluster installs
-    /// share. Returns the applier holding what changed.
+    /// service account and RBAC — the part the local and cluster installs share. Returns the applier holding what changed.
     pub async fn apply_access<T>(
         &self,
         client: &kube::Client,
@@ -90,7 +83,6 @@ impl OperatorObjects {
         applier.apply(client, &self.service_account).await?;
         applier.apply(client, &self.cluster_role).await?;
         applier.apply(client, &self.cluster_role_binding).await?;
-        applier.apply(client, &self.nats_secret).await?;
         Ok(applier)
     }
 }
@@ -130,16 +122,53 @@ pub fn policy_rules() -> Vec<PolicyRule> {
     ]
 }
 
-/// The objects for `score` talking to NATS with `nats`.
-pub fn objects(score: &FleetOperatorScore, nats: &NatsSettings) -> OperatorObjects {
+fn from_secret(name: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: OPERATOR_SECRET.to_owned(),
+                key: key.to_owned(),
+                optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn value(name: &str, value: impl Into<String>) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value.into()),
+        ..EnvVar::default()
+    }
+}
+
+/// The objects for `score`.
+pub fn objects(score: &FleetOperatorScore) -> OperatorObjects {
     let ns = score.namespace.as_str();
-    let mut env = BTreeMap::from([
-        ("FLEET_NATS_URL".to_owned(), nats.urls.join(",")),
-        ("FLEET_NATS_USER".to_owned(), nats.user.clone()),
-        ("FLEET_NATS_PASSWORD".to_owned(), nats.password.clone()),
-    ]);
+    let file = |key: &str| format!("{NATS_DIR}/{key}");
+    let mut env = vec![
+        value("RUST_LOG", "info"),
+        from_secret("FLEET_NATS_URL", operator_keys::URL),
+        value("FLEET_NATS_CREDS", file(operator_keys::CREDS)),
+        value("FLEET_NATS_CA", file(operator_keys::CA)),
+        value("FLEET_IDENTITY_SIGNER", file(operator_keys::SIGNER)),
+        value(
+            "FLEET_IDENTITY_SYSTEM_CREDS",
+            file(operator_keys::SYSTEM_CREDS),
+        ),
+        // Only the operator reaches NATS inside the cluster: it creates the buckets.
+        value("FLEET_CREATE_BUCKETS", "true"),
+        from_secret("FLEET_BUCKET_REPLICAS", operator_keys::BUCKET_REPLICAS),
+        from_secret("FLEET_FLEET_CAPACITY", operator_keys::FLEET_CAPACITY),
+    ];
     if let Some(watch) = &score.watch_namespace {
-        env.insert("FLEET_NAMESPACE".to_owned(), watch.clone());
+        env.push(value("FLEET_NAMESPACE", watch.clone()));
+    }
+    if let Some(secs) = score.credential_lifetime_secs {
+        env.push(value("FLEET_CREDENTIAL_LIFETIME_SECS", secs.to_string()));
     }
     let mut args = vec![
         "run".to_owned(),
@@ -173,19 +202,14 @@ pub fn objects(score: &FleetOperatorScore, nats: &NatsSettings) -> OperatorObjec
         name: "operator".into(),
         image: Some(score.image.clone()),
         args: Some(args),
-        env_from: Some(vec![EnvFromSource {
-            secret_ref: Some(SecretEnvSource {
-                name: NATS_SECRET.into(),
-                ..SecretEnvSource::default()
-            }),
-            ..EnvFromSource::default()
-        }]),
-        env: Some(vec![EnvVar {
-            name: "RUST_LOG".into(),
-            value: Some("info".into()),
-            ..EnvVar::default()
-        }]),
+        env: Some(env),
         ports: Some(ports),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "nats".into(),
+            mount_path: NATS_DIR.into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        }]),
         readiness_probe: Some(probe("/readyz")),
         liveness_probe: Some(probe("/healthz")),
         security_context: Some(SecurityContext {
@@ -228,15 +252,6 @@ pub fn objects(score: &FleetOperatorScore, nats: &NatsSettings) -> OperatorObjec
                 ..Subject::default()
             }]),
         },
-        nats_secret: Secret {
-            metadata: k8s::meta(NATS_SECRET, Some(ns), NAME),
-            data: Some(
-                env.into_iter()
-                    .map(|(k, v)| (k, ByteString(v.into_bytes())))
-                    .collect(),
-            ),
-            ..Secret::default()
-        },
         deployment: Deployment {
             metadata: k8s::meta(NAME, Some(ns), NAME),
             spec: Some(DeploymentSpec {
@@ -256,9 +271,35 @@ pub fn objects(score: &FleetOperatorScore, nats: &NatsSettings) -> OperatorObjec
                     spec: Some(PodSpec {
                         service_account_name: Some(NAME.into()),
                         containers: vec![container],
+                        volumes: Some(vec![Volume {
+                            name: "nats".into(),
+                            secret: Some(SecretVolumeSource {
+                                secret_name: Some(OPERATOR_SECRET.into()),
+                                items: Some(
+                                    [
+                                        operator_keys::CREDS,
+                                        operator_keys::SYSTEM_CREDS,
+                                        operator_keys::SIGNER,
+                                        operator_keys::CA,
+                                    ]
+                                    .into_iter()
+                                    .map(|key| KeyToPath {
+                                        key: key.to_owned(),
+                                        path: key.to_owned(),
+                                        mode: None,
+                                    })
+                                    .collect(),
+                                ),
+                                // Owner and the pod's group only (fsGroup below).
+                                default_mode: Some(0o440),
+                                ..SecretVolumeSource::default()
+                            }),
+                            ..Volume::default()
+                        }]),
                         security_context: Some(PodSecurityContext {
                             run_as_non_root: Some(true),
-                            run_as_user: Some(65532),
+                            run_as_user: Some(RUN_AS),
+                            fs_group: Some(RUN_AS),
                             ..PodSecurityContext::default()
                         }),
                         ..PodSpec::default()

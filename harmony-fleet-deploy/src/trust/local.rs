@@ -1,64 +1,29 @@
-//! The local fleet's chain of trust (adr/0016): generated once under `<state>/nats/` and kept,
-//! so nats-server's configuration never changes after the first `local up` — enrolling a
-//! device issues a JWT, it does not touch the server.
+//! The local fleet's trust, kept as files under `<state>/nats/` (all 0600):
 //!
-//! | file (0600) | holds | used by |
+//! | file | holds | used by |
 //! |---|---|---|
-//! | `trust.json` | every seed, the operator JWT and the two account JWTs the server starts with | this module |
+//! | `trust.json` | [`TrustMaterial`] | this module |
 //! | `admin.creds` | fleet admin (creates buckets, smoke tests) | deploy, e2e |
 //! | `operator.creds` | the fleet operator's user | operator (`--nats-creds`) |
 //! | `system.creds` | the system user that pushes revocations | operator (`--identity-system-creds`) |
 //! | `signer.json` | fleet signing + operator signing seeds | operator (`--identity-signer`) |
 //! | `bootstrap.creds` | the shared identity that can only ask to enroll | agents |
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use harmony::local::nats::{NatsAuthConfig, NatsOperatorTrust};
+use harmony::local::nats::NatsAuthConfig;
 use harmony_fleet_contracts::DeviceId;
-use harmony_fleet_contracts::jwt::creds_file;
-use harmony_fleet_contracts::trust::{FleetSigner, TrustChain, TrustSeeds};
-use serde::{Deserialize, Serialize};
 
-use crate::credentials::write_private;
+use super::{Trust, TrustMaterial};
 use crate::error::DeployError;
+use crate::files::write_private;
 use crate::nats::smoke::NatsIdentity;
 
-/// What `trust.json` holds.
-#[derive(Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct Stored {
-    seeds: TrustSeeds,
-    operator_jwt: String,
-    system_account_jwt: String,
-    fleet_account_jwt: String,
-}
-
 /// The local fleet's trust material, loaded or created.
+#[derive(Debug)]
 pub struct LocalTrust {
     dir: PathBuf,
-    chain: TrustChain,
-    stored: Stored,
-}
-
-impl std::fmt::Debug for LocalTrust {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LocalTrust")
-            .field("dir", &self.dir)
-            .field("chain", &self.chain)
-            .finish_non_exhaustive()
-    }
-}
-
-fn now() -> i64 {
-    jiff::Timestamp::now().as_second()
-}
-
-fn jwt_error(what: &str) -> impl FnOnce(harmony_fleet_contracts::jwt::JwtError) -> DeployError {
-    let what = what.to_owned();
-    move |e| DeployError::Trust {
-        reason: format!("{what}: {e}"),
-    }
+    trust: Trust,
 }
 
 impl LocalTrust {
@@ -72,78 +37,42 @@ impl LocalTrust {
     pub fn load_or_create(state_dir: &Path) -> Result<(Self, bool), DeployError> {
         let dir = Self::dir(state_dir);
         let path = dir.join("trust.json");
-        let (stored, created) = match std::fs::read(&path) {
-            Ok(bytes) => {
-                let stored: Stored =
-                    serde_json::from_slice(&bytes).map_err(|e| DeployError::CorruptState {
+        let origin = path.display().to_string();
+        let (material, created) = match std::fs::read(&path) {
+            Ok(bytes) => (
+                TrustMaterial::from_json(&bytes, &origin).map_err(|e| {
+                    DeployError::CorruptState {
                         path: path.clone(),
                         reason: e.to_string(),
-                    })?;
-                (stored, false)
-            }
+                    }
+                })?,
+                false,
+            ),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let chain = TrustChain::generate();
-                let t = now();
-                let stored = Stored {
-                    seeds: chain.seeds().map_err(jwt_error("new trust chain"))?,
-                    operator_jwt: chain.operator_jwt(t).map_err(jwt_error("operator JWT"))?,
-                    system_account_jwt: chain
-                        .system_account_jwt(t)
-                        .map_err(jwt_error("system account JWT"))?,
-                    fleet_account_jwt: chain
-                        .fleet_account_jwt(BTreeMap::new(), t)
-                        .map_err(jwt_error("fleet account JWT"))?,
-                };
-                let json = serde_json::to_vec_pretty(&stored).unwrap_or_default();
-                write_private(&path, &json)?;
-                (stored, true)
+                let material = TrustMaterial::generate()?;
+                write_private(&path, &material.to_json())?;
+                (material, true)
             }
-            Err(e) => return Err(DeployError::io(format!("reading {}", path.display()), e)),
+            Err(e) => return Err(DeployError::io(format!("reading {origin}"), e)),
         };
-        let chain =
-            TrustChain::from_seeds(&stored.seeds).map_err(|e| DeployError::CorruptState {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-        let trust = Self { dir, chain, stored };
-        if created || !trust.bootstrap_creds_path().is_file() {
-            trust.write_files()?;
+        let trust = Trust::open(material, &origin).map_err(|e| DeployError::CorruptState {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let local = Self { dir, trust };
+        if created || !local.bootstrap_creds_path().is_file() {
+            local.write_files()?;
         }
-        Ok((trust, created))
+        Ok((local, created))
     }
 
     fn write_files(&self) -> Result<(), DeployError> {
-        let t = now();
         let files = [
-            (
-                self.admin_creds_path(),
-                self.chain.admin_creds(t).map_err(jwt_error("admin"))?,
-            ),
-            (
-                self.operator_creds_path(),
-                self.chain
-                    .operator_creds(t)
-                    .map_err(jwt_error("operator"))?,
-            ),
-            (
-                self.system_creds_path(),
-                self.chain
-                    .claims_pusher_creds(t)
-                    .map_err(jwt_error("system user"))?,
-            ),
-            (
-                self.signer_path(),
-                serde_json::to_string_pretty(
-                    &self.chain.signer_seeds().map_err(jwt_error("signer"))?,
-                )
-                .unwrap_or_default(),
-            ),
-            (
-                self.bootstrap_creds_path(),
-                self.chain
-                    .bootstrap_creds(t, None)
-                    .map_err(jwt_error("bootstrap"))?,
-            ),
+            (self.admin_creds_path(), self.trust.admin_creds()?),
+            (self.operator_creds_path(), self.trust.operator_creds()?),
+            (self.system_creds_path(), self.trust.system_creds()?),
+            (self.signer_path(), self.trust.signer_json()?),
+            (self.bootstrap_creds_path(), self.trust.bootstrap_creds()?),
         ];
         for (path, text) in files {
             write_private(&path, text.as_bytes())?;
@@ -151,26 +80,9 @@ impl LocalTrust {
         Ok(())
     }
 
-    /// nats-server's authentication: trust the operator, resolver preloaded with the system
-    /// and fleet accounts. The same text on every run.
+    /// nats-server's authentication (see [`Trust::auth_config`]).
     pub fn auth_config(&self) -> NatsAuthConfig {
-        NatsAuthConfig {
-            system_account: Some(self.chain.system_account()),
-            operator: Some(NatsOperatorTrust {
-                jwt: self.stored.operator_jwt.clone(),
-                preload: vec![
-                    (
-                        self.chain.system_account(),
-                        self.stored.system_account_jwt.clone(),
-                    ),
-                    (
-                        self.chain.fleet_account(),
-                        self.stored.fleet_account_jwt.clone(),
-                    ),
-                ],
-            }),
-            ..NatsAuthConfig::default()
-        }
+        self.trust.auth_config()
     }
 
     /// `admin.creds`.
@@ -197,7 +109,7 @@ impl LocalTrust {
     fn identity(name: &str, path: &Path) -> Result<NatsIdentity, DeployError> {
         let creds = std::fs::read_to_string(path)
             .map_err(|e| DeployError::io(format!("reading {}", path.display()), e))?;
-        Ok(NatsIdentity::Creds {
+        Ok(NatsIdentity {
             name: name.to_owned(),
             creds,
         })
@@ -213,28 +125,9 @@ impl LocalTrust {
         Self::identity("fleet-operator", &self.operator_creds_path())
     }
 
-    /// A throwaway credential for `device` with a fresh key (smoke tests of the permission
-    /// template).
+    /// A throwaway credential for `device` (see [`Trust::throwaway_device`]).
     pub fn throwaway_device(&self, device: &DeviceId) -> Result<NatsIdentity, DeployError> {
-        let signer =
-            FleetSigner::from_seeds(&self.chain.signer_seeds().map_err(jwt_error("signer"))?)
-                .map_err(jwt_error("signer"))?;
-        let key = nkeys::KeyPair::new_user();
-        let token = signer
-            .device_jwt(
-                device,
-                &key.public_key(),
-                now(),
-                std::time::Duration::from_secs(600),
-            )
-            .map_err(jwt_error("smoke device"))?;
-        let seed = key.seed().map_err(|e| DeployError::Trust {
-            reason: format!("smoke device seed: {e}"),
-        })?;
-        Ok(NatsIdentity::Creds {
-            name: device.to_string(),
-            creds: creds_file(&token, &seed),
-        })
+        self.trust.throwaway_device(device)
     }
 }
 
@@ -260,6 +153,5 @@ mod tests {
             let mode = std::fs::metadata(&path).expect("meta").permissions().mode();
             assert_eq!(mode & 0o777, 0o600, "{}", path.display());
         }
-        assert!(!format!("{first:?}").contains(&first.stored.seeds.fleet_signing));
     }
 }

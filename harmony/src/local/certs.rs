@@ -127,36 +127,99 @@ impl ServerTls {
         }
         std::fs::create_dir_all(dir)
             .map_err(|e| LocalError::io(format!("creating {}", dir.display()), e))?;
-        let issuer = new_ca(
-            &format!("{server_name}-ca"),
-            &files.ca_cert,
-            &dir.join("ca.key"),
+        let ca = CaPem::generate(&format!("{server_name}-ca"))?;
+        let server = ca.issue_server(
+            server_name,
+            &["127.0.0.1".to_owned(), "localhost".to_owned()],
         )?;
-        let server_key = KeyPair::generate()?;
-        let mut server =
-            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
-        server.distinguished_name = name(server_name, None);
-        server.is_ca = IsCa::ExplicitNoCa;
-        server.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        // Routes present the same certificate as clients of each other.
-        server.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        server.use_authority_key_identifier_extension = true;
-        let server_cert = server.signed_by(&server_key, &issuer)?;
-        write(&files.server_cert, &server_cert.pem(), false)?;
-        write(&files.server_key, &server_key.serialize_pem(), true)?;
+        write(&files.ca_cert, &ca.cert, false)?;
+        write(&dir.join("ca.key"), &ca.key, true)?;
+        write(&files.server_cert, &server.cert, false)?;
+        write(&files.server_key, &server.key, true)?;
         Ok(files)
     }
 }
 
-/// A self-signed CA named `common_name`, written to `cert` and `key` (0600).
-fn new_ca(common_name: &str, cert: &Path, key: &Path) -> Result<Issuer<'static, KeyPair>> {
-    let ca_key = KeyPair::generate()?;
+/// A CA as PEM text, held in memory: where the files live is the caller's business (a local
+/// directory, or a cluster's Secret).
+#[derive(Clone, PartialEq, Eq)]
+pub struct CaPem {
+    /// The CA certificate (PEM).
+    pub cert: String,
+    /// Its private key (PKCS#8 PEM).
+    pub key: String,
+}
+
+impl std::fmt::Debug for CaPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaPem")
+            .field("cert", &self.cert)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A certificate issued by a [`CaPem`], with its key, as PEM text.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CertPem {
+    /// The certificate (PEM).
+    pub cert: String,
+    /// Its private key (PKCS#8 PEM).
+    pub key: String,
+}
+
+impl std::fmt::Debug for CertPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertPem")
+            .field("cert", &self.cert)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CaPem {
+    /// A new self-signed CA named `common_name`.
+    pub fn generate(common_name: &str) -> Result<Self> {
+        let key = KeyPair::generate()?;
+        let cert = ca_params(common_name).self_signed(&key)?;
+        Ok(CaPem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        })
+    }
+
+    /// A serving certificate for `names` (DNS names, wildcards or IP addresses), usable by
+    /// servers that also dial each other (EKU serverAuth and clientAuth: NATS routes present
+    /// their serving certificate as clients).
+    pub fn issue_server(&self, common_name: &str, names: &[String]) -> Result<CertPem> {
+        let issuer = self.issuer()?;
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::new(names.to_vec())?;
+        params.distinguished_name = name(common_name, None);
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &issuer)?;
+        Ok(CertPem {
+            cert: cert.pem(),
+            key: key.serialize_pem(),
+        })
+    }
+
+    /// The CA as an issuer: its key, and its subject read back from the certificate (so a CA
+    /// made elsewhere, e.g. a platform's own, signs certificates that chain to it).
+    fn issuer(&self) -> Result<Issuer<'static, KeyPair>> {
+        let key = KeyPair::from_pem(&self.key)?;
+        Ok(Issuer::from_ca_cert_pem(&self.cert, key)?)
+    }
+}
+
+fn ca_params(common_name: &str) -> CertificateParams {
     let mut ca_params = CertificateParams::default();
     ca_params.distinguished_name = name(common_name, None);
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -165,6 +228,13 @@ fn new_ca(common_name: &str, cert: &Path, key: &Path) -> Result<Issuer<'static, 
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
+    ca_params
+}
+
+/// A self-signed CA named `common_name`, written to `cert` and `key` (0600).
+fn new_ca(common_name: &str, cert: &Path, key: &Path) -> Result<Issuer<'static, KeyPair>> {
+    let ca_key = KeyPair::generate()?;
+    let ca_params = ca_params(common_name);
     let ca_cert = ca_params.self_signed(&ca_key)?;
     write(cert, &ca_cert.pem(), false)?;
     write(key, &ca_key.serialize_pem(), true)?;
@@ -241,5 +311,33 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o077, 0);
+    }
+
+    #[test]
+    fn a_ca_made_elsewhere_issues_server_certificates_that_chain_to_it() {
+        let ca = CaPem::generate("platform-ca").expect("ca");
+        let names = vec![
+            "fleet-nats.fleet-system.svc".to_owned(),
+            "*.fleet-nats-headless.fleet-system.svc".to_owned(),
+        ];
+        let server = ca.issue_server("fleet-nats", &names).expect("issue");
+        assert!(server.cert.starts_with("-----BEGIN CERTIFICATE-----"));
+        assert!(server.key.starts_with("-----BEGIN PRIVATE KEY-----"));
+        // A CA read back from its PEM (what a Secret holds) still issues.
+        let again = CaPem {
+            cert: ca.cert.clone(),
+            key: ca.key.clone(),
+        };
+        again
+            .issue_server("fleet-nats", &names)
+            .expect("issue again");
+        assert!(
+            !format!("{ca:?}").contains("PRIVATE KEY"),
+            "Debug hides the key"
+        );
+        assert!(
+            !format!("{server:?}").contains("PRIVATE KEY"),
+            "Debug hides the key"
+        );
     }
 }
