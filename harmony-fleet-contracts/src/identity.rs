@@ -25,6 +25,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use nkeys::{KeyPair, KeyPairType};
 use serde::{Deserialize, Serialize};
 
+use crate::bootstrap_token::BootstrapToken;
 use crate::device::Inventory;
 use crate::ids::DeviceId;
 use crate::jwt::{AccountClaims, AccountLimits, Claims, ResponseRules, SubjectRules, UserClaims};
@@ -120,6 +121,13 @@ pub struct EnrollRequest {
     pub requested_at: i64,
     /// base64url ed25519 signature of [`EnrollRequest::signing_input`] by `publicKey`.
     pub signature: String,
+    /// A bootstrap token (`<id>.<secret>`, adr/0020) that pre-approves the key; absent: an
+    /// admin approves. Not part of the signed input: the signature proves possession of the
+    /// key, the token is a bearer secret that TLS protects, and whoever could read it could
+    /// sign their own request with it anyway; leaving the input unchanged keeps requests with
+    /// a token verifiable by operators that predate tokens (they answer `Pending`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_token: Option<BootstrapToken>,
 }
 
 impl EnrollRequest {
@@ -139,7 +147,14 @@ impl EnrollRequest {
             inventory,
             requested_at,
             signature,
+            bootstrap_token: None,
         })
+    }
+
+    /// The same request presenting `token` (the signature stays valid: see `bootstrapToken`).
+    pub fn with_bootstrap_token(mut self, token: Option<BootstrapToken>) -> Self {
+        self.bootstrap_token = token;
+        self
     }
 
     fn input(device: &DeviceId, public_key: &str, requested_at: i64) -> String {

@@ -681,3 +681,63 @@ fn operator_permission_template_covers_buckets_and_commands() {
     assert!(!op.allows_subscribe("_INBOX_pi-1.>"));
     assert!(!op.allows_publish("$KV.other-bucket.x"));
 }
+
+#[test]
+fn enroll_request_has_the_published_shape_and_the_token_is_optional() {
+    use harmony_fleet_contracts::bootstrap_token::{self, BootstrapToken};
+    use harmony_fleet_contracts::identity::EnrollRequest;
+    let inventory = json!({
+        "hostname": "pi", "arch": "aarch64", "os": "linux", "cpuCount": 4, "memoryBytes": 1024
+    });
+    let old = json!({
+        "deviceId": "pi-1",
+        "publicKey": "UABC",
+        "inventory": inventory,
+        "requestedAt": 1_800_000_000,
+        "signature": "c2ln"
+    });
+    // A request from an agent that predates tokens still parses, and writes back unchanged.
+    let request: EnrollRequest = serde_json::from_value(old.clone()).expect("old request parses");
+    assert_eq!(request.bootstrap_token, None);
+    assert_json(&request, old.clone());
+
+    let mut with_token = old;
+    with_token["bootstrapToken"] = json!("abc123.0123456789abcdef");
+    let token: BootstrapToken = "abc123.0123456789abcdef".parse().expect("token");
+    let request = request.with_bootstrap_token(Some(token));
+    assert_json(&request, with_token);
+    // The token is not signed: the signed input is the one operators without tokens verify.
+    assert_eq!(
+        request.signing_input(),
+        "harmony-fleet-enroll:pi-1:UABC:1800000000"
+    );
+
+    assert_eq!(
+        bootstrap_token::SECRET_TYPE,
+        "bootstrap.fleet.nationtech.io/token"
+    );
+    assert_eq!(
+        bootstrap_token::SECRET_NAME_PREFIX,
+        "fleet-bootstrap-token-"
+    );
+    assert_eq!(
+        [
+            bootstrap_token::data_keys::TOKEN_ID,
+            bootstrap_token::data_keys::TOKEN_SECRET,
+            bootstrap_token::data_keys::EXPIRATION,
+            bootstrap_token::data_keys::USAGE_LIMIT,
+            bootstrap_token::data_keys::USAGES,
+        ],
+        [
+            "token-id",
+            "token-secret",
+            "expiration",
+            "usage-limit",
+            "usages"
+        ]
+    );
+    assert_eq!(
+        bootstrap_token::APPROVED_BY_ANNOTATION,
+        "fleet.nationtech.io/approved-by-token"
+    );
+}
