@@ -154,6 +154,10 @@ pub struct RunArgs {
     /// Lifetime of issued device credentials, in seconds (agents renew at two thirds).
     #[arg(long, env = "FLEET_CREDENTIAL_LIFETIME_SECS", default_value_t = 30 * 24 * 3600)]
     pub credential_lifetime_secs: u64,
+    /// Namespace of the bootstrap token Secrets (`fleet-bootstrap-token-<id>`, adr/0020); the
+    /// operator needs get and update on Secrets there.
+    #[arg(long, env = "FLEET_TOKEN_NAMESPACE", default_value = harmony_fleet_contracts::bootstrap_token::DEFAULT_NAMESPACE)]
+    pub token_namespace: String,
     /// Only reconcile Deployments of this namespace (default: every namespace).
     #[arg(long, env = "FLEET_NAMESPACE")]
     pub namespace: Option<String>,
@@ -219,6 +223,8 @@ pub struct IdentityConfig {
     pub system_creds: PathBuf,
     /// Lifetime of issued credentials.
     pub lifetime: Duration,
+    /// Namespace of the bootstrap token Secrets.
+    pub token_namespace: String,
 }
 
 /// Validated operator configuration.
@@ -291,6 +297,7 @@ impl TryFrom<RunArgs> for Config {
             identity_signer,
             identity_system_creds,
             credential_lifetime_secs,
+            token_namespace,
             namespace,
             heartbeat_timeout_secs,
             last_seen_refresh_secs,
@@ -341,10 +348,16 @@ impl TryFrom<RunArgs> for Config {
                             .into(),
                     ));
                 }
+                if token_namespace.trim().is_empty() {
+                    return Err(Error::Config(
+                        "--token-namespace / FLEET_TOKEN_NAMESPACE is empty: give the namespace of the bootstrap token Secrets (default fleet-system)".into(),
+                    ));
+                }
                 Some(IdentityConfig {
                     signer,
                     system_creds,
                     lifetime: Duration::from_secs(credential_lifetime_secs),
+                    token_namespace: token_namespace.trim().to_owned(),
                 })
             }
             (None, None) => None,

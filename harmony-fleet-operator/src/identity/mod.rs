@@ -6,8 +6,9 @@
 //! | module | holds |
 //! |---|---|
 //! | [`decide`] | pure: what to answer, what to revoke, the next revocation list |
+//! | [`token`] | pure: whether a bootstrap token approves one more device (adr/0020) |
 //! | [`account`] | the fleet account JWT on the resolver: read revocations, push updates |
-//! | [`service`] | the async shell: NATS subscriptions, the `Device` watch, writes |
+//! | [`service`] | the async shell: NATS subscriptions, the `Device` watch, writes, token uses |
 //!
 //! How an admin sees and approves a device:
 //!
@@ -15,10 +16,15 @@
 //! kubectl get fleetdev                       # ENROLLMENT Pending, REQUESTED KEY U…
 //! kubectl patch fleetdev pi-1 --type merge -p '{"spec":{"publicKey":"U…"}}'
 //! ```
+//!
+//! Or without a person: the device presents a bootstrap token (`harmony-fleet-deploy token
+//! create`), which sets `spec.publicKey` for it and is named in the annotation
+//! `fleet.nationtech.io/approved-by-token`.
 
 pub mod account;
 pub mod decide;
 pub mod service;
+pub mod token;
 
 pub use service::{IdentityOptions, IdentityService};
 

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use async_nats::Subject;
 use futures::StreamExt;
+use harmony_fleet_contracts::bootstrap_token::DEFAULT_NAMESPACE;
 use harmony_fleet_contracts::identity::{
     DEFAULT_CREDENTIAL_LIFETIME, ENROLL_SUBJECT, EnrollReply, EnrollRequest, IDENTITY_PREFIX,
     RENEW_ALL, RenewRequest,
@@ -19,6 +20,7 @@ use harmony_fleet_contracts::identity::{
 use harmony_fleet_contracts::ids::DeviceId;
 use harmony_fleet_contracts::trust::{FleetSigner, SignerSeeds};
 use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
@@ -31,6 +33,8 @@ use crate::crd::GROUP;
 use crate::crd::device::{BLACKLIST_ANNOTATION, Device, Enrollment, EnrollmentPhase, Inventory};
 use crate::error::{Error, Result};
 
+pub mod tokens;
+
 /// How the identity service runs.
 #[derive(Clone)]
 pub struct IdentityOptions {
@@ -40,6 +44,8 @@ pub struct IdentityOptions {
     pub lifetime: Duration,
     /// How long a pending enrollment request is held before it is answered `Pending`.
     pub hold: Duration,
+    /// Where the bootstrap token Secrets are (adr/0020).
+    pub token_namespace: String,
 }
 
 impl IdentityOptions {
@@ -49,6 +55,7 @@ impl IdentityOptions {
             signer,
             lifetime: DEFAULT_CREDENTIAL_LIFETIME,
             hold: Duration::from_secs(20),
+            token_namespace: DEFAULT_NAMESPACE.to_owned(),
         }
     }
 }
@@ -95,6 +102,7 @@ impl IdentityService {
         .await?;
         let options = IdentityOptions {
             lifetime: config.lifetime,
+            token_namespace: config.token_namespace.clone(),
             ..IdentityOptions::new(Arc::new(signer))
         };
         Self::start(nats, system, kube, options).await
@@ -126,7 +134,8 @@ impl IdentityService {
         let state = State {
             nats,
             system,
-            devices: Api::all(kube),
+            devices: Api::all(kube.clone()),
+            secrets: Api::namespaced(kube, &options.token_namespace),
             options,
             records: HashMap::new(),
             enrollments: HashMap::new(),
@@ -150,6 +159,7 @@ struct State {
     nats: async_nats::Client,
     system: async_nats::Client,
     devices: Api<Device>,
+    secrets: Api<Secret>,
     options: IdentityOptions,
     records: HashMap<String, DeviceRecord>,
     enrollments: HashMap<String, Enrollment>,
@@ -246,9 +256,16 @@ impl State {
                     .await;
                     return;
                 }
-                self.hold(name, message.reply, key);
+                if !self.try_token(&request, &key, message.reply.as_ref()).await {
+                    self.hold(name, message.reply, key);
+                }
             }
-            Decision::Hold => self.hold(name, message.reply, request.public_key),
+            Decision::Hold => {
+                let key = request.public_key.clone();
+                if !self.try_token(&request, &key, message.reply.as_ref()).await {
+                    self.hold(name, message.reply, key);
+                }
+            }
             Decision::Refuse { reason, report } => {
                 tracing::warn!(device = %name, %reason, "enrollment refused");
                 if report {
