@@ -38,7 +38,15 @@ fn enroller(config: &Config) -> identity::Enroller {
         urls: config.nats.urls.clone(),
         ca_file: config.nats.ca_file.clone(),
         bootstrap_creds: match &config.credentials {
-            Some(Credentials::Nkey { bootstrap_creds }) => bootstrap_creds.clone(),
+            Some(Credentials::Nkey {
+                bootstrap_creds, ..
+            }) => bootstrap_creds.clone(),
+            _ => None,
+        },
+        bootstrap_token: match &config.credentials {
+            Some(Credentials::Nkey {
+                bootstrap_token, ..
+            }) => bootstrap_token.clone(),
             _ => None,
         },
         device: config.agent.device_id.clone(),
@@ -128,7 +136,9 @@ impl Agent {
         supervisor.restore();
 
         let credential = match &config.credentials {
-            Some(Credentials::Nkey { bootstrap_creds }) => {
+            Some(Credentials::Nkey {
+                bootstrap_creds, ..
+            }) => {
                 match own_credential(&config, bootstrap_creds.as_deref(), &shutdown).await? {
                     Some(credential) => Some(credential),
                     None => return Ok(()), // stopped while enrolling

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use harmony_fleet_contracts::DeviceId;
+use harmony_fleet_contracts::bootstrap_token::BootstrapToken;
 use serde::Deserialize;
 
 use crate::runtime::PodmanOptions;
@@ -105,6 +106,11 @@ pub enum Credentials {
         /// device holds a credential.
         #[serde(default)]
         bootstrap_creds: Option<PathBuf>,
+        /// A bootstrap token (`<id>.<secret>`, from `harmony-fleet-deploy token create`) sent
+        /// with the enrollment request: the operator approves the key without an admin
+        /// (adr/0020). Never logged.
+        #[serde(default)]
+        bootstrap_token: Option<BootstrapToken>,
     },
 }
 
@@ -116,9 +122,14 @@ impl fmt::Debug for Credentials {
                 .field("user", user)
                 .field("password", &"<redacted>")
                 .finish(),
-            Credentials::Nkey { bootstrap_creds } => f
+            Credentials::Nkey {
+                bootstrap_creds,
+                bootstrap_token,
+            } => f
                 .debug_struct("Nkey")
                 .field("bootstrap_creds", bootstrap_creds)
+                // `BootstrapToken`'s Debug shows its id only.
+                .field("bootstrap_token", bootstrap_token)
                 .finish(),
         }
     }
@@ -275,6 +286,17 @@ impl Config {
         {
             return Err(invalid("credentials.user", "is empty; give the NATS user"));
         }
+        if let Some(Credentials::Nkey {
+            bootstrap_token: Some(token),
+            ..
+        }) = &self.credentials
+            && token.parts().is_err()
+        {
+            return Err(invalid(
+                "credentials.bootstrap_token",
+                "is not <id>.<secret> (6 and 16 characters a-z0-9): copy the token `harmony-fleet-deploy token create` printed, or remove the line to wait for a manual approval",
+            ));
+        }
         if let Err(errors) = harmony_fleet_contracts::device::validate_labels(&self.labels) {
             return Err(invalid(
                 "labels",
@@ -391,7 +413,7 @@ containers_conf = \"/etc/c.conf\"
         .expect("nkey config is valid");
         assert!(matches!(
             &config.credentials,
-            Some(Credentials::Nkey { bootstrap_creds: Some(p) }) if p == Path::new("/etc/fleet/bootstrap.creds")
+            Some(Credentials::Nkey { bootstrap_creds: Some(p), bootstrap_token: None }) if p == Path::new("/etc/fleet/bootstrap.creds")
         ));
         let message = error_of(&format!(
             "{MINIMAL}\n[credentials]\ntype = \"nkey\"\nseed = \"SU\"\n"
@@ -425,6 +447,33 @@ containers_conf = \"/etc/c.conf\"
     fn rejects_unknown_section_naming_it() {
         let message = error_of(&format!("{MINIMAL}\n[metrics]\nport = 9000\n"));
         assert!(message.contains("metrics"), "{message}");
+    }
+
+    #[test]
+    fn a_bootstrap_token_is_read_checked_and_never_debugged() {
+        let config = parse(&format!(
+            "{MINIMAL}\n[credentials]\ntype = \"nkey\"\nbootstrap_token = \"abc123.0123456789abcdef\"\n"
+        ))
+        .expect("valid");
+        let Some(Credentials::Nkey {
+            bootstrap_token: Some(token),
+            ..
+        }) = &config.credentials
+        else {
+            panic!("nkey credentials with a token expected");
+        };
+        assert_eq!(token.expose(), "abc123.0123456789abcdef");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("0123456789abcdef"), "{shown}");
+        assert!(shown.contains("abc123"), "{shown}");
+
+        let err = parse(&format!(
+            "{MINIMAL}\n[credentials]\ntype = \"nkey\"\nbootstrap_token = \"not-a-token-secretvalue\"\n"
+        ))
+        .expect_err("malformed")
+        .to_string();
+        assert!(err.contains("credentials.bootstrap_token"), "{err}");
+        assert!(!err.contains("secretvalue"), "{err}");
     }
 
     #[test]

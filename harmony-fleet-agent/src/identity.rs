@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use harmony_fleet_contracts::bootstrap_token::BootstrapToken;
 use harmony_fleet_contracts::device::Inventory;
 use harmony_fleet_contracts::identity::{
     BOOTSTRAP_INBOX_PREFIX, ENROLL_SUBJECT, EnrollReply, EnrollRequest, RenewRequest, renew_subject,
@@ -280,11 +281,16 @@ pub async fn enroll(
         })?,
         () = stop.cancelled() => return Ok(None),
     };
-    tracing::info!(public_key = %key.public_key(), "enrolling: waiting for an admin to approve this key");
+    let token_id = enroller
+        .bootstrap_token
+        .as_ref()
+        .and_then(|t| t.parts().ok())
+        .map(|(id, _)| id.to_string());
+    tracing::info!(public_key = %key.public_key(), bootstrap_token_id = token_id.as_deref().unwrap_or("-"), "enrolling: waiting for the operator to approve this key (by bootstrap token or by an admin)");
     loop {
         let request =
             match EnrollRequest::signed(device.clone(), key, enroller.inventory.clone(), now()) {
-                Ok(r) => r,
+                Ok(r) => r.with_bootstrap_token(enroller.bootstrap_token.clone()),
                 Err(source) => {
                     return Err(IdentityError::Seed {
                         path: PathBuf::from(SEED_FILE),
@@ -343,6 +349,8 @@ pub struct Enroller {
     pub ca_file: Option<PathBuf>,
     /// The bootstrap `.creds` file, if configured.
     pub bootstrap_creds: Option<PathBuf>,
+    /// A bootstrap token sent with the request (adr/0020); its Debug shows the id only.
+    pub bootstrap_token: Option<BootstrapToken>,
     /// The device.
     pub device: DeviceId,
     /// What it reports when asking.
