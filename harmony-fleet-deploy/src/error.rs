@@ -99,6 +99,15 @@ pub enum DeployError {
         reason: String,
     },
 
+    /// A bootstrap token cannot be created as asked.
+    #[error("token create: {flag} {reason}")]
+    Token {
+        /// The flag at fault.
+        flag: &'static str,
+        /// What is wrong and what to give instead.
+        reason: String,
+    },
+
     /// A NATS operation failed.
     #[error("NATS: {context}: {message}")]
     Nats {

@@ -29,6 +29,7 @@ pub mod local;
 pub mod nats;
 pub mod operator;
 pub mod server;
+pub mod tokens;
 pub mod trust;
 pub mod wait;
 

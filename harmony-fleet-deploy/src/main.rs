@@ -17,7 +17,7 @@ use harmony_fleet_deploy::agent::{FleetAgentScore, PodAgent};
 use harmony_fleet_deploy::local::{self, LocalFleet};
 use harmony_fleet_deploy::nats::{FleetNatsScore, NatsReplicas};
 use harmony_fleet_deploy::operator::{FleetOperatorScore, helm};
-use harmony_fleet_deploy::{FleetServerScore, binaries, devices};
+use harmony_fleet_deploy::{FleetServerScore, binaries, devices, tokens};
 use tracing_subscriber::EnvFilter;
 
 /// Install harmony fleet (NATS, the operator, device agents) with its Scores.
@@ -51,6 +51,12 @@ enum Command {
     Device {
         #[command(subcommand)]
         command: DeviceCommand,
+    },
+    /// Bootstrap tokens of the cluster in KUBECONFIG: devices that present one are approved
+    /// without `device approve` (adr/0020).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
     },
     /// Write the operator's Helm chart (generated from the same objects the Scores apply).
     HelmChart {
@@ -100,6 +106,29 @@ enum LocalCommand {
     Status {
         #[command(flatten)]
         state: StateDir,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a bootstrap token: devices that present it (agent.toml `[credentials]
+    /// bootstrap_token`) are approved without `device approve`, until it expires or is used up.
+    Create {
+        /// How long it works: a whole number with s, m, h or d.
+        #[arg(long, default_value = tokens::DEFAULT_TTL)]
+        ttl: String,
+        /// How many devices may use it.
+        #[arg(long, default_value_t = 1)]
+        usages: u32,
+        /// The fleet namespace (where the operator looks for tokens: its --token-namespace).
+        #[arg(long, default_value = harmony_fleet_contracts::bootstrap_token::DEFAULT_NAMESPACE)]
+        namespace: String,
+    },
+    /// List bootstrap tokens: id, expiry, uses (never the secret).
+    List {
+        /// The fleet namespace.
+        #[arg(long, default_value = harmony_fleet_contracts::bootstrap_token::DEFAULT_NAMESPACE)]
+        namespace: String,
     },
 }
 
@@ -223,6 +252,7 @@ async fn main() -> ExitCode {
             .await
         }
         Command::Device { command } => device_command(command).await,
+        Command::Token { command } => token_command(command).await,
         Command::HelmChart { out, image } => {
             let score = FleetOperatorScore {
                 image,
@@ -243,6 +273,61 @@ async fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+async fn token_command(command: TokenCommand) -> ExitCode {
+    let (namespace, ttl) = match &command {
+        TokenCommand::Create {
+            namespace,
+            ttl,
+            usages,
+        } => match tokens::parse_ttl(ttl).and_then(|ttl| {
+            tokens::check_usages(*usages)?;
+            Ok(ttl)
+        }) {
+            Ok(ttl) => (namespace, Some(ttl)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        TokenCommand::List { namespace } => (namespace, None),
+    };
+    let client = match kube::Client::try_default().await {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("error: building a Kubernetes client from KUBECONFIG: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match (&command, ttl) {
+        (TokenCommand::Create { usages, .. }, Some(ttl)) => {
+            tokens::create(&client, namespace, ttl, *usages)
+                .await
+                .map(|record| println!("{}", tokens::instructions(&record, namespace)))
+        }
+        _ => tokens::list(&client, namespace).await.map(|rows| {
+            println!("{:<8} {:<26} {:<8} USABLE", "ID", "EXPIRES", "USES");
+            for row in &rows {
+                println!(
+                    "{:<8} {:<26} {:<8} {}",
+                    row.id, row.expires, row.usages, row.usable
+                );
+            }
+            if rows.is_empty() {
+                println!(
+                    "No bootstrap token in namespace {namespace}: `harmony-fleet-deploy token create`."
+                );
+            }
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -16,14 +16,14 @@ use harmony_fleet_contracts::DeviceId;
 use harmony_fleet_deploy::agent::{FleetAgentScore, PodAgent};
 use harmony_fleet_deploy::nats::{FleetNatsScore, NatsReplicas, cluster as nats_cluster};
 use harmony_fleet_deploy::operator::FleetOperatorScore;
-use harmony_fleet_deploy::operator::objects::NAME;
+use harmony_fleet_deploy::operator::objects::{NAME, TOKEN_ROLE};
 use harmony_fleet_deploy::trust::cluster::{
     BOOTSTRAP_SECRET, CA_SECRET, OPERATOR_SECRET, SERVER_TLS_SECRET, TRUST_SECRET, operator_keys,
 };
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
-use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::api::rbac::v1::{ClusterRole, Role, RoleBinding};
 use kube::Api;
 use kube::api::PostParams;
 
@@ -270,6 +270,7 @@ async fn cluster_scores_apply_every_object_and_fail_clearly_without_a_kubelet() 
             "/etc/fleet-operator/nats/signer.json",
         ),
         ("FLEET_CREATE_BUCKETS", "true"),
+        ("FLEET_TOKEN_NAMESPACE", ns),
     ] {
         assert!(
             env.contains(&(name.to_owned(), Some(value.to_owned()))),
@@ -325,6 +326,47 @@ async fn cluster_scores_apply_every_object_and_fail_clearly_without_a_kubelet() 
                 vec!["create".to_owned(), "patch".to_owned()],
             ),
         ]
+    );
+    // Secrets only in the fleet namespace, and only get/update (bootstrap tokens, adr/0020).
+    let token_role = Api::<Role>::namespaced(client.clone(), ns)
+        .get(TOKEN_ROLE)
+        .await
+        .expect("token role");
+    let stored: Vec<(Vec<String>, Vec<String>, Vec<String>)> = token_role
+        .rules
+        .expect("rules")
+        .into_iter()
+        .map(|r| {
+            (
+                r.api_groups.unwrap_or_default(),
+                r.resources.unwrap_or_default(),
+                r.verbs,
+            )
+        })
+        .collect();
+    assert_eq!(
+        stored,
+        vec![(
+            vec![String::new()],
+            vec!["secrets".to_owned()],
+            vec!["get".to_owned(), "update".to_owned()],
+        )]
+    );
+    let binding = Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .get(TOKEN_ROLE)
+        .await
+        .expect("token role binding");
+    assert_eq!(
+        (
+            binding.role_ref.kind.as_str(),
+            binding.role_ref.name.as_str()
+        ),
+        ("Role", TOKEN_ROLE)
+    );
+    let subject = &binding.subjects.expect("subjects")[0];
+    assert_eq!(
+        (subject.name.as_str(), subject.namespace.as_deref()),
+        (NAME, Some(ns))
     );
 
     // Agents as Pods: the agent makes its own key and enrolls with the bootstrap identity.

@@ -86,12 +86,17 @@ pub fn chart(score: &FleetOperatorScore) -> Result<HelmChart, DeployError> {
         crds.push_str(&to_yaml(crd)?);
     }
     files.insert(PathBuf::from("crds/fleet.nationtech.io.yaml"), crds);
-    let templates: [(&str, String); 4] = [
+    let templates: [(&str, String); 6] = [
         ("serviceaccount.yaml", to_yaml(&objects.service_account)?),
         ("clusterrole.yaml", to_yaml(&objects.cluster_role)?),
         (
             "clusterrolebinding.yaml",
             to_yaml(&objects.cluster_role_binding)?,
+        ),
+        ("tokenrole.yaml", to_yaml(&objects.token_role)?),
+        (
+            "tokenrolebinding.yaml",
+            to_yaml(&objects.token_role_binding)?,
         ),
         ("deployment.yaml", to_yaml(&objects.deployment)?),
     ];
@@ -160,7 +165,17 @@ mod tests {
             "clusterrolebinding.yaml",
             json(&objects.cluster_role_binding),
         );
+        expect("tokenrole.yaml", json(&objects.token_role));
+        expect("tokenrolebinding.yaml", json(&objects.token_role_binding));
         expect("deployment.yaml", json(&objects.deployment));
+        // Secrets: get and update in the release namespace only, never cluster-wide.
+        let role = &rendered[Path::new("templates/tokenrole.yaml")];
+        assert!(
+            role.contains("kind: Role") && role.contains("namespace: "),
+            "{role}"
+        );
+        let cluster_role = &rendered[Path::new("templates/clusterrole.yaml")];
+        assert!(!cluster_role.contains("secrets"), "{cluster_role}");
         let deployment = &rendered[Path::new("templates/deployment.yaml")];
         assert!(deployment.contains(OPERATOR_SECRET), "{deployment}");
         for (path, text) in &chart.files {

@@ -2,7 +2,8 @@
 //!
 //! RBAC is least privilege, derived from what the operator does: it reads and patches fleet
 //! `Deployment`s (status, finalizer), and owns `Device` resources (server-side apply, status,
-//! delete of stale ones). Nothing else.
+//! delete of stale ones); in the fleet namespace only, it reads bootstrap token Secrets and
+//! updates their usage count (a namespaced `Role`, adr/0020). Nothing else.
 //!
 //! In a cluster the operator's NATS identity and settings come from the Secret
 //! [`OPERATOR_SECRET`], which `FleetNatsScore` issues (adr/0019): files mounted read-only,
@@ -22,7 +23,9 @@ use k8s_openapi::api::core::v1::{
     Namespace, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SecretKeySelector,
     SecretVolumeSource, SecurityContext, ServiceAccount, Volume, VolumeMount,
 };
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -57,6 +60,10 @@ pub struct OperatorObjects {
     pub cluster_role: ClusterRole,
     /// The grant.
     pub cluster_role_binding: ClusterRoleBinding,
+    /// What the operator may do in the fleet namespace: bootstrap token Secrets.
+    pub token_role: Role,
+    /// The grant of [`Self::token_role`].
+    pub token_role_binding: RoleBinding,
     /// The workload (applied in clusters only; a local process on `LocalTopology`).
     pub deployment: Deployment,
 }
@@ -83,6 +90,8 @@ impl OperatorObjects {
         applier.apply(client, &self.service_account).await?;
         applier.apply(client, &self.cluster_role).await?;
         applier.apply(client, &self.cluster_role_binding).await?;
+        applier.apply(client, &self.token_role).await?;
+        applier.apply(client, &self.token_role_binding).await?;
         Ok(applier)
     }
 }
@@ -121,6 +130,20 @@ pub fn policy_rules() -> Vec<PolicyRule> {
         },
     ]
 }
+
+/// The operator's permissions in the fleet namespace: read a bootstrap token Secret and
+/// count a use (`get`, `update`; no `list` or `watch`: it reads only the token it is shown).
+pub fn token_rules() -> Vec<PolicyRule> {
+    vec![PolicyRule {
+        api_groups: Some(vec![String::new()]),
+        resources: Some(vec!["secrets".to_owned()]),
+        verbs: vec!["get".to_owned(), "update".to_owned()],
+        ..PolicyRule::default()
+    }]
+}
+
+/// Name of the operator's namespaced `Role` and `RoleBinding` for bootstrap tokens.
+pub const TOKEN_ROLE: &str = "harmony-fleet-operator-bootstrap-tokens";
 
 fn from_secret(name: &str, key: &str) -> EnvVar {
     EnvVar {
@@ -163,6 +186,8 @@ pub fn objects(score: &FleetOperatorScore) -> OperatorObjects {
         value("FLEET_CREATE_BUCKETS", "true"),
         from_secret("FLEET_BUCKET_REPLICAS", operator_keys::BUCKET_REPLICAS),
         from_secret("FLEET_FLEET_CAPACITY", operator_keys::FLEET_CAPACITY),
+        // Bootstrap tokens live in the fleet namespace, where `token_role` lets it read them.
+        value("FLEET_TOKEN_NAMESPACE", ns),
     ];
     if let Some(watch) = &score.watch_namespace {
         env.push(value("FLEET_NAMESPACE", watch.clone()));
@@ -244,6 +269,24 @@ pub fn objects(score: &FleetOperatorScore) -> OperatorObjects {
                 api_group: "rbac.authorization.k8s.io".into(),
                 kind: "ClusterRole".into(),
                 name: NAME.into(),
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".into(),
+                name: NAME.into(),
+                namespace: Some(ns.to_owned()),
+                ..Subject::default()
+            }]),
+        },
+        token_role: Role {
+            metadata: k8s::meta(TOKEN_ROLE, Some(ns), NAME),
+            rules: Some(token_rules()),
+        },
+        token_role_binding: RoleBinding {
+            metadata: k8s::meta(TOKEN_ROLE, Some(ns), NAME),
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "Role".into(),
+                name: TOKEN_ROLE.into(),
             },
             subjects: Some(vec![Subject {
                 kind: "ServiceAccount".into(),
