@@ -5,7 +5,8 @@
 //! `$CARGO_TARGET_TMPDIR/dashboard-screenshots/` (under `target/`, never committed).
 //!
 //! Needs `chromium` (Debian package), `node` and `npm ci` in `web/` — all installed by
-//! `scripts/install-deps.sh`. Without them the test says so loudly and passes.
+//! `scripts/install-deps.sh`. Without them the test says so loudly and passes, unless
+//! `CI=true`: there a missing browser fails it, so CI cannot go green without running it.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -30,14 +31,16 @@ fn free_port() -> u16 {
         .expect("a free port")
 }
 
+fn find_on_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+}
+
 fn find_chromium() -> Option<PathBuf> {
-    ["chromium", "chromium-browser"].iter().find_map(|name| {
-        std::env::var_os("PATH")?
-            .to_str()?
-            .split(':')
-            .map(|dir| Path::new(dir).join(name))
-            .find(|p| p.is_file())
-    })
+    ["chromium", "chromium-browser"]
+        .iter()
+        .find_map(|name| find_on_path(name))
 }
 
 /// `GET /` answers 200.
@@ -56,23 +59,40 @@ fn serves(addr: SocketAddr) -> bool {
     stream.read_exact(&mut head).is_ok() && head.ends_with(b"200")
 }
 
+/// `CI=true` (or `1`): a missing browser fails the test instead of skipping it.
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+/// Chromium, or why the test cannot run (no Chromium, node or playwright-core).
+fn browser(web: &Path) -> Result<PathBuf, String> {
+    let chromium = find_chromium()
+        .ok_or("no `chromium` on PATH: install it with `apt-get install chromium`")?;
+    if find_on_path("node").is_none() {
+        return Err("no `node` on PATH: install it with `apt-get install nodejs npm`".into());
+    }
+    if !web.join("node_modules/playwright-core").is_dir() {
+        return Err(
+            "playwright-core is not installed: run `npm ci` in harmony-fleet-operator/web".into(),
+        );
+    }
+    Ok(chromium)
+}
+
 #[test]
 fn dashboard_works_in_a_real_browser() {
     let web = Path::new(env!("CARGO_MANIFEST_DIR")).join("web");
-    let Some(chromium) = find_chromium() else {
-        eprintln!(
-            "\n!!!!!!!! SKIPPED the browser test: no `chromium` on PATH. Install it with \
-             `apt-get install chromium` (scripts/install-deps.sh does). !!!!!!!!\n"
-        );
-        return;
+    let chromium = match browser(&web) {
+        Ok(chromium) => chromium,
+        Err(why) if in_ci() => panic!("CI=true and the browser test cannot run: {why}"),
+        Err(why) => {
+            eprintln!(
+                "\n!!!!!!!! SKIPPED the browser test: {why} (scripts/install-deps.sh installs it; \
+                 CI=true makes this a failure) !!!!!!!!\n"
+            );
+            return;
+        }
     };
-    if !web.join("node_modules/playwright-core").is_dir() {
-        eprintln!(
-            "\n!!!!!!!! SKIPPED the browser test: playwright-core is not installed: run `npm ci` \
-             in harmony-fleet-operator/web (scripts/install-deps.sh does). !!!!!!!!\n"
-        );
-        return;
-    }
     let port = free_port();
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let server = Server(
