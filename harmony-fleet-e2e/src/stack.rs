@@ -51,6 +51,9 @@ pub struct StackOptions {
     pub walkthrough_labels: bool,
     /// Lifetime of device credentials; `None`: the operator's default (30 days).
     pub credential_lifetime_secs: Option<u64>,
+    /// Serve the operator's dashboard on a free loopback port, as `local up` does (the
+    /// operator binary must be built with `--features web-frontend`).
+    pub dashboard: bool,
 }
 
 /// The running fleet and the handles tests use.
@@ -143,6 +146,13 @@ impl Stack {
         fleet.heartbeat_interval_secs = 2;
         fleet.operator.heartbeat_timeout_secs = 8;
         fleet.operator.credential_lifetime_secs = options.credential_lifetime_secs;
+        if options.dashboard {
+            dashboard_binary()?;
+            let port = topology
+                .reserve_port(DASHBOARD_PORT)
+                .map_err(|e| anyhow::anyhow!("{}", e.chain()))?;
+            fleet.operator.dashboard_port = Some(port);
+        }
         if !options.walkthrough_labels {
             for (index, device) in fleet.devices.iter_mut().enumerate() {
                 device.labels = labels_for(device, index);
@@ -194,6 +204,15 @@ impl Stack {
             name: device.to_string(),
             creds: harmony_fleet_contracts::jwt::creds_file(jwt.trim(), seed.trim()),
         })
+    }
+
+    /// The dashboard's URL (`http://127.0.0.1:<port>`, no trailing slash), when the stack was
+    /// brought up with [`StackOptions::dashboard`].
+    pub fn dashboard_url(&self) -> Option<String> {
+        self.fleet
+            .operator
+            .dashboard_port
+            .map(|port| format!("http://127.0.0.1:{port}"))
     }
 
     /// The topology (to run Scores or inspect processes).
@@ -450,6 +469,28 @@ impl Stack {
         }
         Ok(None)
     }
+}
+
+/// The supervisor's name of the dashboard port (the one `local up` reserves).
+const DASHBOARD_PORT: &str = "harmony-fleet-operator:web";
+
+/// Fails unless the operator binary the Scores will run serves the dashboard: without the
+/// feature, `--web-listen` is an unknown flag and the operator would only fail its smoke test.
+fn dashboard_binary() -> anyhow::Result<PathBuf> {
+    let binary = harmony_fleet_deploy::binaries::OPERATOR.locate()?;
+    let output = std::process::Command::new(&binary)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("running {} --version", binary.display()))?;
+    let version = String::from_utf8_lossy(&output.stdout);
+    anyhow::ensure!(
+        version.contains("+web-frontend"),
+        "the operator at {} was built without the dashboard ({}): build it with \
+         `cargo build -p harmony-fleet-operator --features web-frontend`",
+        binary.display(),
+        version.trim()
+    );
+    Ok(binary)
 }
 
 /// The `name` of every connection in a `/connz` answer.

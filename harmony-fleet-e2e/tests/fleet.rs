@@ -26,6 +26,7 @@ const OPTIONS: StackOptions = StackOptions {
     nats_replicas: NatsReplicas::One,
     walkthrough_labels: false,
     credential_lifetime_secs: None,
+    dashboard: false,
 };
 const CONVERGE: Duration = Duration::from_secs(90);
 

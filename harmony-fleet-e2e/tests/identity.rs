@@ -32,6 +32,7 @@ const OPTIONS: StackOptions = StackOptions {
     nats_replicas: NatsReplicas::One,
     walkthrough_labels: false,
     credential_lifetime_secs: Some(LIFETIME_SECS),
+    dashboard: false,
 };
 
 async fn stack() -> &'static Stack {

@@ -20,6 +20,7 @@ const OPTIONS: StackOptions = StackOptions {
     nats_replicas: NatsReplicas::Three,
     walkthrough_labels: false,
     credential_lifetime_secs: None,
+    dashboard: false,
 };
 const CONVERGE: Duration = Duration::from_secs(120);
 /// The operator's NATS connection name.

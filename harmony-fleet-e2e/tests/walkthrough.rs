@@ -20,6 +20,7 @@ const OPTIONS: StackOptions = StackOptions {
     nats_replicas: NatsReplicas::One,
     walkthrough_labels: true,
     credential_lifetime_secs: None,
+    dashboard: false,
 };
 const CONVERGE: Duration = Duration::from_secs(120);
 /// The port `examples/hello.yaml` publishes.
