@@ -47,6 +47,10 @@ pub enum BenchCommand {
     Reconnect(ReconnectArgs),
     /// Enrolling N pre-approved devices through the real operator's identity service.
     Enroll(EnrollArgs),
+    /// The dashboard's server time (devices page with filters and pages, overview) with N
+    /// devices in the real service's view (build with `--features dashboard`).
+    #[cfg(feature = "dashboard")]
+    Dashboard(DashboardArgs),
     /// Everything, with the sizes of issue 9.
     All {
         /// Scale arguments.
@@ -96,6 +100,21 @@ pub struct ScaleArgs {
     /// Keep the rows of an earlier `scale.csv` in the output directory and add to them.
     #[arg(long)]
     pub append: bool,
+}
+
+/// `dashboard`.
+#[cfg(feature = "dashboard")]
+#[derive(Debug, Clone, Args)]
+pub struct DashboardArgs {
+    /// Devices in the fleet view.
+    #[arg(long, default_value_t = 100_000)]
+    pub devices: usize,
+    /// Values of the `site` label.
+    #[arg(long, default_value_t = 100)]
+    pub sites: usize,
+    /// Timed requests per page.
+    #[arg(long, default_value_t = 50)]
+    pub samples: usize,
 }
 
 /// `consumers`.
@@ -246,6 +265,16 @@ pub async fn run(cli: BenchCli) -> Result<()> {
             crate::reconnect::run(&crate::reconnect::ReconnectOptions {
                 devices: args.devices,
                 concurrency: args.concurrency,
+                out_dir: out,
+            })
+            .await?;
+        }
+        #[cfg(feature = "dashboard")]
+        Some(BenchCommand::Dashboard(args)) => {
+            crate::dashboard::run(&crate::dashboard::DashboardOptions {
+                devices: args.devices,
+                sites: args.sites,
+                samples: args.samples,
                 out_dir: out,
             })
             .await?;

@@ -8,6 +8,7 @@
 //! | [`sim`] | the fleet simulator: N devices speaking the wire contract over shared connections |
 //! | [`scale`] | the scale runs: Deployments → keys → states → status, operator cost, cold start |
 //! | [`consumers`] | the consumer wall: one real agent KV watch (JetStream consumer) per device |
+//! | `dashboard` | (feature `dashboard`) the dashboard's server time with 100k devices in its view |
 //! | [`notify`] | the alternative to a consumer per device: change notices + KV direct get |
 //! | [`writes`] | the write budget: heartbeats of a large fleet and the server's headroom |
 //! | [`footprint`] | the real `fleet-agent` release binary: size and idle memory |
@@ -20,6 +21,8 @@
 
 pub mod cli;
 pub mod consumers;
+#[cfg(feature = "dashboard")]
+pub mod dashboard;
 pub mod enroll;
 pub mod error;
 pub mod footprint;
