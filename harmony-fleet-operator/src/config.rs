@@ -476,7 +476,34 @@ mod tests {
         let config = Config::try_from(args).expect("valid");
         let identity = config.identity.expect("identity on");
         assert_eq!(identity.lifetime, Duration::from_secs(30 * 24 * 3600));
+        assert_eq!(identity.token_namespace, "fleet-system");
         assert_eq!(config.nats.creds_file, Some(PathBuf::from("/op.creds")));
+    }
+
+    #[test]
+    fn token_namespace_is_a_flag_and_may_not_be_empty() {
+        let args = |ns: &str| {
+            let cli = parse(&[
+                "run",
+                "--identity-signer",
+                "/s.json",
+                "--identity-system-creds",
+                "/sys.creds",
+                "--token-namespace",
+                ns,
+            ]);
+            let Some(Command::Run(args)) = cli.command else {
+                panic!("run subcommand");
+            };
+            Config::try_from(args)
+        };
+        let config = args("fleet-prod").expect("valid");
+        assert_eq!(
+            config.identity.expect("identity on").token_namespace,
+            "fleet-prod"
+        );
+        let err = args(" ").expect_err("empty").to_string();
+        assert!(err.contains("--token-namespace"), "{err}");
     }
 
     #[test]
