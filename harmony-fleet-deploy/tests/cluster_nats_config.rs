@@ -74,16 +74,19 @@ async fn the_cluster_configuration_runs_on_a_real_nats_server() {
     let objects = nats_cluster::objects(&score, &trust).expect("objects");
     let names =
         ClusterTrust::server_names(ns, nats_cluster::SERVICE, nats_cluster::HEADLESS_SERVICE);
-    let tls = (trust.server_tls(&names).1)().expect("server tls");
-    let operator = (trust
+    let tls = trust.server_tls(&names).build().expect("server tls");
+    let operator = trust
         .operator_secret(&OperatorSettings {
             urls: nats_cluster::client_urls(ns),
             bucket_replicas: 1,
             fleet_capacity: 100,
         })
-        .1)()
-    .expect("operator identity");
-    let bootstrap = (trust.bootstrap_secret().1)().expect("bootstrap identity");
+        .build()
+        .expect("operator identity");
+    let bootstrap = trust
+        .bootstrap_secret()
+        .build()
+        .expect("bootstrap identity");
 
     // What the Pod mounts, under a temporary root.
     let dir = tempfile::tempdir().expect("tmp");

@@ -287,14 +287,14 @@ impl ClusterTrust {
         fingerprint(&parts)
     }
 
-    /// [`SERVER_TLS_SECRET`] for `names`, with the fingerprint it is issued from.
-    pub fn server_tls(&self, names: &[String]) -> (String, DerivedSecret<'_>) {
+    /// [`SERVER_TLS_SECRET`] for `names`.
+    pub fn server_tls(&self, names: &[String]) -> Derived<'_> {
         let joined = names.join(",");
         let issued_from = self.root_fingerprint(&[joined.as_bytes()]);
         let names = names.to_vec();
-        (
-            issued_from.clone(),
-            Box::new(move || {
+        Derived {
+            issued_from: issued_from.clone(),
+            make: Box::new(move || {
                 let server = self
                     .ca
                     .issue_server("fleet-nats", &names)
@@ -309,19 +309,19 @@ impl ClusterTrust {
                     ],
                 ))
             }),
-        )
+        }
     }
 
     /// [`OPERATOR_SECRET`] for `settings`.
-    pub fn operator_secret(&self, settings: &OperatorSettings) -> (String, DerivedSecret<'_>) {
+    pub fn operator_secret(&self, settings: &OperatorSettings) -> Derived<'_> {
         let url = settings.urls.join(",");
         let replicas = settings.bucket_replicas.to_string();
         let capacity = settings.fleet_capacity.to_string();
         let issued_from =
             self.root_fingerprint(&[url.as_bytes(), replicas.as_bytes(), capacity.as_bytes()]);
-        (
-            issued_from.clone(),
-            Box::new(move || {
+        Derived {
+            issued_from: issued_from.clone(),
+            make: Box::new(move || {
                 use operator_keys as k;
                 let creds = self.trust.operator_creds()?;
                 let system = self.trust.system_creds()?;
@@ -340,15 +340,15 @@ impl ClusterTrust {
                     ],
                 ))
             }),
-        )
+        }
     }
 
     /// [`BOOTSTRAP_SECRET`].
-    pub fn bootstrap_secret(&self) -> (String, DerivedSecret<'_>) {
+    pub fn bootstrap_secret(&self) -> Derived<'_> {
         let issued_from = self.root_fingerprint(&[]);
-        (
-            issued_from.clone(),
-            Box::new(move || {
+        Derived {
+            issued_from: issued_from.clone(),
+            make: Box::new(move || {
                 let creds = self.trust.bootstrap_creds()?;
                 Ok(self.derived(
                     BOOTSTRAP_SECRET,
@@ -359,7 +359,7 @@ impl ClusterTrust {
                     ],
                 ))
             }),
-        )
+        }
     }
 
     /// Applies the derived Secret `name` unless the stored one was issued from the same
@@ -370,23 +370,34 @@ impl ClusterTrust {
         client: &kube::Client,
         applier: &mut Applier,
         name: &str,
-        derived: (String, DerivedSecret<'_>),
+        derived: Derived<'_>,
     ) -> Result<(), InterpretError> {
-        let (issued_from, make) = derived;
         let secrets: Api<Secret> = Api::namespaced(client.clone(), &self.namespace);
         let stored = secrets.get_opt(name).await.map_err(kube_error(
             "get of",
             format!("Secret {}/{name}", self.namespace),
         ))?;
-        if is_issued_from(stored.as_ref(), &issued_from) {
+        if is_issued_from(stored.as_ref(), &derived.issued_from) {
             return Ok(());
         }
-        applier.apply(client, &make()?).await
+        applier.apply(client, &derived.build()?).await
     }
 }
 
-/// Builds a derived Secret when it has to be (re)issued.
-pub type DerivedSecret<'a> = Box<dyn FnOnce() -> Result<Secret, InterpretError> + Send + 'a>;
+/// A derived Secret: the fingerprint of its inputs, and how to issue it (only done when the
+/// stored one was issued from other inputs).
+pub struct Derived<'a> {
+    /// The fingerprint it carries in [`ISSUED_FROM`].
+    pub issued_from: String,
+    make: Box<dyn FnOnce() -> Result<Secret, InterpretError> + Send + 'a>,
+}
+
+impl Derived<'_> {
+    /// Issues it (new credentials, a new certificate).
+    pub fn build(self) -> Result<Secret, InterpretError> {
+        (self.make)()
+    }
+}
 
 /// Whether `stored` was issued from `issued_from`.
 pub fn is_issued_from(stored: Option<&Secret>, issued_from: &str) -> bool {
@@ -413,12 +424,13 @@ mod tests {
     fn derived_secrets_are_reissued_only_when_their_inputs_change() {
         let trust = trust();
         let names = ClusterTrust::server_names("fleet-system", "fleet-nats", "fleet-nats-headless");
-        let (fingerprint, make) = trust.server_tls(&names);
-        let secret = make().expect("issue");
+        let derived = trust.server_tls(&names);
+        let fingerprint = derived.issued_from.clone();
+        let secret = derived.build().expect("issue");
         assert!(is_issued_from(Some(&secret), &fingerprint));
-        let (same, _) = trust.server_tls(&names);
+        let same = trust.server_tls(&names).issued_from;
         assert_eq!(same, fingerprint, "same inputs, same fingerprint");
-        let (other, _) = trust.server_tls(&names[..2]);
+        let other = trust.server_tls(&names[..2]).issued_from;
         assert_ne!(other, fingerprint, "other names: reissued");
         assert!(!is_issued_from(None, &fingerprint));
 
@@ -427,8 +439,9 @@ mod tests {
             bucket_replicas: 3,
             fleet_capacity: 1000,
         };
-        let (op, make) = trust.operator_secret(&settings);
-        let secret = make().expect("operator secret");
+        let derived = trust.operator_secret(&settings);
+        let op = derived.issued_from.clone();
+        let secret = derived.build().expect("operator secret");
         let data = secret.data.expect("data");
         for key in [
             operator_keys::CREDS,
@@ -439,10 +452,12 @@ mod tests {
             assert!(data.contains_key(key), "{key}");
         }
         assert_eq!(data[operator_keys::BUCKET_REPLICAS].0, b"3");
-        let (op_more, _) = trust.operator_secret(&OperatorSettings {
-            fleet_capacity: 2000,
-            ..settings
-        });
+        let op_more = trust
+            .operator_secret(&OperatorSettings {
+                fleet_capacity: 2000,
+                ..settings
+            })
+            .issued_from;
         assert_ne!(op, op_more, "a larger fleet re-issues the settings");
     }
 
