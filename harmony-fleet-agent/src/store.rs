@@ -135,7 +135,7 @@ impl Store {
     }
 
     /// Write the state atomically: a temp file in the same dir, fsync, rename over the old
-    /// file, fsync the dir.
+    /// file, fsync the dir. Owner-only (0600): payloads carry the deployments' env values.
     pub fn save(&self, state: &StoredState) -> Result<(), StoreError> {
         let path = self.path();
         let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
@@ -149,7 +149,22 @@ impl Store {
                 source,
             }
         };
-        let mut file = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
+        let mut file = {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io("create", &tmp))?
+        };
+        // A temp file left by an interrupted save keeps its old mode when reopened: set it.
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(io("chmod", &tmp))?;
+        }
         file.write_all(&bytes).map_err(io("write", &tmp))?;
         file.sync_all().map_err(io("fsync", &tmp))?;
         drop(file);
@@ -204,6 +219,12 @@ mod tests {
         store.save(&state).expect("save");
         assert_eq!(store.load().expect("load"), state);
         assert!(!dir.path().join(format!("{STATE_FILE}.tmp")).exists());
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(store.path())
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "the state file is the owner's only");
     }
 
     #[test]
