@@ -27,10 +27,9 @@ use kube::Api;
 use super::config::{AgentConfig, AgentCredentials};
 use super::{FleetAgentScore, PodAgent};
 use crate::devices;
-use crate::error::DeployError;
 use crate::k8s::{self, Applier};
 use crate::nats::NatsEndpoint;
-use crate::trust::cluster::{BOOTSTRAP_SECRET, bootstrap_keys};
+use crate::trust::cluster::{self as trust_cluster, BOOTSTRAP_SECRET, bootstrap_keys};
 use crate::wait::{self, Poll};
 
 const COMPONENT: &str = "fleet-agent";
@@ -187,23 +186,7 @@ pub(super) async fn deploy<T: Topology + K8sClient>(
     let client = topology.k8s_client().await?;
     let ns = pod.namespace.as_str();
     let device = &score.device_id;
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let bootstrap =
-        secrets
-            .get_opt(BOOTSTRAP_SECRET)
-            .await
-            .map_err(|source| InterpretError::Kube {
-                action: "get of".into(),
-                object: format!("Secret {ns}/{BOOTSTRAP_SECRET}"),
-                source,
-            })?;
-    if bootstrap.is_none() {
-        return Err(DeployError::NatsIdentityMissing {
-            namespace: ns.to_owned(),
-            secret: BOOTSTRAP_SECRET,
-        }
-        .into());
-    }
+    trust_cluster::require_issued(&client, ns, BOOTSTRAP_SECRET).await?;
     let (secret, deployment) = objects(score, pod);
     let mut applier = Applier::default();
     applier.apply(&client, &secret).await?;

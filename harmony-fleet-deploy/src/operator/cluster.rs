@@ -6,13 +6,11 @@ use harmony::capability::K8sClient;
 use harmony::interpret::{InterpretError, Outcome};
 use harmony::inventory::Inventory;
 use harmony::topologies::K8sAnywhereTopology;
-use k8s_openapi::api::core::v1::Secret;
-use kube::Api;
 
 use super::FleetOperatorScore;
 use super::objects::{self, NAME, OPERATOR_SECRET};
-use crate::error::DeployError;
 use crate::k8s;
+use crate::trust::cluster::require_issued;
 
 pub(super) async fn deploy(
     score: &FleetOperatorScore,
@@ -21,22 +19,7 @@ pub(super) async fn deploy(
 ) -> Result<Outcome, InterpretError> {
     let client = topology.k8s_client().await?;
     let ns = score.namespace.as_str();
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let issued = secrets
-        .get_opt(OPERATOR_SECRET)
-        .await
-        .map_err(|source| InterpretError::Kube {
-            action: "get of".into(),
-            object: format!("Secret {ns}/{OPERATOR_SECRET}"),
-            source,
-        })?;
-    if issued.is_none() {
-        return Err(DeployError::NatsIdentityMissing {
-            namespace: ns.to_owned(),
-            secret: OPERATOR_SECRET,
-        }
-        .into());
-    }
+    require_issued(&client, ns, OPERATOR_SECRET).await?;
     let objects = objects::objects(score);
     let mut applier = objects.apply_access(&client, inventory, topology).await?;
     applier.apply(&client, &objects.deployment).await?;

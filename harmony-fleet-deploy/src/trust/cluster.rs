@@ -399,6 +399,28 @@ impl Derived<'_> {
     }
 }
 
+/// Fails with [`DeployError::NatsIdentityMissing`] unless Secret `name` (one the NATS install
+/// issues) exists in `namespace`: a component deployed before NATS says to deploy NATS first.
+pub async fn require_issued(
+    client: &kube::Client,
+    namespace: &str,
+    name: &'static str,
+) -> Result<(), InterpretError> {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let found = secrets
+        .get_opt(name)
+        .await
+        .map_err(kube_error("get of", format!("Secret {namespace}/{name}")))?;
+    match found {
+        Some(_) => Ok(()),
+        None => Err(DeployError::NatsIdentityMissing {
+            namespace: namespace.to_owned(),
+            secret: name,
+        }
+        .into()),
+    }
+}
+
 /// Whether `stored` was issued from `issued_from`.
 pub fn is_issued_from(stored: Option<&Secret>, issued_from: &str) -> bool {
     stored
