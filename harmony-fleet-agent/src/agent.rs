@@ -24,6 +24,7 @@ use crate::reports::{self, ReporterSettings};
 use crate::runtime::{ContainerRuntime, PodmanCli};
 use crate::store::Store;
 use crate::watch;
+use crate::watch::WatchEvent;
 
 /// How long the loops get to finish after shutdown is requested.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -32,8 +33,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// renewal.
 const IDENTITY_RETRY: Duration = Duration::from_secs(30);
 
-/// How this device enrolls (again).
-fn enroller(config: &Config) -> identity::Enroller {
+/// How this device enrolls (again); a refusal because it is blacklisted sends an empty desired
+/// state to `workloads` (the supervisor's input), which stops them.
+fn enroller(config: &Config, workloads: mpsc::Sender<WatchEvent>) -> identity::Enroller {
     identity::Enroller {
         urls: config.nats.urls.clone(),
         ca_file: config.nats.ca_file.clone(),
@@ -51,6 +53,7 @@ fn enroller(config: &Config) -> identity::Enroller {
         },
         device: config.agent.device_id.clone(),
         inventory: crate::inventory::read_inventory(),
+        workloads: Some(workloads),
     }
 }
 
@@ -58,6 +61,7 @@ fn enroller(config: &Config) -> identity::Enroller {
 /// admin's approval). `None` when `shutdown` came first.
 async fn own_credential(
     config: &Config,
+    enroller: &identity::Enroller,
     bootstrap_creds: Option<&std::path::Path>,
     shutdown: &CancellationToken,
 ) -> Result<Option<Credential>, Error> {
@@ -72,8 +76,7 @@ async fn own_credential(
         }
         .into());
     };
-    let token =
-        identity::enroll(&enroller(config), bootstrap, &key, IDENTITY_RETRY, shutdown).await?;
+    let token = identity::enroll(enroller, bootstrap, &key, IDENTITY_RETRY, shutdown).await?;
     let Some(token) = token else {
         return Ok(None);
     };
@@ -134,14 +137,27 @@ impl Agent {
         );
         // Offline-first: workloads come back from disk before NATS is tried.
         supervisor.restore();
+        // The supervisor runs before the device has a credential: a refusal because the
+        // device is blacklisted stops its workloads through it.
+        let (watch_tx, watch_rx) = mpsc::channel(64);
+        let mut tasks = JoinSet::new();
+        tasks.spawn(supervisor.run(watch_rx));
+        let enroller = enroller(&config, watch_tx.clone());
 
         let credential = match &config.credentials {
             Some(Credentials::Nkey {
                 bootstrap_creds, ..
             }) => {
-                match own_credential(&config, bootstrap_creds.as_deref(), &shutdown).await? {
+                match own_credential(&config, &enroller, bootstrap_creds.as_deref(), &shutdown)
+                    .await?
+                {
                     Some(credential) => Some(credential),
-                    None => return Ok(()), // stopped while enrolling
+                    None => {
+                        // Stopped while enrolling.
+                        stop.cancel();
+                        drain(&mut tasks).await;
+                        return Ok(());
+                    }
                 }
             }
             _ => None,
@@ -149,8 +165,6 @@ impl Agent {
         let connection =
             Connection::connect(&config, &device_inbox_prefix(&device), credential.as_ref())
                 .await?;
-        let (watch_tx, watch_rx) = mpsc::channel(64);
-        let mut tasks = JoinSet::new();
         tasks.spawn(watch::run(
             connection.clone(),
             device.clone(),
@@ -160,12 +174,11 @@ impl Agent {
             watch_tx,
             stop.clone(),
         ));
-        tasks.spawn(supervisor.run(watch_rx));
         if let Some(credential) = credential {
             tasks.spawn(identity::maintain(
                 connection.client().clone(),
                 credential,
-                enroller(&config),
+                enroller,
                 config.agent.data_dir.clone(),
                 IDENTITY_RETRY,
                 stop.clone(),
@@ -197,19 +210,23 @@ impl Agent {
         shutdown.cancelled().await;
         tracing::info!("fleet agent stopping");
         stop.cancel();
-        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                "some agent loops did not stop within {SHUTDOWN_GRACE:?}; aborting them"
-            );
-            tasks.abort_all();
-        }
+        drain(&mut tasks).await;
         if let Err(err) = connection.client().flush().await {
             tracing::debug!(error = %err, "final flush");
         }
         Ok(())
+    }
+}
+
+/// Waits up to [`SHUTDOWN_GRACE`] for the agent's loops to end (their token is cancelled),
+/// then aborts the rest.
+async fn drain<T: 'static>(tasks: &mut JoinSet<T>) {
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("some agent loops did not stop within {SHUTDOWN_GRACE:?}; aborting them");
+        tasks.abort_all();
     }
 }

@@ -182,6 +182,7 @@ impl<R: ContainerRuntime + ?Sized> Supervisor<R> {
             WatchEvent::Rebased(records) => {
                 // The stream was recreated: its revisions restarted, so what we hold is
                 // compared from zero (an unchanged payload re-applies as a no-op).
+                tracing::info!("re-basing: the held revisions are forgotten");
                 for entry in self.held.deployments.values_mut() {
                     entry.revision = 0;
                 }
@@ -756,6 +757,34 @@ mod tests {
         h.supervisor.handle(WatchEvent::Snapshot(Vec::new())).await;
         next_state(&mut h, Phase::Removed).await;
         assert!(h.runtime.containers().is_empty());
+    }
+
+    /// What a blacklisted device's agent does (identity::stop_workloads): everything is
+    /// removed, and once the blacklist is lifted the listing's record — possibly the very
+    /// revision held before — applies again.
+    #[tokio::test]
+    async fn an_empty_rebase_removes_everything_and_the_same_revision_applies_again() {
+        let mut h = harness();
+        h.supervisor
+            .handle(WatchEvent::Snapshot(vec![put(
+                "dev-1.web",
+                3,
+                payload(IMAGE),
+            )]))
+            .await;
+        next_state(&mut h, Phase::Running).await;
+        h.supervisor.handle(WatchEvent::Rebased(Vec::new())).await;
+        next_state(&mut h, Phase::Removed).await;
+        assert!(h.runtime.containers().is_empty());
+        h.supervisor
+            .handle(WatchEvent::Snapshot(vec![put(
+                "dev-1.web",
+                3,
+                payload(IMAGE),
+            )]))
+            .await;
+        next_state(&mut h, Phase::Running).await;
+        assert_eq!(h.runtime.containers().len(), 1);
     }
 
     #[tokio::test]

@@ -22,7 +22,10 @@ use harmony_fleet_contracts::identity::{
 use harmony_fleet_contracts::ids::DeviceId;
 use harmony_fleet_contracts::jwt::{self, Claims, UserClaims};
 use nkeys::KeyPair;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use crate::watch::WatchEvent;
 
 /// File name of the seed in the data dir.
 pub const SEED_FILE: &str = "identity.nk";
@@ -320,8 +323,14 @@ pub async fn enroll(
                 tracing::info!(%message, "enrollment pending");
                 Duration::ZERO
             }
-            Ok(Ok(EnrollReply::Refused { reason })) => {
-                tracing::warn!(%reason, "enrollment refused; asking again later");
+            Ok(Ok(EnrollReply::Refused {
+                reason,
+                blacklisted,
+            })) => {
+                tracing::warn!(%reason, blacklisted, "enrollment refused; asking again later");
+                if blacklisted {
+                    stop_workloads(enroller).await;
+                }
                 retry
             }
             Ok(Err(e)) => {
@@ -340,6 +349,25 @@ pub async fn enroll(
     }
 }
 
+/// Stops every workload of a blacklisted device: an empty desired state for the supervisor
+/// (held state and containers removed, as when the operator deletes every key). Sent as
+/// `Rebased`, which also forgets the held revisions: once the blacklist is lifted, the
+/// operator's keys apply again even where the listing hands back the very revision the device
+/// held before (it keeps records whose hash did not change).
+async fn stop_workloads(enroller: &Enroller) {
+    let Some(workloads) = &enroller.workloads else {
+        return;
+    };
+    tracing::warn!("this device is blacklisted: stopping its workloads");
+    if workloads
+        .send(WatchEvent::Rebased(Vec::new()))
+        .await
+        .is_err()
+    {
+        tracing::error!("the supervisor is gone: the workloads could not be stopped");
+    }
+}
+
 /// How to enroll again when the server refuses the credential.
 #[derive(Debug, Clone)]
 pub struct Enroller {
@@ -355,6 +383,10 @@ pub struct Enroller {
     pub device: DeviceId,
     /// What it reports when asking.
     pub inventory: Inventory,
+    /// The supervisor's input: a refusal because the device is blacklisted sends it an empty
+    /// desired state (see `stop_workloads`), so the workloads stop (the device can no longer hear that the operator
+    /// removed them). `None`: workloads are left alone.
+    pub workloads: Option<mpsc::Sender<WatchEvent>>,
 }
 
 /// Keeps `credential` valid: renews it once two thirds of its lifetime have passed, stores it,

@@ -221,7 +221,21 @@ pub enum EnrollReply {
     Refused {
         /// Why, naming the field and the fix.
         reason: String,
+        /// The device is blacklisted: an agent stops its workloads (it can no longer hear
+        /// that its desired state was removed). Absent (false) from operators before it.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        blacklisted: bool,
     },
+}
+
+impl EnrollReply {
+    /// A refusal for `reason` (not a blacklisting).
+    pub fn refused(reason: impl Into<String>) -> Self {
+        EnrollReply::Refused {
+            reason: reason.into(),
+            blacklisted: false,
+        }
+    }
 }
 
 /// Publish/subscribe rules and reply permission of a JWT user, from a permission template.

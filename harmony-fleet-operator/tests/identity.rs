@@ -487,7 +487,7 @@ async fn a_device_enrolls_is_approved_with_one_patch_and_connects() -> Result<()
 
     // The same id with another key: refused, and shown on the Device.
     let impostor = KeyPair::new_user();
-    let EnrollReply::Refused { reason } = env.ask(&signed(&device, &impostor)?).await? else {
+    let EnrollReply::Refused { reason, .. } = env.ask(&signed(&device, &impostor)?).await? else {
         bail!("another key for an enrolled id was not refused");
     };
     assert!(reason.contains("spec.publicKey"), "{reason}");
@@ -507,7 +507,7 @@ async fn forged_and_malformed_requests_are_refused_and_change_nothing() -> Resul
     let device: DeviceId = name.parse()?;
     let mut forged = signed(&device, &KeyPair::new_user())?;
     forged.public_key = KeyPair::new_user().public_key();
-    let EnrollReply::Refused { reason } = env.ask(&forged).await? else {
+    let EnrollReply::Refused { reason, .. } = env.ask(&forged).await? else {
         bail!("a forged request was not refused");
     };
     assert!(reason.contains("signature"), "{reason}");
@@ -516,7 +516,7 @@ async fn forged_and_malformed_requests_are_refused_and_change_nothing() -> Resul
         .bootstrap
         .request(identity::ENROLL_SUBJECT, "{not json".into())
         .await?;
-    let EnrollReply::Refused { reason } = serde_json::from_slice(&reply.payload)? else {
+    let EnrollReply::Refused { reason, .. } = serde_json::from_slice(&reply.payload)? else {
         bail!("a malformed request was not refused");
     };
     assert!(reason.contains("malformed"), "{reason}");
@@ -610,9 +610,15 @@ async fn blacklisting_or_deleting_a_device_revokes_its_credential_within_five_se
     .await
     .context("the blacklisted device stayed connected for 5 s")?;
     eprintln!("blacklist → disconnected: {:?}", started.elapsed());
-    let EnrollReply::Refused { .. } = env.ask(&signed(&black.parse()?, &black_key)?).await? else {
+    let EnrollReply::Refused { blacklisted, .. } =
+        env.ask(&signed(&black.parse()?, &black_key)?).await?
+    else {
         bail!("a blacklisted device was issued a credential");
     };
+    anyhow::ensure!(
+        blacklisted,
+        "the refusal must say the device is blacklisted (its agent stops its workloads)"
+    );
     eventually("the blacklisted Device shows Revoked", || async {
         (env.enrollment(&black).await?.phase == EnrollmentPhase::Revoked).then_some(())
     })

@@ -741,3 +741,39 @@ fn enroll_request_has_the_published_shape_and_the_token_is_optional() {
         "fleet.nationtech.io/approved-by-token"
     );
 }
+
+#[test]
+fn enroll_replies_have_the_published_shape_and_blacklisted_is_additive() {
+    use harmony_fleet_contracts::identity::EnrollReply;
+    assert_eq!(
+        serde_json::to_value(EnrollReply::refused("no")).expect("json"),
+        json!({"status": "refused", "reason": "no"}),
+        "a plain refusal is the shape older agents read"
+    );
+    assert_eq!(
+        serde_json::to_value(EnrollReply::Refused {
+            reason: "blacklisted".into(),
+            blacklisted: true,
+        })
+        .expect("json"),
+        json!({"status": "refused", "reason": "blacklisted", "blacklisted": true})
+    );
+    // From an operator that predates the field: not blacklisted.
+    let old: EnrollReply =
+        serde_json::from_value(json!({"status": "refused", "reason": "no"})).expect("parse");
+    assert_eq!(old, EnrollReply::refused("no"));
+    assert_eq!(
+        serde_json::to_value(EnrollReply::Pending {
+            message: "wait".into()
+        })
+        .expect("json"),
+        json!({"status": "pending", "message": "wait"})
+    );
+    assert_eq!(
+        serde_json::to_value(EnrollReply::Issued {
+            jwt: "e.y.j".into()
+        })
+        .expect("json"),
+        json!({"status": "issued", "jwt": "e.y.j"})
+    );
+}

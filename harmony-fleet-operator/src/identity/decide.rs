@@ -44,6 +44,9 @@ pub enum Decision {
         reason: String,
         /// Worth showing on the `Device`.
         report: bool,
+        /// Because the device is blacklisted (the reply tells the agent to stop its
+        /// workloads).
+        blacklisted: bool,
     },
 }
 
@@ -51,6 +54,15 @@ fn refuse(reason: impl Into<String>, report: bool) -> Decision {
     Decision::Refuse {
         reason: reason.into(),
         report,
+        blacklisted: false,
+    }
+}
+
+fn refuse_blacklisted(reason: impl Into<String>, report: bool) -> Decision {
+    Decision::Refuse {
+        reason: reason.into(),
+        report,
+        blacklisted: true,
     }
 }
 
@@ -74,7 +86,7 @@ pub fn enroll(request: &EnrollRequest, record: Option<&DeviceRecord>, now: i64) 
         );
     }
     if record.blacklisted {
-        return refuse(
+        return refuse_blacklisted(
             format!(
                 "Device {device} is blacklisted: remove its annotation fleet.nationtech.io/blacklisted to let it enroll"
             ),
@@ -110,9 +122,15 @@ pub fn renew(device: &str, key: &str, record: Option<&DeviceRecord>) -> Decision
             false,
         );
     };
-    if record.blacklisted || record.deleting {
+    if record.blacklisted {
+        return refuse_blacklisted(
+            format!("Device {device} is blacklisted: no credential is renewed"),
+            false,
+        );
+    }
+    if record.deleting {
         return refuse(
-            format!("Device {device} is blacklisted or being deleted: no credential is renewed"),
+            format!("Device {device} is being deleted: no credential is renewed"),
             false,
         );
     }
@@ -227,7 +245,8 @@ mod tests {
             approved_key: Some(first.public_key()),
             ..DeviceRecord::default()
         };
-        let Decision::Refuse { reason, report } = enroll(&request(&second), Some(&enrolled), NOW)
+        let Decision::Refuse { reason, report, .. } =
+            enroll(&request(&second), Some(&enrolled), NOW)
         else {
             panic!("not refused");
         };
@@ -265,15 +284,28 @@ mod tests {
             blacklisted: true,
             ..DeviceRecord::default()
         };
+        // The refusals say "blacklisted": the agent then stops its workloads.
         assert!(matches!(
             enroll(&request(&key), Some(&blacklisted), NOW),
-            Decision::Refuse { .. }
+            Decision::Refuse {
+                blacklisted: true,
+                ..
+            }
         ));
         assert!(matches!(
             renew("pi-1", &pk, Some(&blacklisted)),
-            Decision::Refuse { .. }
+            Decision::Refuse {
+                blacklisted: true,
+                ..
+            }
         ));
-        assert!(matches!(renew("pi-1", &pk, None), Decision::Refuse { .. }));
+        assert!(matches!(
+            renew("pi-1", &pk, None),
+            Decision::Refuse {
+                blacklisted: false,
+                ..
+            }
+        ));
         let fine = DeviceRecord {
             blacklisted: false,
             ..blacklisted

@@ -232,7 +232,7 @@ impl State {
                 let reason = format!(
                     "malformed enrollment request: {e}; expected the JSON EnrollRequest harmony-fleet-agent sends"
                 );
-                self.reply(message.reply.as_ref(), &EnrollReply::Refused { reason })
+                self.reply(message.reply.as_ref(), &EnrollReply::refused(reason))
                     .await;
                 return;
             }
@@ -266,13 +266,23 @@ impl State {
                     self.hold(name, message.reply, key);
                 }
             }
-            Decision::Refuse { reason, report } => {
-                tracing::warn!(device = %name, %reason, "enrollment refused");
+            Decision::Refuse {
+                reason,
+                report,
+                blacklisted,
+            } => {
+                tracing::warn!(device = %name, %reason, blacklisted, "enrollment refused");
                 if report {
                     self.report_refusal(&name, &reason).await;
                 }
-                self.reply(message.reply.as_ref(), &EnrollReply::Refused { reason })
-                    .await;
+                self.reply(
+                    message.reply.as_ref(),
+                    &EnrollReply::Refused {
+                        reason,
+                        blacklisted,
+                    },
+                )
+                .await;
             }
         }
     }
@@ -306,20 +316,28 @@ impl State {
                     "malformed renewal request: {e}; expected {{\"publicKey\": \"U…\"}}"
                 ),
                 report: false,
+                blacklisted: false,
             },
         };
         let reply = match decision {
             Decision::Issue { key } => self.issue(&device, &key).await,
-            Decision::Refuse { reason, report } => {
-                tracing::warn!(device = %name, %reason, "renewal refused");
+            Decision::Refuse {
+                reason,
+                report,
+                blacklisted,
+            } => {
+                tracing::warn!(device = %name, %reason, blacklisted, "renewal refused");
                 if report {
                     self.report_refusal(&name, &reason).await;
                 }
-                EnrollReply::Refused { reason }
+                EnrollReply::Refused {
+                    reason,
+                    blacklisted,
+                }
             }
-            Decision::RecordPending { .. } | Decision::Hold => EnrollReply::Refused {
-                reason: "renewal needs an approved key".into(),
-            },
+            Decision::RecordPending { .. } | Decision::Hold => {
+                EnrollReply::refused("renewal needs an approved key")
+            }
         };
         self.reply(message.reply.as_ref(), &reply).await;
     }
