@@ -26,8 +26,14 @@ use crate::store::Store;
 use crate::watch;
 use crate::watch::WatchEvent;
 
-/// How long the loops get to finish after shutdown is requested.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long the loops get to finish after shutdown is requested. Every loop stops at its next
+/// await on the token (in-flight reconciles and NATS requests included), so this is only a
+/// backstop that keeps a stop under the 2 s a service manager is promised (adr/0022).
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(1200);
+
+/// How long the last flush of buffered NATS writes may take on the way out (a disconnected
+/// client would wait for the server).
+const FINAL_FLUSH: Duration = Duration::from_millis(300);
 
 /// How long the agent waits before asking again after a refused enrollment or a failed
 /// renewal.
@@ -208,12 +214,16 @@ impl Agent {
         ));
 
         shutdown.cancelled().await;
-        tracing::info!("fleet agent stopping");
+        let stopping = Instant::now();
+        tracing::info!("fleet agent stopping (containers keep running)");
         stop.cancel();
         drain(&mut tasks).await;
-        if let Err(err) = connection.client().flush().await {
-            tracing::debug!(error = %err, "final flush");
+        match tokio::time::timeout(FINAL_FLUSH, connection.client().flush()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::debug!(error = %err, "final flush"),
+            Err(_) => tracing::debug!("final flush did not finish within {FINAL_FLUSH:?}"),
         }
+        tracing::info!(elapsed = ?stopping.elapsed(), "fleet agent stopped");
         Ok(())
     }
 }

@@ -157,7 +157,9 @@ impl<R: ContainerRuntime + ?Sized> Supervisor<R> {
         }
     }
 
-    /// Handle watch events until shutdown (or until the watch goes away).
+    /// Handle watch events until shutdown (or until the watch goes away), then save the held
+    /// state one last time: an event cut short by the shutdown may have changed it without
+    /// reaching the disk, and the file exists after every clean stop.
     pub async fn run(mut self, mut events: mpsc::Receiver<WatchEvent>) {
         loop {
             tokio::select! {
@@ -169,6 +171,7 @@ impl<R: ContainerRuntime + ?Sized> Supervisor<R> {
                 Some((name, revision)) = self.removed_rx.recv() => self.forget(&name, revision),
             }
         }
+        self.persist().await;
         self.workers.clear();
         while self.tasks.join_next().await.is_some() {}
     }
@@ -197,7 +200,12 @@ impl<R: ContainerRuntime + ?Sized> Supervisor<R> {
             self.set_target(&name, target);
         }
         if snapshot {
-            self.collect_orphans().await;
+            // Listing containers can take a while: a shutdown does not wait for it.
+            let shutdown = self.shutdown.clone();
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = self.collect_orphans() => {}
+            }
         }
     }
 
@@ -454,7 +462,12 @@ impl<R: ContainerRuntime + ?Sized> Worker<R> {
         let mut failures: u32 = 0;
         loop {
             let target = targets.borrow_and_update().clone();
-            let reported = self.step(&target, &mut last).await;
+            // A reconcile in progress (a pull, a graceful stop) is abandoned on shutdown: the
+            // next start plans again from what podman shows (adr/0022).
+            let reported = tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                reported = self.step(&target, &mut last) => reported,
+            };
             let delay = if reported.phase == Phase::Failed {
                 failures = failures.saturating_add(1);
                 retry_delay(failures, self.settings.reconcile_interval)

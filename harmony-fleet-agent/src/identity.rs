@@ -426,7 +426,10 @@ pub async fn maintain(
             public_key: credential.key().public_key(),
         })
         .unwrap_or_default();
-        let answer = client.request(renew_subject(&device), body.into()).await;
+        let answer = tokio::select! {
+            answer = client.request(renew_subject(&device), body.into()) => answer,
+            () = stop.cancelled() => return,
+        };
         match answer.map(|m| serde_json::from_slice::<EnrollReply>(&m.payload)) {
             Ok(Ok(EnrollReply::Issued { jwt: token })) => {
                 if let Err(e) = save_credential(&data_dir, &token) {

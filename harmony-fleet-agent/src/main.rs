@@ -77,7 +77,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
         match Agent::new(config).run(shutdown).await {
@@ -87,8 +87,15 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // Dropping the runtime would wait for every blocking task (a shell's terminal reader
+    // blocks until its shell exits); the state is saved by now, so do not wait long.
+    runtime.shutdown_timeout(SHUTDOWN_BLOCKING);
+    code
 }
+
+/// How long blocking tasks (terminal readers, file writes) get once the agent has stopped.
+const SHUTDOWN_BLOCKING: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// `fleet-agent identity`: the public key, and the credential held if any.
 fn print_identity(config: &Config) -> ExitCode {

@@ -140,38 +140,45 @@ pub async fn run(
         if !link.borrow().connected {
             continue;
         }
-        if info_dirty {
-            let info = device_info(&settings);
-            match publish_json(
-                &connection,
-                DEVICE_INFO,
-                &keys::info_key(&settings.device),
-                &info,
-            )
-            .await
-            {
-                Ok(()) => {
-                    info_dirty = false;
-                    published_info = Some(info);
+        // A publish waits for the server's ack: it must not hold up a shutdown.
+        let publish = async {
+            if info_dirty {
+                let info = device_info(&settings);
+                match publish_json(
+                    &connection,
+                    DEVICE_INFO,
+                    &keys::info_key(&settings.device),
+                    &info,
+                )
+                .await
+                {
+                    Ok(()) => {
+                        info_dirty = false;
+                        published_info = Some(info);
+                    }
+                    Err(err) => tracing::warn!(error = %err, "cannot publish device-info"),
                 }
-                Err(err) => tracing::warn!(error = %err, "cannot publish device-info"),
             }
-        }
-        if heartbeat_due {
-            let beat = Heartbeat::new(Timestamp::now(), settings.agent_version.clone());
-            match publish_json(
-                &connection,
-                DEVICE_HEARTBEAT,
-                &keys::heartbeat_key(&settings.device),
-                &beat,
-            )
-            .await
-            {
-                Ok(()) => heartbeat_due = false,
-                Err(err) => tracing::warn!(error = %err, "cannot publish heartbeat"),
+            if heartbeat_due {
+                let beat = Heartbeat::new(Timestamp::now(), settings.agent_version.clone());
+                match publish_json(
+                    &connection,
+                    DEVICE_HEARTBEAT,
+                    &keys::heartbeat_key(&settings.device),
+                    &beat,
+                )
+                .await
+                {
+                    Ok(()) => heartbeat_due = false,
+                    Err(err) => tracing::warn!(error = %err, "cannot publish heartbeat"),
+                }
             }
+            flush_states(&connection, &settings.device, &mut slots).await;
+        };
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = publish => {}
         }
-        flush_states(&connection, &settings.device, &mut slots).await;
     }
 }
 

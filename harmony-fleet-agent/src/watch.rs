@@ -338,7 +338,11 @@ pub async fn run(
         loop {
             if Instant::now() >= next_list {
                 let before = seen.index_revision;
-                match list(&client, &device, &mut seen).await {
+                let listed = tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    listed = list(&client, &device, &mut seen) => listed,
+                };
+                match listed {
                     Ok(None) => {
                         failures = 0;
                         next_list = far_future();
@@ -348,7 +352,11 @@ pub async fn run(
                     }
                     Ok(Some(listing)) => {
                         failures = 0;
-                        if events.send(listing.event).await.is_err() {
+                        let sent = tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            sent = events.send(listing.event) => sent,
+                        };
+                        if sent.is_err() {
                             return;
                         }
                         next_list = if listing.raced {

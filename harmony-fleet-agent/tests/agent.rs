@@ -7,6 +7,8 @@
 
 #[path = "agent/boundary.rs"]
 mod boundary;
+#[path = "agent/lifecycle.rs"]
+mod lifecycle;
 mod support;
 
 use std::collections::BTreeMap;
