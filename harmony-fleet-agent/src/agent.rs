@@ -20,6 +20,7 @@ use crate::connection::Connection;
 use crate::deployments::{Supervisor, WorkerSettings};
 use crate::error::Error;
 use crate::identity::{self, Credential};
+use crate::metrics::Metrics;
 use crate::reports::{self, ReporterSettings};
 use crate::runtime::{ContainerRuntime, PodmanCli};
 use crate::store::Store;
@@ -125,6 +126,7 @@ impl Agent {
         let device = config.agent.device_id.clone();
         tracing::info!(%device, version = %agent_version(), "fleet agent starting");
 
+        let metrics = Metrics::new();
         let store = Store::open(&config.agent.data_dir)?;
         let held = store.load()?;
         let (report_tx, report_rx) = mpsc::unbounded_channel();
@@ -138,6 +140,7 @@ impl Agent {
             WorkerSettings {
                 reconcile_interval: config.reconcile_interval(),
                 runtime_enabled: config.agent.runtime_enabled,
+                metrics: metrics.clone(),
             },
             stop.clone(),
         );
@@ -148,6 +151,28 @@ impl Agent {
         let (watch_tx, watch_rx) = mpsc::channel(64);
         let mut tasks = JoinSet::new();
         tasks.spawn(supervisor.run(watch_rx));
+        {
+            let watch_tx = watch_tx.downgrade();
+            metrics.probe_queue("watch-events", move || {
+                watch_tx.upgrade().map_or(0, |tx| {
+                    u64::try_from(tx.max_capacity() - tx.capacity()).unwrap_or(u64::MAX)
+                })
+            });
+        }
+        // Metrics are served offline too; a bad address is logged, never fatal: workloads
+        // matter more than their metrics.
+        if let Some(address) = config.metrics.listen {
+            match crate::metrics::bind(address).await {
+                Ok(listener) => {
+                    tasks.spawn(crate::metrics::serve(
+                        listener,
+                        metrics.clone(),
+                        stop.clone(),
+                    ));
+                }
+                Err(err) => tracing::error!(error = %err, "metrics are off"),
+            }
+        }
         let enroller = enroller(&config, watch_tx.clone());
 
         let credential = match &config.credentials {
@@ -171,6 +196,11 @@ impl Agent {
         let connection =
             Connection::connect(&config, &device_inbox_prefix(&device), credential.as_ref())
                 .await?;
+        tasks.spawn(count_reconnects(
+            connection.link(),
+            metrics.clone(),
+            stop.clone(),
+        ));
         tasks.spawn(watch::run(
             connection.clone(),
             device.clone(),
@@ -197,6 +227,7 @@ impl Agent {
                 labels: config.labels.clone(),
                 agent_version: agent_version(),
                 heartbeat_interval: config.heartbeat_interval(),
+                metrics: metrics.clone(),
             },
             report_rx,
             stop.clone(),
@@ -225,6 +256,30 @@ impl Agent {
         }
         tracing::info!(elapsed = ?stopping.elapsed(), "fleet agent stopped");
         Ok(())
+    }
+}
+
+/// Counts every connection after the first as a reconnect.
+async fn count_reconnects(
+    mut link: tokio::sync::watch::Receiver<crate::connection::Link>,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    let mut seen = link.borrow_and_update().generation;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = link.changed() => if changed.is_err() { return },
+        }
+        let generation = link.borrow_and_update().generation;
+        if generation > seen {
+            // Generation 1 is the first connection; every later one is a reconnect.
+            let reconnects = generation - seen.max(1);
+            for _ in 0..reconnects {
+                metrics.nats_reconnect();
+            }
+            seen = generation;
+        }
     }
 }
 

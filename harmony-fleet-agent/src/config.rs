@@ -37,6 +37,19 @@ pub struct Config {
     /// `[podman]`: how podman is invoked.
     #[serde(default)]
     pub podman: PodmanSection,
+    /// `[metrics]`: the Prometheus endpoint; absent means no endpoint.
+    #[serde(default)]
+    pub metrics: MetricsSection,
+}
+
+/// `[metrics]`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsSection {
+    /// Address of the Prometheus text endpoint (`GET /metrics`), e.g. `127.0.0.1:9101`. Off
+    /// when absent; keep it on a local or management address (there is no authentication).
+    #[serde(default)]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `[agent]`.
@@ -445,8 +458,8 @@ containers_conf = \"/etc/c.conf\"
 
     #[test]
     fn rejects_unknown_section_naming_it() {
-        let message = error_of(&format!("{MINIMAL}\n[metrics]\nport = 9000\n"));
-        assert!(message.contains("metrics"), "{message}");
+        let message = error_of(&format!("{MINIMAL}\n[telemetry]\nport = 9000\n"));
+        assert!(message.contains("telemetry"), "{message}");
     }
 
     #[test]

@@ -55,6 +55,8 @@ pub struct WorkerSettings {
     pub reconcile_interval: Duration,
     /// When `false`, containers are never touched.
     pub runtime_enabled: bool,
+    /// Where reconciles and restarts are counted.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Decode a payload read from KV (or from the offline store).
@@ -512,8 +514,10 @@ impl<R: ContainerRuntime + ?Sized> Worker<R> {
             return reported;
         }
         let desired = target.desired.as_deref();
+        let started = std::time::Instant::now();
         let outcome: Outcome =
-            reconcile::reconcile(self.runtime.as_ref(), &self.name, desired, &|_plan| {
+            reconcile::reconcile(self.runtime.as_ref(), &self.name, desired, &|plan| {
+                self.settings.metrics.container_restarts(plan.start.len());
                 // Acting on the runtime: say so while it happens (pulls and init containers take time).
                 let pending = Reported {
                     phase: if desired.is_some() {
@@ -542,6 +546,9 @@ impl<R: ContainerRuntime + ?Sized> Worker<R> {
             (Health::Pending, None) => (Phase::Pending, None),
             (Health::Removed, None) => (Phase::Removed, None),
         };
+        self.settings
+            .metrics
+            .observe_reconcile(phase, started.elapsed());
         let reported = Reported {
             phase,
             // A rejected payload reports no hash: the report is about bytes we could not read.
@@ -634,6 +641,7 @@ mod tests {
             WorkerSettings {
                 reconcile_interval: Duration::from_secs(3600),
                 runtime_enabled: true,
+                metrics: crate::metrics::Metrics::new(),
             },
             CancellationToken::new(),
         );

@@ -19,6 +19,7 @@
 //! | [`logs_stream`] | the `logs-stream` verb: follow a deployment's containers live |
 //! | [`shell`] | the `shell` verb: an interactive shell on a pseudo-terminal |
 //! | [`inventory`] | what the device is (from `/proc`) |
+//! | [`metrics`] | Prometheus counters and the local `/metrics` endpoint |
 //! | [`agent`] | [`Agent`], wiring the loops together |
 //!
 //! It depends on neither `harmony` nor kube.
@@ -32,6 +33,7 @@ pub mod error;
 pub mod identity;
 pub mod inventory;
 pub mod logs_stream;
+pub mod metrics;
 pub mod reconcile;
 pub mod reports;
 pub mod runtime;

@@ -55,6 +55,8 @@ pub struct ReporterSettings {
     pub agent_version: AgentVersion,
     /// Heartbeat interval.
     pub heartbeat_interval: Duration,
+    /// Where the backlog of unwritten state reports is shown.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// One deployment's latest report and whether it still has to be written.
@@ -137,6 +139,9 @@ pub async fn run(
         while let Ok(report) = reports.try_recv() {
             absorb(&mut slots, report);
         }
+        settings
+            .metrics
+            .set_state_backlog(slots.values().filter(|s| s.dirty).count());
         if !link.borrow().connected {
             continue;
         }
@@ -179,6 +184,9 @@ pub async fn run(
             () = shutdown.cancelled() => return,
             () = publish => {}
         }
+        settings
+            .metrics
+            .set_state_backlog(slots.values().filter(|s| s.dirty).count());
     }
 }
 
@@ -256,6 +264,7 @@ mod tests {
             labels: BTreeMap::from([("site".into(), "plant-3".into())]),
             agent_version: AgentVersion::lossy("0.1.0"),
             heartbeat_interval: Duration::from_secs(30),
+            metrics: crate::metrics::Metrics::new(),
         }
     }
 

@@ -9,6 +9,8 @@
 mod boundary;
 #[path = "agent/lifecycle.rs"]
 mod lifecycle;
+#[path = "agent/metrics.rs"]
+mod metrics;
 mod support;
 
 use std::collections::BTreeMap;
