@@ -11,6 +11,8 @@ mod boundary;
 mod lifecycle;
 #[path = "agent/metrics.rs"]
 mod metrics;
+#[path = "agent/restart.rs"]
+mod restart;
 mod support;
 
 use std::collections::BTreeMap;
