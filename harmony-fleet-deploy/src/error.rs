@@ -108,6 +108,15 @@ pub enum DeployError {
         reason: String,
     },
 
+    /// A fleet `Deployment` could not be applied or did not become ready.
+    #[error("fleet Deployment {deployment}: {reason}")]
+    FleetDeployment {
+        /// `namespace/name`.
+        deployment: String,
+        /// What went wrong and what to do.
+        reason: String,
+    },
+
     /// A NATS operation failed.
     #[error("NATS: {context}: {message}")]
     Nats {

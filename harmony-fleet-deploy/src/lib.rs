@@ -7,12 +7,15 @@
 //! | [`FleetOperatorScore`] | CRDs, service account, RBAC and the operator workload (with the identity service that enrolls devices) | `/readyz` says `Converged` |
 //! | [`FleetAgentScore`] | one device agent, as a local process ([`FleetAgentTarget::Local`]) or a Pod | a heartbeat from that device |
 //! | [`FleetServerScore`] | NATS + operator, composed | both of the above |
+//! | [`FleetDeploymentScore`] | one fleet `Deployment` (selector, payload, rollout), typed | `Ready` for the generation and revision it wrote |
 //!
 //! Each Score is implemented for every topology it supports — `LocalTopology` (this host:
 //! local control plane, components as supervised processes) and `K8sAnywhereTopology` (a real
 //! cluster) — and for no other: running one elsewhere does not compile.
+//! [`FleetDeploymentScore`] needs only a Kubernetes API, so it is implemented for every
+//! topology with `K8sClient`.
 //!
-//! Modules: [`nats`], [`operator`], [`agent`], [`server`] hold the Scores; [`trust`] the
+//! Modules: [`nats`], [`operator`], [`agent`], [`server`], [`fleet_deployment`] hold the Scores; [`trust`] the
 //! fleet's JWT chain of trust and TLS CA (kept in files locally, in Secrets on a cluster);
 //! [`devices`] enrollment approval; [`files`] private files; [`binaries`] where the fleet
 //! binaries are found; [`wait`] the
@@ -24,6 +27,7 @@ pub mod binaries;
 pub mod devices;
 pub mod error;
 pub mod files;
+pub mod fleet_deployment;
 pub mod k8s;
 pub mod local;
 pub mod nats;
@@ -35,6 +39,7 @@ pub mod wait;
 
 pub use agent::{FleetAgentScore, FleetAgentTarget, LocalAgent, PodAgent};
 pub use error::DeployError;
+pub use fleet_deployment::FleetDeploymentScore;
 pub use nats::{FleetNatsScore, NatsEndpoint};
 pub use operator::FleetOperatorScore;
 pub use server::FleetServerScore;

@@ -9,13 +9,17 @@
 
 use std::time::Duration;
 
-use harmony_fleet_contracts::ContentHash;
+use harmony_fleet_deploy::fleet_deployment::readiness::{self, Verdict};
 use harmony_fleet_operator::crd::{Deployment, DeploymentStatus};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 
 use crate::wait::eventually;
+
+/// What one write of a Deployment asked for (the generation and revision every wait is tied
+/// to); shared with the `FleetDeploymentScore`.
+pub use harmony_fleet_deploy::fleet_deployment::Applied;
 
 /// The field manager tests apply with.
 pub const MANAGER: &str = "harmony-fleet-e2e";
@@ -68,76 +72,29 @@ pub async fn apply(client: &kube::Client, manifest: &Value) -> Result<Deployment
     .await
 }
 
-/// What one write of a Deployment asked for: the generation it produced and the revision the
-/// operator rolls out for it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Applied {
-    /// Namespace of the resource.
-    pub namespace: String,
-    /// Name of the resource.
-    pub name: String,
-    /// `metadata.generation` after the write.
-    pub generation: i64,
-    /// Content hash of `spec.score`: what `status.rollout.revision` reads once the operator
-    /// took the change.
-    pub revision: ContentHash,
-}
-
-impl Applied {
-    /// What the API server answered to a write.
-    pub fn of(deployment: &Deployment) -> anyhow::Result<Self> {
-        let generation = deployment
-            .metadata
-            .generation
-            .ok_or_else(|| anyhow::anyhow!("the API server returned no metadata.generation"))?;
-        let bytes = deployment.spec.score.to_canonical_json()?;
-        Ok(Self {
-            namespace: deployment.metadata.namespace.clone().unwrap_or_default(),
-            name: deployment.metadata.name.clone().unwrap_or_default(),
-            generation,
-            revision: ContentHash::of_bytes(&bytes),
-        })
-    }
-}
-
 /// Applies `manifest` and records what the write asked for.
 pub async fn apply_tracked(client: &kube::Client, manifest: &Value) -> anyhow::Result<Applied> {
     let deployment = apply(client, manifest).await?;
-    Applied::of(&deployment)
+    Ok(Applied::of(&deployment)?)
 }
 
 /// Why `status` does not (yet) say that `applied` converged on `devices` online devices, or
-/// `None` when it does: the status describes that generation, its rollout is `Complete` on that
-/// revision, exactly `devices` are matched and all of them succeeded, none is offline, and
-/// `Ready` is `True`.
+/// `None` when it does: what [`FleetDeploymentScore`] blocks on (see [`readiness::judge`]: the
+/// status describes that generation, its rollout is `Complete` on that revision, every matched
+/// device succeeded, `Ready` is `True`), and moreover exactly `devices` are matched and none is
+/// offline.
+///
+/// [`FleetDeploymentScore`]: harmony_fleet_deploy::FleetDeploymentScore
 pub fn not_converged(status: &DeploymentStatus, applied: &Applied, devices: u64) -> Option<String> {
-    if status.observed_generation != Some(applied.generation) {
-        return Some(format!(
-            "observedGeneration {:?}, waiting for {}",
-            status.observed_generation, applied.generation
-        ));
-    }
-    let revision = applied.revision.as_str();
-    match &status.rollout {
-        Some(r) if r.revision == revision && r.phase == "Complete" => {}
-        Some(r) => {
-            return Some(format!(
-                "rollout {} on revision {}, waiting for Complete on {}",
-                r.phase,
-                short(&r.revision),
-                short(revision)
-            ));
-        }
-        None => return Some("no rollout status".into()),
+    match readiness::judge(Some(status), applied) {
+        Verdict::Ready => {}
+        Verdict::Pending(why) | Verdict::Failed(why) => return Some(why),
     }
     let a = &status.aggregate;
-    if a.matched_device_count != devices || a.succeeded != devices || a.offline != 0 {
+    if a.matched_device_count != devices || a.offline != 0 {
         return Some(format!(
             "{a:?}, waiting for {devices} matched, succeeded and online"
         ));
-    }
-    if !condition(status, "Ready") {
-        return Some(format!("Ready is not True: {:?}", status.conditions));
     }
     None
 }
@@ -168,10 +125,6 @@ pub async fn wait_converged(
     .await
 }
 
-fn short(revision: &str) -> &str {
-    revision.get(..12).unwrap_or(revision)
-}
-
 /// The status of `namespace/name`, if the resource exists and has one.
 pub async fn status(
     client: &kube::Client,
@@ -197,6 +150,7 @@ pub fn condition(status: &DeploymentStatus, kind: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use harmony_fleet_contracts::ContentHash;
     use harmony_fleet_operator::crd::deployment::{Aggregate, RolloutStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
