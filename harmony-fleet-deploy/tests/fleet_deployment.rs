@@ -22,7 +22,7 @@ use harmony_fleet_deploy::agent::local as agent_local;
 use harmony_fleet_deploy::local::{DownOnDrop, LocalFleet};
 use harmony_fleet_deploy::wait::{self, Poll};
 use harmony_fleet_deploy::{FleetDeploymentScore, FleetServerScore};
-use harmony_fleet_operator::crd::deployment::TargetSelector;
+use harmony_fleet_types::crd::deployment::TargetSelector;
 
 async fn run(
     score: &dyn Score<LocalTopology>,

@@ -48,7 +48,7 @@ use crate::crd::deployment::{
     Aggregate, Deployment, DeploymentStatus, FailingDevice, MAX_FAILING_DEVICES, RolloutStatus,
 };
 use crate::crd::device::{BLACKLIST_ANNOTATION, BLACKLIST_REASON_ANNOTATION, Device};
-use crate::crd::{FIELD_MANAGER, FINALIZER, GROUP};
+use crate::crd::{FIELD_MANAGER, FINALIZER, GROUP, ToIndex, ToPolicy};
 use crate::device_index::DeviceIndexes;
 use crate::error::{Error, Result};
 use crate::http::Readiness;

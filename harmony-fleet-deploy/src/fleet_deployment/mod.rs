@@ -14,8 +14,8 @@ use harmony::score::Score;
 use harmony::scores::{Change, apply_object};
 use harmony::topology::Topology;
 use harmony_fleet_contracts::payload::ReconcileScore;
-use harmony_fleet_operator::crd::deployment::{RolloutSpec, TargetSelector};
-use harmony_fleet_operator::crd::{Deployment, DeploymentSpec};
+use harmony_fleet_types::crd::deployment::{RolloutSpec, TargetSelector};
+use harmony_fleet_types::crd::{Deployment, DeploymentSpec};
 use kube::Api;
 use kube::api::ObjectMeta;
 use serde::Serialize;
@@ -51,7 +51,7 @@ pub use readiness::{Applied, Verdict};
 /// use std::collections::BTreeMap;
 /// use harmony_fleet_contracts::payload::{PodmanV0, ReconcileScore, Service};
 /// use harmony_fleet_deploy::FleetDeploymentScore;
-/// use harmony_fleet_operator::crd::deployment::TargetSelector;
+/// use harmony_fleet_types::crd::deployment::TargetSelector;
 ///
 /// let payload = ReconcileScore::PodmanV0(PodmanV0 {
 ///     services: vec![Service::new("web", "docker.io/library/nginx:1.27")],

@@ -7,7 +7,7 @@
 //! the operator rolls out for it, so a status left from an earlier change never counts.
 
 use harmony_fleet_contracts::ContentHash;
-use harmony_fleet_operator::crd::{Deployment, DeploymentStatus};
+use harmony_fleet_types::crd::{Deployment, DeploymentStatus};
 
 use crate::error::DeployError;
 
@@ -183,7 +183,7 @@ pub fn short(revision: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use harmony_fleet_operator::crd::deployment::{Aggregate, FailingDevice, RolloutStatus};
+    use harmony_fleet_types::crd::deployment::{Aggregate, FailingDevice, RolloutStatus};
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
     fn applied() -> Applied {

@@ -1,20 +1,19 @@
-//! The custom resources the operator serves, generated from Rust types: `Deployment`
-//! (namespaced) and `Device` (cluster-scoped). `gen-crd` prints [`crd_yaml`]; the checked-in
-//! `yaml/crd.yaml` is compared with it by a test.
+//! The custom resources the operator serves: `Deployment` (namespaced) and `Device`
+//! (cluster-scoped). The types live in `harmony-fleet-types` (so that deploy programs use them
+//! without this crate's runtime) and are re-exported here; [`convert`] turns their specs into
+//! the operator's terms. `gen-crd` prints [`crd_yaml`]; the checked-in `yaml/crd.yaml` is
+//! compared with it by a test.
 
-pub mod deployment;
-pub mod device;
+pub mod convert;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::CustomResourceExt;
+pub use harmony_fleet_types::crd::{
+    Deployment, DeploymentSpec, DeploymentStatus, Device, DeviceSpec, DeviceStatus, GROUP, crds,
+    deployment, device,
+};
 
-pub use deployment::{Deployment, DeploymentSpec, DeploymentStatus};
-pub use device::{Device, DeviceSpec, DeviceStatus};
+pub use convert::{ToIndex, ToPolicy};
 
 use crate::error::Error;
-
-/// API group of every fleet resource.
-pub const GROUP: &str = "fleet.nationtech.io";
 
 /// Finalizer the operator puts on each `Deployment` so that its `desired-state` keys are
 /// removed before the resource goes away.
@@ -22,11 +21,6 @@ pub const FINALIZER: &str = "fleet.nationtech.io/finalizer";
 
 /// Field manager of every write the operator makes (server-side apply and patches).
 pub const FIELD_MANAGER: &str = "harmony-fleet-operator";
-
-/// Both CRDs, in install order.
-pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![Deployment::crd(), Device::crd()]
-}
 
 /// Both CRDs as one multi-document YAML stream (what `gen-crd` prints).
 pub fn crd_yaml() -> Result<String, Error> {
@@ -41,6 +35,7 @@ pub fn crd_yaml() -> Result<String, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kube::CustomResourceExt;
 
     /// Regenerate with `cargo run -p harmony-fleet-operator -- gen-crd > harmony-fleet-operator/yaml/crd.yaml`.
     #[test]

@@ -36,6 +36,7 @@ use super::{
 use crate::commands::CommandsClient;
 use crate::crd::deployment::{Deployment, RolloutStrategy};
 use crate::crd::device::{BLACKLIST_ANNOTATION, Device};
+use crate::crd::{ToIndex, ToPolicy};
 use crate::kv::{self, FleetKv, KvEvent};
 
 /// Field manager of the dashboard's writes (only the blacklist annotation).

@@ -6,7 +6,7 @@
 //! The operator writes these objects by server-side apply; people read them
 //! (`kubectl get fleetdev -l site=plant-3`) and may label them
 //! (`kubectl label fleetdev pi-1 site=plant-3`): a label someone else set wins over a reported
-//! one for targeting, and the operator never removes or overwrites it ([`crate::labels`]).
+//! one for targeting, and the operator never removes or overwrites it (the operator's `labels` module).
 
 // The kube derive's repeated `printcolumn(type_ = ...)` arguments are not duplicates.
 #![allow(clippy::duplicated_attributes)]
