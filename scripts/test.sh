@@ -17,5 +17,9 @@ cargo fmt --all --check
 step "cargo clippy"
 cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
+step "cargo doc (warnings are errors)"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked \
+  -p harmony -p harmony_cli -p harmony-fleet-contracts -p harmony-fleet-deploy
+
 step "cargo test"
 cargo test --workspace --all-features --locked --no-fail-fast

@@ -28,6 +28,8 @@
 //! Compatibility rule: names are frozen (golden tests pin them); payloads evolve additively,
 //! with new optional fields that are omitted when at their default (see [`payload`]).
 
+#![deny(missing_docs)]
+
 pub mod bootstrap_token;
 pub mod buckets;
 pub mod canonical;

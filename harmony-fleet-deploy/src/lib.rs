@@ -22,6 +22,8 @@
 //! deadline polling every smoke test uses; [`k8s`] applying and checking cluster objects;
 //! [`error`] what goes wrong; [`local`] the local fleet `local up`/`down`/`status` manage.
 
+#![deny(missing_docs)]
+
 pub mod agent;
 pub mod binaries;
 pub mod devices;

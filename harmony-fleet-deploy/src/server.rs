@@ -12,7 +12,44 @@ use serde::Serialize;
 use crate::nats::FleetNatsScore;
 use crate::operator::FleetOperatorScore;
 
-/// NATS + operator.
+/// The server side of a fleet: [`FleetNatsScore`], then [`FleetOperatorScore`], as one Score.
+///
+/// **Topologies**: every topology both parts are implemented for — `LocalTopology` and
+/// `K8sAnywhereTopology` — and no other (the bounds say so, and it does not compile elsewhere).
+///
+/// **Blocks on**: what its parts block on, in order: NATS's smoke test, then the operator
+/// converged (see each Score).
+///
+/// **Errors**: the first part's error, unchanged; the operator is not attempted when NATS
+/// fails. It reports [`Outcome::noop`] only when both parts did.
+///
+/// ```no_run
+/// use std::collections::BTreeMap;
+/// use harmony::inventory::Inventory;
+/// use harmony::local::SupervisionMode;
+/// use harmony::score::Score;
+/// use harmony::topologies::LocalTopology;
+/// use harmony_fleet_deploy::{FleetAgentScore, FleetServerScore};
+/// use harmony_fleet_deploy::nats::FleetNatsScore;
+/// use harmony_fleet_deploy::operator::FleetOperatorScore;
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let server = FleetServerScore {
+///     nats: FleetNatsScore::new(),
+///     operator: FleetOperatorScore::default(),
+/// };
+/// let labels = BTreeMap::from([("site".to_owned(), "local".to_owned())]);
+/// let device = FleetAgentScore::local("local-1".parse()?, labels);
+///
+/// let topology = LocalTopology::new(".fleet-local", SupervisionMode::Detached)?;
+/// let scores: Vec<Box<dyn Score<LocalTopology>>> = vec![Box::new(server), Box::new(device)];
+/// let args = harmony_cli::Args { yes: true, ..Default::default() };
+/// let summary = harmony_cli::run(Inventory::autoload(), topology, scores, Some(args)).await?;
+/// assert!(summary.succeeded());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Serialize)]
 pub struct FleetServerScore {
     /// The message bus.

@@ -9,6 +9,8 @@
 //! - [`local`]: harnesses that run the real upstream servers on this host (control plane,
 //!   nats-server, podman) for `LocalTopology` and integration tests.
 
+#![deny(missing_docs)]
+
 pub mod capability;
 pub mod interpret;
 pub mod inventory;

@@ -9,6 +9,8 @@
 //! - [`error`][]: [`CliError`].
 //! - `select`, `progress`, `summary`: choosing Scores, drawing progress, the final table.
 
+#![deny(missing_docs)]
+
 pub mod args;
 pub mod error;
 mod progress;

@@ -76,7 +76,54 @@ impl Default for PodAgent {
     }
 }
 
-/// One device agent.
+/// One device agent (`fleet-agent`), enrolled with a key it makes itself.
+///
+/// **Topologies**: `LocalTopology`, with either target: [`FleetAgentTarget::Local`] (a
+/// supervised process with its own data directory, podman storage, network namespace and the
+/// demo images; its key approved before it asks when [`LocalAgent::pre_approve`]) or
+/// [`FleetAgentTarget::Pod`]; `K8sAnywhereTopology` with [`FleetAgentTarget::Pod`] (a
+/// Deployment of one agent Pod and its configuration Secret; the key it asks with approved when
+/// [`PodAgent::pre_approve`]). On any other topology it does not compile. `FleetNatsScore` and
+/// `FleetOperatorScore` must have run first on the same topology.
+///
+/// **Blocks on**, within [`smoke_timeout`](Self::smoke_timeout): locally, a heartbeat from
+/// [`device_id`](Self::device_id) written after the agent (re)started; as a Pod, the agent
+/// Deployment available, its enrollment request seen and approved, and the `Device` online.
+///
+/// **Errors**: a `Local` target on `K8sAnywhereTopology` (`InvalidInput` naming `target`);
+/// NATS not deployed (naming the endpoint file, or the bootstrap Secret on a cluster); the
+/// `fleet-agent` binary not found (naming `cargo build --release -p harmony-fleet-agent` and
+/// `HARMONY_FLEET_AGENT_BIN`); podman, the network namespace or a demo image failing (naming
+/// the device); the agent exiting (the error quotes its log); no heartbeat, no enrollment
+/// request or not online by the deadline (with what was last seen, e.g. an enrollment waiting
+/// for `harmony-fleet-deploy device approve`). A second run with the same Score restarts
+/// nothing and reports [`Outcome::noop`](harmony::interpret::Outcome::noop).
+///
+/// ```no_run
+/// use std::collections::BTreeMap;
+/// use harmony::inventory::Inventory;
+/// use harmony::local::SupervisionMode;
+/// use harmony::score::Score;
+/// use harmony::topologies::LocalTopology;
+/// use harmony_fleet_deploy::agent::{FleetAgentScore, PodAgent};
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let labels = BTreeMap::from([("site".to_owned(), "plant-3".to_owned())]);
+/// // A simulated device on this host (after FleetNatsScore and FleetOperatorScore ran here)…
+/// let mut device = FleetAgentScore::local("pi-0001".parse()?, labels.clone());
+/// device.heartbeat_interval_secs = 5;
+/// // …or, on a cluster, the same device's agent as a Pod.
+/// let _pod = FleetAgentScore::pod("pi-0001".parse()?, labels, PodAgent::default());
+///
+/// let topology = LocalTopology::new(".fleet-local", SupervisionMode::Detached)?;
+/// let scores: Vec<Box<dyn Score<LocalTopology>>> = vec![Box::new(device)];
+/// let args = harmony_cli::Args { yes: true, ..Default::default() };
+/// let summary = harmony_cli::run(Inventory::autoload(), topology, scores, Some(args)).await?;
+/// assert!(summary.succeeded());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Serialize)]
 pub struct FleetAgentScore {
     /// The device's id (must be enrolled in FleetNatsScore).

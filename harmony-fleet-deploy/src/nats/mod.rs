@@ -45,7 +45,50 @@ impl NatsReplicas {
     }
 }
 
-/// NATS for a fleet.
+/// NATS for a fleet: JetStream over TLS in operator mode, the four fleet buckets, the chain of
+/// trust and the operator's and agents' bootstrap identities.
+///
+/// **Topologies**: `LocalTopology` (one or three supervised `nats-server` processes on
+/// loopback; trust, CA and [`NatsEndpoint`] kept in files of the state directory) and
+/// `K8sAnywhereTopology` (a StatefulSet with its Services and `nats.conf`, the trust, CA and
+/// identities in Secrets of [`namespace`](Self::namespace), adr/0019). On any other topology
+/// it does not compile.
+///
+/// **Blocks on**, within [`smoke_timeout`](Self::smoke_timeout): locally, every server's
+/// `/healthz` (JetStream enabled; cluster members current), the buckets created, a KV round
+/// trip as the operator and a throwaway device refused another device's key; on a cluster, the
+/// StatefulSet with every replica ready.
+///
+/// **Errors**: `nats-server` not installed (run `scripts/install-deps.sh`); a server that
+/// exits (the error quotes its log) or is not healthy by the deadline; the smoke test failing
+/// (a connection or KV error naming the identity and key, or a device *allowed* another
+/// device's key); on a cluster, an apply the API server refuses (`Kube`, naming the object) or
+/// the StatefulSet not ready by the deadline (naming it and what its Pods show). A second run
+/// with the same Score restarts nothing and reports [`Outcome::noop`].
+///
+/// ```no_run
+/// use harmony::inventory::Inventory;
+/// use harmony::score::Score;
+/// use harmony::topologies::K8sAnywhereTopology;
+/// use harmony_fleet_deploy::nats::{FleetNatsScore, NatsReplicas};
+///
+/// # #[tokio::main]
+/// # async fn main() {
+/// // Three replicas in namespace `fleet`, on the cluster of KUBECONFIG.
+/// let mut nats = FleetNatsScore::new().with_replicas(NatsReplicas::Three);
+/// nats.namespace = "fleet".to_owned();
+/// let scores: Vec<Box<dyn Score<K8sAnywhereTopology>>> = vec![Box::new(nats)];
+/// let args = harmony_cli::Args { yes: true, ..Default::default() };
+/// let code = harmony_cli::run_to_exit_code(
+///     Inventory::autoload(),
+///     K8sAnywhereTopology::from_env(),
+///     scores,
+///     Some(args),
+/// )
+/// .await;
+/// # let _ = code;
+/// # }
+/// ```
 #[derive(Debug, Clone, Serialize)]
 pub struct FleetNatsScore {
     /// One server or a three-node cluster.

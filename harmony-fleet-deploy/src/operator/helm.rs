@@ -1,13 +1,13 @@
 //! A Helm chart for the operator, generated from the same objects the Score applies.
 //!
-//! Generated, not hand-written: the objects of [`objects`](super::objects) are serialised with
+//! Generated, not hand-written: the objects of [`objects`] are serialised with
 //! placeholders where Helm should put values (`{{ .Release.Namespace }}`, `{{ .Values.image }}`,
 //! so chart and Score cannot drift. CRDs go to `crds/`, which Helm installs but never deletes on
 //! uninstall (custom resources survive a reinstall). Namespace-neutral: everything namespaced
 //! goes to the release namespace.
 //!
 //! The chart holds no credential: the operator mounts Secret
-//! [`OPERATOR_SECRET`](super::objects::OPERATOR_SECRET), issued by `FleetNatsScore` in the
+//! [`OPERATOR_SECRET`], issued by `FleetNatsScore` in the
 //! same namespace from the fleet's chain of trust (adr/0019). Helm cannot make NATS JWTs.
 
 use std::collections::BTreeMap;

@@ -22,7 +22,51 @@ use harmony::score::Score;
 use harmony::topologies::{K8sAnywhereTopology, LocalTopology};
 use serde::Serialize;
 
-/// The operator of a fleet.
+/// The operator of a fleet: its CRDs, service account, least-privilege RBAC and the operator
+/// itself, with the identity service that enrolls devices.
+///
+/// **Topologies**: `LocalTopology` (a supervised process of the `harmony-fleet-operator`
+/// binary, authenticating to the API server with its service account's TokenRequest token,
+/// so the local install exercises the cluster's RBAC) and `K8sAnywhereTopology` (a Deployment
+/// of [`image`](Self::image) in [`namespace`](Self::namespace)). On any other topology it does
+/// not compile. `FleetNatsScore` must have run first on the same topology.
+///
+/// **Blocks on**, within [`smoke_timeout`](Self::smoke_timeout): the CRDs `Established`; then
+/// locally the operator's `/readyz` saying `Converged` (and the dashboard answering `GET /`
+/// when [`dashboard_port`](Self::dashboard_port) is set); on a cluster the Deployment
+/// available (its readiness probe is that same `/readyz`).
+///
+/// **Errors**: NATS not deployed (locally: no endpoint file, naming it and `FleetNatsScore`;
+/// on a cluster: Secret [`objects::OPERATOR_SECRET`] missing, naming it); the operator binary not
+/// found (naming `cargo build --release -p harmony-fleet-operator` and
+/// `HARMONY_FLEET_OPERATOR_BIN`); an apply the API server refuses (`Kube`, naming the object);
+/// the operator exiting (the error quotes its log) or not converged by the deadline (what
+/// `/readyz` last said). A second run with the same Score restarts nothing and reports
+/// [`Outcome::noop`].
+///
+/// ```no_run
+/// use harmony::inventory::Inventory;
+/// use harmony::local::SupervisionMode;
+/// use harmony::score::Score;
+/// use harmony::topologies::LocalTopology;
+/// use harmony_fleet_deploy::nats::FleetNatsScore;
+/// use harmony_fleet_deploy::operator::FleetOperatorScore;
+///
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let topology = LocalTopology::new(".fleet-local", SupervisionMode::Detached)?;
+/// let operator = FleetOperatorScore {
+///     dashboard_port: Some(8090),
+///     ..FleetOperatorScore::default()
+/// };
+/// let scores: Vec<Box<dyn Score<LocalTopology>>> =
+///     vec![Box::new(FleetNatsScore::new()), Box::new(operator)];
+/// let args = harmony_cli::Args { yes: true, ..Default::default() };
+/// let summary = harmony_cli::run(Inventory::autoload(), topology, scores, Some(args)).await?;
+/// assert!(summary.succeeded());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Serialize)]
 pub struct FleetOperatorScore {
     /// Namespace of its service account, Secret and (in a cluster) Deployment.

@@ -26,8 +26,28 @@ pub const DEFAULT_ESTABLISH_TIMEOUT: Duration = Duration::from_secs(60);
 /// Takes the CRDs as values generated from Rust types (`MyResource::crd()` from
 /// `#[derive(CustomResource)]`), so the schema never drifts from the code. Applies each by
 /// server-side apply, then waits until the API server reports every one `Established`, so that
-/// the Score after it can create custom objects at once. Fails naming the CRD when the deadline
-/// passes.
+/// the Score after it can create custom objects at once.
+///
+/// **Topologies**: every topology with [`K8sClient`] (`LocalTopology`, `K8sAnywhereTopology`);
+/// on one without it the Score does not compile.
+///
+/// **Blocks on**: every CRD's `Established` condition, within
+/// [`establish_timeout`](Self::establish_timeout) counted after the last apply.
+///
+/// **Errors**: `InvalidInput` naming `crds` when the list is empty (or `field_manager` when it
+/// is unusable); `Kube` naming the CRD
+/// whose apply fails; `Timeout` naming the CRD not established by the deadline; `Watch` when
+/// watching it fails. A second run stores nothing and reports [`Outcome::noop`].
+///
+/// ```
+/// use harmony::scores::CrdScore;
+/// use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+///
+/// // Usually `MyResource::crd()` from `#[derive(kube::CustomResource)]`.
+/// let crds: Vec<CustomResourceDefinition> = Vec::new();
+/// let score = CrdScore::new(crds).with_field_manager("my-deployer");
+/// # let _ = score;
+/// ```
 #[derive(Debug, Clone, Serialize)]
 pub struct CrdScore {
     /// The CRDs to install.

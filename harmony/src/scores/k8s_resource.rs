@@ -33,6 +33,17 @@ const MAX_FIELD_MANAGER_LEN: usize = 128;
 /// ownership of fields another manager set, because a Score is the source of truth for what it
 /// lists.
 ///
+/// **Topologies**: every topology with [`K8sClient`] (`LocalTopology`, `K8sAnywhereTopology`);
+/// on one without it the Score does not compile.
+///
+/// **Blocks on**: the API server's answer to the apply: the object it returns is the one it
+/// stored (a kind with its own readiness, like a Deployment, needs a Score that waits for it).
+///
+/// **Errors**: `InvalidInput` naming `metadata.name` (missing), `metadata.namespace` (missing
+/// on a namespaced kind, set on a cluster-scoped one) or `field_manager` (empty or too long);
+/// `Kube` naming the object when the get or the apply fails. A second run stores nothing and
+/// reports [`Outcome::noop`].
+///
 /// ```
 /// use harmony::scores::K8sResourceScore;
 /// use k8s_openapi::api::core::v1::ConfigMap;
