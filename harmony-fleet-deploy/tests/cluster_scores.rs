@@ -45,6 +45,23 @@ fn text(secret: &Secret, key: &str) -> String {
     String::from_utf8(secret.data.as_ref().expect("data")[key].0.clone()).expect("utf8")
 }
 
+/// A role's rules as (API groups, resources, verbs), to compare with literal expectations.
+fn rule_triples(
+    rules: Option<Vec<k8s_openapi::api::rbac::v1::PolicyRule>>,
+) -> Vec<(Vec<String>, Vec<String>, Vec<String>)> {
+    rules
+        .expect("rules")
+        .into_iter()
+        .map(|r| {
+            (
+                r.api_groups.unwrap_or_default(),
+                r.resources.unwrap_or_default(),
+                r.verbs,
+            )
+        })
+        .collect()
+}
+
 fn version(secret: &Secret) -> Option<String> {
     secret.metadata.resource_version.clone()
 }
@@ -288,18 +305,7 @@ async fn cluster_scores_apply_every_object_and_fail_clearly_without_a_kubelet() 
     let role = roles.get(NAME).await.expect("cluster role");
     // What the API server stored, against the permissions written out here (not against
     // `policy_rules()` itself): a widened or narrowed rule fails this line.
-    let stored: Vec<(Vec<String>, Vec<String>, Vec<String>)> = role
-        .rules
-        .expect("rules")
-        .into_iter()
-        .map(|r| {
-            (
-                r.api_groups.unwrap_or_default(),
-                r.resources.unwrap_or_default(),
-                r.verbs,
-            )
-        })
-        .collect();
+    let stored = rule_triples(role.rules);
     let rule = |resource: &str, verbs: &[&str]| {
         (
             vec!["fleet.nationtech.io".to_owned()],
@@ -332,18 +338,7 @@ async fn cluster_scores_apply_every_object_and_fail_clearly_without_a_kubelet() 
         .get(TOKEN_ROLE)
         .await
         .expect("token role");
-    let stored: Vec<(Vec<String>, Vec<String>, Vec<String>)> = token_role
-        .rules
-        .expect("rules")
-        .into_iter()
-        .map(|r| {
-            (
-                r.api_groups.unwrap_or_default(),
-                r.resources.unwrap_or_default(),
-                r.verbs,
-            )
-        })
-        .collect();
+    let stored = rule_triples(token_role.rules);
     assert_eq!(
         stored,
         vec![(
