@@ -58,6 +58,7 @@ use crate::labels;
 use crate::metrics::Metrics;
 use crate::registry::{self, DeviceUpdate};
 use crate::rollout::{DeviceView, Outcome, Phase, Policy, Progress, RolloutState};
+use crate::rollout_events;
 use crate::write_quota::{self, StrayWrites, Verdict};
 
 type Rev = ContentHash;
@@ -208,6 +209,8 @@ pub async fn start(
     };
     let (status_tx, task) = spawn_status_patcher(client.clone(), metrics.clone());
     tasks.push(task);
+    let (rollout_events, task) = rollout_events::spawn(client.clone());
+    tasks.push(task);
     let (stray_tx, task) = kv::spawn_stray_remover(fleet_kv.state.clone(), metrics.clone());
     tasks.push(task);
 
@@ -219,6 +222,7 @@ pub async fn start(
         client,
         registry,
         status_tx,
+        rollout_events,
         index: TargetIndex::new(),
         fleet,
         indexes,
@@ -388,6 +392,8 @@ struct Reconciler {
     client: kube::Client,
     registry: Option<mpsc::UnboundedSender<DeviceUpdate>>,
     status_tx: mpsc::UnboundedSender<(CrKey, DeploymentStatus)>,
+    /// Rollout Events (`kubectl describe fleetdep`), see [`rollout_events`].
+    rollout_events: rollout_events::Sender,
     index: TargetIndex<DeviceId, DeploymentName>,
     fleet: FleetState<DeviceId, DeploymentName, Rev>,
     /// Per-device desired-state indexes (adr/0014), kept with every key written.
@@ -659,19 +665,28 @@ impl Reconciler {
             .as_ref()
             .and_then(|s| s.rollout.as_ref())
             .and_then(restore_rollout);
-        match self.owned.get_mut(&name) {
+        let events = match self.owned.get_mut(&name) {
             Some(owned) => {
                 owned.key = key.clone();
                 owned.policy = policy;
                 owned.selector = selector.clone();
                 if owned.rollout.target != rev {
+                    let before = owned.rollout.clone();
                     owned.rollout = RolloutState::start(rev, Some(&owned.rollout));
+                    rollout_events::transitions(Some(&before), &owned.rollout)
+                } else {
+                    Vec::new()
                 }
             }
             None => {
-                let rollout = match restored {
-                    Some(r) if r.target == rev => r,
-                    other => RolloutState::start(rev, other.as_ref()),
+                // A rollout restored from the status (operator restart) is no news.
+                let (rollout, events) = match restored {
+                    Some(r) if r.target == rev => (r, Vec::new()),
+                    other => {
+                        let rollout = RolloutState::start(rev, other.as_ref());
+                        let events = rollout_events::transitions(other.as_ref(), &rollout);
+                        (rollout, events)
+                    }
                 };
                 self.owned.insert(
                     name.clone(),
@@ -684,8 +699,10 @@ impl Reconciler {
                     },
                 );
                 self.metrics.deployments.set(self.owned.len() as i64);
+                events
             }
-        }
+        };
+        self.tell(key, events);
         let changes = self.index.upsert_deployment(name.clone(), selector);
         self.apply_changes(changes);
         self.rollout_dirty.insert(name.clone());
@@ -1301,6 +1318,15 @@ impl Reconciler {
         }
     }
 
+    /// Hands the rollout Events of `key` to the Event writer.
+    fn tell(&self, key: &CrKey, events: Vec<rollout_events::RolloutEvent>) {
+        if !events.is_empty() {
+            let _ = self
+                .rollout_events
+                .send((key.namespace.clone(), key.name.clone(), events));
+        }
+    }
+
     /// Runs one rollout step for an owned deployment. O(devices it matches).
     fn step_rollout(&mut self, name: &DeploymentName) {
         if !self.converged {
@@ -1330,10 +1356,12 @@ impl Reconciler {
         owned.progress = step.progress;
         let changed = before != (owned.rollout.clone(), owned.progress.clone());
         let key = owned.key.clone();
+        let events = rollout_events::transitions(Some(&before.0), &owned.rollout);
         if changed {
             if owned.rollout.phase != before.0.phase {
                 tracing::info!(deployment = %name, phase = owned.rollout.phase.as_str(), reason = owned.rollout.reason.as_deref().unwrap_or(""), "rollout phase changed");
             }
+            self.tell(&key, events);
             self.status_dirty.insert(key);
         }
         for (device, rev) in step.assign {

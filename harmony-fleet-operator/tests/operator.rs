@@ -588,6 +588,35 @@ async fn batches_pause_past_the_failure_criteria() -> Result<()> {
     // Nothing more was released: the pausing step ran before the status was written.
     assert_eq!(rollout.updated, 2);
     assert_eq!(holding(&env, &v2_bytes).await?.len(), 2);
+    // `kubectl describe fleetdep` tells the story as Events on the Deployment.
+    let reasons = eventually("the rollout's Events", || async {
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(env.client.clone(), &env.ns);
+        let list = events
+            .list(&kube::api::ListParams::default().fields(&format!("regarding.name={name}")))
+            .await
+            .ok()?;
+        let reasons: Vec<(String, String)> = list
+            .items
+            .into_iter()
+            .map(|e| (e.reason.unwrap_or_default(), e.type_.unwrap_or_default()))
+            .collect();
+        reasons
+            .iter()
+            .any(|(r, _)| r == "RolloutPaused")
+            .then_some(reasons)
+    })
+    .await?;
+    for expected in ["RolloutStarted", "BatchStarted", "RolloutComplete"] {
+        assert!(
+            reasons.iter().any(|(r, _)| r == expected),
+            "{expected} missing: {reasons:?}"
+        );
+    }
+    assert!(
+        reasons.contains(&("RolloutPaused".to_owned(), "Warning".to_owned())),
+        "{reasons:?}"
+    );
     Ok(())
 }
 
