@@ -51,6 +51,7 @@ use crate::crd::device::{BLACKLIST_ANNOTATION, BLACKLIST_REASON_ANNOTATION, Devi
 use crate::crd::{FIELD_MANAGER, FINALIZER, GROUP, ToIndex, ToPolicy};
 use crate::device_index::DeviceIndexes;
 use crate::error::{Error, Result};
+use crate::events::{self as fleet_events, Regarding};
 use crate::http::Readiness;
 use crate::index::{Change, TargetIndex};
 use crate::kv::{self, DesiredWriter, FleetKv, KvEvent, KvOp};
@@ -58,7 +59,6 @@ use crate::labels;
 use crate::metrics::Metrics;
 use crate::registry::{self, DeviceUpdate};
 use crate::rollout::{DeviceView, Outcome, Phase, Policy, Progress, RolloutState};
-use crate::rollout_events;
 use crate::write_quota::{self, StrayWrites, Verdict};
 
 type Rev = ContentHash;
@@ -199,17 +199,21 @@ pub async fn start(
         }
     }));
 
+    let (events, task) = fleet_events::spawn(client.clone());
+    tasks.push(task);
     let registry = if config.device_resources {
-        let (registry_tx, task) =
-            registry::spawn(client.clone(), metrics.clone(), config.last_seen_refresh);
+        let (registry_tx, task) = registry::spawn(
+            client.clone(),
+            metrics.clone(),
+            config.last_seen_refresh,
+            events.clone(),
+        );
         tasks.push(task);
         Some(registry_tx)
     } else {
         None
     };
     let (status_tx, task) = spawn_status_patcher(client.clone(), metrics.clone());
-    tasks.push(task);
-    let (rollout_events, task) = rollout_events::spawn(client.clone());
     tasks.push(task);
     let (stray_tx, task) = kv::spawn_stray_remover(fleet_kv.state.clone(), metrics.clone());
     tasks.push(task);
@@ -222,7 +226,7 @@ pub async fn start(
         client,
         registry,
         status_tx,
-        rollout_events,
+        events,
         index: TargetIndex::new(),
         fleet,
         indexes,
@@ -392,8 +396,8 @@ struct Reconciler {
     client: kube::Client,
     registry: Option<mpsc::UnboundedSender<DeviceUpdate>>,
     status_tx: mpsc::UnboundedSender<(CrKey, DeploymentStatus)>,
-    /// Rollout Events (`kubectl describe fleetdep`), see [`rollout_events`].
-    rollout_events: rollout_events::Sender,
+    /// Events on Deployments and Devices (`kubectl describe`), see [`fleet_events`].
+    events: fleet_events::Sender,
     index: TargetIndex<DeviceId, DeploymentName>,
     fleet: FleetState<DeviceId, DeploymentName, Rev>,
     /// Per-device desired-state indexes (adr/0014), kept with every key written.
@@ -673,7 +677,7 @@ impl Reconciler {
                 if owned.rollout.target != rev {
                     let before = owned.rollout.clone();
                     owned.rollout = RolloutState::start(rev, Some(&owned.rollout));
-                    rollout_events::transitions(Some(&before), &owned.rollout)
+                    fleet_events::transitions(Some(&before), &owned.rollout)
                 } else {
                     Vec::new()
                 }
@@ -684,7 +688,7 @@ impl Reconciler {
                     Some(r) if r.target == rev => (r, Vec::new()),
                     other => {
                         let rollout = RolloutState::start(rev, other.as_ref());
-                        let events = rollout_events::transitions(other.as_ref(), &rollout);
+                        let events = fleet_events::transitions(other.as_ref(), &rollout);
                         (rollout, events)
                     }
                 };
@@ -1125,6 +1129,7 @@ impl Reconciler {
                 return;
             }
             tracing::info!(device = %device, "device blacklisted: removing its desired state");
+            self.tell_device(&device, fleet_events::blacklist(true));
             if let Some(labels) = self.index.labels(&device).cloned() {
                 self.held_labels.insert(device.clone(), labels);
                 let changes = self.index.remove_device(&device);
@@ -1135,6 +1140,7 @@ impl Reconciler {
                 return;
             }
             tracing::info!(device = %device, "device released from the blacklist");
+            self.tell_device(&device, fleet_events::blacklist(false));
             self.stray_writes.release(&device);
             if let Some(labels) = self.held_labels.remove(&device) {
                 let changes = self.index.upsert_device(device, labels);
@@ -1319,11 +1325,23 @@ impl Reconciler {
     }
 
     /// Hands the rollout Events of `key` to the Event writer.
-    fn tell(&self, key: &CrKey, events: Vec<rollout_events::RolloutEvent>) {
+    fn tell(&self, key: &CrKey, events: Vec<fleet_events::FleetEvent>) {
         if !events.is_empty() {
+            let regarding = Regarding::Deployment {
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+            };
+            let _ = self.events.send((regarding, events));
+        }
+    }
+
+    /// Hands an Event on `device`'s `Device` to the Event writer, once the operator has caught
+    /// up (the blacklists found at start are no news).
+    fn tell_device(&self, device: &DeviceId, event: fleet_events::FleetEvent) {
+        if self.converged {
             let _ = self
-                .rollout_events
-                .send((key.namespace.clone(), key.name.clone(), events));
+                .events
+                .send((Regarding::Device(device.clone()), vec![event]));
         }
     }
 
@@ -1356,7 +1374,7 @@ impl Reconciler {
         owned.progress = step.progress;
         let changed = before != (owned.rollout.clone(), owned.progress.clone());
         let key = owned.key.clone();
-        let events = rollout_events::transitions(Some(&before.0), &owned.rollout);
+        let events = fleet_events::transitions(Some(&before.0), &owned.rollout);
         if changed {
             if owned.rollout.phase != before.0.phase {
                 tracing::info!(deployment = %name, phase = owned.rollout.phase.as_str(), reason = owned.rollout.reason.as_deref().unwrap_or(""), "rollout phase changed");

@@ -7,7 +7,7 @@
 //! | [`crd`] | the `Deployment` and `Device` resources (schema, CEL rules, `gen-crd`) |
 //! | [`index`] | pure: label selectors → device sets, incremental |
 //! | [`rollout`] | pure: the rollout state machine (batches, budget, failure criteria) |
-//! | [`rollout_events`] | Events on `Deployment`s from rollout transitions (pure), within a budget |
+//! | [`events`] | Kubernetes Events on Deployments (rollout) and Devices (liveness, blacklist): pure transitions, a budget, the writer |
 //! | [`aggregate`] | pure: per-deployment counts and failing devices |
 //! | [`device_index`] | pure: the per-device desired-state index written before each notice |
 //! | [`labels`] | pure: which labels target a device (reported, protected prefixes, set by people) |
@@ -31,6 +31,7 @@ pub mod controller;
 pub mod crd;
 pub mod device_index;
 pub mod error;
+pub mod events;
 pub mod http;
 pub mod identity;
 pub mod index;
@@ -39,7 +40,6 @@ pub mod labels;
 pub mod metrics;
 pub mod registry;
 pub mod rollout;
-pub mod rollout_events;
 #[cfg(feature = "web-frontend")]
 pub mod service;
 #[cfg(feature = "web-frontend")]

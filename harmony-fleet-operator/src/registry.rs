@@ -96,17 +96,25 @@ struct Pending {
     removed: bool,
 }
 
-/// Spawns the registry task; returns the sender the reconcile loop uses.
+/// Spawns the registry task; returns the sender the reconcile loop uses. Online/offline
+/// flips it writes become Events on the `Device` through `events`.
 pub fn spawn(
     client: kube::Client,
     metrics: Metrics,
     last_seen_refresh: Duration,
+    events: crate::events::Sender,
 ) -> (
     mpsc::UnboundedSender<DeviceUpdate>,
     tokio::task::JoinHandle<()>,
 ) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(run(Api::all(client), metrics, last_seen_refresh, rx));
+    let task = tokio::spawn(run(
+        Api::all(client),
+        metrics,
+        last_seen_refresh,
+        rx,
+        events,
+    ));
     (tx, task)
 }
 
@@ -115,6 +123,7 @@ async fn run(
     metrics: Metrics,
     last_seen_refresh: Duration,
     mut rx: mpsc::UnboundedReceiver<DeviceUpdate>,
+    events: crate::events::Sender,
 ) {
     let mut written = seed(&api).await;
     let mut pending: HashMap<DeviceId, Pending> = HashMap::new();
@@ -153,6 +162,14 @@ async fn run(
         for (id, p, after) in results {
             match after {
                 Some(after) => {
+                    let before = written
+                        .get(&id)
+                        .filter(|w| w.exists)
+                        .map(|w| w.status.online);
+                    if let Some(event) = crate::events::liveness(before, after.status.online) {
+                        let _ = events
+                            .send((crate::events::Regarding::Device(id.clone()), vec![event]));
+                    }
                     written.insert(id, after);
                 }
                 None => {

@@ -290,6 +290,20 @@ async fn real_service_shows_the_fleet_and_blacklisting_removes_desired_state() -
             .map(|_| ())
     })
     .await?;
+    // The operator's own Event says what blacklisting did (whoever set it, kubectl included).
+    eventually("the operator's Blacklisted Event on the Device", || async {
+        let list = events.list(&Default::default()).await.ok()?;
+        list.items
+            .into_iter()
+            .find(|e| {
+                e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(d1.as_str())
+                    && e.reason.as_deref() == Some("Blacklisted")
+                    && e.reporting_controller.as_deref() == Some("harmony-fleet-operator")
+                    && e.type_.as_deref() == Some("Warning")
+            })
+            .map(|_| ())
+    })
+    .await?;
 
     // Released: the key comes back.
     let row = service.set_blacklisted(&d1, false).await?;

@@ -807,6 +807,24 @@ async fn devices_become_resources_with_liveness() -> Result<()> {
         (!s.online).then_some(())
     })
     .await?;
+    // …and `kubectl describe fleetdev` says so (Events of cluster-scoped objects live in
+    // `default`).
+    eventually("a DeviceOffline Event", || async {
+        let events: Api<k8s_openapi::api::events::v1::Event> =
+            Api::namespaced(env.client.clone(), "default");
+        let list = events
+            .list(&kube::api::ListParams::default().fields(&format!("regarding.name={a}")))
+            .await
+            .ok()?;
+        list.items
+            .iter()
+            .any(|e| {
+                e.reason.as_deref() == Some("DeviceOffline")
+                    && e.type_.as_deref() == Some("Warning")
+            })
+            .then_some(())
+    })
+    .await?;
     // The device deletes its own info: it cannot remove its resource (only an admin can).
     let before = devices.get(a.as_str()).await?;
     env.kv.info.delete(keys::info_key(&a)).await?;

@@ -1,11 +1,12 @@
-//! Kubernetes Events on fleet `Deployment`s, so `kubectl describe fleetdep` tells the rollout's
-//! story: started, each batch completed and the next started, paused on the failure threshold,
-//! rolled back, complete.
+//! Kubernetes Events, so `kubectl describe` tells the story: on fleet `Deployment`s the
+//! rollout's (started, each batch completed and the next started, paused on the failure
+//! threshold, rolled back, complete), on `Device`s their liveness and blacklist.
 //!
-//! [`transitions`] decides from two consecutive rollout states which Events happened (pure);
-//! [`EventBudget`] bounds how many are written (per Deployment and fleet-wide, so 1,000
-//! Deployments rolling out at once do not flood the API server); [`spawn`] is the thin task
-//! that publishes what passes the budget.
+//! [`transitions`] decides from two consecutive rollout states which Events happened, and
+//! [`liveness`] and [`blacklist`] what a `Device` flip means (pure); [`EventBudget`] bounds how
+//! many are written (per object and fleet-wide, so 1,000 Deployments rolling out or 100k
+//! devices going offline at once do not flood the API server); [`spawn`] is the thin task that
+//! publishes what passes the budget.
 
 use std::collections::HashMap;
 use std::fmt::Display;
@@ -16,12 +17,15 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use harmony_fleet_contracts::ids::DeviceId;
+
 use crate::crd::Deployment;
+use crate::crd::device::Device;
 use crate::rollout::{Phase, RolloutState};
 
-/// One Event to write on a `Deployment`.
+/// One Event to write.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RolloutEvent {
+pub struct FleetEvent {
     /// PascalCase reason (`kubectl describe` shows it).
     pub reason: &'static str,
     /// What happened, in a sentence.
@@ -30,16 +34,16 @@ pub struct RolloutEvent {
     pub warning: bool,
 }
 
-fn normal(reason: &'static str, note: String) -> RolloutEvent {
-    RolloutEvent {
+fn normal(reason: &'static str, note: String) -> FleetEvent {
+    FleetEvent {
         reason,
         note,
         warning: false,
     }
 }
 
-fn warning(reason: &'static str, note: String) -> RolloutEvent {
-    RolloutEvent {
+fn warning(reason: &'static str, note: String) -> FleetEvent {
+    FleetEvent {
         reason,
         note,
         warning: true,
@@ -52,7 +56,7 @@ fn warning(reason: &'static str, note: String) -> RolloutEvent {
 pub fn transitions<R: Clone + Eq + Display>(
     before: Option<&RolloutState<R>>,
     after: &RolloutState<R>,
-) -> Vec<RolloutEvent> {
+) -> Vec<FleetEvent> {
     let mut events = Vec::new();
     let same_rollout = before.is_some_and(|b| b.target == after.target);
     if !same_rollout && after.phase == Phase::Progressing {
@@ -105,6 +109,48 @@ pub fn transitions<R: Clone + Eq + Display>(
         }
     }
     events
+}
+
+/// The Event of a `Device` whose `online` went from `before` to `after` (`before` `None`: the
+/// resource is new, which is no news).
+pub fn liveness(before: Option<bool>, after: bool) -> Option<FleetEvent> {
+    match (before?, after) {
+        (false, true) => Some(normal("DeviceOnline", "heartbeating again".to_owned())),
+        (true, false) => Some(warning(
+            "DeviceOffline",
+            "no heartbeat within the heartbeat timeout".to_owned(),
+        )),
+        _ => None,
+    }
+}
+
+/// The Event of a `Device` blacklisted (`true`) or released.
+pub fn blacklist(on: bool) -> FleetEvent {
+    if on {
+        warning(
+            "Blacklisted",
+            "its desired state is withdrawn and its credential revoked; its agent, refused, stops its workloads".to_owned(),
+        )
+    } else {
+        normal(
+            "BlacklistLifted",
+            "its desired state is written again; it may enroll again".to_owned(),
+        )
+    }
+}
+
+/// What an Event is about.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Regarding {
+    /// A fleet `Deployment`.
+    Deployment {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+    /// A `Device` (cluster-scoped).
+    Device(DeviceId),
 }
 
 /// How many Events may be written: at most `per_object` per Deployment and `global` in all
@@ -161,13 +207,13 @@ impl<K: std::hash::Hash + Eq + Clone> EventBudget<K> {
     }
 }
 
-/// Where the controller sends the Events of `namespace`/`name`.
-pub type Sender = mpsc::UnboundedSender<(String, String, Vec<RolloutEvent>)>;
+/// Where the controller and the registry send Events.
+pub type Sender = mpsc::UnboundedSender<(Regarding, Vec<FleetEvent>)>;
 
-/// Spawns the task that writes rollout Events as `harmony-fleet-operator`, within a budget of
-/// 10 per Deployment and 50 in all per 10 s.
+/// Spawns the task that writes Events as `harmony-fleet-operator`, within a budget of 10 per
+/// object and 50 in all per 10 s.
 pub fn spawn(client: kube::Client) -> (Sender, tokio::task::JoinHandle<()>) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<(String, String, Vec<RolloutEvent>)>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<(Regarding, Vec<FleetEvent>)>();
     let recorder = Recorder::new(
         client,
         Reporter {
@@ -177,12 +223,11 @@ pub fn spawn(client: kube::Client) -> (Sender, tokio::task::JoinHandle<()>) {
     );
     let task = tokio::spawn(async move {
         let mut budget = EventBudget::new(Duration::from_secs(10), 10, 50);
-        while let Some((namespace, name, events)) = rx.recv().await {
-            let reference = deployment_ref(&namespace, &name);
+        while let Some((regarding, events)) = rx.recv().await {
+            let reference = reference(&regarding);
             for event in events {
-                let key = (namespace.clone(), name.clone());
-                if !budget.allow(&key, Instant::now()) {
-                    tracing::debug!(deployment = %name, namespace = %namespace, reason = event.reason, dropped = budget.dropped(), "rollout Event over budget; dropped");
+                if !budget.allow(&regarding, Instant::now()) {
+                    tracing::debug!(regarding = ?regarding, reason = event.reason, dropped = budget.dropped(), "Event over budget; dropped");
                     continue;
                 }
                 let published = recorder
@@ -195,14 +240,17 @@ pub fn spawn(client: kube::Client) -> (Sender, tokio::task::JoinHandle<()>) {
                             },
                             reason: event.reason.into(),
                             note: Some(event.note.clone()),
-                            action: "Rollout".into(),
+                            action: match regarding {
+                                Regarding::Deployment { .. } => "Rollout".into(),
+                                Regarding::Device(_) => "Observe".into(),
+                            },
                             secondary: None,
                         },
                         &reference,
                     )
                     .await;
                 if let Err(e) = published {
-                    tracing::warn!(deployment = %name, namespace = %namespace, reason = event.reason, error = %e, "writing a rollout Event failed");
+                    tracing::warn!(regarding = ?regarding, reason = event.reason, error = %e, "writing an Event failed");
                 }
             }
         }
@@ -210,15 +258,23 @@ pub fn spawn(client: kube::Client) -> (Sender, tokio::task::JoinHandle<()>) {
     (tx, task)
 }
 
-/// A reference to the fleet `Deployment` `namespace`/`name`.
-fn deployment_ref(namespace: &str, name: &str) -> ObjectReference {
+/// A reference to what `regarding` names.
+fn reference(regarding: &Regarding) -> ObjectReference {
     use kube::Resource;
-    ObjectReference {
-        api_version: Some(Deployment::api_version(&()).into_owned()),
-        kind: Some(Deployment::kind(&()).into_owned()),
-        name: Some(name.to_owned()),
-        namespace: Some(namespace.to_owned()),
-        ..ObjectReference::default()
+    match regarding {
+        Regarding::Deployment { namespace, name } => ObjectReference {
+            api_version: Some(Deployment::api_version(&()).into_owned()),
+            kind: Some(Deployment::kind(&()).into_owned()),
+            name: Some(name.clone()),
+            namespace: Some(namespace.clone()),
+            ..ObjectReference::default()
+        },
+        Regarding::Device(id) => ObjectReference {
+            api_version: Some(Device::api_version(&()).into_owned()),
+            kind: Some(Device::kind(&()).into_owned()),
+            name: Some(id.to_string()),
+            ..ObjectReference::default()
+        },
     }
 }
 
@@ -236,7 +292,7 @@ mod tests {
         }
     }
 
-    fn reasons(events: &[RolloutEvent]) -> Vec<&'static str> {
+    fn reasons(events: &[FleetEvent]) -> Vec<&'static str> {
         events.iter().map(|e| e.reason).collect()
     }
 
@@ -297,6 +353,19 @@ mod tests {
         assert!(transitions(Some(&s), &s).is_empty());
         let c = state("r1", Phase::Complete, 1);
         assert!(transitions(Some(&c), &c).is_empty());
+    }
+
+    #[test]
+    fn devices_tell_their_flips_not_their_first_appearance() {
+        assert_eq!(liveness(None, true), None);
+        assert_eq!(liveness(Some(true), true), None);
+        let offline = liveness(Some(true), false).expect("offline");
+        assert_eq!((offline.reason, offline.warning), ("DeviceOffline", true));
+        let online = liveness(Some(false), true).expect("online");
+        assert_eq!((online.reason, online.warning), ("DeviceOnline", false));
+        assert_eq!(blacklist(true).reason, "Blacklisted");
+        assert!(blacklist(true).warning);
+        assert_eq!(blacklist(false).reason, "BlacklistLifted");
     }
 
     #[test]
