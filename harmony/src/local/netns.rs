@@ -37,7 +37,27 @@ impl DeviceNetwork {
         if let Some(existing) = Self::find(name).await? {
             return Ok(existing);
         }
-        let n = free_subnet().await?;
+        // Another process may pick the same free subnet between our look and our `link add`
+        // (two `local up` at once): its link then exists, so look again and take the next.
+        let mut attempt = 0;
+        let (n, device) = loop {
+            attempt += 1;
+            let n = free_subnet().await?;
+            match Self::create(name, n).await {
+                Ok(device) => break (n, device),
+                Err(e) if attempt < 8 && e.to_string().contains("File exists") => {
+                    tracing::debug!(netns = name, subnet = n, error = %e, "device subnet taken meanwhile; trying the next");
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        tracing::info!(netns = name, %device, "device network ready");
+        Ok(Self::describe(name, n))
+    }
+
+    /// Creates namespace `name` on subnet `n`; on failure removes what it made. Returns the
+    /// device's address.
+    async fn create(name: &str, n: u8) -> Result<Ipv4Addr> {
         let (host_if, dev_if) = (format!("hfvh{n}"), format!("hfvd{n}"));
         let host = Ipv4Addr::new(SUBNET_PREFIX[0], SUBNET_PREFIX[1], n, 1);
         let device = Ipv4Addr::new(SUBNET_PREFIX[0], SUBNET_PREFIX[1], n, 2);
@@ -100,8 +120,7 @@ impl DeviceNetwork {
                 return Err(e);
             }
         }
-        tracing::info!(netns = name, %device, "device network ready");
-        Ok(Self::describe(name, n))
+        Ok(device)
     }
 
     /// The namespace `name` if it exists and carries one of our device links.
@@ -159,6 +178,13 @@ fn validate_name(name: &str) -> Result<()> {
 /// The lowest `n` such that no host interface has an address in `10.213.<n>.0/24`.
 async fn free_subnet() -> Result<u8> {
     let out = ip(&["-4", "-o", "addr", "show"]).await?;
+    // A link made by another process that has no address yet counts too.
+    let links = ip(&["-o", "link", "show"]).await?;
+    let linked = links.lines().filter_map(|line| {
+        let name = line.split_whitespace().nth(1)?.trim_end_matches(':');
+        let name = name.split('@').next()?;
+        name.strip_prefix("hfvh")?.parse::<u8>().ok()
+    });
     let used: Vec<u8> = out
         .lines()
         .filter_map(|line| {
@@ -170,6 +196,7 @@ async fn free_subnet() -> Result<u8> {
             let o = ip.octets();
             (o[..2] == SUBNET_PREFIX).then_some(o[2])
         })
+        .chain(linked)
         .collect();
     (1..=254u8)
         .find(|n| !used.contains(n))
