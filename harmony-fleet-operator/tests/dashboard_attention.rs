@@ -16,8 +16,6 @@ use anyhow::{Context, Result};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use harmony::local::{LocalNats, NatsOptions};
-use harmony_fleet_contracts::device::{AgentVersion, DeviceInfo, Inventory};
-use harmony_fleet_contracts::heartbeat::Heartbeat;
 use harmony_fleet_contracts::ids::DeviceId;
 use harmony_fleet_contracts::keys;
 use harmony_fleet_contracts::payload::{PodmanV0, ReconcileScore, Service};
@@ -36,7 +34,10 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 use tower::ServiceExt;
 
+#[path = "support/fleet.rs"]
+mod fleet;
 mod support;
+use fleet::{beat, put_device};
 use support::{DEADLINE, eventually, kubeconfig};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -52,40 +53,6 @@ fn tag() -> String {
         std::process::id() & 0xffff,
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-async fn beat(kv: &FleetKv, device: &DeviceId) -> Result<()> {
-    let beat = Heartbeat::new(Timestamp::now(), AgentVersion::new("0.1.0")?);
-    kv.heartbeat
-        .put(
-            keys::heartbeat_key(device),
-            serde_json::to_vec(&beat)?.into(),
-        )
-        .await?;
-    Ok(())
-}
-
-async fn put_device(kv: &FleetKv, device: &DeviceId, site: &str) -> Result<()> {
-    let info = DeviceInfo {
-        device_id: device.clone(),
-        labels: [("site".to_owned(), site.to_owned())].into(),
-        inventory: Inventory {
-            hostname: device.to_string(),
-            arch: "aarch64".into(),
-            os: "linux".into(),
-            os_release: None,
-            kernel_version: None,
-            cpu_count: 4,
-            memory_bytes: 8 << 30,
-        },
-        agent_version: AgentVersion::new("0.1.0")?,
-        boot_time: None,
-        observed_at: Timestamp::now(),
-    };
-    kv.info
-        .put(keys::info_key(device), serde_json::to_vec(&info)?.into())
-        .await?;
-    beat(kv, device).await
 }
 
 async fn apply_deployment(

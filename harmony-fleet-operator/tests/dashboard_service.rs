@@ -13,8 +13,6 @@ use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use harmony::local::{LocalNats, NatsOptions};
 use harmony_fleet_contracts::commands::{CommandReply, Verb};
-use harmony_fleet_contracts::device::{AgentVersion, DeviceInfo, Inventory};
-use harmony_fleet_contracts::heartbeat::Heartbeat;
 use harmony_fleet_contracts::ids::DeviceId;
 use harmony_fleet_contracts::keys;
 use harmony_fleet_contracts::payload::{PodmanV0, ReconcileScore, Service};
@@ -37,7 +35,10 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::json;
 
+#[path = "support/fleet.rs"]
+mod fleet;
 mod support;
+use fleet::put_device;
 use support::{DEADLINE, eventually, kubeconfig};
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -48,36 +49,6 @@ fn tag() -> String {
         std::process::id() & 0xffff,
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
-}
-
-async fn put_device(kv: &FleetKv, device: &DeviceId, site: &str) -> Result<()> {
-    let info = DeviceInfo {
-        device_id: device.clone(),
-        labels: [("site".to_owned(), site.to_owned())].into(),
-        inventory: Inventory {
-            hostname: device.to_string(),
-            arch: "aarch64".into(),
-            os: "linux".into(),
-            os_release: None,
-            kernel_version: None,
-            cpu_count: 4,
-            memory_bytes: 8 << 30,
-        },
-        agent_version: AgentVersion::new("0.1.0")?,
-        boot_time: None,
-        observed_at: Timestamp::now(),
-    };
-    kv.info
-        .put(keys::info_key(device), serde_json::to_vec(&info)?.into())
-        .await?;
-    let beat = Heartbeat::new(Timestamp::now(), AgentVersion::new("0.1.0")?);
-    kv.heartbeat
-        .put(
-            keys::heartbeat_key(device),
-            serde_json::to_vec(&beat)?.into(),
-        )
-        .await?;
-    Ok(())
 }
 
 #[tokio::test]
