@@ -121,14 +121,7 @@ impl Env {
     }
 
     async fn ask(&self, request: &EnrollRequest) -> Result<EnrollReply> {
-        let reply = self
-            .bootstrap
-            .request(
-                identity::ENROLL_SUBJECT,
-                serde_json::to_vec(request)?.into(),
-            )
-            .await?;
-        Ok(serde_json::from_slice(&reply.payload)?)
+        trust::ask(&self.bootstrap, request).await
     }
 
     async fn enrollment(&self, name: &str) -> Option<Enrollment> {
@@ -168,32 +161,15 @@ impl Env {
     }
 
     async fn cleanup(&self, name: &str) {
-        let _ = self
-            .devices
-            .patch(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})),
-            )
-            .await;
-        let _ = self.devices.delete(name, &Default::default()).await;
+        trust::remove_device(&self.devices, name).await;
     }
 }
 
 fn request(device: &DeviceId, key: &KeyPair) -> Result<EnrollRequest> {
-    let inventory = harmony_fleet_contracts::device::Inventory {
-        hostname: "token-pi".into(),
-        arch: "aarch64".into(),
-        os: "linux".into(),
-        os_release: None,
-        kernel_version: None,
-        cpu_count: 4,
-        memory_bytes: 1 << 30,
-    };
     Ok(EnrollRequest::signed(
         device.clone(),
         key,
-        inventory,
+        trust::inventory("token-pi"),
         now(),
     )?)
 }

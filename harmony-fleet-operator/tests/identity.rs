@@ -340,14 +340,7 @@ impl IdentityEnv {
     }
 
     async fn ask(&self, request: &EnrollRequest) -> Result<EnrollReply> {
-        let reply = self
-            .bootstrap
-            .request(
-                identity::ENROLL_SUBJECT,
-                serde_json::to_vec(request)?.into(),
-            )
-            .await?;
-        Ok(serde_json::from_slice(&reply.payload)?)
+        trust::ask(&self.bootstrap, request).await
     }
 
     async fn enrollment(&self, name: &str) -> Option<Enrollment> {
@@ -368,27 +361,7 @@ impl IdentityEnv {
     }
 
     async fn cleanup(&self, name: &str) {
-        let _ = self
-            .devices
-            .patch(
-                name,
-                &PatchParams::default(),
-                &Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})),
-            )
-            .await;
-        let _ = self.devices.delete(name, &Default::default()).await;
-    }
-}
-
-fn inventory() -> harmony_fleet_contracts::device::Inventory {
-    harmony_fleet_contracts::device::Inventory {
-        hostname: "bench-pi".into(),
-        arch: "aarch64".into(),
-        os: "linux".into(),
-        os_release: None,
-        kernel_version: None,
-        cpu_count: 4,
-        memory_bytes: 1 << 30,
+        trust::remove_device(&self.devices, name).await;
     }
 }
 
@@ -396,7 +369,7 @@ fn signed(device: &DeviceId, key: &KeyPair) -> Result<EnrollRequest> {
     Ok(EnrollRequest::signed(
         device.clone(),
         key,
-        inventory(),
+        trust::inventory("bench-pi"),
         now(),
     )?)
 }

@@ -82,3 +82,43 @@ pub fn disconnects(events: &mut mpsc::UnboundedReceiver<Event>) -> usize {
     }
     n
 }
+
+/// Sends `request` as the bootstrap user `bootstrap` and reads the operator's answer.
+pub async fn ask(
+    bootstrap: &async_nats::Client,
+    request: &harmony_fleet_contracts::identity::EnrollRequest,
+) -> Result<harmony_fleet_contracts::identity::EnrollReply> {
+    let reply = bootstrap
+        .request(
+            harmony_fleet_contracts::identity::ENROLL_SUBJECT,
+            serde_json::to_vec(request)?.into(),
+        )
+        .await?;
+    Ok(serde_json::from_slice(&reply.payload)?)
+}
+
+/// Deletes the `Device` `name`, its credential finalizer first (best effort: cleanup).
+pub async fn remove_device(devices: &kube::Api<harmony_fleet_operator::crd::Device>, name: &str) {
+    use kube::api::{Patch, PatchParams};
+    let _ = devices
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})),
+        )
+        .await;
+    let _ = devices.delete(name, &Default::default()).await;
+}
+
+/// The inventory a test device reports, named `hostname`.
+pub fn inventory(hostname: &str) -> harmony_fleet_contracts::device::Inventory {
+    harmony_fleet_contracts::device::Inventory {
+        hostname: hostname.into(),
+        arch: "aarch64".into(),
+        os: "linux".into(),
+        os_release: None,
+        kernel_version: None,
+        cpu_count: 4,
+        memory_bytes: 1 << 30,
+    }
+}
