@@ -156,6 +156,26 @@ async fn running(stack: &Stack, device: &DeviceId, deployment: &str) -> Result<u
         .map(|c| c.len())
 }
 
+/// Waits until `device` runs a container of `deployment` (`want_running`), or none.
+async fn wait_ticker(
+    stack: &Stack,
+    device: &DeviceId,
+    deployment: &str,
+    want_running: bool,
+    what: &str,
+    within: Duration,
+) -> anyhow::Result<()> {
+    eventually(what, within, || async {
+        match (running(stack, device, deployment).await?, want_running) {
+            (0, false) => Ok(()),
+            (0, true) => Err("not running".to_owned()),
+            (_, true) => Ok(()),
+            (n, false) => Err(format!("{n} running")),
+        }
+    })
+    .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_drives_a_real_fleet_in_chromium() {
     let browser = match Browser::find() {
@@ -256,15 +276,13 @@ async fn the_dashboard_drives_a_real_fleet_in_chromium() {
     )
     .await
     .expect("a blacklisted device gets no desired state");
-    eventually(
+    wait_ticker(
+        stack,
+        d1,
+        &name,
+        false,
         &format!("the ticker container on blacklisted {d1} to be removed"),
         Duration::from_secs(30),
-        || async {
-            match running(stack, d1, &name).await? {
-                0 => Ok(()),
-                n => Err(format!("{n} running")),
-            }
-        },
     )
     .await
     .expect("a blacklisted device's containers are removed");
@@ -280,15 +298,13 @@ async fn the_dashboard_drives_a_real_fleet_in_chromium() {
 
     let lifted = Instant::now();
     lift.now().await.expect("blacklist lifted");
-    eventually(
+    wait_ticker(
+        stack,
+        d1,
+        &name,
+        true,
         &format!("the ticker to run again on {d1} once its blacklist was lifted"),
         CONVERGE,
-        || async {
-            match running(stack, d1, &name).await? {
-                0 => Err("not running".to_owned()),
-                _ => Ok(()),
-            }
-        },
     )
     .await
     .expect("lifting the blacklist brings the workload back");
@@ -326,15 +342,13 @@ async fn blacklisting_removes_the_containers_every_time() {
         .await
         .expect("the ticker converged");
     for round in 1..=3 {
-        eventually(
+        wait_ticker(
+            stack,
+            d1,
+            &name,
+            true,
             &format!("round {round}: the ticker running on {d1}"),
             CONVERGE,
-            || async {
-                match running(stack, d1, &name).await? {
-                    0 => Err("not running".to_owned()),
-                    _ => Ok(()),
-                }
-            },
         )
         .await
         .expect("running");
@@ -347,15 +361,13 @@ async fn blacklisting_removes_the_containers_every_time() {
         };
         set_blacklisted(stack, d1, true).await.expect("blacklist");
         let blacklisted = Instant::now();
-        eventually(
+        wait_ticker(
+            stack,
+            d1,
+            &name,
+            false,
             &format!("round {round}: the ticker container on blacklisted {d1} to be removed"),
             Duration::from_secs(30),
-            || async {
-                match running(stack, d1, &name).await? {
-                    0 => Ok(()),
-                    n => Err(format!("{n} running")),
-                }
-            },
         )
         .await
         .unwrap_or_else(|e| {
