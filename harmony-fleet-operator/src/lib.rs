@@ -15,7 +15,7 @@
 //! | [`kv`] | NATS adapter: buckets, ordered watches, the `desired-state` writer |
 //! | [`registry`] | `Device` resources by server-side apply |
 //! | [`identity`] | device credentials: enrollment, renewal, revocation (NATS JWTs) |
-//! | [`controller`] | the reconcile loop tying it all together |
+//! | [`controller`] | the reconcile loop: a pure core (`handle(input) -> effects`, by job: ownership, targeting, reports, liveness, blacklist, cold start, status) and the async shell that carries out its effects |
 //! | [`commands`] | `ping` / `exec` / `logs` client |
 //! | [`metrics`], [`http`] | Prometheus metrics, `/healthz`, `/readyz`, `/metrics` |
 //! | [`config`], [`error`] | flags and environment, the error type |

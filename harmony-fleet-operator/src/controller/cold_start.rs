@@ -1,0 +1,152 @@
+//! Cold start: `desired-state` is loaded first (the baseline every write is compared with),
+//! then the CRs and the other buckets from the beginning. Nothing is written until all of them
+//! caught up; then one pass writes what is missing and deletes orphaned keys, and once those
+//! writes are done `/readyz` says `Converged`.
+
+use std::time::Instant;
+
+use harmony_fleet_contracts::canonical::ContentHash;
+use harmony_fleet_contracts::ids::{DeploymentName, DeviceId};
+use harmony_fleet_contracts::keys::{self, DesiredKey};
+use harmony_fleet_contracts::notice;
+
+use super::reconciler::Reconciler;
+use super::{CrKey, Effect};
+use crate::kv::KvEvent;
+
+/// Which sources have delivered their backlog.
+#[derive(Debug, Default)]
+pub(super) struct CaughtUp {
+    pub(super) crs: bool,
+    pub(super) info: bool,
+    pub(super) state: bool,
+    pub(super) heartbeat: bool,
+    pub(super) blacklist: bool,
+    /// `desired-state` keys loaded.
+    pub(super) desired_keys: usize,
+}
+
+impl CaughtUp {
+    fn all(&self) -> bool {
+        self.crs && self.info && self.state && self.heartbeat && self.blacklist
+    }
+}
+
+/// What the cold start's pass did, logged once its writes are done.
+#[derive(Debug)]
+pub(super) struct ConvergeReport {
+    started: Instant,
+    writes: usize,
+    orphans: usize,
+}
+
+impl Reconciler {
+    /// Loads one event of the `desired-state` backlog (assignments, revisions, the per-device
+    /// indexes stored); `true` once the backlog is read.
+    pub fn load_desired(&mut self, event: KvEvent) -> bool {
+        let index_device = |key: &str| {
+            notice::is_index_key(key)
+                .then(|| key.parse::<DeviceId>().ok())
+                .flatten()
+        };
+        match event {
+            KvEvent::Put { key, value, .. } if notice::is_index_key(&key) => {
+                match index_device(&key) {
+                    Some(device) => self.indexes.load_stored(device, Some(&value)),
+                    None => tracing::warn!(key, "ignoring foreign key in desired-state"),
+                }
+            }
+            KvEvent::Put { key, value, .. } => match DesiredKey::parse(&key) {
+                Ok(k) => {
+                    let rev = ContentHash::of_bytes(&value);
+                    self.indexes.set(&k.device, &k.deployment, Some(&rev));
+                    self.revisions.entry(rev.clone()).or_insert(value);
+                    self.fleet.set_assigned(&k.deployment, &k.device, Some(rev));
+                    self.caught_up.desired_keys += 1;
+                }
+                Err(e) => tracing::warn!(key, error = %e, "ignoring foreign key in desired-state"),
+            },
+            KvEvent::Delete { key } => {
+                if let Some(device) = index_device(&key) {
+                    self.indexes.load_stored(device, None);
+                } else if let Ok(k) = DesiredKey::parse(&key) {
+                    self.indexes.set(&k.device, &k.deployment, None);
+                    self.fleet.set_assigned(&k.deployment, &k.device, None);
+                }
+            }
+            KvEvent::CaughtUp => {
+                self.fleet.take_dirty();
+                self.indexes.mark_all_dirty();
+                tracing::info!(keys = self.caught_up.desired_keys, "loaded desired-state");
+                return true;
+            }
+        }
+        false
+    }
+
+    /// The full pass, once every source caught up: rollouts stepped, orphaned keys deleted,
+    /// reports of pairs without a key removed, finalizers of deleted CRs pursued.
+    pub(super) fn maybe_converge(&mut self) {
+        if self.converged || !self.caught_up.all() {
+            return;
+        }
+        self.converged = true;
+        let started = self.mono();
+        let names: Vec<DeploymentName> = self.owned.keys().cloned().collect();
+        for name in &names {
+            self.rollout_dirty.remove(name);
+            self.step_rollout(name);
+        }
+        // Orphans: keys of deployments nobody owns, or of devices no longer matched.
+        let orphans: Vec<(DeploymentName, DeviceId)> = self
+            .fleet
+            .assigned_pairs()
+            .filter(|(k, d, _)| !self.owned.contains_key(*k) || !self.index.is_matched(k, d))
+            .map(|(k, d, _)| (k.clone(), d.clone()))
+            .collect();
+        let orphan_count = orphans.len();
+        for (k, d) in orphans {
+            self.want(&k, &d, None);
+        }
+        // Reports of pairs left without a key (their orphans are deleted just above).
+        let stray: Vec<String> = self
+            .fleet
+            .unassigned_reports()
+            .filter(|(k, d)| !self.is_assigned(k, d))
+            .map(|(k, d)| keys::state_key(d, k))
+            .collect();
+        if !stray.is_empty() {
+            tracing::info!(
+                count = stray.len(),
+                "removing device-state keys of deployments not assigned to their device"
+            );
+        }
+        for key in stray {
+            self.emit(Effect::RemoveStray(key));
+        }
+        self.finalize_pending();
+        let keys: Vec<CrKey> = self.crs.keys().cloned().collect();
+        self.status_dirty.extend(keys);
+        self.converging = Some(ConvergeReport {
+            started,
+            writes: self.ops.len(),
+            orphans: orphan_count,
+        });
+    }
+
+    /// The cold start's writes are done: ready.
+    pub(super) fn report_converged(&mut self, report: ConvergeReport) {
+        self.emit(Effect::Converged);
+        tracing::info!(
+            deployments = self.owned.len(),
+            devices = self.index.device_count(),
+            writes = report.writes,
+            orphans = report.orphans,
+            took_ms = self
+                .mono()
+                .saturating_duration_since(report.started)
+                .as_millis() as u64,
+            "cold start converged"
+        );
+    }
+}

@@ -1,0 +1,352 @@
+//! The core's state, its entry point [`Reconciler::handle`], and the write plan's last step:
+//! turning the writes decided while handling an input into effects, and their outcomes back
+//! into state.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use harmony_fleet_contracts::ids::{DeploymentName, DeviceId};
+use harmony_fleet_contracts::keys;
+use jiff::Timestamp;
+
+use super::cold_start::{CaughtUp, ConvergeReport};
+use super::liveness::DeviceLive;
+use super::ownership::{Cr, Owned};
+use super::status::{PACE, Pacer};
+use super::{CrKey, Effect, Input, Now, Rev};
+use crate::aggregate::FleetState;
+use crate::device_index::DeviceIndexes;
+use crate::index::{Labels, TargetIndex};
+use crate::kv::KvOp;
+use crate::metrics::Metrics;
+use crate::write_quota::{self, StrayWrites};
+
+/// What the core is configured with.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// A device whose last heartbeat is older is offline.
+    pub heartbeat_timeout: Duration,
+    /// Whether `Device` resources are kept ([`Effect::Device`] is emitted).
+    pub device_resources: bool,
+    /// Stray `device-state` keys a device may write per window before it is blacklisted.
+    pub stray_report_limit: u32,
+}
+
+/// The reconcile loop's state: everything the operator knows of the fleet.
+pub struct Reconciler {
+    pub(super) settings: Settings,
+    pub(super) metrics: Metrics,
+    /// The time of the input being handled.
+    pub(super) now: Now,
+    /// Effects decided while handling the current input.
+    pub(super) effects: Vec<Effect>,
+    pub(super) index: TargetIndex<DeviceId, DeploymentName>,
+    pub(super) fleet: FleetState<DeviceId, DeploymentName, Rev>,
+    /// Per-device desired-state indexes (adr/0014), kept with every key written.
+    pub(super) indexes: DeviceIndexes,
+    pub(super) revisions: HashMap<Rev, Bytes>,
+    pub(super) crs: HashMap<CrKey, Cr>,
+    pub(super) claims: HashMap<DeploymentName, BTreeSet<(Option<Timestamp>, String)>>,
+    pub(super) owned: HashMap<DeploymentName, Owned>,
+    pub(super) devices: HashMap<DeviceId, DeviceLive>,
+    pub(super) expiry: BTreeSet<(Timestamp, DeviceId)>,
+    pub(super) caught_up: CaughtUp,
+    pub(super) converged: bool,
+    /// The cold start's summary, reported once its writes are done.
+    pub(super) converging: Option<ConvergeReport>,
+    /// Writes decided while handling the current input, by key.
+    pub(super) ops: HashMap<String, (DeploymentName, DeviceId, Option<Rev>)>,
+    /// Writes handed to the shell, awaiting [`Input::KeysWritten`].
+    pub(super) in_flight: HashMap<String, (DeploymentName, DeviceId, Option<Rev>)>,
+    /// Whether indexes were handed to the shell, awaiting [`Input::IndexesWritten`].
+    pub(super) indexes_in_flight: bool,
+    /// Writes that failed, retried on the next tick.
+    pub(super) retry: HashMap<(DeploymentName, DeviceId), Option<Rev>>,
+    pub(super) rollout_dirty: HashSet<DeploymentName>,
+    pub(super) status_dirty: HashSet<CrKey>,
+    /// When statuses may be written (first change after quiet at once, then ≤ 1/s).
+    pub(super) status_pacer: Pacer<CrKey>,
+    /// When a rollout may be stepped again on reports (same rule; a spec change steps at once).
+    pub(super) rollout_pacer: Pacer<DeploymentName>,
+    /// Deleted `Deployment`s whose finalizer is released once their keys are gone.
+    pub(super) finalize: HashSet<CrKey>,
+    /// Finalizer releases handed to the shell.
+    pub(super) releasing: HashSet<CrKey>,
+    /// CR keys seen since the watcher's last `Init` (to detect deletions across re-lists).
+    pub(super) relist: Option<HashSet<CrKey>>,
+    /// Blacklisted devices (annotation on their `Device` resource).
+    pub(super) blacklist: HashSet<DeviceId>,
+    /// Blacklisted devices seen since the Device watcher's last `Init`.
+    pub(super) blacklist_relist: Option<HashSet<DeviceId>>,
+    /// Latest labels of blacklisted devices, kept out of the index until released.
+    pub(super) held_labels: HashMap<DeviceId, Labels>,
+    /// Stray keys counted per device: too many, and the device is blacklisted.
+    pub(super) stray_writes: StrayWrites,
+    /// Labels each device reported and may claim (protected prefixes dropped).
+    pub(super) reported_labels: HashMap<DeviceId, Labels>,
+    /// Labels set on `Device` resources by anyone but the operator: they win for targeting.
+    pub(super) admin_labels: HashMap<DeviceId, Labels>,
+}
+
+impl Reconciler {
+    /// An empty core; feed it `desired-state` with [`Reconciler::load_desired`] first.
+    pub fn new(settings: Settings, metrics: Metrics) -> Self {
+        let stray_writes =
+            StrayWrites::new(settings.stray_report_limit, write_quota::DEFAULT_WINDOW);
+        Self {
+            settings,
+            metrics,
+            now: Now::system(),
+            effects: Vec::new(),
+            index: TargetIndex::new(),
+            fleet: FleetState::new(),
+            indexes: DeviceIndexes::new(),
+            revisions: HashMap::new(),
+            crs: HashMap::new(),
+            claims: HashMap::new(),
+            owned: HashMap::new(),
+            devices: HashMap::new(),
+            expiry: BTreeSet::new(),
+            caught_up: CaughtUp::default(),
+            converged: false,
+            converging: None,
+            ops: HashMap::new(),
+            in_flight: HashMap::new(),
+            indexes_in_flight: false,
+            retry: HashMap::new(),
+            rollout_dirty: HashSet::new(),
+            status_dirty: HashSet::new(),
+            status_pacer: Pacer::new(PACE),
+            rollout_pacer: Pacer::new(PACE),
+            finalize: HashSet::new(),
+            releasing: HashSet::new(),
+            relist: None,
+            blacklist: HashSet::new(),
+            blacklist_relist: None,
+            held_labels: HashMap::new(),
+            stray_writes,
+            reported_labels: HashMap::new(),
+            admin_labels: HashMap::new(),
+        }
+    }
+
+    /// Handles one input at `now` and returns what to do. Outcomes of [`Effect::WriteKeys`],
+    /// [`Effect::WriteIndexes`] and [`Effect::ReleaseFinalizer`] must come back before the
+    /// next watch event.
+    pub fn handle(&mut self, input: Input, now: Now) -> Vec<Effect> {
+        self.now = now;
+        match input {
+            Input::Cr(event) => self.on_cr(*event),
+            Input::Info(event) => self.on_info(event),
+            Input::State(event) => self.on_state(event),
+            Input::Heartbeat(event) => self.on_heartbeat(event),
+            Input::Devices(event) => self.on_devices(*event),
+            Input::Tick => self.on_tick(),
+            // What is due is done by `finish`.
+            Input::Wake => {}
+            Input::KeysWritten(results) => self.on_keys_written(results),
+            Input::IndexesWritten(results) => self.on_indexes_written(results),
+            Input::FinalizerReleased { key, outcome } => self.on_finalizer_released(key, outcome),
+        }
+        self.finish();
+        std::mem::take(&mut self.effects)
+    }
+
+    /// Whether the cold start is done.
+    pub fn is_converged(&self) -> bool {
+        self.converged
+    }
+
+    pub(super) fn emit(&mut self, effect: Effect) {
+        self.effects.push(effect);
+    }
+
+    /// The end of every input: hand the decided writes over; once nothing is in flight,
+    /// release finalizers, report the cold start and write the statuses that are due.
+    fn finish(&mut self) {
+        if self.converged {
+            self.step_due_rollouts();
+        }
+        self.flush_keys();
+        if !self.in_flight.is_empty() {
+            return;
+        }
+        self.flush_indexes();
+        if self.indexes_in_flight {
+            return;
+        }
+        if !self.converged {
+            return;
+        }
+        self.release_finalizers();
+        if let Some(report) = self.converging.take() {
+            self.report_converged(report);
+        }
+        self.publish_due_statuses();
+    }
+
+    /// The writes decided so far, as one [`Effect::WriteKeys`].
+    fn flush_keys(&mut self) {
+        if self.ops.is_empty() {
+            return;
+        }
+        let mut batch = Vec::with_capacity(self.ops.len());
+        for (key, (deployment, device, rev)) in std::mem::take(&mut self.ops) {
+            let op = match &rev {
+                Some(r) => match self.revisions.get(r) {
+                    Some(bytes) => KvOp::Put(bytes.clone()),
+                    None => {
+                        tracing::error!(key, revision = %r, "payload bytes of revision unknown; not writing");
+                        continue;
+                    }
+                },
+                None => KvOp::Delete,
+            };
+            batch.push((key.clone(), op));
+            self.in_flight.insert(key, (deployment, device, rev));
+        }
+        if !batch.is_empty() {
+            // Deterministic order: the same input gives the same effects.
+            batch.sort_by(|a, b| a.0.cmp(&b.0));
+            self.emit(Effect::WriteKeys(batch));
+        }
+    }
+
+    /// The index writes pending (keys changed, or a cold start found a stale index). Before
+    /// the cold start converged the picture is incomplete (orphans not collected yet): an index
+    /// written then could name a key about to be deleted.
+    fn flush_indexes(&mut self) {
+        if !self.converged {
+            return;
+        }
+        let writes = self.indexes.take_writes();
+        if writes.is_empty() {
+            return;
+        }
+        let ops = writes
+            .into_iter()
+            .map(|w| (w.device, KvOp::Put(w.bytes)))
+            .collect();
+        self.indexes_in_flight = true;
+        self.emit(Effect::WriteIndexes(ops));
+    }
+
+    /// Records the outcome of a [`Effect::WriteKeys`]: what succeeded is what KV holds now;
+    /// what failed is retried on the next tick.
+    fn on_keys_written(&mut self, results: Vec<(String, bool)>) {
+        for (key, ok) in results {
+            let Some((deployment, device, rev)) = self.in_flight.remove(&key) else {
+                continue;
+            };
+            if ok {
+                self.indexes.set(&device, &deployment, rev.as_ref());
+                self.fleet.set_assigned(&deployment, &device, rev);
+                self.retry.remove(&(deployment, device));
+            } else {
+                self.retry.insert((deployment, device), rev);
+            }
+        }
+        // A write the shell did not answer for counts as failed.
+        for (_, (deployment, device, rev)) in std::mem::take(&mut self.in_flight) {
+            self.retry.insert((deployment, device), rev);
+        }
+    }
+
+    /// Notices go out only for the indexes stored, so a device that lists on a notice reads
+    /// the new index; a failed one is written again with the next change or tick.
+    fn on_indexes_written(&mut self, results: Vec<(DeviceId, bool)>) {
+        self.indexes_in_flight = false;
+        let mut notify = Vec::new();
+        for (device, ok) in results {
+            if ok {
+                notify.push(device);
+            } else {
+                self.indexes.failed(&device);
+            }
+        }
+        if !notify.is_empty() {
+            self.emit(Effect::Notify(notify));
+        }
+    }
+
+    /// Records that the pair should hold `rev` (`None`: no key). Skipped when KV holds it.
+    pub(super) fn want(
+        &mut self,
+        deployment: &DeploymentName,
+        device: &DeviceId,
+        rev: Option<Rev>,
+    ) {
+        let key = keys::desired_key(device, deployment);
+        if self.fleet.assigned(deployment, device) == rev.as_ref() {
+            if self.ops.remove(&key).is_none() {
+                self.metrics.kv_writes_skipped.inc();
+            }
+            return;
+        }
+        self.ops
+            .insert(key, (deployment.clone(), device.clone(), rev));
+    }
+
+    /// Whether the pair has (or is about to get) a `desired-state` key.
+    pub(super) fn is_assigned(&self, deployment: &DeploymentName, device: &DeviceId) -> bool {
+        self.fleet.assigned(deployment, device).is_some()
+            || self
+                .ops
+                .get(&keys::desired_key(device, deployment))
+                .is_some_and(|(_, _, rev)| rev.is_some())
+    }
+
+    /// When the shell should wake the core (with [`Input::Wake`]) for a status or rollout step
+    /// held back by the pace; `None` when nothing is waiting.
+    pub fn next_wake(&self) -> Option<Instant> {
+        if !self.converged {
+            return None;
+        }
+        let statuses = self
+            .status_dirty
+            .iter()
+            .filter_map(|k| self.status_pacer.due_at(k));
+        let rollouts = self
+            .rollout_dirty
+            .iter()
+            .filter_map(|k| self.rollout_pacer.due_at(k));
+        statuses.chain(rollouts).min()
+    }
+
+    /// Periodic work: heartbeat expiry, stray-key windows, retries, rollout steps, statuses.
+    fn on_tick(&mut self) {
+        if !self.converged {
+            self.maybe_converge();
+            if !self.converged {
+                return;
+            }
+        }
+        self.expire_heartbeats();
+        self.stray_writes.expire(self.now.mono);
+        let retry: Vec<((DeploymentName, DeviceId), Option<Rev>)> = self.retry.drain().collect();
+        for ((deployment, device), rev) in retry {
+            let rev = if self.index.is_matched(&deployment, &device) {
+                rev
+            } else {
+                None
+            };
+            self.want(&deployment, &device, rev);
+        }
+        self.finalize_pending();
+    }
+
+    /// Age of a server timestamp at the input's time.
+    pub(super) fn age(&self, at: Timestamp) -> Duration {
+        self.now
+            .wall
+            .duration_since(at)
+            .try_into()
+            .unwrap_or(Duration::ZERO)
+    }
+
+    /// The monotonic time of the input.
+    pub(super) fn mono(&self) -> Instant {
+        self.now.mono
+    }
+}

@@ -1,0 +1,109 @@
+//! `device-state`: what devices report, folded into the aggregate. A device reports only for
+//! deployments assigned to it; anything else is removed, and a device that keeps writing such
+//! keys is blacklisted.
+
+use harmony_fleet_contracts::ids::DeviceId;
+use harmony_fleet_contracts::keys::{self, StateKey};
+use harmony_fleet_contracts::state::{DeploymentState, Phase as StatePhase};
+
+use super::Effect;
+use super::reconciler::Reconciler;
+use crate::aggregate::Report;
+use crate::crd::device::BLACKLIST_ANNOTATION;
+use crate::kv::KvEvent;
+use crate::rollout::Outcome;
+use crate::write_quota::Verdict;
+
+impl Reconciler {
+    pub(super) fn on_state(&mut self, event: KvEvent) {
+        let (k, report) = match event {
+            KvEvent::CaughtUp => {
+                self.caught_up.state = true;
+                return;
+            }
+            KvEvent::Put { key, value, .. } => {
+                let k = match StateKey::parse(&key) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        // A device may write `state.<itself>.<anything>`: a key that is not
+                        // a deployment name is as stray as one of a deployment it lacks.
+                        match stray_state_device(&key) {
+                            Some(device) if self.converged => self.note_stray(&device, key),
+                            _ => {
+                                tracing::warn!(key, error = %e, "ignoring foreign key in device-state")
+                            }
+                        }
+                        return;
+                    }
+                };
+                let state: DeploymentState = match serde_json::from_slice(&value) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        if self.converged && !self.is_assigned(&k.deployment, &k.device) {
+                            self.note_stray(&k.device, key);
+                        } else {
+                            tracing::warn!(key, error = %e, "ignoring unreadable device-state");
+                        }
+                        return;
+                    }
+                };
+                let report = state.payload_hash.clone().map(|rev| Report {
+                    rev,
+                    outcome: match state.phase {
+                        StatePhase::Running => Outcome::Succeeded,
+                        StatePhase::Failed => Outcome::Failed,
+                        _ => Outcome::InProgress,
+                    },
+                    error: state.last_error.clone(),
+                    at: Some(state.last_change),
+                });
+                (k, report)
+            }
+            KvEvent::Delete { key } => {
+                let Ok(k) = StateKey::parse(&key) else {
+                    return;
+                };
+                (k, None)
+            }
+        };
+        let reported = report.is_some();
+        self.fleet.set_report(&k.deployment, &k.device, report);
+        // Before the cold start converged, assignments are not all known yet.
+        if reported && self.converged && !self.is_assigned(&k.deployment, &k.device) {
+            self.note_stray(&k.device, keys::state_key(&k.device, &k.deployment));
+        }
+    }
+
+    /// Asks for the removal of `device`'s stray `device-state` key `key` and counts it: a
+    /// device over the limit ([`crate::write_quota::StrayWrites`]) is blacklisted.
+    pub(super) fn note_stray(&mut self, device: &DeviceId, key: String) {
+        self.metrics.stray_reports.inc();
+        let now = self.mono();
+        if let Verdict::Exceeded { keys } = self.stray_writes.record(device, &key, now) {
+            let reason = format!(
+                "the operator blacklisted it: it wrote {keys} device-state keys for deployments not assigned to it within {}s (limit {}, --stray-report-limit); remove the annotation {BLACKLIST_ANNOTATION} to let it back",
+                self.stray_writes.window().as_secs(),
+                self.stray_writes.limit(),
+            );
+            tracing::warn!(device = %device, keys, "device floods device-state: blacklisting it");
+            self.metrics.devices_flooding.inc();
+            self.emit(Effect::BlacklistDevice {
+                device: device.clone(),
+                reason,
+            });
+        }
+        self.emit(Effect::RemoveStray(key));
+    }
+}
+
+/// The device a `device-state` key names, when it has the shape a device may write
+/// (`state.<device>.<one token>`) without being a valid [`StateKey`].
+pub(super) fn stray_state_device(key: &str) -> Option<DeviceId> {
+    let mut parts = key.splitn(3, '.');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(keys::STATE_PREFIX), Some(device), Some(rest)) if !rest.is_empty() => {
+            device.parse().ok()
+        }
+        _ => None,
+    }
+}

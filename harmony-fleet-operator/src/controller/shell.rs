@@ -1,0 +1,461 @@
+//! The async shell around the core: starts the watches, feeds the [`Reconciler`] in arrival
+//! order, carries out its [`Effect`]s, and feeds their outcomes back before the next event.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use harmony_fleet_contracts::ids::DeviceId;
+use harmony_fleet_contracts::notice;
+use kube::api::{Api, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::reconciler::{Reconciler, Settings};
+use super::{CrKey, Effect, Input, Now, PatchOutcome};
+use crate::config::Config;
+use crate::crd::deployment::{Deployment, DeploymentStatus};
+use crate::crd::device::{BLACKLIST_ANNOTATION, BLACKLIST_REASON_ANNOTATION, Device};
+use crate::crd::{FIELD_MANAGER, GROUP};
+use crate::error::{Error, Result};
+use crate::events as fleet_events;
+use crate::http::Readiness;
+use crate::kv::{self, DesiredWriter, FleetKv};
+use crate::metrics::Metrics;
+use crate::registry::{self, DeviceUpdate};
+
+/// A running operator. Dropping it stops every task it started.
+#[derive(Debug)]
+pub struct OperatorHandle {
+    /// Readiness (`Recovering` → `Converged`).
+    pub readiness: Readiness,
+    /// Metrics of this instance.
+    pub metrics: Metrics,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    main: Option<tokio::task::JoinHandle<Result<()>>>,
+}
+
+impl OperatorHandle {
+    /// Waits for the reconcile loop to end (it only ends on a fatal error).
+    pub async fn wait(mut self) -> Result<()> {
+        match self.main.take() {
+            Some(main) => match main.await {
+                Ok(result) => result,
+                Err(e) => Err(Error::Config(format!("reconcile loop panicked: {e}"))),
+            },
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for OperatorHandle {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Some(main) = &self.main {
+            main.abort();
+        }
+    }
+}
+
+/// Starts the operator against a Kubernetes API and a NATS server.
+pub async fn start(
+    config: Config,
+    client: kube::Client,
+    nats: async_nats::Client,
+    metrics: Metrics,
+    readiness: Readiness,
+) -> Result<OperatorHandle> {
+    let nats_client = nats.clone();
+    let fleet_kv = FleetKv::open_or_create(nats, config.create_buckets).await?;
+    let (tx, rx) = mpsc::channel::<Input>(8192);
+    let mut tasks = Vec::new();
+
+    let mut core = Reconciler::new(
+        Settings {
+            heartbeat_timeout: config.heartbeat_timeout,
+            device_resources: config.device_resources,
+            stray_report_limit: config.stray_report_limit,
+        },
+        metrics.clone(),
+    );
+    // What desired-state holds, before anything else: the baseline writes are compared with.
+    load_desired(&fleet_kv, &mut core).await?;
+
+    let api: Api<Deployment> = match &config.namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    tasks.push(forward_watch(
+        api,
+        tx.clone(),
+        |e| Input::Cr(Box::new(e)),
+        "Deployment",
+    ));
+    tasks.push(kv::forward(
+        kv::watch_from_start(&fleet_kv.info).await?,
+        tx.clone(),
+        Input::Info,
+        "device-info",
+    ));
+    tasks.push(kv::forward(
+        kv::watch_from_start(&fleet_kv.state).await?,
+        tx.clone(),
+        Input::State,
+        "device-state",
+    ));
+    tasks.push(kv::forward(
+        kv::watch_from_start(&fleet_kv.heartbeat).await?,
+        tx.clone(),
+        Input::Heartbeat,
+        "device-heartbeat",
+    ));
+    // Blacklist and labels set by people: `Device` resources, metadata only.
+    let devices: Api<PartialObjectMeta<Device>> = Api::all(client.clone());
+    tasks.push(forward_watch(
+        devices,
+        tx,
+        |e| Input::Devices(Box::new(e)),
+        "Device",
+    ));
+
+    let (events, task) = fleet_events::spawn(client.clone());
+    tasks.push(task);
+    let registry = if config.device_resources {
+        let (registry_tx, task) = registry::spawn(
+            client.clone(),
+            metrics.clone(),
+            config.last_seen_refresh,
+            events.clone(),
+        );
+        tasks.push(task);
+        Some(registry_tx)
+    } else {
+        None
+    };
+    let (status_tx, task) = spawn_status_patcher(client.clone(), metrics.clone());
+    tasks.push(task);
+    let (stray_tx, task) = kv::spawn_stray_remover(fleet_kv.state.clone(), metrics.clone());
+    tasks.push(task);
+
+    let shell = Shell {
+        writer: DesiredWriter::new(fleet_kv.desired.clone(), nats_client, metrics.clone()),
+        client,
+        registry,
+        status_tx,
+        events,
+        stray_tx,
+        readiness: readiness.clone(),
+    };
+    let main = tokio::spawn(run(core, shell, rx, metrics.clone()));
+    Ok(OperatorHandle {
+        readiness,
+        metrics,
+        tasks,
+        main: Some(main),
+    })
+}
+
+/// Reads `desired-state` up to its current end into the core.
+async fn load_desired(fleet_kv: &FleetKv, core: &mut Reconciler) -> Result<()> {
+    let mut events = std::pin::pin!(kv::watch_from_start(&fleet_kv.desired).await?);
+    while let Some(event) = events.next().await {
+        if core.load_desired(event?) {
+            return Ok(());
+        }
+    }
+    Err(Error::WatchEnded {
+        bucket: "desired-state".into(),
+        message: "ended before the backlog was read".into(),
+    })
+}
+
+/// Forwards a Kubernetes watch (with the default backoff) into the loop's channel.
+fn forward_watch<K>(
+    api: Api<K>,
+    tx: mpsc::Sender<Input>,
+    wrap: fn(watcher::Event<K>) -> Input,
+    what: &'static str,
+) -> tokio::task::JoinHandle<()>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    tokio::spawn(async move {
+        let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(event) => {
+                    if tx.send(wrap(event)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(resource = what, error = %e, "watch error; retrying with backoff")
+                }
+            }
+        }
+    })
+}
+
+/// The loop: one input at a time, each with every outcome of its effects, then the next.
+async fn run(
+    mut core: Reconciler,
+    shell: Shell,
+    mut rx: mpsc::Receiver<Input>,
+    metrics: Metrics,
+) -> Result<()> {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let wake = core.next_wake();
+        let input = tokio::select! {
+            input = rx.recv() => input.ok_or_else(|| Error::WatchEnded {
+                bucket: "all".into(),
+                message: "every watch ended".into(),
+            })?,
+            _ = tick.tick() => Input::Tick,
+            _ = sleep_until(wake) => Input::Wake,
+        };
+        let started = Instant::now();
+        let trigger = input.trigger();
+        let mut queue = VecDeque::from([input]);
+        while let Some(input) = queue.pop_front() {
+            for effect in core.handle(input, Now::system()) {
+                if let Some(outcome) = shell.carry_out(effect).await {
+                    queue.push_back(outcome);
+                }
+            }
+        }
+        metrics.observe_reconcile(trigger, started.elapsed());
+    }
+}
+
+/// Resolves at `at`, or never.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Where the effects go.
+struct Shell {
+    writer: DesiredWriter,
+    client: kube::Client,
+    registry: Option<mpsc::UnboundedSender<DeviceUpdate>>,
+    status_tx: mpsc::UnboundedSender<(CrKey, DeploymentStatus)>,
+    events: fleet_events::Sender,
+    stray_tx: mpsc::UnboundedSender<String>,
+    readiness: Readiness,
+}
+
+impl Shell {
+    /// Carries out one effect; returns the input that reports its outcome, if it has one.
+    async fn carry_out(&self, effect: Effect) -> Option<Input> {
+        match effect {
+            Effect::WriteKeys(ops) => {
+                let results = self.writer.apply(ops).await;
+                Some(Input::KeysWritten(
+                    results.into_iter().map(|(key, _, ok)| (key, ok)).collect(),
+                ))
+            }
+            Effect::WriteIndexes(ops) => {
+                let mut devices: HashMap<String, DeviceId> = HashMap::with_capacity(ops.len());
+                let ops = ops
+                    .into_iter()
+                    .map(|(device, op)| {
+                        let key = notice::index_key(&device);
+                        devices.insert(key.clone(), device);
+                        (key, op)
+                    })
+                    .collect();
+                let results = self.writer.apply(ops).await;
+                Some(Input::IndexesWritten(
+                    results
+                        .into_iter()
+                        .filter_map(|(key, _, ok)| devices.remove(&key).map(|d| (d, ok)))
+                        .collect(),
+                ))
+            }
+            Effect::Notify(devices) => {
+                self.writer.notify(&devices).await;
+                None
+            }
+            Effect::AddFinalizer {
+                key,
+                finalizers,
+                resource_version,
+            } => {
+                if let Err(e) = self
+                    .set_finalizers(&key, finalizers, resource_version)
+                    .await
+                {
+                    // A conflict means a newer version is on its way through the watch.
+                    tracing::debug!(deployment = %key.name, namespace = %key.namespace, error = %e, "adding finalizer failed");
+                }
+                None
+            }
+            Effect::ReleaseFinalizer {
+                key,
+                finalizers,
+                resource_version,
+            } => {
+                let outcome = match self
+                    .set_finalizers(&key, finalizers, resource_version)
+                    .await
+                {
+                    Ok(()) => PatchOutcome::Done,
+                    Err(kube::Error::Api(s)) if s.code == 404 => PatchOutcome::Gone,
+                    Err(e) => {
+                        tracing::debug!(deployment = %key.name, error = %e, "releasing finalizer failed; retrying");
+                        PatchOutcome::Failed
+                    }
+                };
+                Some(Input::FinalizerReleased { key, outcome })
+            }
+            Effect::PatchStatus(key, status) => {
+                let _ = self.status_tx.send((key, *status));
+                None
+            }
+            Effect::BlacklistDevice { device, reason } => {
+                self.blacklist(&device, reason).await;
+                None
+            }
+            Effect::RemoveStray(key) => {
+                let _ = self.stray_tx.send(key);
+                None
+            }
+            Effect::Device(update) => {
+                if let Some(registry) = &self.registry {
+                    let _ = registry.send(update);
+                }
+                None
+            }
+            Effect::Events(regarding, events) => {
+                let _ = self.events.send((regarding, events));
+                None
+            }
+            Effect::Converged => {
+                self.readiness.set_converged();
+                None
+            }
+        }
+    }
+
+    /// Writes a `Deployment`'s finalizer list, conditional on the version it was read at.
+    async fn set_finalizers(
+        &self,
+        key: &CrKey,
+        finalizers: Vec<String>,
+        resource_version: Option<String>,
+    ) -> std::result::Result<(), kube::Error> {
+        let api: Api<Deployment> = Api::namespaced(self.client.clone(), &key.namespace);
+        let patch = json!({
+            "metadata": { "finalizers": finalizers, "resourceVersion": resource_version }
+        });
+        api.patch(&key.name, &PatchParams::default(), &Patch::Merge(patch))
+            .await
+            .map(|_| ())
+    }
+
+    /// Blacklists a flooding device (annotations on its `Device`; the blacklist watch then
+    /// takes its keys, and the identity service revokes its credential).
+    async fn blacklist(&self, device: &DeviceId, reason: String) {
+        let api: Api<Device> = Api::all(self.client.clone());
+        let patch = json!({"metadata": {"annotations": {
+            BLACKLIST_ANNOTATION: "true",
+            BLACKLIST_REASON_ANNOTATION: reason,
+        }}});
+        match api
+            .patch(
+                device.as_str(),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(device = %device, "device blacklisted for flooding device-state")
+            }
+            Err(e) => {
+                tracing::warn!(device = %device, error = %e, "could not blacklist a flooding device (no Device resource with --no-device-resources?); its stray keys are still removed")
+            }
+        }
+    }
+}
+
+/// Spawns the task that writes `Deployment` statuses by server-side apply. Coalesces: when
+/// several statuses of one resource queue up, only the latest is written.
+fn spawn_status_patcher(
+    client: kube::Client,
+    metrics: Metrics,
+) -> (
+    mpsc::UnboundedSender<(CrKey, DeploymentStatus)>,
+    tokio::task::JoinHandle<()>,
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<(CrKey, DeploymentStatus)>();
+    let task = tokio::spawn(async move {
+        let mut pending: HashMap<CrKey, DeploymentStatus> = HashMap::new();
+        let (retry_tx, mut retry_rx) = mpsc::unbounded_channel::<(CrKey, DeploymentStatus)>();
+        loop {
+            if pending.is_empty() {
+                match rx.recv().await {
+                    Some((k, s)) => {
+                        pending.insert(k, s);
+                    }
+                    None => return,
+                }
+            }
+            while let Ok((k, s)) = rx.try_recv() {
+                pending.insert(k, s);
+            }
+            let batch: Vec<(CrKey, DeploymentStatus)> = pending.drain().collect();
+            futures::stream::iter(batch)
+                .for_each_concurrent(8, |(key, status)| {
+                    let client = client.clone();
+                    let metrics = metrics.clone();
+                    let retry_tx = retry_tx.clone();
+                    async move {
+                        let api: Api<Deployment> = Api::namespaced(client, &key.namespace);
+                        let body = json!({
+                            "apiVersion": format!("{GROUP}/v1alpha1"),
+                            "kind": "Deployment",
+                            "status": status,
+                        });
+                        let result = api
+                            .patch_status(
+                                &key.name,
+                                &PatchParams::apply(FIELD_MANAGER).force(),
+                                &Patch::Apply(body),
+                            )
+                            .await;
+                        match result {
+                            Ok(_) => metrics.status_patch("deployment", true),
+                            Err(kube::Error::Api(s)) if s.code == 404 => {}
+                            Err(e) => {
+                                metrics.status_patch("deployment", false);
+                                tracing::warn!(deployment = %key.name, namespace = %key.namespace, error = %e, "status patch failed; retrying");
+                                let _ = retry_tx.send((key, status));
+                            }
+                        }
+                    }
+                })
+                .await;
+            let mut failed = false;
+            while let Ok((k, s)) = retry_rx.try_recv() {
+                failed = true;
+                pending.entry(k).or_insert(s);
+            }
+            if failed {
+                // Back off before writing again (the API server refused or was away).
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    });
+    (tx, task)
+}
