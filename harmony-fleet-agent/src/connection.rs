@@ -37,17 +37,21 @@ pub struct Connection {
     link: watch::Receiver<Link>,
 }
 
+/// Any client error, boxed (the NATS client's error types vary by call).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Why a KV write failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PublishError {
     /// The message was not accepted by JetStream (no connection, no stream, no permission).
-    #[error("cannot write {subject}: {message}; the write is retried when the connection returns")]
+    #[error("cannot write {subject}: {source}; the write is retried when the connection returns")]
     Publish {
         /// Subject written.
         subject: String,
-        /// The client's message.
-        message: String,
+        /// The client's error.
+        #[source]
+        source: BoxError,
     },
 }
 
@@ -57,13 +61,14 @@ pub enum PublishError {
 pub enum ConnectError {
     /// The options were rejected (e.g. an unparsable URL).
     #[error(
-        "cannot set up the NATS client for {urls}: {message}; check [nats] urls in the agent config"
+        "cannot set up the NATS client for {urls}: {source}; check [nats] urls in the agent config"
     )]
     Options {
         /// The configured URLs.
         urls: String,
-        /// The client's message.
-        message: String,
+        /// The client's error.
+        #[source]
+        source: BoxError,
     },
 }
 
@@ -164,14 +169,14 @@ impl Connection {
             .collect::<Result<_, _>>()
             .map_err(|err: std::io::Error| ConnectError::Options {
                 urls: urls.clone(),
-                message: err.to_string(),
+                source: err.into(),
             })?;
         let client = options
             .connect(addrs)
             .await
             .map_err(|err| ConnectError::Options {
                 urls,
-                message: err.to_string(),
+                source: err.into(),
             })?;
         let jetstream = jetstream::new(client.clone());
         Ok(Self {
@@ -206,11 +211,11 @@ impl Connection {
             .await
             .map_err(|err| PublishError::Publish {
                 subject: subject.clone(),
-                message: err.to_string(),
+                source: err.into(),
             })?;
         let ack = ack.await.map_err(|err| PublishError::Publish {
             subject: subject.clone(),
-            message: err.to_string(),
+            source: err.into(),
         })?;
         Ok(ack.sequence)
     }
@@ -226,11 +231,11 @@ impl Connection {
             .await
             .map_err(|err| PublishError::Publish {
                 subject: subject.clone(),
-                message: err.to_string(),
+                source: err.into(),
             })?;
         ack.await.map_err(|err| PublishError::Publish {
             subject: subject.clone(),
-            message: err.to_string(),
+            source: err.into(),
         })?;
         Ok(())
     }

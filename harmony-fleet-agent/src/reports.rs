@@ -218,7 +218,7 @@ async fn flush_states(
             Ok(()) if slot.removed => connection
                 .kv_delete(DEVICE_STATE, &key)
                 .await
-                .map_err(|err| err.to_string()),
+                .map_err(ReportError::from),
             other => other,
         };
         match written {
@@ -245,13 +245,21 @@ async fn publish_json<T: serde::Serialize>(
     bucket: &str,
     key: &str,
     value: &T,
-) -> Result<(), String> {
-    let bytes = serde_json::to_vec(value).map_err(|err| err.to_string())?;
-    connection
-        .kv_put(bucket, key, Bytes::from(bytes))
-        .await
-        .map(|_| ())
-        .map_err(|err| err.to_string())
+) -> Result<(), ReportError> {
+    let bytes = serde_json::to_vec(value)?;
+    connection.kv_put(bucket, key, Bytes::from(bytes)).await?;
+    Ok(())
+}
+
+/// Why a report was not written.
+#[derive(Debug, thiserror::Error)]
+enum ReportError {
+    /// The value did not serialise (a bug: reports always do).
+    #[error("encoding the report: {0}")]
+    Encode(#[from] serde_json::Error),
+    /// The write failed.
+    #[error(transparent)]
+    Publish(#[from] crate::connection::PublishError),
 }
 
 #[cfg(test)]

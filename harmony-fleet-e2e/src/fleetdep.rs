@@ -181,7 +181,7 @@ mod tests {
             },
             rollout: Some(RolloutStatus {
                 revision: ContentHash::of_bytes(b"v2").to_string(),
-                phase: "Complete".into(),
+                phase: harmony_fleet_operator::crd::deployment::RolloutPhase::Complete,
                 ..Default::default()
             }),
             failing_devices: Vec::new(),

@@ -47,15 +47,27 @@ pub enum CommandError {
     },
     /// The reply could not be decoded.
     #[error(
-        "device {device} sent an unreadable `{verb}` reply: {message}; agent and operator versions may be incompatible"
+        "device {device} sent an unreadable `{verb}` reply: {source}; agent and operator versions may be incompatible"
     )]
     BadReply {
         /// The device.
         device: DeviceId,
         /// The verb.
         verb: Verb,
-        /// The decoder's message.
-        message: String,
+        /// The decoder's error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The request could not be encoded (a bug: requests always serialise).
+    #[error("encoding the `{verb}` request to device {device}: {source}")]
+    Encode {
+        /// The device.
+        device: DeviceId,
+        /// The verb.
+        verb: Verb,
+        /// The encoder's error.
+        #[source]
+        source: serde_json::Error,
     },
     /// The agent ran the verb and reports an error (bad request, not found, runtime...).
     #[error("device {device} refused `{verb}`: {source}")]
@@ -69,12 +81,13 @@ pub enum CommandError {
         source: protocol::CommandError,
     },
     /// The NATS client failed (disconnected, payload too large, ...).
-    #[error("NATS request to device {device} failed: {message}")]
+    #[error("NATS request to device {device} failed: {source}")]
     Nats {
         /// The device.
         device: DeviceId,
-        /// The client's message.
-        message: String,
+        /// The client's error.
+        #[source]
+        source: async_nats::RequestError,
     },
 }
 
@@ -145,9 +158,10 @@ impl CommandsClient {
         request: &Q,
         timeout: Duration,
     ) -> Result<A, CommandError> {
-        let payload = serde_json::to_vec(request).map_err(|e| CommandError::Nats {
+        let payload = serde_json::to_vec(request).map_err(|source| CommandError::Encode {
             device: device.clone(),
-            message: format!("encoding the `{verb}` request: {e}"),
+            verb,
+            source,
         })?;
         let subject = keys::command_subject(device, verb);
         let message = self
@@ -170,14 +184,14 @@ impl CommandsClient {
                 },
                 _ => CommandError::Nats {
                     device: device.clone(),
-                    message: e.to_string(),
+                    source: e,
                 },
             })?;
         let reply: CommandReply<A> =
-            serde_json::from_slice(&message.payload).map_err(|e| CommandError::BadReply {
+            serde_json::from_slice(&message.payload).map_err(|source| CommandError::BadReply {
                 device: device.clone(),
                 verb,
-                message: e.to_string(),
+                source,
             })?;
         reply.into_result().map_err(|source| CommandError::Refused {
             device: device.clone(),

@@ -34,6 +34,10 @@ pub struct Cli {
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "parsed once at start; boxing would only complicate the call sites"
+)]
 pub enum Command {
     /// Run the operator (the default).
     Run(RunArgs),
@@ -199,6 +203,25 @@ pub struct RunArgs {
     /// Who may use the dashboard.
     #[command(flatten)]
     pub web_access: WebAccessArgs,
+    /// Run several replicas safely: only the holder of a `coordination.k8s.io` Lease writes;
+    /// the others keep their caches warm and take over when it stops (at once) or dies (within
+    /// about the lease duration). Needs get, create and update on Leases in
+    /// --leader-elect-namespace.
+    #[arg(long, env = "FLEET_LEADER_ELECT")]
+    pub leader_elect: bool,
+    /// Namespace of the Lease (default: $POD_NAMESPACE, else `default`).
+    #[arg(long, env = "FLEET_LEADER_ELECT_NAMESPACE")]
+    pub leader_elect_namespace: Option<String>,
+    /// Name of the Lease.
+    #[arg(long, env = "FLEET_LEADER_ELECT_LEASE", default_value = crate::leader::LeaderConfig::DEFAULT_NAME)]
+    pub leader_elect_lease: String,
+    /// This replica's identity in the Lease (default: $POD_NAME, else `<hostname>-<pid>`).
+    #[arg(long, env = "FLEET_LEADER_ELECT_IDENTITY")]
+    pub leader_elect_identity: Option<String>,
+    /// Seconds a Lease not renewed stays held: how long a dead leader is waited for. The
+    /// leader renews every tenth of it and gives up at seven tenths.
+    #[arg(long, env = "FLEET_LEADER_ELECT_LEASE_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=300))]
+    pub leader_elect_lease_secs: u64,
 }
 
 /// NATS connection settings.
@@ -250,6 +273,8 @@ pub struct Config {
     pub web: Option<WebConfig>,
     /// Device credentials, when `--identity-signer` is set.
     pub identity: Option<IdentityConfig>,
+    /// Leader election, when `--leader-elect` is set.
+    pub leader: Option<crate::leader::LeaderConfig>,
 }
 
 /// Where and for whom `run` serves the dashboard.
@@ -280,6 +305,7 @@ impl Config {
             stray_report_limit: crate::write_quota::DEFAULT_STRAY_KEY_LIMIT,
             web: None,
             identity: None,
+            leader: None,
         }
     }
 }
@@ -310,7 +336,33 @@ impl TryFrom<RunArgs> for Config {
             log_json: _,
             web_listen,
             web_access,
+            leader_elect,
+            leader_elect_namespace,
+            leader_elect_lease,
+            leader_elect_identity,
+            leader_elect_lease_secs,
         } = args;
+        let leader = leader_elect.then(|| {
+            let namespace = leader_elect_namespace
+                .filter(|n| !n.trim().is_empty())
+                .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                .filter(|n| !n.trim().is_empty())
+                .unwrap_or_else(|| "default".to_owned());
+            let identity = leader_elect_identity
+                .filter(|n| !n.trim().is_empty())
+                .or_else(|| std::env::var("POD_NAME").ok())
+                .filter(|n| !n.trim().is_empty())
+                .unwrap_or_else(default_identity);
+            let lease = Duration::from_secs(leader_elect_lease_secs);
+            crate::leader::LeaderConfig {
+                namespace,
+                name: leader_elect_lease,
+                identity,
+                lease_duration: lease,
+                renew_deadline: lease * 7 / 10,
+                retry_period: (lease / 10).max(Duration::from_millis(200)),
+            }
+        });
         let urls: Vec<String> = nats_urls
             .into_iter()
             .map(|u| u.trim().to_owned())
@@ -399,8 +451,19 @@ impl TryFrom<RunArgs> for Config {
                 access: web_access,
             }),
             identity,
+            leader,
         })
     }
+}
+
+/// `<hostname>-<pid>`: unique among the replicas on one machine and across machines.
+fn default_identity() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "operator".to_owned());
+    format!("{host}-{}", std::process::id())
 }
 
 #[cfg(test)]

@@ -17,13 +17,14 @@ pub enum Error {
     },
     /// A NATS or JetStream operation failed.
     #[error(
-        "NATS: {context}: {message}; check that nats-server is reachable and JetStream is enabled"
+        "NATS: {context}: {source}; check that nats-server is reachable and JetStream is enabled"
     )]
     Nats {
         /// What the operator was doing.
         context: String,
-        /// The client's message.
-        message: String,
+        /// The client's error.
+        #[source]
+        source: BoxError,
     },
     /// A fleet KV bucket is missing.
     #[error(
@@ -73,6 +74,23 @@ pub enum Error {
         #[source]
         source: harmony_fleet_contracts::jwt::JwtError,
     },
+    /// A task the operator runs ended or panicked; the operator stops and `/readyz` fails.
+    #[error("the operator's {task} task {how}; restart the operator (the logs above say why)")]
+    TaskEnded {
+        /// Which task.
+        task: &'static str,
+        /// `ended` or `panicked: <message>`.
+        how: String,
+    },
+    /// This replica lost the leader Lease; it stops so that it never writes beside the new
+    /// leader (restarted, it comes back as a standby).
+    #[error("lost the leader Lease `{lease}`: {why}; stopping (a standby takes over)")]
+    LostLease {
+        /// The Lease name.
+        lease: String,
+        /// Why.
+        why: String,
+    },
     /// A deadline passed.
     #[error("{what} did not finish within {after:?}")]
     Timeout {
@@ -104,13 +122,30 @@ impl Error {
     }
 
     /// Wraps a NATS error with what the operator was doing.
-    pub fn nats(context: impl Into<String>, source: impl std::fmt::Display) -> Self {
+    pub fn nats(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
         Self::Nats {
             context: context.into(),
-            message: source.to_string(),
+            source: source.into(),
+        }
+    }
+
+    /// A short name of the error's kind, for the `errors_total{kind}` metric.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Kube { .. } => "kube",
+            Self::Nats { .. } | Self::MissingBucket { .. } | Self::WatchEnded { .. } => "nats",
+            Self::Serialize { .. } | Self::Yaml(_) => "serialize",
+            Self::Config(_) | Self::Bind { .. } => "config",
+            Self::Credential { .. } => "credential",
+            Self::TaskEnded { .. } => "task",
+            Self::LostLease { .. } => "lease",
+            Self::Timeout { .. } => "timeout",
         }
     }
 }
+
+/// Any error, boxed: the source of an error from a client whose error types vary by call.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Result with the operator's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

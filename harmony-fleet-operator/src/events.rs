@@ -212,7 +212,10 @@ pub type Sender = mpsc::UnboundedSender<(Regarding, Vec<FleetEvent>)>;
 
 /// Spawns the task that writes Events as `harmony-fleet-operator`, within a budget of 10 per
 /// object and 50 in all per 10 s.
-pub fn spawn(client: kube::Client) -> (Sender, tokio::task::JoinHandle<()>) {
+pub fn spawn(
+    client: kube::Client,
+    metrics: crate::metrics::Metrics,
+) -> (Sender, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<(Regarding, Vec<FleetEvent>)>();
     let recorder = Recorder::new(
         client,
@@ -250,6 +253,7 @@ pub fn spawn(client: kube::Client) -> (Sender, tokio::task::JoinHandle<()>) {
                     )
                     .await;
                 if let Err(e) = published {
+                    metrics.error("event");
                     tracing::warn!(regarding = ?regarding, reason = event.reason, error = %e, "writing an Event failed");
                 }
             }

@@ -1,9 +1,10 @@
 //! HTTP endpoints: `/healthz` (the process serves), `/readyz` (`Recovering` until the cold
-//! start has rebuilt the fleet state and collected orphaned keys, then `Converged`) and
+//! start has rebuilt the fleet state and collected orphaned keys, then `Converged`; `Failed`
+//! for good once one of its tasks ended or panicked) and
 //! `/metrics` (Prometheus).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -13,19 +14,36 @@ use axum::routing::get;
 
 use crate::metrics::Metrics;
 
-/// Shared readiness flag: flipped once by the controller after the cold start.
+const RECOVERING: u8 = 0;
+const CONVERGED: u8 = 1;
+const FAILED: u8 = 2;
+
+/// Shared readiness: `Recovering` until the controller's cold start is over, then `Converged`;
+/// `Failed` once a task of the operator ended or panicked (never left).
 #[derive(Clone, Debug, Default)]
-pub struct Readiness(Arc<AtomicBool>);
+pub struct Readiness(Arc<AtomicU8>);
 
 impl Readiness {
-    /// Marks the operator converged (irreversible for the life of the process).
+    /// Marks the operator converged (unless it failed).
     pub fn set_converged(&self) {
-        self.0.store(true, Ordering::Release);
+        let _ = self
+            .0
+            .compare_exchange(RECOVERING, CONVERGED, Ordering::AcqRel, Ordering::Acquire);
     }
 
-    /// Whether the cold start is over.
+    /// Marks the operator failed, for good.
+    pub fn set_failed(&self) {
+        self.0.store(FAILED, Ordering::Release);
+    }
+
+    /// Whether the cold start is over and nothing failed.
     pub fn is_converged(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+        self.0.load(Ordering::Acquire) == CONVERGED
+    }
+
+    /// Whether a task of the operator ended or panicked.
+    pub fn is_failed(&self) -> bool {
+        self.0.load(Ordering::Acquire) == FAILED
     }
 }
 
@@ -54,6 +72,8 @@ async fn healthz() -> &'static str {
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     if state.readiness.is_converged() {
         (StatusCode::OK, "Converged\n")
+    } else if state.readiness.is_failed() {
+        (StatusCode::SERVICE_UNAVAILABLE, "Failed\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "Recovering\n")
     }
@@ -100,8 +120,15 @@ mod tests {
             (StatusCode::SERVICE_UNAVAILABLE, "Recovering\n")
         );
         state.readiness.set_converged();
-        let (status, body) = get_body(app(state), "/readyz").await;
+        let (status, body) = get_body(app(state.clone()), "/readyz").await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "Converged\n"));
+        state.readiness.set_failed();
+        state.readiness.set_converged();
+        let (status, body) = get_body(app(state), "/readyz").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "Failed\n")
+        );
     }
 
     #[tokio::test]

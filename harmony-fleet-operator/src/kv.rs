@@ -285,6 +285,7 @@ pub fn spawn_stray_remover(
                             }
                             Err(e) => {
                                 metrics.kv_write("delete-stray-state", false);
+                                metrics.error("kv_delete");
                                 tracing::warn!(key, attempt, error = %e, "removing a stray device-state key failed");
                                 tokio::time::sleep(Duration::from_millis(200)).await;
                             }
@@ -350,6 +351,7 @@ pub fn forward<T: Send + 'static>(
     tx: mpsc::Sender<T>,
     wrap: impl Fn(KvEvent) -> T + Send + 'static,
     bucket: &'static str,
+    metrics: Metrics,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut events = std::pin::pin!(events);
@@ -361,6 +363,7 @@ pub fn forward<T: Send + 'static>(
                     }
                 }
                 Err(e) => {
+                    metrics.error("kv_watch");
                     tracing::warn!(bucket, error = %e, "KV watch error; the ordered consumer resumes by itself")
                 }
             }
@@ -408,10 +411,12 @@ impl DesiredWriter {
         for device in devices {
             let subject = harmony_fleet_contracts::notice::notify_subject(device);
             if let Err(e) = self.client.publish(subject, Bytes::new()).await {
+                self.metrics.error("notice");
                 tracing::warn!(%device, error = %e, "change notice not sent; the device lists on its timer");
             }
         }
         if let Err(e) = self.client.flush().await {
+            self.metrics.error("notice");
             tracing::warn!(error = %e, "flushing change notices failed");
         }
         self.metrics.notices_sent.inc_by(devices.len() as u64);
@@ -431,6 +436,7 @@ impl DesiredWriter {
                     KvOp::Delete => "delete",
                 };
                 if let Err(e) = &result {
+                    self.metrics.error("kv_write");
                     tracing::warn!(key, op = name, error = %e, "desired-state write failed; will retry");
                 }
                 self.metrics.kv_write(name, result.is_ok());

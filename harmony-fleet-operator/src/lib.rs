@@ -9,12 +9,14 @@
 //! | [`rollout`] | pure: the rollout state machine (batches, budget, failure criteria) |
 //! | [`events`] | Kubernetes Events on Deployments (rollout) and Devices (liveness, blacklist): pure transitions, a budget, the writer |
 //! | [`aggregate`] | pure: per-deployment counts and failing devices |
+//! | [`fleet`] | pure: the fleet buckets decoded once for the controller and the dashboard, the liveness rule, the blacklist check |
 //! | [`device_index`] | pure: the per-device desired-state index written before each notice |
 //! | [`labels`] | pure: which labels target a device (reported, protected prefixes, set by people) |
 //! | [`write_quota`] | pure: stray `device-state` keys per device, and when that is flooding |
 //! | [`kv`] | NATS adapter: buckets, ordered watches, the `desired-state` writer |
 //! | [`registry`] | `Device` resources by server-side apply |
 //! | [`identity`] | device credentials: enrollment, renewal, revocation (NATS JWTs) |
+//! | [`leader`] | leader election on a Lease: one replica writes, standbys keep caches warm |
 //! | [`controller`] | the reconcile loop: a pure core (`handle(input) -> effects`, by job: ownership, targeting, reports, liveness, blacklist, cold start, status) and the async shell that carries out its effects |
 //! | [`commands`] | `ping` / `exec` / `logs` client |
 //! | [`metrics`], [`http`] | Prometheus metrics, `/healthz`, `/readyz`, `/metrics` |
@@ -32,11 +34,13 @@ pub mod crd;
 pub mod device_index;
 pub mod error;
 pub mod events;
+pub mod fleet;
 pub mod http;
 pub mod identity;
 pub mod index;
 pub mod kv;
 pub mod labels;
+pub mod leader;
 pub mod metrics;
 pub mod registry;
 pub mod rollout;
@@ -94,14 +98,16 @@ pub async fn run(config: Config) -> Result<()> {
         }
         None => None,
     };
-    let operator = start(config, client, nats, metrics, readiness).await?;
+    let mut operator = start(config, client, nats, metrics, readiness).await?;
     let result = tokio::select! {
-        r = operator.wait() => r,
+        r = operator.wait_ref() => r,
         _ = shutdown_signal() => {
             tracing::info!("shutting down");
             Ok(())
         }
     };
+    // Stops every task, then gives the leader Lease up so that a standby takes over at once.
+    operator.shutdown().await;
     server.abort();
     if let Some(dashboard) = dashboard {
         dashboard.abort();

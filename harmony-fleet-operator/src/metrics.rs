@@ -35,6 +35,14 @@ pub struct PatchLabels {
     pub result: &'static str,
 }
 
+/// Label of the error counter: what failed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// `kv_write`, `kv_delete`, `kv_watch`, `kube_watch`, `notice`, `status_patch`,
+    /// `device_apply`, `event`, `finalizer`, `blacklist`, `task`, or an [`crate::Error::kind`].
+    pub kind: &'static str,
+}
+
 /// Every metric the operator exports. Cheap to clone (shared counters).
 #[derive(Clone, Debug)]
 pub struct Metrics {
@@ -61,6 +69,10 @@ pub struct Metrics {
     pub devices_known: Gauge,
     /// Deployments owned by this operator.
     pub deployments: Gauge,
+    /// Errors met (each is also logged), by kind.
+    pub errors: Family<ErrorLabels, Counter>,
+    /// 1 while this replica holds the leader Lease (or runs without election), else 0.
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -87,6 +99,8 @@ impl Metrics {
         let devices_online = Gauge::default();
         let devices_known = Gauge::default();
         let deployments = Gauge::default();
+        let errors = Family::<ErrorLabels, Counter>::default();
+        let leader = Gauge::default();
         registry.register(
             "reconciles",
             "Events handled by the reconcile loop",
@@ -138,6 +152,16 @@ impl Metrics {
             devices_known.clone(),
         );
         registry.register("deployments", "Deployments reconciled", deployments.clone());
+        registry.register(
+            "errors",
+            "Errors met by the operator (each is also logged), by kind",
+            errors.clone(),
+        );
+        registry.register(
+            "leader",
+            "1 while this replica writes (holds the leader Lease, or runs without election)",
+            leader.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             reconciles,
@@ -151,7 +175,14 @@ impl Metrics {
             devices_online,
             devices_known,
             deployments,
+            errors,
+            leader,
         }
+    }
+
+    /// Counts one error of `kind` (see [`ErrorLabels`]).
+    pub fn error(&self, kind: &'static str) {
+        self.errors.get_or_create(&ErrorLabels { kind }).inc();
     }
 
     /// Records one handled event.

@@ -386,6 +386,7 @@ async fn write(
             "spec": { "inventory": after.inventory },
         });
         if let Err(e) = api.patch(name, &params, &Patch::Apply(body)).await {
+            metrics.error("device_apply");
             tracing::warn!(device = name, error = %e, "applying Device failed");
             metrics.status_patch("device", false);
             return false;
@@ -398,6 +399,7 @@ async fn write(
             "status": after.status,
         });
         if let Err(e) = api.patch_status(name, &params, &Patch::Apply(body)).await {
+            metrics.error("device_apply");
             tracing::warn!(device = name, error = %e, "applying Device status failed");
             metrics.status_patch("device", false);
             return false;

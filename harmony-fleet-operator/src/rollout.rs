@@ -27,6 +27,7 @@
 //!
 //! One step costs O(devices matched by this Deployment).
 
+use harmony_fleet_types::crd::deployment::RolloutPhase;
 use std::collections::BTreeMap;
 
 use crate::index::Labels;
@@ -124,25 +125,30 @@ pub enum Phase {
 }
 
 impl Phase {
-    /// The name used in `status.rollout.phase`.
-    pub fn as_str(self) -> &'static str {
+    /// The phase as `status.rollout.phase` says it.
+    pub fn to_status(self) -> RolloutPhase {
         match self {
-            Self::Progressing => "Progressing",
-            Self::Complete => "Complete",
-            Self::Paused => "Paused",
-            Self::RolledBack => "RolledBack",
+            Self::Progressing => RolloutPhase::Progressing,
+            Self::Complete => RolloutPhase::Complete,
+            Self::Paused => RolloutPhase::Paused,
+            Self::RolledBack => RolloutPhase::RolledBack,
         }
     }
 
-    /// Parses the `status.rollout.phase` name.
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "Progressing" => Self::Progressing,
-            "Complete" => Self::Complete,
-            "Paused" => Self::Paused,
-            "RolledBack" => Self::RolledBack,
-            _ => return None,
+    /// The phase of a `status.rollout.phase` (`None` for one this build does not know).
+    pub fn from_status(phase: RolloutPhase) -> Option<Self> {
+        Some(match phase {
+            RolloutPhase::Progressing => Self::Progressing,
+            RolloutPhase::Complete => Self::Complete,
+            RolloutPhase::Paused => Self::Paused,
+            RolloutPhase::RolledBack => Self::RolledBack,
+            RolloutPhase::Unknown => return None,
         })
+    }
+
+    /// The name used in `status.rollout.phase`.
+    pub fn as_str(self) -> &'static str {
+        self.to_status().as_str()
     }
 }
 

@@ -491,7 +491,10 @@ async fn device_states_roll_up_into_status_and_conditions() -> Result<()> {
         condition(&status, "Degraded").map(|c| c.0),
         Some("False".into())
     );
-    assert_eq!(status.rollout.map(|r| r.phase), Some("Complete".into()));
+    assert_eq!(
+        status.rollout.map(|r| r.phase),
+        Some(crd::deployment::RolloutPhase::Complete)
+    );
     Ok(())
 }
 
@@ -523,7 +526,7 @@ async fn upgraded(
     }
     eventually("v1 complete", || async {
         let s = env.status(name).await?;
-        (s.rollout?.phase == "Complete").then_some(())
+        (s.rollout?.phase == crd::deployment::RolloutPhase::Complete).then_some(())
     })
     .await?;
     env.apply(deployment(
@@ -578,7 +581,7 @@ async fn batches_pause_past_the_failure_criteria() -> Result<()> {
     })
     .await?;
     let rollout = status.rollout.context("rollout status")?;
-    assert_eq!(rollout.phase, "Paused");
+    assert_eq!(rollout.phase, crd::deployment::RolloutPhase::Paused);
     assert!(
         rollout
             .reason
@@ -646,7 +649,7 @@ async fn batches_roll_back_past_the_failure_criteria() -> Result<()> {
     .await?;
     let status = eventually("RolledBack", || async {
         let s = env.status(&name).await?;
-        (s.rollout.as_ref()?.phase == "RolledBack").then_some(s)
+        (s.rollout.as_ref()?.phase == crd::deployment::RolloutPhase::RolledBack).then_some(s)
     })
     .await?;
     assert_eq!(

@@ -7,6 +7,7 @@
 //! the operator rolls out for it, so a status left from an earlier change never counts.
 
 use harmony_fleet_contracts::ContentHash;
+use harmony_fleet_types::crd::deployment::RolloutPhase;
 use harmony_fleet_types::crd::{Deployment, DeploymentStatus};
 
 use crate::error::DeployError;
@@ -101,7 +102,7 @@ pub fn judge(status: Option<&DeploymentStatus>, applied: &Applied) -> Verdict {
     }
     let revision = applied.revision.as_str();
     match &status.rollout {
-        Some(r) if r.revision == revision && (r.phase == "Paused" || r.phase == "RolledBack") => {
+        Some(r) if r.revision == revision && r.phase.is_stopped() => {
             return Verdict::Failed(format!(
                 "its rollout of revision {} is {}{}",
                 short(revision),
@@ -112,7 +113,7 @@ pub fn judge(status: Option<&DeploymentStatus>, applied: &Applied) -> Verdict {
                     .unwrap_or_default()
             ));
         }
-        Some(r) if r.revision == revision && r.phase == "Complete" => {}
+        Some(r) if r.revision == revision && r.phase == RolloutPhase::Complete => {}
         Some(r) => {
             return Verdict::Pending(format!(
                 "rollout {} on revision {}, waiting for Complete on {}",
@@ -217,7 +218,7 @@ mod tests {
             },
             rollout: Some(RolloutStatus {
                 revision: ContentHash::of_bytes(b"v2").to_string(),
-                phase: "Complete".into(),
+                phase: RolloutPhase::Complete,
                 ..Default::default()
             }),
             failing_devices: Vec::new(),
@@ -238,7 +239,7 @@ mod tests {
             ..Default::default()
         };
         if let Some(r) = s.rollout.as_mut() {
-            r.phase = "Paused".into();
+            r.phase = RolloutPhase::Paused;
             r.reason = Some("1 of 1 completed devices failed".into());
         }
         s.failing_devices = vec![FailingDevice {

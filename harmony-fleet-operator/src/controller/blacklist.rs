@@ -9,20 +9,15 @@ use kube::runtime::watcher;
 
 use super::reconciler::Reconciler;
 use crate::crd::FIELD_MANAGER;
-use crate::crd::device::{BLACKLIST_ANNOTATION, Device};
+use crate::crd::device::Device;
 use crate::events as fleet_events;
+use crate::fleet;
 use crate::labels;
 
-/// The device a `Device` resource is, and whether it carries the blacklist annotation.
+/// The device a `Device` resource is, and whether it is blacklisted.
 fn flagged(d: &PartialObjectMeta<Device>) -> Option<(DeviceId, bool)> {
     let id = DeviceId::new(d.metadata.name.clone()?).ok()?;
-    let on = d
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(BLACKLIST_ANNOTATION))
-        .is_some_and(|v| v == "true");
-    Some((id, on))
+    Some((id, fleet::is_blacklisted(&d.metadata)))
 }
 
 impl Reconciler {

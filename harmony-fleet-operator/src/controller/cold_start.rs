@@ -146,6 +146,7 @@ impl Reconciler {
                 .mono()
                 .saturating_duration_since(report.started)
                 .as_millis() as u64,
+            leader = self.leader,
             "cold start converged"
         );
     }

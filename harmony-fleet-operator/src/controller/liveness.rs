@@ -1,9 +1,9 @@
 //! Heartbeats: a device is online while its last heartbeat is younger than the timeout.
 
-use harmony_fleet_contracts::keys::HeartbeatKey;
 use jiff::Timestamp;
 
 use super::reconciler::Reconciler;
+use crate::fleet::{self, HeartbeatEvent};
 use crate::kv::KvEvent;
 use crate::registry::DeviceUpdate;
 
@@ -16,18 +16,17 @@ pub(super) struct DeviceLive {
 
 impl Reconciler {
     pub(super) fn on_heartbeat(&mut self, event: KvEvent) {
-        match event {
-            KvEvent::CaughtUp => self.caught_up.heartbeat = true,
-            KvEvent::Put { key, at, .. } => {
-                let Ok(k) = HeartbeatKey::parse(&key) else {
-                    return;
-                };
-                let fresh = self.age(at) < self.settings.heartbeat_timeout;
-                let live = self.devices.entry(k.device.clone()).or_default();
+        match fleet::decode_heartbeat(event) {
+            HeartbeatEvent::CaughtUp => self.caught_up.heartbeat = true,
+            HeartbeatEvent::Foreign(_) => {}
+            HeartbeatEvent::Beat { device, at } => {
+                let fresh =
+                    fleet::is_online(Some(at), self.now.wall, self.settings.heartbeat_timeout);
+                let live = self.devices.entry(device.clone()).or_default();
                 if let Some(old) = live.last_heartbeat.replace(at) {
-                    self.expiry.remove(&(old, k.device.clone()));
+                    self.expiry.remove(&(old, device.clone()));
                 }
-                self.expiry.insert((at, k.device.clone()));
+                self.expiry.insert((at, device.clone()));
                 if fresh && !live.online {
                     live.online = true;
                     self.metrics.devices_online.inc();
@@ -35,28 +34,25 @@ impl Reconciler {
                 let online = live.online;
                 // A heartbeat already stale when read (cold start) marks the device offline.
                 self.fleet
-                    .set_offline(&k.device, !online, self.index.deployments_of(&k.device));
+                    .set_offline(&device, !online, self.index.deployments_of(&device));
                 self.tell_registry(DeviceUpdate::Liveness {
-                    id: k.device,
+                    id: device,
                     online,
                     last_heartbeat: Some(at),
                 });
             }
-            KvEvent::Delete { key } => {
-                let Ok(k) = HeartbeatKey::parse(&key) else {
-                    return;
-                };
-                if let Some(live) = self.devices.remove(&k.device) {
+            HeartbeatEvent::Gone(device) => {
+                if let Some(live) = self.devices.remove(&device) {
                     if let Some(at) = live.last_heartbeat {
-                        self.expiry.remove(&(at, k.device.clone()));
+                        self.expiry.remove(&(at, device.clone()));
                     }
                     if live.online {
                         self.metrics.devices_online.dec();
                     }
                     self.fleet
-                        .set_offline(&k.device, true, self.index.deployments_of(&k.device));
+                        .set_offline(&device, true, self.index.deployments_of(&device));
                     self.tell_registry(DeviceUpdate::Liveness {
-                        id: k.device,
+                        id: device,
                         online: false,
                         last_heartbeat: live.last_heartbeat,
                     });
@@ -65,7 +61,8 @@ impl Reconciler {
         }
     }
 
-    /// Marks devices whose last heartbeat is older than the timeout offline. O(expired).
+    /// Marks devices whose last heartbeat is older than the timeout offline (the rule of
+    /// [`fleet::is_online`], applied in heartbeat order). O(expired).
     pub(super) fn expire_heartbeats(&mut self) {
         let Ok(timeout) = jiff::SignedDuration::try_from(self.settings.heartbeat_timeout) else {
             return;

@@ -40,6 +40,7 @@ mod reconciler;
 mod reports;
 mod shell;
 mod status;
+mod supervise;
 mod targeting;
 #[cfg(test)]
 mod tests;
@@ -110,6 +111,10 @@ pub enum Input {
     Tick,
     /// A status or rollout step held back by the pace is due ([`Reconciler::next_wake`]).
     Wake,
+    /// `desired-state` after the initial load, followed by a standby (the leader's writes).
+    Desired(KvEvent),
+    /// This replica now holds the leader Lease: it takes over.
+    Elected,
     /// Outcome of [`Effect::WriteKeys`]: each key with whether its write succeeded.
     KeysWritten(Vec<(String, bool)>),
     /// Outcome of [`Effect::WriteIndexes`]: each device with whether its index was stored.
@@ -134,6 +139,8 @@ impl Input {
             Input::Devices(_) => "blacklist",
             Input::Tick => "tick",
             Input::Wake => "wake",
+            Input::Desired(_) => "desired-state",
+            Input::Elected => "elected",
             Input::KeysWritten(_) | Input::IndexesWritten(_) => "kv-written",
             Input::FinalizerReleased { .. } => "finalizer",
         }

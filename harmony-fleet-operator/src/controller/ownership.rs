@@ -84,9 +84,15 @@ impl Reconciler {
         let deleting = d.metadata.deletion_timestamp.is_some();
         let previous = self.crs.get(&key);
         let spec_changed = previous.is_none_or(|p| p.resource.spec != d.spec);
-        let last_status = previous
-            .and_then(|p| p.last_status.clone())
-            .or_else(|| d.status.clone());
+        // A leader trusts what it wrote last (the watch may lag); a standby follows the
+        // leader's statuses, which it takes over from.
+        let last_status = if self.leader {
+            previous
+                .and_then(|p| p.last_status.clone())
+                .or_else(|| d.status.clone())
+        } else {
+            d.status.clone()
+        };
         let name = DeploymentName::new(key.name.clone());
         let problem = match &name {
             Err(e) => Some((

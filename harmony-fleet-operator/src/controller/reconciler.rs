@@ -18,7 +18,7 @@ use super::{CrKey, Effect, Input, Now, Rev};
 use crate::aggregate::FleetState;
 use crate::device_index::DeviceIndexes;
 use crate::index::{Labels, TargetIndex};
-use crate::kv::KvOp;
+use crate::kv::{KvEvent, KvOp};
 use crate::metrics::Metrics;
 use crate::write_quota::{self, StrayWrites};
 
@@ -31,11 +31,16 @@ pub struct Settings {
     pub device_resources: bool,
     /// Stray `device-state` keys a device may write per window before it is blacklisted.
     pub stray_report_limit: u32,
+    /// Start as a standby (leader election): follow everything, write nothing, until
+    /// [`Input::Elected`].
+    pub standby: bool,
 }
 
 /// The reconcile loop's state: everything the operator knows of the fleet.
 pub struct Reconciler {
     pub(super) settings: Settings,
+    /// Whether this replica writes (not a standby).
+    pub(super) leader: bool,
     pub(super) metrics: Metrics,
     /// The time of the input being handled.
     pub(super) now: Now,
@@ -94,7 +99,10 @@ impl Reconciler {
     pub fn new(settings: Settings, metrics: Metrics) -> Self {
         let stray_writes =
             StrayWrites::new(settings.stray_report_limit, write_quota::DEFAULT_WINDOW);
+        let leader = !settings.standby;
+        metrics.leader.set(i64::from(leader));
         Self {
+            leader,
             settings,
             metrics,
             now: Now::system(),
@@ -148,14 +156,74 @@ impl Reconciler {
             Input::KeysWritten(results) => self.on_keys_written(results),
             Input::IndexesWritten(results) => self.on_indexes_written(results),
             Input::FinalizerReleased { key, outcome } => self.on_finalizer_released(key, outcome),
+            Input::Desired(event) => self.on_desired(event),
+            Input::Elected => self.on_elected(),
         }
-        self.finish();
+        if self.leader {
+            self.finish();
+        } else {
+            self.standby_finish();
+        }
         std::mem::take(&mut self.effects)
     }
 
-    /// Whether the cold start is done.
+    /// Whether the cold start is done (for a standby: its caches are warm).
     pub fn is_converged(&self) -> bool {
         self.converged
+    }
+
+    /// Whether this replica writes.
+    pub fn is_leader(&self) -> bool {
+        self.leader
+    }
+
+    /// A standby decides like a leader (so its state stays warm) but carries nothing out:
+    /// writes, statuses, Events and `Device` updates are the leader's. It says when its caches
+    /// caught up, so it counts as ready.
+    fn standby_finish(&mut self) {
+        self.effects.clear();
+        self.ops.clear();
+        self.retry.clear();
+        self.status_dirty.clear();
+        self.rollout_dirty.clear();
+        if let Some(report) = self.converging.take() {
+            self.report_converged(report);
+        }
+    }
+
+    /// A standby follows the leader's writes to `desired-state`; a leader knows its own.
+    fn on_desired(&mut self, event: KvEvent) {
+        if !self.leader {
+            self.load_desired(event);
+        }
+    }
+
+    /// Takes over: rollouts as the last leader's statuses left them, then the pass a cold
+    /// start makes (missing keys written, orphans deleted, statuses, finalizers) — with every
+    /// cache already warm.
+    fn on_elected(&mut self) {
+        if self.leader {
+            return;
+        }
+        self.leader = true;
+        self.metrics.leader.set(1);
+        for owned in self.owned.values_mut() {
+            let restored = self
+                .crs
+                .get(&owned.key)
+                .and_then(|cr| cr.last_status.as_ref())
+                .and_then(|s| s.rollout.as_ref())
+                .and_then(super::status::restore_rollout);
+            if let Some(rollout) = restored.filter(|r| r.target == owned.rollout.target) {
+                owned.rollout = rollout;
+            }
+        }
+        self.indexes.mark_all_dirty();
+        if self.converged {
+            self.converged = false;
+            self.maybe_converge();
+        }
+        tracing::info!(converged = self.converged, "took over as leader");
     }
 
     pub(super) fn emit(&mut self, effect: Effect) {
@@ -334,15 +402,6 @@ impl Reconciler {
             self.want(&deployment, &device, rev);
         }
         self.finalize_pending();
-    }
-
-    /// Age of a server timestamp at the input's time.
-    pub(super) fn age(&self, at: Timestamp) -> Duration {
-        self.now
-            .wall
-            .duration_since(at)
-            .try_into()
-            .unwrap_or(Duration::ZERO)
     }
 
     /// The monotonic time of the input.

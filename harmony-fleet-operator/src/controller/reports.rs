@@ -3,50 +3,48 @@
 //! keys is blacklisted.
 
 use harmony_fleet_contracts::ids::DeviceId;
-use harmony_fleet_contracts::keys::{self, StateKey};
-use harmony_fleet_contracts::state::{DeploymentState, Phase as StatePhase};
+use harmony_fleet_contracts::keys;
+use harmony_fleet_contracts::state::Phase as StatePhase;
 
 use super::Effect;
 use super::reconciler::Reconciler;
 use crate::aggregate::Report;
 use crate::crd::device::BLACKLIST_ANNOTATION;
+use crate::fleet::{self, StateEvent};
 use crate::kv::KvEvent;
 use crate::rollout::Outcome;
 use crate::write_quota::Verdict;
 
 impl Reconciler {
     pub(super) fn on_state(&mut self, event: KvEvent) {
-        let (k, report) = match event {
-            KvEvent::CaughtUp => {
+        let (k, report) = match fleet::decode_state(event) {
+            StateEvent::CaughtUp => {
                 self.caught_up.state = true;
                 return;
             }
-            KvEvent::Put { key, value, .. } => {
-                let k = match StateKey::parse(&key) {
-                    Ok(k) => k,
-                    Err(e) => {
-                        // A device may write `state.<itself>.<anything>`: a key that is not
-                        // a deployment name is as stray as one of a deployment it lacks.
-                        match stray_state_device(&key) {
-                            Some(device) if self.converged => self.note_stray(&device, key),
-                            _ => {
-                                tracing::warn!(key, error = %e, "ignoring foreign key in device-state")
-                            }
-                        }
-                        return;
-                    }
-                };
-                let state: DeploymentState = match serde_json::from_slice(&value) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        if self.converged && !self.is_assigned(&k.deployment, &k.device) {
-                            self.note_stray(&k.device, key);
-                        } else {
-                            tracing::warn!(key, error = %e, "ignoring unreadable device-state");
-                        }
-                        return;
-                    }
-                };
+            StateEvent::Foreign(key) => {
+                tracing::warn!(key, "ignoring foreign key in device-state");
+                return;
+            }
+            // A device may write `state.<itself>.<anything>`: a key that is not a deployment
+            // name is as stray as one of a deployment it lacks.
+            StateEvent::Stray { device, key } => {
+                if self.converged {
+                    self.note_stray(&device, key);
+                } else {
+                    tracing::warn!(key, "ignoring foreign key in device-state");
+                }
+                return;
+            }
+            StateEvent::Unreadable { key, raw, reason } => {
+                if self.converged && !self.is_assigned(&key.deployment, &key.device) {
+                    self.note_stray(&key.device, raw);
+                } else {
+                    tracing::warn!(key = raw, reason, "ignoring unreadable device-state");
+                }
+                return;
+            }
+            StateEvent::Put { key, state } => {
                 let report = state.payload_hash.clone().map(|rev| Report {
                     rev,
                     outcome: match state.phase {
@@ -57,14 +55,9 @@ impl Reconciler {
                     error: state.last_error.clone(),
                     at: Some(state.last_change),
                 });
-                (k, report)
+                (key, report)
             }
-            KvEvent::Delete { key } => {
-                let Ok(k) = StateKey::parse(&key) else {
-                    return;
-                };
-                (k, None)
-            }
+            StateEvent::Delete(key) => (key, None),
         };
         let reported = report.is_some();
         self.fleet.set_report(&k.deployment, &k.device, report);
@@ -93,17 +86,5 @@ impl Reconciler {
             });
         }
         self.emit(Effect::RemoveStray(key));
-    }
-}
-
-/// The device a `device-state` key names, when it has the shape a device may write
-/// (`state.<device>.<one token>`) without being a valid [`StateKey`].
-pub(super) fn stray_state_device(key: &str) -> Option<DeviceId> {
-    let mut parts = key.splitn(3, '.');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some(keys::STATE_PREFIX), Some(device), Some(rest)) if !rest.is_empty() => {
-            device.parse().ok()
-        }
-        _ => None,
     }
 }

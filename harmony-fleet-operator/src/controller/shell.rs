@@ -15,6 +15,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 
 use super::reconciler::{Reconciler, Settings};
+use super::supervise::{Named, supervise};
 use super::{CrKey, Effect, Input, Now, PatchOutcome};
 use crate::config::Config;
 use crate::crd::deployment::{Deployment, DeploymentStatus};
@@ -24,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::events as fleet_events;
 use crate::http::Readiness;
 use crate::kv::{self, DesiredWriter, FleetKv};
+use crate::leader::Elector;
 use crate::metrics::Metrics;
 use crate::registry::{self, DeviceUpdate};
 
@@ -34,30 +36,55 @@ pub struct OperatorHandle {
     pub readiness: Readiness,
     /// Metrics of this instance.
     pub metrics: Metrics,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    main: Option<tokio::task::JoinHandle<Result<()>>>,
+    supervisor: Option<tokio::task::JoinHandle<Result<()>>>,
+    elector: Option<Elector>,
 }
 
 impl OperatorHandle {
-    /// Waits for the reconcile loop to end (it only ends on a fatal error).
+    /// Waits until the operator stops: the first of its tasks to end or panic, as an error
+    /// (`/readyz` says `Failed` by then). It never stops on its own otherwise.
     pub async fn wait(mut self) -> Result<()> {
-        match self.main.take() {
-            Some(main) => match main.await {
-                Ok(result) => result,
-                Err(e) => Err(Error::Config(format!("reconcile loop panicked: {e}"))),
-            },
+        self.wait_ref().await
+    }
+
+    /// [`Self::wait`] without giving the handle up (to [`Self::shutdown`] it after).
+    pub async fn wait_ref(&mut self) -> Result<()> {
+        match self.supervisor.as_mut() {
+            Some(supervisor) => {
+                let ended = supervisor.await;
+                self.supervisor = None;
+                match ended {
+                    Ok(result) => result,
+                    Err(e) => Err(Error::TaskEnded {
+                        task: "supervisor",
+                        how: e.to_string(),
+                    }),
+                }
+            }
             None => Ok(()),
         }
     }
 }
 
-impl Drop for OperatorHandle {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
+impl OperatorHandle {
+    /// Stops the operator: every task first (no write after this), then the leader Lease is
+    /// released so that a standby takes over at once.
+    pub async fn shutdown(mut self) {
+        if let Some(supervisor) = self.supervisor.take() {
+            supervisor.abort();
+            let _ = supervisor.await;
         }
-        if let Some(main) = &self.main {
-            main.abort();
+        if let Some(elector) = self.elector.take() {
+            elector.release().await;
+        }
+    }
+}
+
+impl Drop for OperatorHandle {
+    /// Stops every task of the operator.
+    fn drop(&mut self) {
+        if let Some(supervisor) = &self.supervisor {
+            supervisor.abort();
         }
     }
 }
@@ -73,58 +100,108 @@ pub async fn start(
     let nats_client = nats.clone();
     let fleet_kv = FleetKv::open_or_create(nats, config.create_buckets).await?;
     let (tx, rx) = mpsc::channel::<Input>(8192);
-    let mut tasks = Vec::new();
+    let mut tasks: Vec<Named<()>> = Vec::new();
 
     let mut core = Reconciler::new(
         Settings {
             heartbeat_timeout: config.heartbeat_timeout,
             device_resources: config.device_resources,
             stray_report_limit: config.stray_report_limit,
+            standby: config.leader.is_some(),
         },
         metrics.clone(),
     );
     // What desired-state holds, before anything else: the baseline writes are compared with.
-    load_desired(&fleet_kv, &mut core).await?;
+    let desired = load_desired(&fleet_kv, &mut core).await?;
+    let mut fallible: Vec<Named<Result<()>>> = Vec::new();
+    let elector = config
+        .leader
+        .clone()
+        .map(|leader| Elector::new(client.clone(), leader, metrics.clone()));
+    if let Some(elector) = &elector {
+        // A standby follows the leader's writes, so that it takes over without a reload.
+        tasks.push((
+            "desired-state watch",
+            kv::forward(
+                desired,
+                tx.clone(),
+                Input::Desired,
+                "desired-state",
+                metrics.clone(),
+            ),
+        ));
+        let (elector, tx) = (elector.clone(), tx.clone());
+        fallible.push((
+            "leader election",
+            tokio::spawn(async move {
+                let lease = elector.campaign().await;
+                if tx.send(Input::Elected).await.is_err() {
+                    return Ok(());
+                }
+                elector.hold(lease).await
+            }),
+        ));
+    }
 
     let api: Api<Deployment> = match &config.namespace {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
     };
-    tasks.push(forward_watch(
-        api,
-        tx.clone(),
-        |e| Input::Cr(Box::new(e)),
-        "Deployment",
+    tasks.push((
+        "deployment watch",
+        forward_watch(
+            api,
+            tx.clone(),
+            |e| Input::Cr(Box::new(e)),
+            "Deployment",
+            metrics.clone(),
+        ),
     ));
-    tasks.push(kv::forward(
-        kv::watch_from_start(&fleet_kv.info).await?,
-        tx.clone(),
-        Input::Info,
-        "device-info",
+    tasks.push((
+        "device-info watch",
+        kv::forward(
+            kv::watch_from_start(&fleet_kv.info).await?,
+            tx.clone(),
+            Input::Info,
+            "device-info",
+            metrics.clone(),
+        ),
     ));
-    tasks.push(kv::forward(
-        kv::watch_from_start(&fleet_kv.state).await?,
-        tx.clone(),
-        Input::State,
-        "device-state",
+    tasks.push((
+        "device-state watch",
+        kv::forward(
+            kv::watch_from_start(&fleet_kv.state).await?,
+            tx.clone(),
+            Input::State,
+            "device-state",
+            metrics.clone(),
+        ),
     ));
-    tasks.push(kv::forward(
-        kv::watch_from_start(&fleet_kv.heartbeat).await?,
-        tx.clone(),
-        Input::Heartbeat,
-        "device-heartbeat",
+    tasks.push((
+        "device-heartbeat watch",
+        kv::forward(
+            kv::watch_from_start(&fleet_kv.heartbeat).await?,
+            tx.clone(),
+            Input::Heartbeat,
+            "device-heartbeat",
+            metrics.clone(),
+        ),
     ));
     // Blacklist and labels set by people: `Device` resources, metadata only.
     let devices: Api<PartialObjectMeta<Device>> = Api::all(client.clone());
-    tasks.push(forward_watch(
-        devices,
-        tx,
-        |e| Input::Devices(Box::new(e)),
-        "Device",
+    tasks.push((
+        "device watch",
+        forward_watch(
+            devices,
+            tx,
+            |e| Input::Devices(Box::new(e)),
+            "Device",
+            metrics.clone(),
+        ),
     ));
 
-    let (events, task) = fleet_events::spawn(client.clone());
-    tasks.push(task);
+    let (events, task) = fleet_events::spawn(client.clone(), metrics.clone());
+    tasks.push(("event writer", task));
     let registry = if config.device_resources {
         let (registry_tx, task) = registry::spawn(
             client.clone(),
@@ -132,15 +209,15 @@ pub async fn start(
             config.last_seen_refresh,
             events.clone(),
         );
-        tasks.push(task);
+        tasks.push(("device registry", task));
         Some(registry_tx)
     } else {
         None
     };
     let (status_tx, task) = spawn_status_patcher(client.clone(), metrics.clone());
-    tasks.push(task);
+    tasks.push(("status patcher", task));
     let (stray_tx, task) = kv::spawn_stray_remover(fleet_kv.state.clone(), metrics.clone());
-    tasks.push(task);
+    tasks.push(("stray remover", task));
 
     let shell = Shell {
         writer: DesiredWriter::new(fleet_kv.desired.clone(), nats_client, metrics.clone()),
@@ -150,22 +227,33 @@ pub async fn start(
         events,
         stray_tx,
         readiness: readiness.clone(),
+        metrics: metrics.clone(),
     };
-    let main = tokio::spawn(run(core, shell, rx, metrics.clone()));
+    let main = tokio::spawn(run(core, shell, rx));
+    fallible.push(("reconcile loop", main));
+    let supervisor = tokio::spawn(supervise(
+        fallible,
+        tasks,
+        readiness.clone(),
+        metrics.clone(),
+    ));
     Ok(OperatorHandle {
         readiness,
         metrics,
-        tasks,
-        main: Some(main),
+        supervisor: Some(supervisor),
+        elector,
     })
 }
 
-/// Reads `desired-state` up to its current end into the core.
-async fn load_desired(fleet_kv: &FleetKv, core: &mut Reconciler) -> Result<()> {
-    let mut events = std::pin::pin!(kv::watch_from_start(&fleet_kv.desired).await?);
+/// Reads `desired-state` up to its current end into the core; returns the rest of the watch.
+async fn load_desired(
+    fleet_kv: &FleetKv,
+    core: &mut Reconciler,
+) -> Result<impl futures::Stream<Item = Result<kv::KvEvent>> + Send + 'static> {
+    let mut events = Box::pin(kv::watch_from_start(&fleet_kv.desired).await?);
     while let Some(event) = events.next().await {
         if core.load_desired(event?) {
-            return Ok(());
+            return Ok(events);
         }
     }
     Err(Error::WatchEnded {
@@ -180,6 +268,7 @@ fn forward_watch<K>(
     tx: mpsc::Sender<Input>,
     wrap: fn(watcher::Event<K>) -> Input,
     what: &'static str,
+    metrics: Metrics,
 ) -> tokio::task::JoinHandle<()>
 where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
@@ -195,6 +284,7 @@ where
                     }
                 }
                 Err(e) => {
+                    metrics.error("kube_watch");
                     tracing::warn!(resource = what, error = %e, "watch error; retrying with backoff")
                 }
             }
@@ -203,12 +293,7 @@ where
 }
 
 /// The loop: one input at a time, each with every outcome of its effects, then the next.
-async fn run(
-    mut core: Reconciler,
-    shell: Shell,
-    mut rx: mpsc::Receiver<Input>,
-    metrics: Metrics,
-) -> Result<()> {
+async fn run(mut core: Reconciler, shell: Shell, mut rx: mpsc::Receiver<Input>) -> Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -231,7 +316,7 @@ async fn run(
                 }
             }
         }
-        metrics.observe_reconcile(trigger, started.elapsed());
+        shell.metrics.observe_reconcile(trigger, started.elapsed());
     }
 }
 
@@ -252,6 +337,7 @@ struct Shell {
     events: fleet_events::Sender,
     stray_tx: mpsc::UnboundedSender<String>,
     readiness: Readiness,
+    metrics: Metrics,
 }
 
 impl Shell {
@@ -312,6 +398,7 @@ impl Shell {
                     Ok(()) => PatchOutcome::Done,
                     Err(kube::Error::Api(s)) if s.code == 404 => PatchOutcome::Gone,
                     Err(e) => {
+                        self.metrics.error("finalizer");
                         tracing::debug!(deployment = %key.name, error = %e, "releasing finalizer failed; retrying");
                         PatchOutcome::Failed
                     }
@@ -383,6 +470,7 @@ impl Shell {
                 tracing::info!(device = %device, "device blacklisted for flooding device-state")
             }
             Err(e) => {
+                self.metrics.error("blacklist");
                 tracing::warn!(device = %device, error = %e, "could not blacklist a flooding device (no Device resource with --no-device-resources?); its stray keys are still removed")
             }
         }
@@ -439,6 +527,7 @@ fn spawn_status_patcher(
                             Err(kube::Error::Api(s)) if s.code == 404 => {}
                             Err(e) => {
                                 metrics.status_patch("deployment", false);
+                                metrics.error("status_patch");
                                 tracing::warn!(deployment = %key.name, namespace = %key.namespace, error = %e, "status patch failed; retrying");
                                 let _ = retry_tx.send((key, status));
                             }

@@ -178,7 +178,7 @@ impl Reconciler {
             rollout: Some(RolloutStatus {
                 revision: r.target.to_string(),
                 previous_revision: r.previous.as_ref().map(ToString::to_string),
-                phase: r.phase.as_str().to_owned(),
+                phase: r.phase.to_status(),
                 current_batch: r.batch.saturating_add(1).min(owned.policy.total_batches()),
                 total_batches: owned.policy.total_batches(),
                 updated: owned.progress.updated,
@@ -313,7 +313,7 @@ pub(super) fn restore_rollout(s: &RolloutStatus) -> Option<RolloutState<Rev>> {
     Some(RolloutState {
         target: s.revision.parse().ok()?,
         previous: s.previous_revision.as_deref().and_then(|p| p.parse().ok()),
-        phase: Phase::parse(&s.phase)?,
+        phase: Phase::from_status(s.phase)?,
         batch: s.current_batch.saturating_sub(1),
         reason: s.reason.clone(),
     })

@@ -2,13 +2,12 @@
 //! targeting index; its changes and the rollout steps decide exactly which `desired-state`
 //! keys to put or delete.
 
-use harmony_fleet_contracts::device::DeviceInfo;
 use harmony_fleet_contracts::ids::{DeploymentName, DeviceId};
-use harmony_fleet_contracts::keys::InfoKey;
 
 use super::Effect;
 use super::reconciler::Reconciler;
 use crate::events as fleet_events;
+use crate::fleet::{self, InfoEvent};
 use crate::index::{Change, Labels};
 use crate::kv::KvEvent;
 use crate::labels;
@@ -17,61 +16,46 @@ use crate::rollout::DeviceView;
 
 impl Reconciler {
     pub(super) fn on_info(&mut self, event: KvEvent) {
-        match event {
-            KvEvent::CaughtUp => {
-                self.caught_up.info = true;
+        match fleet::decode_info(event) {
+            InfoEvent::CaughtUp => self.caught_up.info = true,
+            InfoEvent::Foreign(key) => tracing::warn!(key, "ignoring foreign key in device-info"),
+            InfoEvent::Rejected { key, reason } => {
+                tracing::warn!(
+                    key,
+                    reason,
+                    "rejecting device-info; keeping the previous one"
+                )
             }
-            KvEvent::Put { key, value, .. } => {
-                let Ok(k) = InfoKey::parse(&key) else {
-                    tracing::warn!(key, "ignoring foreign key in device-info");
-                    return;
-                };
-                let info: DeviceInfo = match serde_json::from_slice(&value) {
-                    Ok(info) => info,
-                    Err(e) => {
-                        tracing::warn!(device = %k.device, error = %e, "rejecting unreadable device-info; keeping the previous one");
-                        return;
-                    }
-                };
-                if info.device_id != k.device {
-                    tracing::warn!(key, reported = %info.device_id, "rejecting device-info whose deviceId differs from its key");
-                    return;
-                }
-                if let Err(e) = info.validate() {
-                    tracing::warn!(device = %k.device, error = %e, "rejecting device-info with invalid labels; keeping the previous one");
-                    return;
-                }
-                let reported = labels::split_reported(&k.device, &info.labels);
+            InfoEvent::Put(info) => {
+                let device = info.device_id.clone();
+                let reported = labels::split_reported(&device, &info.labels);
                 if !reported.ignored.is_empty() {
-                    tracing::warn!(device = %k.device, ignored = ?reported.ignored, "ignoring reported labels under a protected prefix");
+                    tracing::warn!(%device, ignored = ?reported.ignored, "ignoring reported labels under a protected prefix");
                 }
-                let apply = labels::to_apply(&reported.accepted, self.admin_labels.get(&k.device));
+                let apply = labels::to_apply(&reported.accepted, self.admin_labels.get(&device));
                 self.reported_labels
-                    .insert(k.device.clone(), reported.accepted);
-                self.retarget(&k.device);
+                    .insert(device.clone(), reported.accepted);
+                self.retarget(&device);
                 self.metrics
                     .devices_known
                     .set(self.index.device_count() as i64);
                 self.tell_registry(DeviceUpdate::Info {
-                    id: k.device,
+                    id: device,
                     labels: apply,
                     ignored_labels: reported.ignored,
                     inventory: (&info.inventory).into(),
                     agent_version: info.agent_version.as_str().to_owned(),
                 });
             }
-            KvEvent::Delete { key } => {
-                let Ok(k) = InfoKey::parse(&key) else {
-                    return;
-                };
-                self.held_labels.remove(&k.device);
-                self.reported_labels.remove(&k.device);
-                let changes = self.index.remove_device(&k.device);
+            InfoEvent::Delete(device) => {
+                self.held_labels.remove(&device);
+                self.reported_labels.remove(&device);
+                let changes = self.index.remove_device(&device);
                 self.apply_changes(changes);
                 self.metrics
                     .devices_known
                     .set(self.index.device_count() as i64);
-                self.tell_registry(DeviceUpdate::Removed { id: k.device });
+                self.tell_registry(DeviceUpdate::Removed { id: device });
             }
         }
     }

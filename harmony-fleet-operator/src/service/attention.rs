@@ -98,7 +98,7 @@ pub fn deployment_attention(status: &DeploymentStatus) -> Vec<Attention> {
     }
     let has = |items: &[Attention], kind| items.iter().any(|a: &Attention| a.kind == kind);
     if let Some(r) = &status.rollout
-        && (r.phase == "Paused" || r.phase == "RolledBack")
+        && r.phase.is_stopped()
         && !has(&items, AttentionKind::Stopped)
     {
         let message = r
@@ -108,7 +108,7 @@ pub fn deployment_attention(status: &DeploymentStatus) -> Vec<Attention> {
         items.push(Attention::new(
             AttentionKind::Stopped,
             None,
-            &r.phase,
+            r.phase.as_str(),
             message,
         ));
     }
@@ -153,7 +153,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
     use super::*;
-    use crate::crd::deployment::{Aggregate, FailingDevice, RolloutStatus};
+    use crate::crd::deployment::{Aggregate, FailingDevice, RolloutPhase, RolloutStatus};
 
     fn condition(type_: &str, status: bool, reason: &str, message: &str) -> Condition {
         Condition {
@@ -185,10 +185,10 @@ mod tests {
         ]
     }
 
-    fn rollout(phase: &str, reason: Option<&str>) -> Option<RolloutStatus> {
+    fn rollout(phase: RolloutPhase, reason: Option<&str>) -> Option<RolloutStatus> {
         Some(RolloutStatus {
             revision: "abc".into(),
-            phase: phase.into(),
+            phase,
             current_batch: 1,
             total_batches: 1,
             reason: reason.map(str::to_owned),
@@ -212,7 +212,7 @@ mod tests {
                 succeeded: 2,
                 ..Aggregate::default()
             },
-            rollout: rollout("Complete", None),
+            rollout: rollout(RolloutPhase::Complete, None),
             ..DeploymentStatus::default()
         };
         assert_eq!(deployment_attention(&status), []);
@@ -231,7 +231,7 @@ mod tests {
                 ),
                 condition("Progressing", true, "RollingOut", "batch 1/2"),
             ],
-            rollout: rollout("Progressing", None),
+            rollout: rollout(RolloutPhase::Progressing, None),
             ..DeploymentStatus::default()
         };
         assert_eq!(deployment_attention(&status), []);
@@ -279,7 +279,7 @@ mod tests {
         );
         let status = DeploymentStatus {
             conditions,
-            rollout: rollout("Complete", None),
+            rollout: rollout(RolloutPhase::Complete, None),
             ..DeploymentStatus::default()
         };
         let items = deployment_attention(&status);
@@ -308,7 +308,7 @@ mod tests {
                 last_error: Some("d2: image not found".into()),
                 ..Aggregate::default()
             },
-            rollout: rollout("Complete", None),
+            rollout: rollout(RolloutPhase::Complete, None),
             failing_devices: vec![FailingDevice {
                 device: "d2".into(),
                 error: "image not found".into(),
@@ -341,7 +341,10 @@ mod tests {
         );
         let paused = DeploymentStatus {
             conditions,
-            rollout: rollout("Paused", Some("2 of 3 completed devices failed")),
+            rollout: rollout(
+                RolloutPhase::Paused,
+                Some("2 of 3 completed devices failed"),
+            ),
             ..DeploymentStatus::default()
         };
         let items = deployment_attention(&paused);
@@ -355,7 +358,7 @@ mod tests {
         conditions[3] = condition("Degraded", true, "RolledBack", "batch 2 failed");
         let rolled_back = DeploymentStatus {
             conditions,
-            rollout: rollout("RolledBack", Some("batch 2 failed")),
+            rollout: rollout(RolloutPhase::RolledBack, Some("batch 2 failed")),
             ..DeploymentStatus::default()
         };
         let items = deployment_attention(&rolled_back);
@@ -373,7 +376,7 @@ mod tests {
                 offline: 2,
                 ..Aggregate::default()
             },
-            rollout: rollout("Complete", None),
+            rollout: rollout(RolloutPhase::Complete, None),
             ..DeploymentStatus::default()
         };
         let items = deployment_attention(&status);
@@ -400,7 +403,7 @@ mod tests {
                 last_error: Some("d1: boom".into()),
                 ..Aggregate::default()
             },
-            rollout: rollout("Paused", Some("2 of 2 failed")),
+            rollout: rollout(RolloutPhase::Paused, Some("2 of 2 failed")),
             ..DeploymentStatus::default()
         };
         let items = deployment_attention(&status);

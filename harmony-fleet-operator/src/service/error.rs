@@ -37,12 +37,13 @@ pub enum ServiceError {
         source: kube::Error,
     },
     /// NATS failed.
-    #[error("NATS: {context}: {message}")]
+    #[error("NATS: {context}: {source}")]
     Nats {
         /// What the service was doing.
         context: String,
-        /// The client's message.
-        message: String,
+        /// The operator library's error.
+        #[source]
+        source: crate::Error,
     },
     /// The fleet view is still loading after start.
     #[error("the fleet view is still loading from NATS and Kubernetes; retry in a few seconds")]

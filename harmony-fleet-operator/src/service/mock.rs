@@ -18,6 +18,7 @@ use harmony_fleet_contracts::commands::ServiceLogs;
 use harmony_fleet_contracts::device::Inventory;
 use harmony_fleet_contracts::ids::{DeploymentName, DeviceId};
 use harmony_fleet_contracts::state::Phase;
+use harmony_fleet_types::crd::deployment::RolloutPhase;
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use tokio::sync::mpsc;
@@ -219,13 +220,15 @@ impl MockFleetService {
             serving: true,
         };
         let rollout =
-            |phase: &str, reason: Option<&str>, current: u32, total: u32, rev: &str| RolloutView {
-                phase: phase.to_owned(),
-                reason: reason.map(str::to_owned),
-                current_batch: current,
-                total_batches: total,
-                updated: 0,
-                revision: rev.to_owned(),
+            |phase: RolloutPhase, reason: Option<&str>, current: u32, total: u32, rev: &str| {
+                RolloutView {
+                    phase,
+                    reason: reason.map(str::to_owned),
+                    current_batch: current,
+                    total_batches: total,
+                    updated: 0,
+                    revision: rev.to_owned(),
+                }
             };
         let mut deployments = vec![
             deployment(
@@ -233,7 +236,7 @@ impl MockFleetService {
                 "web",
                 "site=plant-3",
                 &["registry.local/web:1.4.2"],
-                rollout("Complete", None, 1, 1, "sha256:7d1e0c4a"),
+                rollout(RolloutPhase::Complete, None, 1, 1, "sha256:7d1e0c4a"),
                 vec![("every device".into(), WaveState::Done)],
                 &["nginx", "app"],
             ),
@@ -242,7 +245,7 @@ impl MockFleetService {
                 "telemetry",
                 "site=plant-7",
                 &["registry.local/telemetry:0.9.0"],
-                rollout("Progressing", None, 2, 3, "sha256:51b2aa90"),
+                rollout(RolloutPhase::Progressing, None, 2, 3, "sha256:51b2aa90"),
                 vec![
                     ("1 device".into(), WaveState::Done),
                     ("50%".into(), WaveState::Active),
@@ -256,7 +259,7 @@ impl MockFleetService {
                 "site=plant-3",
                 &["registry.local/camera:2.1"],
                 rollout(
-                    "Paused",
+                    RolloutPhase::Paused,
                     Some("2 of 3 completed devices failed (67% > maxFailedPercent 0%)"),
                     1,
                     2,
@@ -273,7 +276,7 @@ impl MockFleetService {
                 "edge-proxy",
                 "site In (plant-3, plant-7), or vm-01",
                 &["registry.local/edge-proxy:3.0.1"],
-                rollout("Complete", None, 1, 1, "sha256:ab12cd34"),
+                rollout(RolloutPhase::Complete, None, 1, 1, "sha256:ab12cd34"),
                 vec![("every device".into(), WaveState::Done)],
                 &["proxy"],
             ),
@@ -326,7 +329,7 @@ impl MockFleetService {
             "kiosk",
             "site=plant-9",
             &["registry.local/kiosk:1.0"],
-            rollout("Complete", None, 1, 1, "sha256:0badcafe"),
+            rollout(RolloutPhase::Complete, None, 1, 1, "sha256:0badcafe"),
             vec![("every device".into(), WaveState::Done)],
             &["kiosk"],
         );
@@ -455,7 +458,7 @@ fn deployment_summary(state: &MockState, d: &MockDeployment) -> DeploymentSummar
         aggregate: aggregate.clone(),
         rollout: s.rollout.as_ref().map(|r| RolloutStatus {
             revision: r.revision.clone(),
-            phase: r.phase.clone(),
+            phase: r.phase,
             current_batch: r.current_batch,
             total_batches: r.total_batches,
             updated: r.updated,

@@ -2,6 +2,7 @@
 //! rollout waves and the overview. [`FleetService`](super::FleetService) implementations fill
 //! these; the presentation layer renders them and nothing else.
 
+use harmony_fleet_types::crd::deployment::RolloutPhase;
 use std::collections::BTreeMap;
 
 use harmony_fleet_contracts::device::Inventory;
@@ -197,7 +198,7 @@ pub struct DeploymentRef {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RolloutView {
     /// `Progressing`, `Complete`, `Paused`, `RolledBack`.
-    pub phase: String,
+    pub phase: RolloutPhase,
     /// Why it stopped, when it did.
     pub reason: Option<String>,
     /// 1-based batch being released.
@@ -213,7 +214,7 @@ pub struct RolloutView {
 impl RolloutView {
     /// Stopped by the failure criteria.
     pub fn is_stopped(&self) -> bool {
-        self.phase == "Paused" || self.phase == "RolledBack"
+        self.phase.is_stopped()
     }
 }
 

@@ -37,7 +37,9 @@ use crate::commands::CommandsClient;
 use crate::crd::deployment::{Deployment, RolloutStrategy};
 use crate::crd::device::{BLACKLIST_ANNOTATION, Device};
 use crate::crd::{ToIndex, ToPolicy};
+use crate::fleet;
 use crate::kv::{self, FleetKv, KvEvent};
+use harmony_fleet_types::crd::deployment::RolloutPhase;
 
 /// Field manager of the dashboard's writes (only the blacklist annotation).
 pub const FIELD_MANAGER: &str = "harmony-fleet-dashboard";
@@ -93,9 +95,9 @@ impl RealFleetService {
         let fleet_kv =
             FleetKv::open(nats.clone(), false)
                 .await
-                .map_err(|e| ServiceError::Nats {
+                .map_err(|source| ServiceError::Nats {
                     context: "opening the fleet buckets".into(),
-                    message: e.to_string(),
+                    source,
                 })?;
         let view = Arc::new(RwLock::new(FleetView::default()));
         let (caught_tx, caught_up) = watch::channel(0u8);
@@ -106,12 +108,13 @@ impl RealFleetService {
             (&fleet_kv.state, "device-state"),
             (&fleet_kv.heartbeat, "device-heartbeat"),
         ] {
-            let events = kv::watch_from_start(store)
-                .await
-                .map_err(|e| ServiceError::Nats {
-                    context: format!("watching {bucket}"),
-                    message: e.to_string(),
-                })?;
+            let events =
+                kv::watch_from_start(store)
+                    .await
+                    .map_err(|source| ServiceError::Nats {
+                        context: format!("watching {bucket}"),
+                        source,
+                    })?;
             let view = view.clone();
             let caught_tx = caught_tx.clone();
             tasks.push(tokio::spawn(async move {
@@ -199,8 +202,7 @@ impl RealFleetService {
             .collect();
         Liveness {
             now: Timestamp::now(),
-            heartbeat_timeout: jiff::SignedDuration::try_from(self.options.heartbeat_timeout)
-                .unwrap_or(jiff::SignedDuration::ZERO),
+            heartbeat_timeout: self.options.heartbeat_timeout,
             blacklisted,
         }
     }
@@ -286,14 +288,9 @@ fn services(score: &ReconcileScore) -> &[harmony_fleet_contracts::payload::Servi
     }
 }
 
-/// Whether a `Device` resource carries the blacklist annotation.
+/// Whether a `Device` resource carries the blacklist annotation ([`fleet::is_blacklisted`]).
 pub fn blacklisted(device: &Device) -> bool {
-    device
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(BLACKLIST_ANNOTATION))
-        .is_some_and(|v| v == "true")
+    fleet::is_blacklisted(&device.metadata)
 }
 
 fn selector_text(d: &Deployment) -> String {
@@ -341,7 +338,7 @@ fn waves(d: &Deployment, rollout: Option<&RolloutView>) -> Vec<Wave> {
         sizes.push("the rest".into());
     }
     let (current, complete) = match rollout {
-        Some(r) => (r.current_batch, r.phase == "Complete"),
+        Some(r) => (r.current_batch, r.phase == RolloutPhase::Complete),
         None => (1, false),
     };
     sizes

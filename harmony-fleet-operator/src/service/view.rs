@@ -13,14 +13,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use harmony_fleet_contracts::device::DeviceInfo;
 use harmony_fleet_contracts::ids::{DeploymentName, DeviceId};
-use harmony_fleet_contracts::keys::{HeartbeatKey, InfoKey, StateKey};
 use harmony_fleet_contracts::state::{DeploymentState, Phase};
-use jiff::{SignedDuration, Timestamp};
+use jiff::Timestamp;
 
 use super::device_list::{self, DeviceFacts};
 use super::{
     DevicePage, DeviceQuery, DeviceSummary, OVERVIEW_OFFLINE_LIMIT, Overview, PhaseCounts,
 };
+use crate::fleet::{self, HeartbeatEvent, InfoEvent, StateEvent};
 use crate::index::Labels;
 use crate::kv::KvEvent;
 
@@ -38,15 +38,15 @@ pub struct Liveness {
     /// The request's time.
     pub now: Timestamp,
     /// A device is offline when its last heartbeat is older than this.
-    pub heartbeat_timeout: SignedDuration,
+    pub heartbeat_timeout: std::time::Duration,
     /// Ids of devices whose `Device` resource carries the blacklist annotation.
     pub blacklisted: HashSet<String>,
 }
 
 impl Liveness {
-    /// Whether a device last seen at `last_seen` is online now.
+    /// Whether a device last seen at `last_seen` is online now ([`fleet::is_online`]).
     pub fn online(&self, last_seen: Option<Timestamp>) -> bool {
-        last_seen.is_some_and(|at| self.now.duration_since(at) < self.heartbeat_timeout)
+        fleet::is_online(last_seen, self.now, self.heartbeat_timeout)
     }
 }
 
@@ -177,49 +177,42 @@ impl FleetView {
     /// Folds one event of `bucket`'s watch into the view. Unreadable values are skipped
     /// (the operator reports them; the dashboard shows what it can read).
     pub fn apply(&mut self, bucket: &str, event: KvEvent) {
-        match (bucket, event) {
-            ("device-info", KvEvent::Put { key, value, .. }) => {
-                let Ok(k) = InfoKey::parse(&key) else { return };
-                match serde_json::from_slice::<DeviceInfo>(&value) {
-                    Ok(info) if info.device_id == k.device => {
-                        self.info.insert(k.device, info);
-                    }
-                    Ok(_) | Err(_) => {
-                        tracing::debug!(key, "dashboard ignores an unreadable device-info value")
-                    }
+        match bucket {
+            "device-info" => match fleet::decode_info(event) {
+                InfoEvent::Put(info) => {
+                    self.info.insert(info.device_id.clone(), *info);
                 }
-            }
-            ("device-info", KvEvent::Delete { key }) => {
-                if let Ok(k) = InfoKey::parse(&key) {
-                    self.info.remove(&k.device);
+                InfoEvent::Delete(device) => {
+                    self.info.remove(&device);
                 }
-            }
-            ("device-state", KvEvent::Put { key, value, .. }) => {
-                let Ok(k) = StateKey::parse(&key) else { return };
-                if let Ok(state) = serde_json::from_slice::<DeploymentState>(&value) {
+                InfoEvent::Rejected { key, reason } => {
+                    tracing::debug!(key, reason, "dashboard keeps the previous device-info")
+                }
+                InfoEvent::CaughtUp | InfoEvent::Foreign(_) => {}
+            },
+            "device-state" => match fleet::decode_state(event) {
+                StateEvent::Put { key, state } => {
                     self.states
-                        .entry(k.device)
+                        .entry(key.device)
                         .or_default()
-                        .insert(k.deployment, state);
+                        .insert(key.deployment, *state);
                 }
-            }
-            ("device-state", KvEvent::Delete { key }) => {
-                if let Ok(k) = StateKey::parse(&key)
-                    && let Some(states) = self.states.get_mut(&k.device)
-                {
-                    states.remove(&k.deployment);
+                StateEvent::Delete(key) => {
+                    if let Some(states) = self.states.get_mut(&key.device) {
+                        states.remove(&key.deployment);
+                    }
                 }
-            }
-            ("device-heartbeat", KvEvent::Put { key, at, .. }) => {
-                if let Ok(k) = HeartbeatKey::parse(&key) {
-                    self.heartbeats.insert(k.device, at);
+                _ => {}
+            },
+            "device-heartbeat" => match fleet::decode_heartbeat(event) {
+                HeartbeatEvent::Beat { device, at } => {
+                    self.heartbeats.insert(device, at);
                 }
-            }
-            ("device-heartbeat", KvEvent::Delete { key }) => {
-                if let Ok(k) = HeartbeatKey::parse(&key) {
-                    self.heartbeats.remove(&k.device);
+                HeartbeatEvent::Gone(device) => {
+                    self.heartbeats.remove(&device);
                 }
-            }
+                HeartbeatEvent::CaughtUp | HeartbeatEvent::Foreign(_) => {}
+            },
             _ => {}
         }
     }
@@ -302,7 +295,7 @@ mod tests {
         );
         let liveness = Liveness {
             now,
-            heartbeat_timeout: SignedDuration::from_secs(90),
+            heartbeat_timeout: std::time::Duration::from_secs(90),
             blacklisted: [ids[2].to_string()].into(),
         };
         let o = view.overview(&liveness);
@@ -341,7 +334,7 @@ mod tests {
         assert!(page.devices.iter().all(|d| d.online));
         // An hour later every device is offline.
         let later = Liveness {
-            now: now + SignedDuration::from_hours(1),
+            now: now + jiff::SignedDuration::from_hours(1),
             ..liveness
         };
         assert_eq!(view.overview(&later).devices_online, 0);

@@ -3,6 +3,7 @@
 //! per-device phase.
 
 use axum::extract::{Path, State};
+use harmony_fleet_types::crd::deployment::RolloutPhase;
 use maud::{Markup, html};
 
 use super::attention;
@@ -30,13 +31,15 @@ fn rollout_badge(d: &DeploymentSummary) -> Markup {
     match &d.rollout {
         None => layout::badge("no status yet", Tone::Muted),
         Some(r) => {
-            let tone = match r.phase.as_str() {
-                "Complete" => Tone::Good,
-                "Progressing" => Tone::Warn,
-                _ => Tone::Bad,
+            let tone = match r.phase {
+                RolloutPhase::Complete => Tone::Good,
+                RolloutPhase::Progressing => Tone::Warn,
+                RolloutPhase::Paused | RolloutPhase::RolledBack | RolloutPhase::Unknown => {
+                    Tone::Bad
+                }
             };
             html! {
-                (layout::badge(&r.phase, tone))
+                (layout::badge(r.phase.as_str(), tone))
                 @if r.total_batches > 1 {
                     span class="ml-1 text-xs text-slate-600" { "wave " (r.current_batch) " of " (r.total_batches) }
                 }

@@ -259,7 +259,7 @@ pub struct RolloutStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_revision: Option<String>,
     /// `Progressing`, `Complete`, `Paused` or `RolledBack`.
-    pub phase: String,
+    pub phase: RolloutPhase,
     /// Current batch, 1-based.
     pub current_batch: u32,
     /// Number of batches, counting the implicit last one.
@@ -269,6 +269,48 @@ pub struct RolloutStatus {
     /// Why the rollout stopped, when it did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// Where a rollout stands (`status.rollout.phase`).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum RolloutPhase {
+    /// Releasing devices to the target revision.
+    #[default]
+    Progressing,
+    /// Every matched device holds the target and succeeded on it at least once.
+    Complete,
+    /// Stopped by the failure criteria; nothing more is released.
+    Paused,
+    /// Stopped by the failure criteria; devices went back to their last good revision.
+    RolledBack,
+    /// A phase written by a newer operator (read as such, never written).
+    #[serde(other)]
+    #[schemars(skip)]
+    Unknown,
+}
+
+impl RolloutPhase {
+    /// The name as written in the status.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Progressing => "Progressing",
+            Self::Complete => "Complete",
+            Self::Paused => "Paused",
+            Self::RolledBack => "RolledBack",
+            Self::Unknown => "Unknown",
+        }
+    }
+
+    /// Whether the failure criteria stopped the rollout (`Paused` or `RolledBack`).
+    pub fn is_stopped(self) -> bool {
+        matches!(self, Self::Paused | Self::RolledBack)
+    }
+}
+
+impl std::fmt::Display for RolloutPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A failing device and its error.
