@@ -16,7 +16,7 @@ use harmony_fleet_contracts::DeviceId;
 use harmony_fleet_deploy::agent::{FleetAgentScore, PodAgent};
 use harmony_fleet_deploy::nats::{FleetNatsScore, NatsReplicas, cluster as nats_cluster};
 use harmony_fleet_deploy::operator::FleetOperatorScore;
-use harmony_fleet_deploy::operator::objects::{NAME, TOKEN_ROLE};
+use harmony_fleet_deploy::operator::objects::{LEADER_ROLE, NAME, TOKEN_ROLE};
 use harmony_fleet_deploy::trust::cluster::{
     BOOTSTRAP_SECRET, CA_SECRET, OPERATOR_SECRET, SERVER_TLS_SECRET, TRUST_SECRET, operator_keys,
 };
@@ -263,7 +263,9 @@ async fn cluster_scores_apply_every_object_and_fail_clearly_without_a_kubelet() 
     );
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let stored = deployments.get(NAME).await.expect("operator deployment");
-    let pod = stored.spec.expect("spec").template.spec.expect("pod spec");
+    let spec = stored.spec.expect("spec");
+    assert_eq!(spec.replicas, Some(2), "two replicas, one leader");
+    let pod = spec.template.spec.expect("pod spec");
     assert_eq!(pod.service_account_name.as_deref(), Some(NAME));
     assert_eq!(
         pod.containers[0].image.as_deref(),
@@ -288,6 +290,8 @@ async fn cluster_scores_apply_every_object_and_fail_clearly_without_a_kubelet() 
         ),
         ("FLEET_CREATE_BUCKETS", "true"),
         ("FLEET_TOKEN_NAMESPACE", ns),
+        ("FLEET_LEADER_ELECT", "true"),
+        ("FLEET_LEADER_ELECT_NAMESPACE", ns),
     ] {
         assert!(
             env.contains(&(name.to_owned(), Some(value.to_owned()))),
@@ -363,6 +367,43 @@ async fn cluster_scores_apply_every_object_and_fail_clearly_without_a_kubelet() 
         (subject.name.as_str(), subject.namespace.as_deref()),
         (NAME, Some(ns))
     );
+    // Leader election: create a Lease, and get/update only the operator's own (adr/0024).
+    let leader_role = Api::<Role>::namespaced(client.clone(), ns)
+        .get(LEADER_ROLE)
+        .await
+        .expect("leader role");
+    let rules = leader_role.rules.expect("rules");
+    let lease = |verbs: &[&str], names: Option<Vec<String>>| {
+        (
+            vec!["coordination.k8s.io".to_owned()],
+            vec!["leases".to_owned()],
+            names,
+            verbs.iter().map(|v| (*v).to_owned()).collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(
+        rules
+            .into_iter()
+            .map(|r| (
+                r.api_groups.unwrap_or_default(),
+                r.resources.unwrap_or_default(),
+                r.resource_names,
+                r.verbs
+            ))
+            .collect::<Vec<_>>(),
+        vec![
+            lease(&["create"], None),
+            lease(
+                &["get", "update"],
+                Some(vec!["harmony-fleet-operator".to_owned()])
+            ),
+        ]
+    );
+    let binding = Api::<RoleBinding>::namespaced(client.clone(), ns)
+        .get(LEADER_ROLE)
+        .await
+        .expect("leader role binding");
+    assert_eq!(binding.role_ref.name, LEADER_ROLE);
 
     // Agents as Pods: the agent makes its own key and enrolls with the bootstrap identity.
     let mut agent = FleetAgentScore::pod(device("pi-1"), Default::default(), PodAgent::default());

@@ -86,7 +86,7 @@ pub fn chart(score: &FleetOperatorScore) -> Result<HelmChart, DeployError> {
         crds.push_str(&to_yaml(crd)?);
     }
     files.insert(PathBuf::from("crds/fleet.nationtech.io.yaml"), crds);
-    let templates: [(&str, String); 6] = [
+    let templates: [(&str, String); 8] = [
         ("serviceaccount.yaml", to_yaml(&objects.service_account)?),
         ("clusterrole.yaml", to_yaml(&objects.cluster_role)?),
         (
@@ -97,6 +97,11 @@ pub fn chart(score: &FleetOperatorScore) -> Result<HelmChart, DeployError> {
         (
             "tokenrolebinding.yaml",
             to_yaml(&objects.token_role_binding)?,
+        ),
+        ("leaderrole.yaml", to_yaml(&objects.leader_role)?),
+        (
+            "leaderrolebinding.yaml",
+            to_yaml(&objects.leader_role_binding)?,
         ),
         ("deployment.yaml", to_yaml(&objects.deployment)?),
     ];
@@ -167,6 +172,8 @@ mod tests {
         );
         expect("tokenrole.yaml", json(&objects.token_role));
         expect("tokenrolebinding.yaml", json(&objects.token_role_binding));
+        expect("leaderrole.yaml", json(&objects.leader_role));
+        expect("leaderrolebinding.yaml", json(&objects.leader_role_binding));
         expect("deployment.yaml", json(&objects.deployment));
         // Secrets: get and update in the release namespace only, never cluster-wide.
         let role = &rendered[Path::new("templates/tokenrole.yaml")];

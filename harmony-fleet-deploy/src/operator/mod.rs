@@ -84,6 +84,9 @@ pub struct FleetOperatorScore {
     pub smoke_timeout: Duration,
     /// Lifetime of the device credentials the operator issues; `None`: its default (30 days).
     pub credential_lifetime_secs: Option<u64>,
+    /// Cluster only: replicas of the operator Deployment. They elect a leader on a Lease
+    /// (`--leader-elect`): one writes, the others keep warm and take over (default 2).
+    pub replicas: u32,
 }
 
 impl Default for FleetOperatorScore {
@@ -96,6 +99,7 @@ impl Default for FleetOperatorScore {
             dashboard_port: None,
             smoke_timeout: Duration::from_secs(90),
             credential_lifetime_secs: None,
+            replicas: 2,
         }
     }
 }

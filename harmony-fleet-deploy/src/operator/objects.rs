@@ -3,7 +3,8 @@
 //! RBAC is least privilege, derived from what the operator does: it reads and patches fleet
 //! `Deployment`s (status, finalizer), and owns `Device` resources (server-side apply, status,
 //! delete of stale ones); in the fleet namespace only, it reads bootstrap token Secrets and
-//! updates their usage count (a namespaced `Role`, adr/0020). Nothing else.
+//! updates their usage count (a namespaced `Role`, adr/0020), and holds its leader Lease
+//! (another `Role`, adr/0024). Nothing else.
 //!
 //! In a cluster the operator's NATS identity and settings come from the Secret
 //! [`OPERATOR_SECRET`], which `FleetNatsScore` issues (adr/0019): files mounted read-only,
@@ -20,8 +21,8 @@ use harmony::topology::Topology;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
-    Namespace, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SecretKeySelector,
-    SecretVolumeSource, SecurityContext, ServiceAccount, Volume, VolumeMount,
+    Namespace, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, ServiceAccount, Volume, VolumeMount,
 };
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
@@ -29,6 +30,8 @@ use k8s_openapi::api::rbac::v1::{
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use harmony_fleet_operator::leader::LeaderConfig;
 
 use super::FleetOperatorScore;
 use crate::k8s::{self, Applier};
@@ -64,6 +67,10 @@ pub struct OperatorObjects {
     pub token_role: Role,
     /// The grant of [`Self::token_role`].
     pub token_role_binding: RoleBinding,
+    /// What the operator may do in the fleet namespace: its leader Lease.
+    pub leader_role: Role,
+    /// The grant of [`Self::leader_role`].
+    pub leader_role_binding: RoleBinding,
     /// The workload (applied in clusters only; a local process on `LocalTopology`).
     pub deployment: Deployment,
 }
@@ -92,6 +99,8 @@ impl OperatorObjects {
         applier.apply(client, &self.cluster_role_binding).await?;
         applier.apply(client, &self.token_role).await?;
         applier.apply(client, &self.token_role_binding).await?;
+        applier.apply(client, &self.leader_role).await?;
+        applier.apply(client, &self.leader_role_binding).await?;
         Ok(applier)
     }
 }
@@ -142,6 +151,28 @@ pub fn token_rules() -> Vec<PolicyRule> {
     }]
 }
 
+/// The operator's permissions in the fleet namespace for leader election: its Lease only
+/// (`create` cannot be limited by name; `get` and `update` are).
+pub fn leader_rules() -> Vec<PolicyRule> {
+    let rule = |verbs: &[&str], names: Option<Vec<String>>| PolicyRule {
+        api_groups: Some(vec!["coordination.k8s.io".to_owned()]),
+        resources: Some(vec!["leases".to_owned()]),
+        resource_names: names,
+        verbs: verbs.iter().map(|v| (*v).to_owned()).collect(),
+        ..PolicyRule::default()
+    };
+    vec![
+        rule(&["create"], None),
+        rule(
+            &["get", "update"],
+            Some(vec![LeaderConfig::DEFAULT_NAME.to_owned()]),
+        ),
+    ]
+}
+
+/// Name of the operator's namespaced `Role` and `RoleBinding` for its leader Lease.
+pub const LEADER_ROLE: &str = "harmony-fleet-operator-leader-election";
+
 /// Name of the operator's namespaced `Role` and `RoleBinding` for bootstrap tokens.
 pub const TOKEN_ROLE: &str = "harmony-fleet-operator-bootstrap-tokens";
 
@@ -153,6 +184,21 @@ fn from_secret(name: &str, key: &str) -> EnvVar {
                 name: OPERATOR_SECRET.to_owned(),
                 key: key.to_owned(),
                 optional: Some(false),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+/// An environment variable from a field of the Pod (`metadata.name`, …).
+fn from_pod(name: &str, field: &str) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field.to_owned(),
+                ..ObjectFieldSelector::default()
             }),
             ..EnvVarSource::default()
         }),
@@ -188,6 +234,12 @@ pub fn objects(score: &FleetOperatorScore) -> OperatorObjects {
         from_secret("FLEET_FLEET_CAPACITY", operator_keys::FLEET_CAPACITY),
         // Bootstrap tokens live in the fleet namespace, where `token_role` lets it read them.
         value("FLEET_TOKEN_NAMESPACE", ns),
+        // Replicas elect a leader on a Lease in the fleet namespace (`leader_role`), each
+        // known by its Pod name.
+        value("FLEET_LEADER_ELECT", "true"),
+        value("FLEET_LEADER_ELECT_NAMESPACE", ns),
+        from_pod("POD_NAME", "metadata.name"),
+        from_pod("POD_NAMESPACE", "metadata.namespace"),
     ];
     if let Some(watch) = &score.watch_namespace {
         env.push(value("FLEET_NAMESPACE", watch.clone()));
@@ -295,10 +347,28 @@ pub fn objects(score: &FleetOperatorScore) -> OperatorObjects {
                 ..Subject::default()
             }]),
         },
+        leader_role: Role {
+            metadata: k8s::meta(LEADER_ROLE, Some(ns), NAME),
+            rules: Some(leader_rules()),
+        },
+        leader_role_binding: RoleBinding {
+            metadata: k8s::meta(LEADER_ROLE, Some(ns), NAME),
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".into(),
+                kind: "Role".into(),
+                name: LEADER_ROLE.into(),
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".into(),
+                name: NAME.into(),
+                namespace: Some(ns.to_owned()),
+                ..Subject::default()
+            }]),
+        },
         deployment: Deployment {
             metadata: k8s::meta(NAME, Some(ns), NAME),
             spec: Some(DeploymentSpec {
-                replicas: Some(1),
+                replicas: Some(i32::try_from(score.replicas.max(1)).unwrap_or(i32::MAX)),
                 selector: LabelSelector {
                     match_labels: Some(BTreeMap::from([(
                         "app.kubernetes.io/name".to_owned(),
