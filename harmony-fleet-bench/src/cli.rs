@@ -51,6 +51,11 @@ pub enum BenchCommand {
     /// devices in the real service's view (build with `--features dashboard`).
     #[cfg(feature = "dashboard")]
     Dashboard(DashboardArgs),
+    /// `kubectl apply` → container answering → status converged on the local stack (a real
+    /// agent and podman), side by side with a bare `podman run` of the same image (build with
+    /// `--features stack`).
+    #[cfg(feature = "stack")]
+    ApplyLatency(ApplyLatencyArgs),
     /// Everything, with the sizes of issue 9.
     All {
         /// Scale arguments.
@@ -100,6 +105,18 @@ pub struct ScaleArgs {
     /// Keep the rows of an earlier `scale.csv` in the output directory and add to them.
     #[arg(long)]
     pub append: bool,
+}
+
+/// `apply-latency`.
+#[cfg(feature = "stack")]
+#[derive(Debug, Clone, Args)]
+pub struct ApplyLatencyArgs {
+    /// Runs of each side (ours and bare podman, alternating).
+    #[arg(long, default_value_t = 10)]
+    pub runs: usize,
+    /// Port the demo server is published on at the device's address.
+    #[arg(long, default_value_t = 18_471)]
+    pub port: u16,
 }
 
 /// `dashboard`.
@@ -268,6 +285,18 @@ pub async fn run(cli: BenchCli) -> Result<()> {
                 out_dir: out,
             })
             .await?;
+        }
+        #[cfg(feature = "stack")]
+        Some(BenchCommand::ApplyLatency(args)) => {
+            let report = crate::apply_latency::run(
+                &crate::apply_latency::LatencyOptions {
+                    runs: args.runs.max(1),
+                    port: args.port,
+                },
+                &out,
+            )
+            .await?;
+            println!("{report}");
         }
         #[cfg(feature = "dashboard")]
         Some(BenchCommand::Dashboard(args)) => {

@@ -141,7 +141,7 @@ pub async fn run(opts: &EnrollOptions) -> Result<Table> {
         .await;
     let approve_secs = started.elapsed().as_secs_f64();
     if let Some(Err(e)) = approved.iter().find(|r| r.is_err()) {
-        return Err(Error::nats("approving a device", e));
+        return Err(Error::nats("approving a device", e.clone()));
     }
     let bootstrap = async_nats::ConnectOptions::new()
         .credentials(
@@ -198,7 +198,7 @@ pub async fn run(opts: &EnrollOptions) -> Result<Table> {
     let enroll_secs = started.elapsed().as_secs_f64();
     let (op1, nats1) = (operator.sample()?, procstat::sample(nats_pid)?);
     if let Some(Err(e)) = answers.iter().find(|r| r.is_err()) {
-        return Err(Error::nats("an enrollment", e));
+        return Err(Error::nats("an enrollment", e.clone()));
     }
     operator.stop().await;
 

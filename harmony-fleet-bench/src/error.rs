@@ -18,12 +18,13 @@ pub enum Error {
         after: Duration,
     },
     /// A NATS operation failed.
-    #[error("NATS: {context}: {message}")]
+    #[error("NATS: {context}: {source}")]
     Nats {
         /// What was being done.
         context: String,
-        /// The client's message.
-        message: String,
+        /// The client's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
     /// A Kubernetes API call failed.
     #[error("Kubernetes API: {context}: {source}")]
@@ -58,6 +59,9 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// Bringing the local stack up, or a step on it, failed (`apply-latency`).
+    #[error("local stack: {0}")]
+    Stack(String),
     /// A setting is unusable; the message says which and why.
     #[error("invalid setting: {0}")]
     Config(String),
@@ -73,10 +77,13 @@ pub enum Error {
 
 impl Error {
     /// A NATS error with context.
-    pub fn nats(context: impl Into<String>, err: impl std::fmt::Display) -> Self {
+    pub fn nats(
+        context: impl Into<String>,
+        err: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
         Error::Nats {
             context: context.into(),
-            message: err.to_string(),
+            source: err.into(),
         }
     }
 

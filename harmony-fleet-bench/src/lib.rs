@@ -19,6 +19,8 @@
 //! | [`cli`] | the `fleet-bench` and `fleet-sim` command lines |
 //! | [`error`] | the error type |
 
+#[cfg(feature = "stack")]
+pub mod apply_latency;
 pub mod cli;
 pub mod consumers;
 #[cfg(feature = "dashboard")]

@@ -113,7 +113,7 @@ async fn storm(
     let elapsed = started.elapsed().as_secs_f64();
     let cpu1 = procstat::sample(pid)?;
     if let Some(Err(e)) = results.iter().find(|r| r.is_err()) {
-        return Err(Error::nats("a device connection", e));
+        return Err(Error::nats("a device connection", e.clone()));
     }
     Ok((elapsed, cpu1.cpu_seconds - cpu0.cpu_seconds))
 }

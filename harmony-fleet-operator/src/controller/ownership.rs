@@ -312,6 +312,7 @@ impl Reconciler {
         self.finalize.remove(key);
         self.status_dirty.remove(key);
         self.status_pacer.forget(key);
+        self.headlines.remove(key);
     }
 
     /// Deletes the keys of a deleted CR's name if nobody else owns it; its finalizer is

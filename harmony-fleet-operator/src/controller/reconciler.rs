@@ -13,7 +13,7 @@ use jiff::Timestamp;
 use super::cold_start::{CaughtUp, ConvergeReport};
 use super::liveness::DeviceLive;
 use super::ownership::{Cr, Owned};
-use super::status::{PACE, Pacer};
+use super::status::{Headline, PACE, Pacer};
 use super::{CrKey, Effect, Input, Now, Rev};
 use crate::aggregate::FleetState;
 use crate::device_index::DeviceIndexes;
@@ -72,6 +72,8 @@ pub struct Reconciler {
     pub(super) status_dirty: HashSet<CrKey>,
     /// When statuses may be written (first change after quiet at once, then ≤ 1/s).
     pub(super) status_pacer: Pacer<CrKey>,
+    /// The headline of each status as last written: a change of it is written at once.
+    pub(super) headlines: HashMap<CrKey, Headline>,
     /// When a rollout may be stepped again on reports (same rule; a spec change steps at once).
     pub(super) rollout_pacer: Pacer<DeploymentName>,
     /// Deleted `Deployment`s whose finalizer is released once their keys are gone.
@@ -126,6 +128,7 @@ impl Reconciler {
             rollout_dirty: HashSet::new(),
             status_dirty: HashSet::new(),
             status_pacer: Pacer::new(PACE),
+            headlines: HashMap::new(),
             rollout_pacer: Pacer::new(PACE),
             finalize: HashSet::new(),
             releasing: HashSet::new(),

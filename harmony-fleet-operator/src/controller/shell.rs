@@ -345,7 +345,13 @@ impl Shell {
     async fn carry_out(&self, effect: Effect) -> Option<Input> {
         match effect {
             Effect::WriteKeys(ops) => {
+                let (count, started) = (ops.len(), Instant::now());
                 let results = self.writer.apply(ops).await;
+                tracing::debug!(
+                    keys = count,
+                    took_us = started.elapsed().as_micros() as u64,
+                    "desired-state written"
+                );
                 Some(Input::KeysWritten(
                     results.into_iter().map(|(key, _, ok)| (key, ok)).collect(),
                 ))
@@ -370,6 +376,7 @@ impl Shell {
             }
             Effect::Notify(devices) => {
                 self.writer.notify(&devices).await;
+                tracing::debug!(devices = devices.len(), "change notices sent");
                 None
             }
             Effect::AddFinalizer {
@@ -523,7 +530,10 @@ fn spawn_status_patcher(
                             )
                             .await;
                         match result {
-                            Ok(_) => metrics.status_patch("deployment", true),
+                            Ok(_) => {
+                                metrics.status_patch("deployment", true);
+                                tracing::debug!(deployment = %key.name, namespace = %key.namespace, "status written");
+                            }
                             Err(kube::Error::Api(s)) if s.code == 404 => {}
                             Err(e) => {
                                 metrics.status_patch("deployment", false);

@@ -63,8 +63,21 @@ impl<K: Eq + Hash + Clone> Pacer<K> {
 /// A condition as decided: type, whether true, reason, message.
 type Decided = (&'static str, bool, String, String);
 
+/// What a status says at a glance: the rollout phase and whether anything is failed, pending
+/// or matched. A change of it is a transition (a condition flips) and is written at once; the
+/// rest (counts moving) is paced. O(1) to compute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Headline {
+    phase: Phase,
+    failed: bool,
+    pending: bool,
+    matched: bool,
+}
+
 impl Reconciler {
-    /// Steps the rollouts whose inputs changed, each at most once per [`PACE`].
+    /// Steps the rollouts whose inputs changed, each at most once per [`PACE`] — except a
+    /// progressing rollout whose devices all reported an outcome: that step may complete a
+    /// batch or the rollout, and is taken at once.
     pub(super) fn step_due_rollouts(&mut self) {
         for name in self.fleet.take_dirty() {
             if let Some(owned) = self.owned.get(&name) {
@@ -76,7 +89,7 @@ impl Reconciler {
         let due: Vec<DeploymentName> = self
             .rollout_dirty
             .iter()
-            .filter(|name| self.rollout_pacer.is_due(name, now))
+            .filter(|name| self.rollout_pacer.is_due(name, now) || self.may_complete(name))
             .cloned()
             .collect();
         for name in due {
@@ -86,20 +99,49 @@ impl Reconciler {
         }
     }
 
-    /// Writes the statuses that changed and are due.
+    /// A progressing rollout none of whose matched devices is still pending.
+    fn may_complete(&self, name: &DeploymentName) -> bool {
+        self.owned
+            .get(name)
+            .is_some_and(|o| o.rollout.phase == Phase::Progressing)
+            && self.fleet.counts(name).pending() == 0
+    }
+
+    /// The headline of the status `key` would get now (`None`: not served by us).
+    fn headline(&self, key: &CrKey) -> Option<Headline> {
+        let name = self.crs.get(key)?.name.as_ref()?;
+        let owned = self.owned.get(name).filter(|o| o.key == *key)?;
+        let counts = self.fleet.counts(name);
+        Some(Headline {
+            phase: owned.rollout.phase,
+            failed: counts.failed > 0,
+            pending: counts.pending() > 0,
+            matched: counts.matched > 0,
+        })
+    }
+
+    /// Writes the statuses that changed and are due: at once when their headline changed or
+    /// after a quiet [`PACE`], else at most once per [`PACE`].
     pub(super) fn publish_due_statuses(&mut self) {
         let now = self.mono();
         let due: Vec<CrKey> = self
             .status_dirty
             .iter()
-            .filter(|key| self.status_pacer.is_due(key, now))
+            .filter(|key| {
+                self.status_pacer.is_due(key, now)
+                    || self.headline(key) != self.headlines.get(*key).copied()
+            })
             .cloned()
             .collect();
         for key in due {
             self.status_dirty.remove(&key);
             if self.publish_status(&key) {
-                self.status_pacer.mark(key, now);
+                self.status_pacer.mark(key.clone(), now);
             }
+            match self.headline(&key) {
+                Some(h) => self.headlines.insert(key, h),
+                None => self.headlines.remove(&key),
+            };
         }
     }
 

@@ -178,3 +178,27 @@ fn a_new_revision_is_written_to_every_device_and_counted_when_reported() {
     assert_eq!(status.last().map(|s| s.observed_generation), Some(Some(2)));
     assert_eq!(status.last().map(|s| s.aggregate.succeeded), Some(0));
 }
+
+#[test]
+fn the_report_that_completes_a_rollout_is_written_at_once_whatever_the_pace() {
+    let (mut h, first) = fleet_with_web();
+    assert_eq!(statuses(&first).len(), 1);
+    h.advance(0.2);
+    assert!(statuses(&h.feed(report("pi-1", "web", "nginx:1", StatePhase::Running))).is_empty());
+    h.advance(0.1);
+    let effects = h.feed(report("pi-2", "web", "nginx:1", StatePhase::Running));
+    let status = statuses(&effects);
+    assert_eq!(
+        status.len(),
+        1,
+        "the rollout completed: no wait for the pace"
+    );
+    assert_eq!(ready_reason(status[0]), "AllSucceeded");
+    assert_eq!(
+        status[0].rollout.as_ref().map(|r| r.phase),
+        Some(crate::crd::deployment::RolloutPhase::Complete)
+    );
+    assert!(effects.iter().any(
+        |e| matches!(e, Effect::Events(_, ev) if ev.iter().any(|ev| ev.reason == "RolloutComplete"))
+    ));
+}
