@@ -9,6 +9,7 @@
 //! | [`scale`] | the scale runs: Deployments → keys → states → status, operator cost, cold start |
 //! | [`consumers`] | the consumer wall: one real agent KV watch (JetStream consumer) per device |
 //! | `dashboard` | (feature `dashboard`) the dashboard's server time with 100k devices in its view |
+//! | `apply_latency` | (feature `stack`) `kubectl apply` → answering → status on the e2e stack, next to a bare `podman run` |
 //! | [`notify`] | the alternative to a consumer per device: change notices + KV direct get |
 //! | [`writes`] | the write budget: heartbeats of a large fleet and the server's headroom |
 //! | [`footprint`] | the real `fleet-agent` release binary: size and idle memory |
