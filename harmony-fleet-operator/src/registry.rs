@@ -5,8 +5,11 @@
 //! wins), compares with what it last wrote (seeded from a LIST at start, so a restart writes
 //! nothing that is already there) and writes by server-side apply with bounded concurrency.
 //! `lastHeartbeat` of a device that stays online is refreshed at most every
-//! `last_seen_refresh`: API server writes stay bounded at fleet scale while `online` flips
-//! are written at once.
+//! [`refresh_interval`]: every [`MIN_REFRESH`] while the fleet is small, less often as it
+//! grows so that refreshes stay within [`REFRESH_BUDGET_PER_SEC`] writes a second, but never
+//! less often than `last_seen_refresh` (which bounds the staleness, and so caps the interval on
+//! a large fleet). `LAST SEEN` shows seconds on a small fleet instead of minutes; heartbeats
+//! never become one write each; `online` flips are written at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -96,6 +99,20 @@ struct Pending {
     removed: bool,
 }
 
+/// `lastHeartbeat` refreshes of online devices a second, at most, whatever the fleet size.
+pub const REFRESH_BUDGET_PER_SEC: u64 = 20;
+
+/// The shortest refresh interval (a heartbeat is typically every 10 s).
+pub const MIN_REFRESH: Duration = Duration::from_secs(15);
+
+/// How often an online device's `lastHeartbeat` is refreshed in a fleet of `devices`: spread
+/// so that all of them fit in [`REFRESH_BUDGET_PER_SEC`], no more often than [`MIN_REFRESH`],
+/// and at least every `longest` (`--last-seen-refresh-secs`: it wins over both).
+pub fn refresh_interval(devices: usize, longest: Duration) -> Duration {
+    let spread = Duration::from_secs((devices as u64).div_ceil(REFRESH_BUDGET_PER_SEC));
+    spread.max(MIN_REFRESH).min(longest)
+}
+
 /// Spawns the registry task; returns the sender the reconcile loop uses. Online/offline
 /// flips it writes become Events on the `Device` through `events`.
 pub fn spawn(
@@ -138,11 +155,12 @@ async fn run(
             queue(&mut pending, update);
         }
         let batch: Vec<(DeviceId, Pending)> = pending.drain().collect();
+        let refresh = refresh_interval(written.len(), last_seen_refresh);
         let work: Vec<(DeviceId, Pending, Written)> = batch
             .into_iter()
             .filter_map(|(id, p)| {
                 let before = written.get(&id).cloned().unwrap_or_default();
-                plan(&before, &p, last_seen_refresh).map(|after| (id, p, after))
+                plan(&before, &p, refresh).map(|after| (id, p, after))
             })
             .collect();
         let results: Vec<(DeviceId, Pending, Option<Written>)> = stream::iter(work)
@@ -501,6 +519,23 @@ mod tests {
     }
 
     const REFRESH: Duration = Duration::from_secs(300);
+
+    #[test]
+    fn last_seen_is_refreshed_often_in_a_small_fleet_and_within_the_budget_in_a_large_one() {
+        let longest = Duration::from_secs(300);
+        assert_eq!(refresh_interval(1, longest), MIN_REFRESH);
+        assert_eq!(refresh_interval(300, longest), MIN_REFRESH);
+        // 2,000 devices over 20 writes/s: each refreshed every 100 s.
+        assert_eq!(refresh_interval(2_000, longest), Duration::from_secs(100));
+        // 100k devices would need 5,000 s to fit the budget: --last-seen-refresh-secs caps the
+        // staleness (then up to 100k / 300 s = 333 refreshes/s, as before this rule).
+        assert_eq!(refresh_interval(100_000, longest), longest);
+        // A shorter setting always wins (tests use 1 s).
+        assert_eq!(
+            refresh_interval(100_000, Duration::from_secs(1)),
+            Duration::from_secs(1)
+        );
+    }
 
     #[test]
     fn frequent_heartbeats_of_an_online_device_write_nothing() {
