@@ -9,13 +9,11 @@
 //! (the agent itself is tested in harmony-fleet-agent and the e2e suite).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use harmony::local::{LocalNats, NatsOptions};
 use harmony_fleet_contracts::ids::DeviceId;
 use harmony_fleet_contracts::keys;
 use harmony_fleet_contracts::payload::{PodmanV0, ReconcileScore, Service};
@@ -23,37 +21,27 @@ use harmony_fleet_contracts::state::{DeploymentState, Phase};
 use harmony_fleet_operator::config::Config;
 use harmony_fleet_operator::crd;
 use harmony_fleet_operator::http::Readiness;
-use harmony_fleet_operator::kv::FleetKv;
 use harmony_fleet_operator::metrics::Metrics;
 use harmony_fleet_operator::service::real::{RealFleetService, RealOptions};
 use harmony_fleet_operator::web::boundary::{AllowedHosts, CsrfToken};
 use harmony_fleet_operator::web::{Assets, Auth, Boundary, Sessions, WebState, app};
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 use tower::ServiceExt;
 
 #[path = "support/fleet.rs"]
 mod fleet;
+#[path = "support/setup.rs"]
+mod setup;
 mod support;
 use fleet::{beat, put_device};
 use support::{DEADLINE, eventually, kubeconfig};
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// Heartbeat timeout of the operator and the dashboard: short, so a device goes offline
 /// within the test.
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(4);
 const LISTEN: &str = "127.0.0.1:18081";
-
-fn tag() -> String {
-    format!(
-        "{:x}{:x}",
-        std::process::id() & 0xffff,
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
 
 async fn apply_deployment(
     client: &kube::Client,
@@ -129,19 +117,10 @@ async fn render(router: &axum::Router, path: &str) -> Result<String> {
 #[tokio::test]
 async fn overview_and_deployments_show_the_reasons_and_messages_the_operator_wrote() -> Result<()> {
     let client = harmony::local::control_plane::client_from_kubeconfig(&kubeconfig()?).await?;
-    let tag = tag();
+    let tag = setup::tag();
     let (ns_a, ns_b) = (format!("att-a-{tag}"), format!("att-b-{tag}"));
-    for ns in [&ns_a, &ns_b] {
-        Api::<Namespace>::all(client.clone())
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
-            )
-            .await?;
-    }
-    let nats = LocalNats::start(NatsOptions::default()).await?;
-    let nats_client = async_nats::connect(nats.url()).await?;
-    let kv = FleetKv::open(nats_client.clone(), true).await?;
+    setup::create_namespaces(&client, &[&ns_a, &ns_b]).await?;
+    let (nats, nats_client, kv) = setup::fleet_nats().await?;
     let mut config = Config::for_nats(nats.url());
     config.heartbeat_timeout = HEARTBEAT_TIMEOUT;
     let operator = harmony_fleet_operator::start(

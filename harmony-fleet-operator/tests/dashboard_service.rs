@@ -6,7 +6,6 @@
 //! speaks the contract's session protocol the way an agent does (the agent's own pty and
 //! podman side is tested in harmony-fleet-agent).
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -24,47 +23,30 @@ use harmony_fleet_operator::OperatorHandle;
 use harmony_fleet_operator::config::Config;
 use harmony_fleet_operator::crd::{self, Device};
 use harmony_fleet_operator::http::Readiness;
-use harmony_fleet_operator::kv::FleetKv;
 use harmony_fleet_operator::metrics::Metrics;
 use harmony_fleet_operator::service::real::{RealFleetService, RealOptions};
 use harmony_fleet_operator::service::{
     DeploymentRef, DeviceQuery, FleetService, LogEvent, ShellEvent, ShellInput, StatusFilter,
 };
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
 #[path = "support/fleet.rs"]
 mod fleet;
+#[path = "support/setup.rs"]
+mod setup;
 mod support;
 use fleet::put_device;
 use support::{DEADLINE, eventually, kubeconfig};
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-fn tag() -> String {
-    format!(
-        "{:x}{:x}",
-        std::process::id() & 0xffff,
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 #[tokio::test]
 async fn real_service_shows_the_fleet_and_blacklisting_removes_desired_state() -> Result<()> {
     let client = harmony::local::control_plane::client_from_kubeconfig(&kubeconfig()?).await?;
-    let tag = tag();
+    let tag = setup::tag();
     let ns = format!("web-{tag}");
-    Api::<Namespace>::all(client.clone())
-        .create(
-            &PostParams::default(),
-            &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
-        )
-        .await?;
-    let nats = LocalNats::start(NatsOptions::default()).await?;
-    let nats_client = async_nats::connect(nats.url()).await?;
-    let kv = FleetKv::open(nats_client.clone(), true).await?;
+    setup::create_namespaces(&client, &[&ns]).await?;
+    let (nats, nats_client, kv) = setup::fleet_nats().await?;
     let mut config = Config::for_nats(nats.url());
     config.namespace = Some(ns.clone());
     let operator: OperatorHandle = harmony_fleet_operator::start(
@@ -396,7 +378,7 @@ async fn fake_agent(
 async fn sessions_bridge_logs_and_shell_over_nats_and_close_on_drop() -> Result<()> {
     let nats = LocalNats::start(NatsOptions::default()).await?;
     let client = async_nats::connect(nats.url()).await?;
-    let device = DeviceId::new(format!("d{}-s", tag()))?;
+    let device = DeviceId::new(format!("d{}-s", setup::tag()))?;
     let agent = fake_agent(client.clone(), device.clone()).await?;
     let commands = harmony_fleet_operator::commands::CommandsClient::new(client.clone());
 
@@ -468,7 +450,7 @@ async fn offline_devices_are_reported_as_offline() -> Result<()> {
     let nats = LocalNats::start(NatsOptions::default()).await?;
     let client = async_nats::connect(nats.url()).await?;
     let commands = harmony_fleet_operator::commands::CommandsClient::new(client);
-    let device = DeviceId::new(format!("d{}-off", tag()))?;
+    let device = DeviceId::new(format!("d{}-off", setup::tag()))?;
     let err = harmony_fleet_operator::service::bridge::open_shell(commands, device, 80, 24)
         .await
         .expect_err("nobody answers");

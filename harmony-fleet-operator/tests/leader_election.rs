@@ -3,12 +3,11 @@
 //! leader stops (Lease released) or dies (Lease left to expire).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
-use harmony::local::{LocalNats, NatsOptions};
+use harmony::local::LocalNats;
 use harmony_fleet_contracts::ids::DeviceId;
 use harmony_fleet_contracts::notice;
 use harmony_fleet_contracts::payload::{PodmanV0, ReconcileScore, Service};
@@ -20,16 +19,15 @@ use harmony_fleet_operator::kv::FleetKv;
 use harmony_fleet_operator::leader::LeaderConfig;
 use harmony_fleet_operator::metrics::Metrics;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
 #[path = "support/fleet.rs"]
 mod fleet;
+#[path = "support/setup.rs"]
+mod setup;
 mod support;
 use support::{eventually, kubeconfig};
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 struct Env {
     client: kube::Client,
@@ -43,21 +41,10 @@ struct Env {
 impl Env {
     async fn new() -> Result<Self> {
         let client = harmony::local::control_plane::client_from_kubeconfig(&kubeconfig()?).await?;
-        let tag = format!(
-            "{:x}{:x}",
-            std::process::id() & 0xffff,
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
+        let tag = setup::tag();
         let ns = format!("le-{tag}");
-        Api::<Namespace>::all(client.clone())
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
-            )
-            .await?;
-        let nats = LocalNats::start(NatsOptions::default()).await?;
-        let nats_client = async_nats::connect(nats.url()).await?;
-        let kv = FleetKv::open(nats_client.clone(), true).await?;
+        setup::create_namespaces(&client, &[&ns]).await?;
+        let (nats, nats_client, kv) = setup::fleet_nats().await?;
         Ok(Self {
             client,
             ns,
@@ -158,8 +145,10 @@ async fn ready(op: &OperatorHandle, what: &str) -> Result<()> {
     eventually(what, || async { readiness.is_converged().then_some(()) }).await
 }
 
-#[tokio::test]
-async fn the_standby_writes_nothing_and_takes_over_at_once_when_the_leader_stops() -> Result<()> {
+/// Replica a elected, replica b a warm standby, three devices at `plant-1` and a Deployment
+/// of `nginx:1` converged on them.
+async fn two_replicas_serving_three_devices()
+-> Result<(Env, OperatorHandle, OperatorHandle, String)> {
     let env = Env::new().await?;
     let a = env.replica("replica-a").await?;
     ready(&a, "replica a converged").await?;
@@ -168,14 +157,18 @@ async fn the_standby_writes_nothing_and_takes_over_at_once_when_the_leader_stops
     ready(&b, "replica b warm (standby)").await?;
     assert!(!leads(&b));
     assert_eq!(env.holder().await.as_deref(), Some("replica-a"));
-
-    let devices: Vec<DeviceId> = (1..=3).map(|n| env.device(n)).collect();
-    for d in &devices {
-        fleet::put_device(&env.kv, d, "plant-1").await?;
+    for n in 1..=3 {
+        fleet::put_device(&env.kv, &env.device(n), "plant-1").await?;
     }
     let name = format!("web-{}", env.tag);
     env.apply(&name, "nginx:1").await?;
     env.converged_on(3, "nginx:1").await?;
+    Ok((env, a, b, name))
+}
+
+#[tokio::test]
+async fn the_standby_writes_nothing_and_takes_over_at_once_when_the_leader_stops() -> Result<()> {
+    let (env, a, b, name) = two_replicas_serving_three_devices().await?;
     // One writer: three keys and three indexes, all by the leader.
     eventually("the leader's six writes", || async {
         (a.metrics.kv_writes_ok() == 6).then_some(())
@@ -216,19 +209,7 @@ async fn the_standby_writes_nothing_and_takes_over_at_once_when_the_leader_stops
 
 #[tokio::test]
 async fn a_killed_leader_is_replaced_when_its_lease_expires() -> Result<()> {
-    let env = Env::new().await?;
-    let a = env.replica("replica-a").await?;
-    ready(&a, "replica a converged").await?;
-    eventually("replica a elected", || async { leads(&a).then_some(()) }).await?;
-    let b = env.replica("replica-b").await?;
-    ready(&b, "replica b warm (standby)").await?;
-    let devices: Vec<DeviceId> = (1..=3).map(|n| env.device(n)).collect();
-    for d in &devices {
-        fleet::put_device(&env.kv, d, "plant-1").await?;
-    }
-    let name = format!("web-{}", env.tag);
-    env.apply(&name, "nginx:1").await?;
-    env.converged_on(3, "nginx:1").await?;
+    let (env, a, b, name) = two_replicas_serving_three_devices().await?;
 
     // Killed: every task stops at once, the Lease is left to expire (10 s).
     let killed = Instant::now();

@@ -7,12 +7,11 @@
 //! nats-server, its own namespace-scoped operator and unique device and deployment names.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
-use harmony::local::{LocalNats, NatsOptions};
+use harmony::local::LocalNats;
 use harmony_fleet_contracts::commands::{CommandReply, ExecRequest, PingReply};
 use harmony_fleet_contracts::device::{AgentVersion, DeviceInfo, Inventory};
 use harmony_fleet_contracts::ids::DeviceId;
@@ -28,18 +27,17 @@ use harmony_fleet_operator::http::Readiness;
 use harmony_fleet_operator::kv::FleetKv;
 use harmony_fleet_operator::metrics::Metrics;
 use jiff::Timestamp;
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
+#[path = "support/setup.rs"]
+mod setup;
 mod support;
 use support::{eventually, kubeconfig};
 
 // ----- shared control plane -----
 
 // ----- per-test environment -----
-
-static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 struct Env {
     client: kube::Client,
@@ -55,22 +53,10 @@ impl Env {
     async fn new() -> Result<Self> {
         let kubeconfig = kubeconfig()?;
         let client = harmony::local::control_plane::client_from_kubeconfig(&kubeconfig).await?;
-        let tag = format!(
-            "{:x}{:x}",
-            std::process::id() & 0xffff,
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
+        let tag = setup::tag();
         let ns = format!("op-{tag}");
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        namespaces
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({"metadata": {"name": ns}}))?,
-            )
-            .await?;
-        let nats = LocalNats::start(NatsOptions::default()).await?;
-        let nats_client = async_nats::connect(nats.url()).await?;
-        let kv = FleetKv::open(nats_client.clone(), true).await?;
+        setup::create_namespaces(&client, &[&ns]).await?;
+        let (nats, nats_client, kv) = setup::fleet_nats().await?;
         let mut env = Self {
             client,
             ns,

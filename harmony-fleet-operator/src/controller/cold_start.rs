@@ -126,7 +126,9 @@ impl Reconciler {
         }
         self.finalize_pending();
         let keys: Vec<CrKey> = self.crs.keys().cloned().collect();
-        self.status_dirty.extend(keys);
+        for key in keys {
+            self.dirty_status(key);
+        }
         self.converging = Some(ConvergeReport {
             started,
             writes: self.ops.len(),

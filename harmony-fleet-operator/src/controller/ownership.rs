@@ -120,7 +120,7 @@ impl Reconciler {
         let generation_changed = previous.is_none_or(|p| p.generation != cr.generation);
         self.crs.insert(key.clone(), cr.clone());
         if generation_changed {
-            self.status_dirty.insert(key.clone());
+            self.dirty_status(key.clone());
         }
 
         if deleting {
@@ -172,13 +172,18 @@ impl Reconciler {
                 namespace: ns.to_owned(),
                 name: name.as_str().to_owned(),
             });
-        if let Some(claims) = self.claims.get(name) {
-            for (_, ns) in claims {
-                self.status_dirty.insert(CrKey {
-                    namespace: ns.clone(),
-                    name: name.as_str().to_owned(),
-                });
-            }
+        let claimants: Vec<CrKey> = self
+            .claims
+            .get(name)
+            .into_iter()
+            .flatten()
+            .map(|(_, ns)| CrKey {
+                namespace: ns.clone(),
+                name: name.as_str().to_owned(),
+            })
+            .collect();
+        for key in claimants {
+            self.dirty_status(key);
         }
         match claimant {
             None => {
@@ -274,7 +279,7 @@ impl Reconciler {
         // A spec change is stepped at once, whatever the pace of report-driven steps.
         self.rollout_dirty.remove(&name);
         self.step_rollout(&name);
-        self.status_dirty.insert(key.clone());
+        self.dirty_status(key.clone());
     }
 
     /// Stops `key` from claiming its name (deletion or removal).

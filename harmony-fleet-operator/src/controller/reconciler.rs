@@ -68,8 +68,19 @@ pub struct Reconciler {
     pub(super) indexes_in_flight: bool,
     /// Writes that failed, retried on the next tick.
     pub(super) retry: HashMap<(DeploymentName, DeviceId), Option<Rev>>,
+    /// Deployments whose rollout may step (held back by the pace until due).
     pub(super) rollout_dirty: HashSet<DeploymentName>,
+    /// Resources whose status may have changed (held back by the pace until due).
     pub(super) status_dirty: HashSet<CrKey>,
+    /// What the current input dirtied: only these are checked at its end, the rest waits for
+    /// the wake-up or the tick (so an input costs O(what it touched), not O(deployments)).
+    pub(super) touched_rollouts: Vec<DeploymentName>,
+    /// As [`Self::touched_rollouts`], for statuses.
+    pub(super) touched_statuses: Vec<CrKey>,
+    /// Check every dirty rollout and status (the tick and the wake-up).
+    pub(super) full_scan: bool,
+    /// The earliest time a held-back status or rollout step is due.
+    pub(super) wake: Option<Instant>,
     /// When statuses may be written (first change after quiet at once, then ≤ 1/s).
     pub(super) status_pacer: Pacer<CrKey>,
     /// The headline of each status as last written: a change of it is written at once.
@@ -127,6 +138,10 @@ impl Reconciler {
             retry: HashMap::new(),
             rollout_dirty: HashSet::new(),
             status_dirty: HashSet::new(),
+            touched_rollouts: Vec::new(),
+            touched_statuses: Vec::new(),
+            full_scan: false,
+            wake: None,
             status_pacer: Pacer::new(PACE),
             headlines: HashMap::new(),
             rollout_pacer: Pacer::new(PACE),
@@ -147,6 +162,7 @@ impl Reconciler {
     /// next watch event.
     pub fn handle(&mut self, input: Input, now: Now) -> Vec<Effect> {
         self.now = now;
+        self.full_scan = matches!(input, Input::Tick | Input::Wake);
         match input {
             Input::Cr(event) => self.on_cr(*event),
             Input::Info(event) => self.on_info(event),
@@ -189,6 +205,9 @@ impl Reconciler {
         self.retry.clear();
         self.status_dirty.clear();
         self.rollout_dirty.clear();
+        self.touched_rollouts.clear();
+        self.touched_statuses.clear();
+        self.wake = None;
         if let Some(report) = self.converging.take() {
             self.report_converged(report);
         }
@@ -371,18 +390,24 @@ impl Reconciler {
     /// When the shell should wake the core (with [`Input::Wake`]) for a status or rollout step
     /// held back by the pace; `None` when nothing is waiting.
     pub fn next_wake(&self) -> Option<Instant> {
-        if !self.converged {
-            return None;
-        }
-        let statuses = self
-            .status_dirty
-            .iter()
-            .filter_map(|k| self.status_pacer.due_at(k));
-        let rollouts = self
-            .rollout_dirty
-            .iter()
-            .filter_map(|k| self.rollout_pacer.due_at(k));
-        statuses.chain(rollouts).min()
+        self.wake.filter(|_| self.converged && self.leader)
+    }
+
+    /// `name`'s rollout may step: checked at the end of this input.
+    pub(super) fn dirty_rollout(&mut self, name: DeploymentName) {
+        self.rollout_dirty.insert(name.clone());
+        self.touched_rollouts.push(name);
+    }
+
+    /// `key`'s status may have changed: checked at the end of this input.
+    pub(super) fn dirty_status(&mut self, key: CrKey) {
+        self.status_dirty.insert(key.clone());
+        self.touched_statuses.push(key);
+    }
+
+    /// Something held back is due at `at`.
+    pub(super) fn wake_at(&mut self, at: Instant) {
+        self.wake = Some(self.wake.map_or(at, |w| w.min(at)));
     }
 
     /// Periodic work: heartbeat expiry, stray-key windows, retries, rollout steps, statuses.

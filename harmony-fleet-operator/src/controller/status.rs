@@ -80,22 +80,30 @@ impl Reconciler {
     /// batch or the rollout, and is taken at once.
     pub(super) fn step_due_rollouts(&mut self) {
         for name in self.fleet.take_dirty() {
-            if let Some(owned) = self.owned.get(&name) {
-                self.status_dirty.insert(owned.key.clone());
+            if let Some(key) = self.owned.get(&name).map(|o| o.key.clone()) {
+                self.dirty_status(key);
             }
-            self.rollout_dirty.insert(name);
+            self.dirty_rollout(name);
         }
         let now = self.mono();
-        let due: Vec<DeploymentName> = self
-            .rollout_dirty
-            .iter()
-            .filter(|name| self.rollout_pacer.is_due(name, now) || self.may_complete(name))
-            .cloned()
-            .collect();
-        for name in due {
-            self.rollout_dirty.remove(&name);
-            self.rollout_pacer.mark(name.clone(), now);
-            self.step_rollout(&name);
+        let candidates: Vec<DeploymentName> = if self.full_scan {
+            self.touched_rollouts.clear();
+            self.wake = None;
+            self.rollout_dirty.iter().cloned().collect()
+        } else {
+            std::mem::take(&mut self.touched_rollouts)
+        };
+        for name in candidates {
+            if !self.rollout_dirty.contains(&name) {
+                continue;
+            }
+            if self.rollout_pacer.is_due(&name, now) || self.may_complete(&name) {
+                self.rollout_dirty.remove(&name);
+                self.rollout_pacer.mark(name.clone(), now);
+                self.step_rollout(&name);
+            } else if let Some(at) = self.rollout_pacer.due_at(&name) {
+                self.wake_at(at);
+            }
         }
     }
 
@@ -124,21 +132,30 @@ impl Reconciler {
     /// after a quiet [`PACE`], else at most once per [`PACE`].
     pub(super) fn publish_due_statuses(&mut self) {
         let now = self.mono();
-        let due: Vec<CrKey> = self
-            .status_dirty
-            .iter()
-            .filter(|key| {
-                self.status_pacer.is_due(key, now)
-                    || self.headline(key) != self.headlines.get(*key).copied()
-            })
-            .cloned()
-            .collect();
-        for key in due {
+        let candidates: Vec<CrKey> = if self.full_scan {
+            self.touched_statuses.clear();
+            self.status_dirty.iter().cloned().collect()
+        } else {
+            std::mem::take(&mut self.touched_statuses)
+        };
+        for key in candidates {
+            if !self.status_dirty.contains(&key) {
+                continue;
+            }
+            let headline = self.headline(&key);
+            let due = self.status_pacer.is_due(&key, now)
+                || headline != self.headlines.get(&key).copied();
+            if !due {
+                if let Some(at) = self.status_pacer.due_at(&key) {
+                    self.wake_at(at);
+                }
+                continue;
+            }
             self.status_dirty.remove(&key);
             if self.publish_status(&key) {
                 self.status_pacer.mark(key.clone(), now);
             }
-            match self.headline(&key) {
+            match headline {
                 Some(h) => self.headlines.insert(key, h),
                 None => self.headlines.remove(&key),
             };

@@ -128,14 +128,14 @@ impl Reconciler {
                         let rev = owned.rollout.joiner_revision().clone();
                         self.want(&deployment, &device, Some(rev));
                     }
-                    self.rollout_dirty.insert(deployment);
+                    self.dirty_rollout(deployment);
                 }
                 Change::Unmatched { device, deployment } => {
                     self.fleet.set_matched(&deployment, &device, false);
                     if self.converged {
                         self.want(&deployment, &device, None);
                     }
-                    self.rollout_dirty.insert(deployment);
+                    self.dirty_rollout(deployment);
                 }
             }
         }
@@ -176,7 +176,7 @@ impl Reconciler {
                 tracing::info!(deployment = %name, phase = owned.rollout.phase.as_str(), reason = owned.rollout.reason.as_deref().unwrap_or(""), "rollout phase changed");
             }
             self.tell(&key, events);
-            self.status_dirty.insert(key);
+            self.dirty_status(key);
         }
         for (device, rev) in step.assign {
             self.want(name, &device, Some(rev));
