@@ -1,16 +1,21 @@
 //! [`FleetAgentScore`]: one device agent, either a local process on this host
 //! ([`FleetAgentTarget::Local`], a simulated device with its own podman storage and, when it
-//! publishes ports, its own network namespace) or a Pod in a cluster
-//! ([`FleetAgentTarget::Pod`]). Ready when a heartbeat from that device id is seen.
+//! publishes ports, its own network namespace), a Pod in a cluster
+//! ([`FleetAgentTarget::Pod`]) or a systemd service on a real host reached over SSH
+//! ([`FleetAgentTarget::Host`]). Ready when a heartbeat from that device id is seen.
 //!
 //! - [`config`]: the agent's TOML configuration, rendered from the Score.
-//! - [`local`] / [`pod`]: the two targets.
+//! - [`local`] / [`pod`] / [`host`]: the three targets; [`ssh`]: the SSH client `host` uses.
 
 pub mod config;
+pub mod host;
 pub mod local;
 pub mod pod;
+pub mod ssh;
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,6 +33,34 @@ pub enum FleetAgentTarget {
     Local(LocalAgent),
     /// A Pod in a cluster.
     Pod(PodAgent),
+    /// A systemd service on a Linux host, installed over SSH (`LocalTopology`: the fleet's
+    /// NATS runs on this machine).
+    Host(HostAgent),
+}
+
+/// A Linux host (a Pi on a LAN, a gateway) that runs the agent under systemd, installed over
+/// SSH with key authentication and the host's key pinned.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostAgent {
+    /// The host's name or address.
+    pub address: String,
+    /// Its SSH port.
+    pub port: u16,
+    /// The remote user: `root` (the agent's unit, binary and files are the system's).
+    pub user: String,
+    /// The private key to log in with (its public half in the host's `authorized_keys`).
+    pub identity_file: PathBuf,
+    /// The host's public key (`<type> <base64>`, as in `/etc/ssh/ssh_host_ed25519_key.pub`),
+    /// read from the host on a trusted path: the only key the client accepts.
+    pub known_host_key: String,
+    /// Static agent binaries by architecture, as `uname -m` prints it (`x86_64`, `aarch64`).
+    /// A host of another architecture is refused.
+    pub agent_binaries: BTreeMap<String, PathBuf>,
+    /// This machine's address as the host reaches it: the agent dials NATS there
+    /// (`FleetNatsScore::lan_addresses` must contain it).
+    pub nats_address: IpAddr,
+    /// Approve the key the agent makes on the host before it asks to join.
+    pub pre_approve: bool,
 }
 
 /// Options of a local device.
@@ -161,8 +194,22 @@ impl FleetAgentScore {
         }
     }
 
+    /// An agent installed on a host over SSH and run by systemd.
+    pub fn host(device_id: DeviceId, labels: BTreeMap<String, String>, host: HostAgent) -> Self {
+        FleetAgentScore {
+            device_id,
+            labels,
+            target: FleetAgentTarget::Host(host),
+            heartbeat_interval_secs: 10,
+            smoke_timeout: Duration::from_secs(60),
+        }
+    }
+
     fn describe(&self) -> String {
         match &self.target {
+            FleetAgentTarget::Host(host) => {
+                format!("FleetAgentScore {} (host {})", self.device_id, host.address)
+            }
             FleetAgentTarget::Local(_) => format!("FleetAgentScore {} (local)", self.device_id),
             FleetAgentTarget::Pod(pod) => {
                 format!(
@@ -219,6 +266,7 @@ impl Interpret<LocalTopology> for FleetAgentInterpret {
                         local::deploy(&self.score, local, topology).await
                     }
                     FleetAgentTarget::Pod(pod) => pod::deploy(&self.score, pod, topology).await,
+                    FleetAgentTarget::Host(host) => host::deploy(&self.score, host, topology).await,
                 }
             })
             .await
@@ -248,6 +296,11 @@ impl Interpret<K8sAnywhereTopology> for FleetAgentInterpret {
                         "target",
                         "is Local, which runs a process on this host; on a cluster use \
                          FleetAgentTarget::Pod, or run the Score on LocalTopology",
+                    )),
+                    FleetAgentTarget::Host(_) => Err(InterpretError::invalid_input(
+                        "target",
+                        "is Host, whose agent dials the NATS of LocalTopology; run it on \
+                         LocalTopology, or use FleetAgentTarget::Pod on a cluster",
                     )),
                 }
             })
