@@ -199,6 +199,30 @@ async fn an_agent_on_a_real_host_installs_over_ssh_survives_a_reboot_without_nat
         "{err}"
     );
 
+    // A host answering with another key than the pinned one is refused before anything is
+    // sent (the key of a freshly made pair stands in for an impostor's).
+    let impostor = tempfile::tempdir().expect("tempdir");
+    let impostor_key = impostor.path().join("key");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&impostor_key)
+        .status()
+        .expect("ssh-keygen");
+    assert!(made.success());
+    let mut spoofed = score.clone();
+    if let harmony_fleet_deploy::FleetAgentTarget::Host(h) = &mut spoofed.target {
+        h.known_host_key =
+            std::fs::read_to_string(impostor_key.with_extension("pub")).expect("impostor key");
+    }
+    let err = run(&spoofed, &topology)
+        .await
+        .expect_err("a host key other than the pinned one")
+        .chain();
+    assert!(
+        err.contains("known_host_key") && err.contains("Host key verification failed"),
+        "{err}"
+    );
+
     // A workload on the host, answering at the host's address.
     load_demo_image(&host)
         .await

@@ -116,14 +116,20 @@ impl Default for PodAgent {
 /// demo images; its key approved before it asks when [`LocalAgent::pre_approve`]) or
 /// [`FleetAgentTarget::Pod`]; `K8sAnywhereTopology` with [`FleetAgentTarget::Pod`] (a
 /// Deployment of one agent Pod and its configuration Secret; the key it asks with approved when
-/// [`PodAgent::pre_approve`]). On any other topology it does not compile. `FleetNatsScore` and
-/// `FleetOperatorScore` must have run first on the same topology.
+/// [`PodAgent::pre_approve`]); `LocalTopology` with [`FleetAgentTarget::Host`] (the agent
+/// installed over SSH on a Linux host and run by systemd, dialing this machine's NATS at
+/// [`HostAgent::nats_address`], see [`host`]). On any other topology it does not compile.
+/// `FleetNatsScore` and `FleetOperatorScore` must have run first on the same topology.
 ///
 /// **Blocks on**, within [`smoke_timeout`](Self::smoke_timeout): locally, a heartbeat from
-/// [`device_id`](Self::device_id) written after the agent (re)started; as a Pod, the agent
+/// [`device_id`](Self::device_id) written after the agent (re)started (for a host, after its
+/// unit (re)started; on the deadline the error quotes `systemctl status`); as a Pod, the agent
 /// Deployment available, its enrollment request seen and approved, and the `Device` online.
 ///
-/// **Errors**: a `Local` target on `K8sAnywhereTopology` (`InvalidInput` naming `target`);
+/// **Errors**: a `Local` or `Host` target on `K8sAnywhereTopology` (`InvalidInput` naming
+/// `target`); a host that SSH cannot reach or whose key is not the pinned one
+/// ([`ssh::SshError::Connect`], naming `address`, `identity_file` and `known_host_key`); a
+/// host architecture without a binary (`InvalidInput` naming `agent_binaries` and the build);
 /// NATS not deployed (naming the endpoint file, or the bootstrap Secret on a cluster); the
 /// `fleet-agent` binary not found (naming `cargo build --release -p harmony-fleet-agent` and
 /// `HARMONY_FLEET_AGENT_BIN`); podman, the network namespace or a demo image failing (naming
