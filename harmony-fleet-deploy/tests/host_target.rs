@@ -131,9 +131,12 @@ async fn an_agent_on_a_real_host_installs_over_ssh_survives_a_reboot_without_nat
                 .collect()
         })
         .unwrap_or_default();
-    let host = TestHost::boot(&format!("hfhost-{}", suffix.to_ascii_lowercase()))
-        .await
-        .unwrap_or_else(|e| panic!("booting the test host: {e:#}"));
+    let host = TestHost::boot(
+        &format!("hfhost-{}", suffix.to_ascii_lowercase()),
+        dir.path(),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("booting the test host: {e:#}"));
     let topology = LocalTopology::new(dir.path(), SupervisionMode::Owned).expect("topology");
     topology.ensure_ready().await.expect("control plane");
 

@@ -14,6 +14,9 @@ use harmony_fleet_deploy::HostAgent;
 use harmony_fleet_deploy::agent::ssh::SshHost;
 use harmony_fleet_deploy::wait::{self, Poll};
 
+/// The container label naming the directory of the test that booted a host.
+const OWNER_LABEL: &str = "harmony-fleet-test-host";
+
 /// One booted host.
 pub struct TestHost {
     /// The container's (and network namespace's) name.
@@ -70,8 +73,10 @@ fn run(command: &mut Command) -> anyhow::Result<String> {
 
 impl TestHost {
     /// Builds (or reuses) the image, then boots a host named `name` on a network of its own and
-    /// waits until it accepts the test's key over SSH.
-    pub async fn boot(name: &str) -> anyhow::Result<Self> {
+    /// waits until it accepts the test's key over SSH. `owner` (the test's temporary directory)
+    /// is recorded on the container: a host whose owner is gone is a crashed run's leftover,
+    /// removed here with its network.
+    pub async fn boot(name: &str, owner: &Path) -> anyhow::Result<Self> {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let built = run(Command::new("bash").arg(repo.join("scripts/build-host-image.sh")))?;
         let image = built
@@ -98,8 +103,28 @@ impl TestHost {
             .arg(&identity_file))?;
         let storage = dir.path().join("containers");
         std::fs::create_dir_all(&storage)?;
-        // A leftover of a crashed run with the same name goes first.
-        let _ = podman(&containers_conf, &["rm", "-f", "-t", "0", name]);
+        // Leftovers of crashed runs (their owner directory is gone), and one with this name.
+        let listed = podman(
+            &containers_conf,
+            &[
+                "ps",
+                "-a",
+                "--filter",
+                &format!("label={OWNER_LABEL}"),
+                "--format",
+                &format!("{{{{.Names}}}} {{{{index .Labels \"{OWNER_LABEL}\"}}}}"),
+            ],
+        )?;
+        for line in listed.lines() {
+            let Some((leftover, owner_dir)) = line.split_once(' ') else {
+                continue;
+            };
+            if leftover == name || !Path::new(owner_dir).exists() {
+                eprintln!("removing leftover test host {leftover} (owner {owner_dir})");
+                let _ = podman(&containers_conf, &["rm", "-f", "-t", "0", leftover]);
+                let _ = DeviceNetwork::delete(leftover).await;
+            }
+        }
         let network = DeviceNetwork::ensure(name).await?;
         let mut host = TestHost {
             name: name.to_owned(),
@@ -128,6 +153,8 @@ impl TestHost {
                 name,
                 "--hostname",
                 name,
+                "--label",
+                &format!("{OWNER_LABEL}={}", owner.display()),
                 "--systemd=always",
                 "--privileged",
                 "--cgroupns=private",
