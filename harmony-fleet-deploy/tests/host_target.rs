@@ -188,6 +188,20 @@ async fn an_agent_on_a_real_host_installs_over_ssh_survives_a_reboot_without_nat
     assert!(modes.contains("600 /etc/fleet-agent/agent.toml"), "{modes}");
     assert!(modes.contains("enabled"), "{modes}");
 
+    // An address where NATS does not serve is refused before anything is installed.
+    let mut elsewhere = score.clone();
+    if let harmony_fleet_deploy::FleetAgentTarget::Host(h) = &mut elsewhere.target {
+        h.nats_address = "192.0.2.1".parse().expect("ip");
+    }
+    let err = run(&elsewhere, &topology)
+        .await
+        .expect_err("NATS does not serve there")
+        .chain();
+    assert!(
+        err.contains("nats_address") && err.contains("lan_addresses"),
+        "{err}"
+    );
+
     // A host of another architecture is refused, naming what to build.
     let mut arm = score.clone();
     if let harmony_fleet_deploy::FleetAgentTarget::Host(h) = &mut arm.target {

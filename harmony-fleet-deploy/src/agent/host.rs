@@ -143,6 +143,21 @@ pub(super) async fn deploy(
             host.nats_address
         ))
     })?;
+    // The servers must answer at the address the host dials, under a certificate naming it.
+    let names_file = LocalTrust::dir(&state).join("tls").join("server.names");
+    let served = std::fs::read_to_string(&names_file).unwrap_or_default();
+    if !served.lines().any(|n| n == host.nats_address.to_string()) {
+        return Err(InterpretError::invalid_input(
+            "nats_address",
+            format!(
+                "is {}, where the local NATS does not serve (its certificate names: {}); run \
+                 FleetNatsScore with `lan_addresses` containing {} first",
+                host.nats_address,
+                served.lines().collect::<Vec<_>>().join(", "),
+                host.nats_address
+            ),
+        ));
+    }
     let config = AgentConfig {
         device_id: device.to_string(),
         data_dir: DATA_DIR.into(),
