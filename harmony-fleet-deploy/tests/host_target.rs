@@ -108,7 +108,8 @@ async fn state_revision(kv: &jetstream::kv::Store, device: &DeviceId) -> u64 {
 
 #[tokio::test]
 async fn an_agent_on_a_real_host_installs_over_ssh_survives_a_reboot_without_nats_and_uninstalls() {
-    if let Some(reason) = test_host::missing_tools() {
+    let agent = test_host::static_agent();
+    if let Some(reason) = test_host::missing_tools().or_else(|| agent.clone().err()) {
         assert!(
             std::env::var("CI").as_deref() != Ok("true"),
             "CI=true and the test host cannot run: {reason}"
@@ -157,9 +158,7 @@ async fn an_agent_on_a_real_host_installs_over_ssh_survives_a_reboot_without_nat
         ("site".to_owned(), "lan".to_owned()),
         ("fleet.nationtech.io/device".to_owned(), device.to_string()),
     ]);
-    let binary = harmony_fleet_deploy::binaries::AGENT
-        .locate()
-        .expect("fleet-agent built");
+    let binary = agent.expect("checked above");
     let mut score = FleetAgentScore::host(device.clone(), labels.clone(), host.agent(&binary));
     score.heartbeat_interval_secs = 2;
     score.smoke_timeout = Duration::from_secs(90);
@@ -199,6 +198,23 @@ async fn an_agent_on_a_real_host_installs_over_ssh_survives_a_reboot_without_nat
         .chain();
     assert!(
         err.contains("nats_address") && err.contains("lan_addresses"),
+        "{err}"
+    );
+
+    // A dynamically linked agent (the workspace's own build) is refused before it is sent.
+    let dynamic = harmony_fleet_deploy::binaries::AGENT
+        .locate()
+        .expect("fleet-agent built");
+    let mut linked = score.clone();
+    if let harmony_fleet_deploy::FleetAgentTarget::Host(h) = &mut linked.target {
+        h.agent_binaries = [("x86_64".to_owned(), dynamic)].into();
+    }
+    let err = run(&linked, &topology)
+        .await
+        .expect_err("a dynamically linked agent")
+        .chain();
+    assert!(
+        err.contains("agent_binaries") && err.contains("dynamically linked"),
         "{err}"
     );
 

@@ -22,6 +22,7 @@ use jiff::Timestamp;
 use sha2::{Digest, Sha256};
 
 use super::config::{AgentConfig, AgentCredentials};
+use super::elf;
 use super::ssh::{SshHost, shell_quote};
 use super::{FleetAgentScore, HostAgent};
 use crate::error::DeployError;
@@ -136,6 +137,19 @@ pub(super) async fn deploy(
         ));
     };
 
+    let agent = read(binary)?;
+    elf::check_static_for(&agent, &arch).map_err(|why| {
+        InterpretError::invalid_input(
+            "agent_binaries",
+            format!(
+                "[\"{arch}\"] = {} {why}; give a static agent for {arch}: `cargo build --release \
+                 --target {arch}-unknown-linux-musl -p harmony-fleet-agent` (scripts/build-images.sh \
+                 does), or on a glibc toolchain `RUSTFLAGS=\"-C target-feature=+crt-static\" cargo \
+                 build --release --target {arch}-unknown-linux-gnu -p harmony-fleet-agent`",
+                binary.display()
+            ),
+        )
+    })?;
     let ca = endpoint.ca_file.as_deref().ok_or_else(|| {
         InterpretError::failed(format!(
             "the local NATS endpoint names no CA file; run FleetNatsScore with `lan_addresses` \
@@ -174,7 +188,7 @@ pub(super) async fn deploy(
         Desired {
             path: BINARY_PATH.to_owned(),
             mode: 0o755,
-            contents: read(binary)?,
+            contents: agent,
         },
         Desired {
             path: format!("{CONFIG_DIR}/agent.toml"),

@@ -5,9 +5,11 @@
 //! ([`FleetAgentTarget::Host`]). Ready when a heartbeat from that device id is seen.
 //!
 //! - [`config`]: the agent's TOML configuration, rendered from the Score.
-//! - [`local`] / [`pod`] / [`host`]: the three targets; [`ssh`]: the SSH client `host` uses.
+//! - [`local`] / [`pod`] / [`host`]: the three targets; [`ssh`]: the SSH client `host` uses;
+//!   [`elf`]: the check that a host gets a static agent for its architecture.
 
 pub mod config;
+pub mod elf;
 pub mod host;
 pub mod local;
 pub mod pod;
@@ -54,7 +56,8 @@ pub struct HostAgent {
     /// read from the host on a trusted path: the only key the client accepts.
     pub known_host_key: String,
     /// Static agent binaries by architecture, as `uname -m` prints it (`x86_64`, `aarch64`).
-    /// A host of another architecture is refused.
+    /// A host of another architecture is refused, and so is a binary that is dynamically
+    /// linked or built for another machine (read from its ELF header).
     pub agent_binaries: BTreeMap<String, PathBuf>,
     /// This machine's address as the host reaches it: the agent dials NATS there
     /// (`FleetNatsScore::lan_addresses` must contain it).

@@ -49,6 +49,40 @@ pub fn missing_tools() -> Option<String> {
     None
 }
 
+/// The static agent `scripts/test.sh` builds for this machine (`RUSTFLAGS="-C
+/// target-feature=+crt-static" cargo build --target x86_64-unknown-linux-gnu -p
+/// harmony-fleet-agent`), or `$HARMONY_FLEET_STATIC_AGENT_BIN`.
+pub fn static_agent() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("HARMONY_FLEET_STATIC_AGENT_BIN") {
+        let path = PathBuf::from(path);
+        return if path.is_file() {
+            Ok(path)
+        } else {
+            Err(format!(
+                "HARMONY_FLEET_STATIC_AGENT_BIN={} is not a file",
+                path.display()
+            ))
+        };
+    }
+    // The test runs from <target>/debug/deps; the static build is <target>/<triple>/debug.
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let target = exe
+        .ancestors()
+        .nth(3)
+        .ok_or_else(|| format!("no target directory above {}", exe.display()))?;
+    let path = target.join("x86_64-unknown-linux-gnu/debug/fleet-agent");
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "no static agent at {}; build it with `RUSTFLAGS=\"-C target-feature=+crt-static\" \
+             cargo build --target x86_64-unknown-linux-gnu -p harmony-fleet-agent` (scripts/test.sh \
+             does) or set HARMONY_FLEET_STATIC_AGENT_BIN",
+            path.display()
+        ))
+    }
+}
+
 fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
