@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs every real component harmony fleet runs locally, from package registries only:
-#   - podman, runc, busybox-static, etcd, iproute2 (Debian packages)
+#   - podman, runc, busybox-static, etcd, iproute2, openssh-client, debootstrap (Debian packages;
+#     the last two for the Host target and its test host, scripts/build-host-image.sh)
 #   - kube-apiserver, kube-controller-manager, kubectl built from the upstream Go module
 #   - nats-server built static with `go install`
 # Everything built is cached outside the repository, under $HARMONY_FLEET_CACHE
@@ -22,7 +23,7 @@ started=$(date +%s)
 
 # --- Debian packages --------------------------------------------------------------
 need_pkgs=()
-for pkg in podman runc busybox-static etcd-server iproute2 util-linux; do
+for pkg in podman runc busybox-static etcd-server iproute2 util-linux openssh-client debootstrap; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$pkg")
 done
 if ((${#need_pkgs[@]})); then

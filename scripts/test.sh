@@ -21,5 +21,10 @@ step "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked \
   -p harmony -p harmony_cli -p harmony-fleet-contracts -p harmony-fleet-deploy
 
+step "static fleet-agent for the Host target test (glibc, crt-static; adr/0041)"
+# Its own target triple keeps these flags out of the main build's cache.
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --locked \
+  --target x86_64-unknown-linux-gnu -p harmony-fleet-agent --bin fleet-agent
+
 step "cargo test"
 cargo test --workspace --all-features --locked --no-fail-fast

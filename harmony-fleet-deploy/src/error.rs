@@ -117,6 +117,10 @@ pub enum DeployError {
         reason: String,
     },
 
+    /// A command on a host reached over SSH failed.
+    #[error(transparent)]
+    Ssh(#[from] crate::agent::ssh::SshError),
+
     /// A NATS operation failed.
     #[error("NATS: {context}: {message}")]
     Nats {

@@ -5,7 +5,7 @@
 //! |---|---|---|
 //! | [`FleetNatsScore`] | NATS with JetStream over TLS in operator mode, the four fleet buckets, the chain of trust, the operator's and the agents' bootstrap identities | locally: KV round trip as the operator, a device denied another device's key; cluster: the StatefulSet ready |
 //! | [`FleetOperatorScore`] | CRDs, service account, RBAC and the operator workload (with the identity service that enrolls devices) | `/readyz` says `Converged` |
-//! | [`FleetAgentScore`] | one device agent, as a local process ([`FleetAgentTarget::Local`]) or a Pod | a heartbeat from that device |
+//! | [`FleetAgentScore`] | one device agent, as a local process ([`FleetAgentTarget::Local`]), a Pod, or a systemd service on a host over SSH ([`FleetAgentTarget::Host`]) | a heartbeat from that device |
 //! | [`FleetServerScore`] | NATS + operator, composed | both of the above |
 //! | [`FleetDeploymentScore`] | one fleet `Deployment` (selector, payload, rollout), typed | `Ready` for the generation and revision it wrote |
 //!
@@ -39,7 +39,7 @@ pub mod tokens;
 pub mod trust;
 pub mod wait;
 
-pub use agent::{FleetAgentScore, FleetAgentTarget, LocalAgent, PodAgent};
+pub use agent::{FleetAgentScore, FleetAgentTarget, HostAgent, LocalAgent, PodAgent};
 pub use error::DeployError;
 pub use fleet_deployment::FleetDeploymentScore;
 pub use nats::{FleetNatsScore, NatsEndpoint};

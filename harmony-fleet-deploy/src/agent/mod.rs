@@ -1,16 +1,23 @@
 //! [`FleetAgentScore`]: one device agent, either a local process on this host
 //! ([`FleetAgentTarget::Local`], a simulated device with its own podman storage and, when it
-//! publishes ports, its own network namespace) or a Pod in a cluster
-//! ([`FleetAgentTarget::Pod`]). Ready when a heartbeat from that device id is seen.
+//! publishes ports, its own network namespace), a Pod in a cluster
+//! ([`FleetAgentTarget::Pod`]) or a systemd service on a real host reached over SSH
+//! ([`FleetAgentTarget::Host`]). Ready when a heartbeat from that device id is seen.
 //!
 //! - [`config`]: the agent's TOML configuration, rendered from the Score.
-//! - [`local`] / [`pod`]: the two targets.
+//! - [`local`] / [`pod`] / [`host`]: the three targets; [`ssh`]: the SSH client `host` uses;
+//!   [`elf`]: the check that a host gets a static agent for its architecture.
 
 pub mod config;
+pub mod elf;
+pub mod host;
 pub mod local;
 pub mod pod;
+pub mod ssh;
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,6 +35,35 @@ pub enum FleetAgentTarget {
     Local(LocalAgent),
     /// A Pod in a cluster.
     Pod(PodAgent),
+    /// A systemd service on a Linux host, installed over SSH (`LocalTopology`: the fleet's
+    /// NATS runs on this machine).
+    Host(HostAgent),
+}
+
+/// A Linux host (a Pi on a LAN, a gateway) that runs the agent under systemd, installed over
+/// SSH with key authentication and the host's key pinned.
+#[derive(Debug, Clone, Serialize)]
+pub struct HostAgent {
+    /// The host's name or address.
+    pub address: String,
+    /// Its SSH port.
+    pub port: u16,
+    /// The remote user: `root` (the agent's unit, binary and files are the system's).
+    pub user: String,
+    /// The private key to log in with (its public half in the host's `authorized_keys`).
+    pub identity_file: PathBuf,
+    /// The host's public key (`<type> <base64>`, as in `/etc/ssh/ssh_host_ed25519_key.pub`),
+    /// read from the host on a trusted path: the only key the client accepts.
+    pub known_host_key: String,
+    /// Static agent binaries by architecture, as `uname -m` prints it (`x86_64`, `aarch64`).
+    /// A host of another architecture is refused, and so is a binary that is dynamically
+    /// linked or built for another machine (read from its ELF header).
+    pub agent_binaries: BTreeMap<String, PathBuf>,
+    /// This machine's address as the host reaches it: the agent dials NATS there
+    /// (`FleetNatsScore::lan_addresses` must contain it).
+    pub nats_address: IpAddr,
+    /// Approve the key the agent makes on the host before it asks to join.
+    pub pre_approve: bool,
 }
 
 /// Options of a local device.
@@ -83,14 +119,20 @@ impl Default for PodAgent {
 /// demo images; its key approved before it asks when [`LocalAgent::pre_approve`]) or
 /// [`FleetAgentTarget::Pod`]; `K8sAnywhereTopology` with [`FleetAgentTarget::Pod`] (a
 /// Deployment of one agent Pod and its configuration Secret; the key it asks with approved when
-/// [`PodAgent::pre_approve`]). On any other topology it does not compile. `FleetNatsScore` and
-/// `FleetOperatorScore` must have run first on the same topology.
+/// [`PodAgent::pre_approve`]); `LocalTopology` with [`FleetAgentTarget::Host`] (the agent
+/// installed over SSH on a Linux host and run by systemd, dialing this machine's NATS at
+/// [`HostAgent::nats_address`], see [`host`]). On any other topology it does not compile.
+/// `FleetNatsScore` and `FleetOperatorScore` must have run first on the same topology.
 ///
 /// **Blocks on**, within [`smoke_timeout`](Self::smoke_timeout): locally, a heartbeat from
-/// [`device_id`](Self::device_id) written after the agent (re)started; as a Pod, the agent
+/// [`device_id`](Self::device_id) written after the agent (re)started (for a host, after its
+/// unit (re)started; on the deadline the error quotes `systemctl status`); as a Pod, the agent
 /// Deployment available, its enrollment request seen and approved, and the `Device` online.
 ///
-/// **Errors**: a `Local` target on `K8sAnywhereTopology` (`InvalidInput` naming `target`);
+/// **Errors**: a `Local` or `Host` target on `K8sAnywhereTopology` (`InvalidInput` naming
+/// `target`); a host that SSH cannot reach or whose key is not the pinned one
+/// ([`ssh::SshError::Connect`], naming `address`, `identity_file` and `known_host_key`); a
+/// host architecture without a binary (`InvalidInput` naming `agent_binaries` and the build);
 /// NATS not deployed (naming the endpoint file, or the bootstrap Secret on a cluster); the
 /// `fleet-agent` binary not found (naming `cargo build --release -p harmony-fleet-agent` and
 /// `HARMONY_FLEET_AGENT_BIN`); podman, the network namespace or a demo image failing (naming
@@ -161,8 +203,22 @@ impl FleetAgentScore {
         }
     }
 
+    /// An agent installed on a host over SSH and run by systemd.
+    pub fn host(device_id: DeviceId, labels: BTreeMap<String, String>, host: HostAgent) -> Self {
+        FleetAgentScore {
+            device_id,
+            labels,
+            target: FleetAgentTarget::Host(host),
+            heartbeat_interval_secs: 10,
+            smoke_timeout: Duration::from_secs(60),
+        }
+    }
+
     fn describe(&self) -> String {
         match &self.target {
+            FleetAgentTarget::Host(host) => {
+                format!("FleetAgentScore {} (host {})", self.device_id, host.address)
+            }
             FleetAgentTarget::Local(_) => format!("FleetAgentScore {} (local)", self.device_id),
             FleetAgentTarget::Pod(pod) => {
                 format!(
@@ -219,6 +275,7 @@ impl Interpret<LocalTopology> for FleetAgentInterpret {
                         local::deploy(&self.score, local, topology).await
                     }
                     FleetAgentTarget::Pod(pod) => pod::deploy(&self.score, pod, topology).await,
+                    FleetAgentTarget::Host(host) => host::deploy(&self.score, host, topology).await,
                 }
             })
             .await
@@ -248,6 +305,11 @@ impl Interpret<K8sAnywhereTopology> for FleetAgentInterpret {
                         "target",
                         "is Local, which runs a process on this host; on a cluster use \
                          FleetAgentTarget::Pod, or run the Score on LocalTopology",
+                    )),
+                    FleetAgentTarget::Host(_) => Err(InterpretError::invalid_input(
+                        "target",
+                        "is Host, whose agent dials the NATS of LocalTopology; run it on \
+                         LocalTopology, or use FleetAgentTarget::Pod on a cluster",
                     )),
                 }
             })

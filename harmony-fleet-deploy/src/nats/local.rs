@@ -48,9 +48,20 @@ pub(super) async fn deploy(
     let (trust, trust_created) = LocalTrust::load_or_create(&state)?;
     let auth = trust.auth_config();
     // TLS always: clients verify the server against this CA (kept across runs).
-    let certs =
-        ServerTls::load_or_generate(&LocalTrust::dir(&state).join("tls"), "harmony-fleet-nats")
-            .map_err(DeployError::from)?;
+    let lan_names: Vec<String> = score.lan_addresses.iter().map(|a| a.to_string()).collect();
+    let certs = ServerTls::load_or_generate_for(
+        &LocalTrust::dir(&state).join("tls"),
+        "harmony-fleet-nats",
+        &lan_names,
+    )
+    .map_err(DeployError::from)?;
+    // Loopback unless devices on a LAN must reach the servers (the certificate names those
+    // addresses; the routes stay on loopback).
+    let listen_host = if lan_names.is_empty() {
+        "127.0.0.1"
+    } else {
+        "0.0.0.0"
+    };
     let tls = NatsTls {
         cert_file: certs.server_cert.clone(),
         key_file: certs.server_key.clone(),
@@ -94,7 +105,7 @@ pub(super) async fn deploy(
         let store = member_dir.join("jetstream");
         let text = ServerConfig {
             server_name: &member.name,
-            host: "127.0.0.1",
+            host: listen_host,
             port: member.port,
             monitor_port: member.monitor_port,
             store_dir: &store,
@@ -108,7 +119,13 @@ pub(super) async fn deploy(
         write_private(&config, text.as_bytes())?;
         // The digest makes a changed configuration a changed spec, so the supervisor restarts
         // the server with it. Devices are not in it: enrolling one changes nothing here.
-        let digest = hex::encode(Sha256::digest(text.as_bytes()));
+        // The certificate's names too: a reissued certificate needs a restart to be served.
+        let mut hasher = Sha256::new();
+        hasher.update(text.as_bytes());
+        if !lan_names.is_empty() {
+            hasher.update(lan_names.join(",").as_bytes());
+        }
+        let digest = hex::encode(hasher.finalize());
         let spec = ProcessSpec::new(&member.name, &program, member_dir.join("nats-server.log"))
             .arg("--config")
             .arg(&config)

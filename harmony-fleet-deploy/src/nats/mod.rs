@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod local;
 pub mod smoke;
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -104,6 +105,11 @@ pub struct FleetNatsScore {
     /// at most its share of the disk. Raise it before the fleet outgrows it: writes of new
     /// keys beyond it are refused.
     pub fleet_capacity: u64,
+    /// Local only: addresses of this machine where devices on its networks reach NATS (a
+    /// [`Host`](crate::agent::FleetAgentTarget::Host) device on a LAN). Empty: loopback only.
+    /// Otherwise the servers listen on every interface and their certificate also names these
+    /// addresses (issued again by the kept CA when they change).
+    pub lan_addresses: Vec<IpAddr>,
 }
 
 impl FleetNatsScore {
@@ -115,6 +121,7 @@ impl FleetNatsScore {
             image: "docker.io/library/nats:2.12.1-alpine".to_owned(),
             smoke_timeout: Duration::from_secs(60),
             fleet_capacity: harmony_fleet_contracts::buckets::DEFAULT_FLEET_CAPACITY,
+            lan_addresses: Vec::new(),
         }
     }
 

@@ -115,27 +115,72 @@ pub struct ServerTls {
 }
 
 impl ServerTls {
-    /// The files in `dir`, generated if any is missing (CA key 0600 beside them).
+    /// The files in `dir`, generated if any is missing (CA key 0600 beside them), for
+    /// `127.0.0.1` and `localhost` only.
     pub fn load_or_generate(dir: &Path, server_name: &str) -> Result<Self> {
+        Self::load_or_generate_for(dir, server_name, &[])
+    }
+
+    /// As [`load_or_generate`](Self::load_or_generate), the serving certificate also naming
+    /// `extra_names` (addresses or DNS names where other hosts reach the server, e.g. a LAN
+    /// address). The names are kept in `server.names`; when they change, the serving
+    /// certificate is issued again by the kept CA, so clients keep trusting the same CA.
+    pub fn load_or_generate_for(
+        dir: &Path,
+        server_name: &str,
+        extra_names: &[String],
+    ) -> Result<Self> {
         let files = ServerTls {
             ca_cert: dir.join("ca.crt"),
             server_cert: dir.join("server.crt"),
             server_key: dir.join("server.key"),
         };
-        if files.ca_cert.is_file() && files.server_cert.is_file() && files.server_key.is_file() {
+        let ca_key = dir.join("ca.key");
+        let names_file = dir.join("server.names");
+        let mut names = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+        for name in extra_names {
+            if !names.contains(name) {
+                names.push(name.clone());
+            }
+        }
+        let wanted = names.join("\n");
+        // A directory from before `server.names` existed holds the default names.
+        let recorded = match std::fs::read_to_string(&names_file) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "127.0.0.1\nlocalhost".to_owned(),
+            Err(e) => {
+                return Err(LocalError::io(
+                    format!("reading {}", names_file.display()),
+                    e,
+                ));
+            }
+        };
+        let complete =
+            files.ca_cert.is_file() && files.server_cert.is_file() && files.server_key.is_file();
+        if complete && recorded == wanted {
             return Ok(files);
         }
         std::fs::create_dir_all(dir)
             .map_err(|e| LocalError::io(format!("creating {}", dir.display()), e))?;
-        let ca = CaPem::generate(&format!("{server_name}-ca"))?;
-        let server = ca.issue_server(
-            server_name,
-            &["127.0.0.1".to_owned(), "localhost".to_owned()],
-        )?;
-        write(&files.ca_cert, &ca.cert, false)?;
-        write(&dir.join("ca.key"), &ca.key, true)?;
+        let ca = if files.ca_cert.is_file() && ca_key.is_file() {
+            let read = |path: &Path| {
+                std::fs::read_to_string(path)
+                    .map_err(|e| LocalError::io(format!("reading {}", path.display()), e))
+            };
+            CaPem {
+                cert: read(&files.ca_cert)?,
+                key: read(&ca_key)?,
+            }
+        } else {
+            let ca = CaPem::generate(&format!("{server_name}-ca"))?;
+            write(&files.ca_cert, &ca.cert, false)?;
+            write(&ca_key, &ca.key, true)?;
+            ca
+        };
+        let server = ca.issue_server(server_name, &names)?;
         write(&files.server_cert, &server.cert, false)?;
         write(&files.server_key, &server.key, true)?;
+        write(&names_file, &wanted, false)?;
         Ok(files)
     }
 }
@@ -311,6 +356,25 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o077, 0);
+    }
+
+    #[test]
+    fn new_server_names_reissue_the_serving_certificate_under_the_kept_ca() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = ServerTls::load_or_generate(dir.path(), "nats").expect("generate");
+        let ca = std::fs::read_to_string(&first.ca_cert).expect("ca");
+        let cert = std::fs::read_to_string(&first.server_cert).expect("cert");
+        let names = ["10.213.7.1".to_owned()];
+        let lan = ServerTls::load_or_generate_for(dir.path(), "nats", &names).expect("reissue");
+        assert_eq!(std::fs::read_to_string(&lan.ca_cert).expect("ca"), ca);
+        let reissued = std::fs::read_to_string(&lan.server_cert).expect("cert");
+        assert_ne!(reissued, cert, "a new serving certificate");
+        ServerTls::load_or_generate_for(dir.path(), "nats", &names).expect("load");
+        assert_eq!(
+            std::fs::read_to_string(&lan.server_cert).expect("cert"),
+            reissued,
+            "same names: kept"
+        );
     }
 
     #[test]
