@@ -173,6 +173,14 @@ impl Agent {
                 Err(err) => tracing::error!(error = %err, "metrics are off"),
             }
         }
+        if let Some(path) = config.metrics.textfile.clone() {
+            tasks.spawn(crate::metrics::textfile_loop(
+                path,
+                Duration::from_secs(config.metrics.textfile_interval_secs),
+                metrics.clone(),
+                stop.clone(),
+            ));
+        }
         let enroller = enroller(&config, watch_tx.clone());
 
         let credential = match &config.credentials {

@@ -43,13 +43,36 @@ pub struct Config {
 }
 
 /// `[metrics]`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsSection {
     /// Address of the Prometheus text endpoint (`GET /metrics`), e.g. `127.0.0.1:9101`. Off
     /// when absent; keep it on a local or management address (there is no authentication).
     #[serde(default)]
     pub listen: Option<std::net::SocketAddr>,
+    /// A file for node_exporter's textfile collector, e.g.
+    /// `/var/lib/prometheus/node-exporter/fleet_agent.prom` (must end in `.prom`; its
+    /// directory must exist). Rewritten atomically every `textfile_interval_secs`. Off when
+    /// absent.
+    #[serde(default)]
+    pub textfile: Option<PathBuf>,
+    /// Seconds between two writes of `textfile`.
+    #[serde(default = "default_textfile_secs")]
+    pub textfile_interval_secs: u64,
+}
+
+fn default_textfile_secs() -> u64 {
+    15
+}
+
+impl Default for MetricsSection {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            textfile: None,
+            textfile_interval_secs: default_textfile_secs(),
+        }
+    }
 }
 
 /// `[agent]`.
@@ -286,6 +309,24 @@ impl Config {
             return Err(invalid(
                 "agent.resync_interval_secs",
                 "must be at least 1 second (default 180)",
+            ));
+        }
+        if let Some(file) = &self.metrics.textfile
+            && file.extension().is_none_or(|e| e != "prom")
+        {
+            return Err(invalid(
+                "metrics.textfile",
+                &format!(
+                    "{} does not end in .prom: node_exporter's textfile collector reads only \
+                     *.prom files (e.g. /var/lib/prometheus/node-exporter/fleet_agent.prom)",
+                    file.display()
+                ),
+            ));
+        }
+        if self.metrics.textfile_interval_secs == 0 {
+            return Err(invalid(
+                "metrics.textfile_interval_secs",
+                "must be at least 1 second (default 15)",
             ));
         }
         if self.agent.data_dir.as_os_str().is_empty() {

@@ -1,5 +1,6 @@
-//! The agent's Prometheus metrics and the local endpoint that serves them (`[metrics] listen`,
-//! off by default).
+//! The agent's Prometheus metrics, the local endpoint that serves them (`[metrics] listen`)
+//! and a file for node_exporter's textfile collector (`[metrics] textfile`); both off by
+//! default.
 //!
 //! Hand-written text exposition (format 0.0.4) over atomics: the agent runs on small devices
 //! and stays dependency-light (adr/0023). Names follow the operator's (`fleet_operator_*`):
@@ -7,6 +8,7 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -234,6 +236,47 @@ pub enum MetricsError {
     },
 }
 
+/// Writes the exposition to `path` for node_exporter's textfile collector: a temporary file
+/// beside it (not `*.prom`, so never read half-written), then a rename.
+pub fn write_textfile(path: &Path, metrics: &Metrics) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, metrics.encode())?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Rewrites `path` every `interval` until `shutdown`. A failed write is logged (naming
+/// `[metrics] textfile`) and tried again at the next interval: metrics never stop the agent.
+pub async fn textfile_loop(
+    path: PathBuf,
+    interval: Duration,
+    metrics: Metrics,
+    shutdown: CancellationToken,
+) {
+    tracing::info!(path = %path.display(), every_secs = interval.as_secs(), "writing metrics for node_exporter");
+    let mut failing = false;
+    loop {
+        let written = {
+            let (path, metrics) = (path.clone(), metrics.clone());
+            tokio::task::spawn_blocking(move || write_textfile(&path, &metrics)).await
+        };
+        match written {
+            Ok(Ok(())) => failing = false,
+            Ok(Err(err)) if !failing => {
+                failing = true;
+                tracing::error!(path = %path.display(), error = %err, "cannot write [metrics] textfile; does its directory exist and may the agent write there?");
+            }
+            Ok(Err(_)) => {}
+            Err(err) => tracing::error!(error = %err, "writing the metrics textfile panicked"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+    }
+}
+
 /// Bind the metrics endpoint.
 pub async fn bind(address: SocketAddr) -> Result<TcpListener, MetricsError> {
     TcpListener::bind(address)
@@ -312,6 +355,28 @@ async fn answer(mut stream: TcpStream, metrics: &Metrics) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_textfile_is_replaced_whole_and_no_temporary_is_left() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("fleet_agent.prom");
+        let metrics = Metrics::new();
+        write_textfile(&path, &metrics).expect("first write");
+        metrics.nats_reconnect();
+        write_textfile(&path, &metrics).expect("second write");
+        let text = std::fs::read_to_string(&path).expect("readable");
+        assert!(
+            text.contains("fleet_agent_nats_reconnects_total 1"),
+            "{text}"
+        );
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .expect("listable")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, ["fleet_agent.prom"], "only the .prom file");
+        // A missing directory is an error (logged by the loop), not a panic.
+        assert!(write_textfile(&dir.path().join("nope/x.prom"), &metrics).is_err());
+    }
 
     #[test]
     fn exposition_names_every_metric_and_counts_cumulatively() {

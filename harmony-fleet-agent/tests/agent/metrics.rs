@@ -40,12 +40,20 @@ pub(super) fn sample(text: &str, sample: &str) -> Option<f64> {
     })
 }
 
-/// The agent with `[metrics] listen` on a free port.
+/// Where [`start_with_metrics`] has the agent write its node_exporter textfile.
+pub(super) fn textfile(fleet: &Fleet) -> std::path::PathBuf {
+    fleet.data_dir.path().join("fleet_agent.prom")
+}
+
+/// The agent with `[metrics] listen` on a free port, and its textfile rewritten every second.
 pub(super) fn start_with_metrics(fleet: &Fleet, port: u16) -> Result<RunningAgent> {
     fleet.config()?;
     let path = fleet.data_dir.path().join("agent.toml");
     let mut text = std::fs::read_to_string(&path)?;
-    text.push_str(&format!("\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+    text.push_str(&format!(
+        "\n[metrics]\nlisten = \"127.0.0.1:{port}\"\ntextfile = \"{}\"\ntextfile_interval_secs = 1\n",
+        textfile(fleet).display()
+    ));
     std::fs::write(&path, text)?;
     let config = Config::load(&path)?;
     let shutdown = CancellationToken::new();
@@ -117,6 +125,20 @@ async fn metrics_endpoint_serves_prometheus_text_and_counts_reconciles() -> Resu
 
     let (status, _) = get(port, "/other").await.context("a 404 for other paths")?;
     assert!(status.contains(" 404 "), "{status}");
+
+    // The node_exporter textfile says the same, rewritten on its interval.
+    let file = textfile(&fleet);
+    eventually(
+        "the textfile to count the running reconcile",
+        SLOW,
+        || async {
+            let text = std::fs::read_to_string(&file).ok()?;
+            let running = sample(&text, "fleet_agent_reconciles_total{phase=\"running\"}")?;
+            (running > running_before && text.contains("# TYPE fleet_agent_queue_depth gauge"))
+                .then_some(())
+        },
+    )
+    .await?;
     agent.stop().await?;
     Ok(())
 }
@@ -134,6 +156,12 @@ urls = ["nats://127.0.0.1:4222"]
 "#;
     let config = Config::parse(text, std::path::Path::new("agent.toml"))?;
     assert_eq!(config.metrics.listen, None);
+    assert_eq!(config.metrics.textfile, None);
+    let not_prom = format!("{text}\n[metrics]\ntextfile = \"/var/lib/node-exporter/agent.txt\"\n");
+    let err = Config::parse(&not_prom, std::path::Path::new("agent.toml"))
+        .err()
+        .context("a textfile node_exporter would not read is refused")?;
+    assert!(err.to_string().contains("metrics.textfile"), "{err}");
     let bad = format!("{text}\n[metrics]\nlisten = \"localhost\"\n");
     let err = Config::parse(&bad, std::path::Path::new("agent.toml"))
         .err()
