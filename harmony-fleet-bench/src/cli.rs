@@ -433,7 +433,7 @@ pub async fn run_sim(cli: SimCli) -> Result<()> {
         let client = async_nats::connect(cli.nats_url.as_str())
             .await
             .map_err(|e| Error::nats(format!("connecting to {}", cli.nats_url), e))?;
-        harmony_fleet_operator::kv::FleetKv::open(client, true).await?;
+        crate::sim::fleet_buckets(client, cli.devices).await?;
     }
     let mut config = SimConfig::new(cli.nats_url, cli.devices);
     config.devices_per_connection = cli.devices_per_connection;

@@ -24,7 +24,6 @@ use harmony::local::{LocalNats, NatsOptions};
 use harmony_fleet_contracts::canonical::ContentHash;
 use harmony_fleet_contracts::notice::{self, DesiredIndex};
 use harmony_fleet_contracts::{DeploymentName, DeviceId, keys};
-use harmony_fleet_operator::kv::FleetKv;
 use rand::seq::SliceRandom;
 
 use crate::error::{Error, Result};
@@ -109,7 +108,7 @@ pub async fn run_one(
     let client = async_nats::connect(nats.url())
         .await
         .map_err(|e| Error::nats("connecting the bench client", e))?;
-    let kv = FleetKv::open(client.clone(), true).await?;
+    let kv = crate::sim::fleet_buckets(client.clone(), n).await?;
     let desired = kv.desired.clone();
 
     let mut config = SimConfig::new(nats.url(), n);

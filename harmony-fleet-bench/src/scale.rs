@@ -23,7 +23,6 @@ use futures::{StreamExt, stream};
 use harmony::local::{ControlPlaneOptions, LocalControlPlane, LocalNats, NatsOptions};
 use harmony_fleet_contracts::payload::{PodmanV0, ReconcileScore, Service};
 use harmony_fleet_operator::crd::{self, Deployment};
-use harmony_fleet_operator::kv::FleetKv;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -282,7 +281,7 @@ pub async fn run_pair(
     let client = async_nats::connect(nats.url())
         .await
         .map_err(|e| Error::nats("connecting the bench client", e))?;
-    FleetKv::open(client.clone(), true).await?;
+    crate::sim::fleet_buckets(client.clone(), n).await?;
 
     let tag = format!("{:08x}", rand::random::<u32>());
     let ns = format!("bench-{n}-{m}-{tag}");

@@ -130,6 +130,20 @@ impl SimConfig {
     }
 }
 
+/// Opens the fleet buckets, creating missing ones sized for `devices` (adr/0018: the
+/// agent-written buckets' byte limits follow the fleet capacity; the default, 10k, refuses
+/// the writes of a larger simulated fleet with "maximum bytes exceeded").
+pub async fn fleet_buckets(
+    client: async_nats::Client,
+    devices: usize,
+) -> Result<harmony_fleet_operator::kv::FleetKv> {
+    let layout = harmony_fleet_operator::kv::BucketLayout {
+        replicas: 1,
+        fleet_capacity: (devices as u64).max(buckets::DEFAULT_FLEET_CAPACITY),
+    };
+    Ok(harmony_fleet_operator::kv::FleetKv::open_or_create(client, Some(layout)).await?)
+}
+
 /// The id of simulated device `index`.
 pub fn device_id(prefix: &str, index: usize) -> Result<DeviceId> {
     format!("{prefix}-{index}")

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use harmony::local::{LocalNats, NatsOptions};
-use harmony_fleet_operator::kv::FleetKv;
 
 use crate::error::{Error, Result};
 use crate::procstat;
@@ -63,7 +62,7 @@ pub async fn run_one(opts: &WriteOptions, row: &mut [String]) -> Result<()> {
     let client = async_nats::connect(nats.url())
         .await
         .map_err(|e| Error::nats("connecting the bench client", e))?;
-    let kv = FleetKv::open(client.clone(), true).await?;
+    let kv = crate::sim::fleet_buckets(client.clone(), opts.devices).await?;
     let mut config = SimConfig::new(nats.url(), opts.devices);
     config.devices_per_connection = opts.devices_per_connection;
     config.heartbeat_interval = Some(opts.interval);
