@@ -130,18 +130,21 @@ impl SimConfig {
     }
 }
 
-/// Opens the fleet buckets, creating missing ones sized for `devices` (adr/0018: the
-/// agent-written buckets' byte limits follow the fleet capacity; the default, 10k, refuses
-/// the writes of a larger simulated fleet with "maximum bytes exceeded").
+/// Opens the fleet buckets; `device-info` and `device-heartbeat` are created sized for
+/// `devices` (adr/0018: their byte limits follow the fleet capacity, and the default, 10k,
+/// refuses a larger simulated fleet's writes with "maximum bytes exceeded"). The others keep
+/// the default capacity: sized for 100k, `device-state` alone asks more storage than a
+/// single test server has ("insufficient storage resources available").
 pub async fn fleet_buckets(
     client: async_nats::Client,
     devices: usize,
 ) -> Result<harmony_fleet_operator::kv::FleetKv> {
-    let layout = harmony_fleet_operator::kv::BucketLayout {
-        replicas: 1,
-        fleet_capacity: (devices as u64).max(buckets::DEFAULT_FLEET_CAPACITY),
-    };
-    Ok(harmony_fleet_operator::kv::FleetKv::open_or_create(client, Some(layout)).await?)
+    let js = jetstream::new(client.clone());
+    let capacity = (devices as u64).max(buckets::DEFAULT_FLEET_CAPACITY);
+    for spec in [&buckets::DEVICE_INFO_SPEC, &buckets::DEVICE_HEARTBEAT_SPEC] {
+        harmony_fleet_operator::kv::ensure_bucket(&js, spec, 1, capacity).await?;
+    }
+    Ok(harmony_fleet_operator::kv::FleetKv::open(client, true).await?)
 }
 
 /// The id of simulated device `index`.
