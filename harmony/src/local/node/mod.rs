@@ -253,14 +253,25 @@ impl LocalNode {
         detached
     }
 
-    /// Kills the Pods' containers, stops the processes, unmounts what they mounted and deletes
-    /// the network.
+    /// Stops the kubelet (so nothing restarts the Pods), kills the Pods' containers, stops the
+    /// other processes, unmounts what they mounted and deletes the network.
     pub async fn stop(mut self) {
-        let _ = kill_containers(&self.ctr, &self.layout.containerd_socket()).await;
+        let (ctr, socket) = (self.ctr.clone(), self.layout.containerd_socket());
+        // Start order is containerd first: everything after it stops before the containers go.
+        while self.processes.len() > 1 {
+            if let Some(mut p) = self.processes.pop() {
+                p.stop().await;
+            }
+        }
+        if let Err(e) = kill_containers(&ctr, &socket).await {
+            tracing::warn!(error = %e, "killing the node's containers failed");
+        }
         while let Some(mut p) = self.processes.pop() {
             p.stop().await;
         }
-        let _ = teardown(&self.layout.name, &self.layout.dir).await;
+        if let Err(e) = teardown(&self.layout.name, &self.layout.dir).await {
+            tracing::warn!(error = %e, "tearing the node down failed");
+        }
         self.dir.take();
     }
 }
@@ -374,11 +385,20 @@ async fn node_ready(kubeconfig: PathBuf, name: String) -> std::result::Result<()
     }
 }
 
-/// Kills every task in the node's containerd (namespace `k8s.io`) and removes them, while
-/// containerd still runs: the containers' shims do not die with containerd.
+/// Kills every task in the node's containerd (namespace `k8s.io`) and removes them and the Pods'
+/// network namespaces (`/run/netns/cni-…`, bind mounts only containerd's sandbox removal would
+/// undo), while containerd still runs: the containers' shims do not die with containerd. Stop
+/// the kubelet first, or it starts them again.
 pub async fn kill_containers(ctr: &Path, socket: &Path) -> Result<usize> {
     if !socket.exists() {
         return Ok(0);
+    }
+    let mut namespaces = Vec::new();
+    let containers = images::ctr_cmd(ctr, socket, ["containers", "ls", "-q"]).await?;
+    for id in containers.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        if let Ok(info) = images::ctr_cmd(ctr, socket, ["containers", "info", id]).await {
+            namespaces.extend(pod_network_namespace(&info));
+        }
     }
     let listed = images::ctr_cmd(ctr, socket, ["tasks", "ls", "-q"]).await?;
     let tasks: Vec<&str> = listed
@@ -403,7 +423,31 @@ pub async fn kill_containers(ctr: &Path, socket: &Path) -> Result<usize> {
             tokio::time::sleep(PROBE_INTERVAL).await;
         }
     }
+    namespaces.sort();
+    namespaces.dedup();
+    for path in namespaces {
+        let _ = std::process::Command::new("umount").arg(&path).output();
+        if let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::debug!(path, error = %e, "pod network namespace not removed");
+        }
+    }
+    tracing::debug!(tasks = tasks.len(), "node containers killed");
     Ok(tasks.len())
+}
+
+/// The network namespace path of a Pod sandbox from `ctr containers info` (its OCI spec),
+/// when it is one containerd made (`/var/run/netns/cni-…` or `/run/netns/cni-…`).
+fn pod_network_namespace(info: &str) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_str(info).ok()?;
+    value["Spec"]["linux"]["namespaces"]
+        .as_array()?
+        .iter()
+        .find(|ns| ns["type"] == "network")?["path"]
+        .as_str()
+        .filter(|p| p.contains("/netns/cni-"))
+        .map(str::to_owned)
 }
 
 /// After the processes stopped: kills shims still serving this node's containerd socket, unmounts
@@ -468,5 +512,23 @@ fn unmount_below(dir: &Path) {
             }
             Err(e) => tracing::debug!(%point, error = %e, "umount did not run"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_sandbox_network_namespace_in_a_container_spec() {
+        let info = r#"{"ID":"x","Spec":{"linux":{"namespaces":[{"type":"pid"},
+            {"type":"network","path":"/var/run/netns/cni-1234"}]}}}"#;
+        assert_eq!(
+            pod_network_namespace(info).as_deref(),
+            Some("/var/run/netns/cni-1234")
+        );
+        let app =
+            r#"{"Spec":{"linux":{"namespaces":[{"type":"network","path":"/proc/9/ns/net"}]}}}"#;
+        assert_eq!(pod_network_namespace(app), None);
     }
 }
