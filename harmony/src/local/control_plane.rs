@@ -30,12 +30,15 @@ pub const CONTROLLERS: &str = "namespace-controller,garbage-collector-controller
 serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller";
 
 /// Controllers added when a local node runs Pods (adr/0030): workloads, Services' endpoints,
-/// Pod garbage collection, and the node lifecycle (it lifts the `not-ready` taint a kubelet
-/// registers with).
+/// Pod garbage collection, the node lifecycle (it lifts the `not-ready` taint a kubelet
+/// registers with), and volumes: claims bound to hostPath volumes the controller-manager
+/// provisions itself (`--enable-hostpath-provisioner`, class `kubernetes.io/host-path`).
 pub const WORKLOAD_CONTROLLERS: &str = "deployment-controller,replicaset-controller,\
 statefulset-controller,daemonset-controller,job-controller,endpoints-controller,\
 endpointslice-controller,endpointslice-mirroring-controller,disruption-controller,\
-pod-garbage-collector-controller,ttl-after-finished-controller,node-lifecycle-controller";
+pod-garbage-collector-controller,ttl-after-finished-controller,node-lifecycle-controller,\
+persistentvolume-binder-controller,persistentvolume-protection-controller,\
+persistentvolumeclaim-protection-controller";
 
 /// The service CIDR handed to kube-apiserver (Services get traffic only on a local node).
 pub const SERVICE_CLUSTER_IP_RANGE: &str = "10.0.0.0/24";
@@ -402,6 +405,10 @@ impl LocalControlPlane {
                 Some(_) => format!("--controllers={CONTROLLERS},{WORKLOAD_CONTROLLERS}"),
                 None => format!("--controllers={CONTROLLERS}"),
             },
+            format!(
+                "--enable-hostpath-provisioner={}",
+                options.node_access.is_some()
+            ),
             "--use-service-account-credentials=false".to_owned(),
             format!(
                 "--service-account-private-key-file={}",

@@ -39,6 +39,56 @@ pub const NODE_PROCESSES: [&str; 4] = [
     "node-kube-proxy",
 ];
 
+/// The node's name (and its network namespace's) for a state directory: `hf<8 hex>-node`, the
+/// hex a stable digest (FNV-1a) of the directory's path, so two state directories get two nodes.
+pub fn node_name(state_dir: &Path) -> String {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in state_dir.as_os_str().as_encoded_bytes() {
+        hash ^= u32::from(*byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    format!("hf{hash:08x}-node")
+}
+
+/// Stops a node another run left detached under `dir` (processes recorded by `supervisor`):
+/// kube-proxy, CoreDNS and the kubelet first, then the Pods' containers, then containerd, then
+/// [`teardown`]. Returns the names of the processes that were running.
+pub async fn stop_detached(
+    supervisor: &crate::local::LocalSupervisor,
+    bins: &BinLocator,
+    name: &str,
+    dir: &Path,
+) -> Result<Vec<String>> {
+    let mut stopped = Vec::new();
+    for process in NODE_PROCESSES.iter().rev() {
+        if *process == "node-containerd"
+            && let Ok(ctr) = bins.locate(bins::CTR)
+        {
+            let socket = dir.join("containerd/containerd.sock");
+            if let Err(e) = kill_containers(&ctr, &socket).await {
+                tracing::warn!(error = %e, "killing the node's containers failed");
+            }
+        }
+        if supervisor.stop(process).await? {
+            stopped.push((*process).to_owned());
+        }
+    }
+    teardown(name, dir).await?;
+    Ok(stopped)
+}
+
+/// Copies `image` from `podman`'s storage into the containerd of the node whose data directory
+/// is `dir` (a node started detached by an earlier run).
+pub async fn import_image_into(
+    bins: &BinLocator,
+    dir: &Path,
+    podman: &Podman,
+    image: &str,
+) -> Result<()> {
+    let ctr = bins.locate(bins::CTR)?;
+    images::import(podman, &ctr, &dir.join("containerd/containerd.sock"), image).await
+}
+
 const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -178,6 +228,7 @@ impl LocalNode {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "node Ready"
         );
+        ensure_storage_class(&options.admin_kubeconfig).await?;
 
         let mut p = node.spawn(
             &options,
@@ -357,6 +408,41 @@ fn write_files(layout: &NodeLayout, admin_kubeconfig: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The default StorageClass of a local node: hostPath volumes provisioned by the
+/// controller-manager (under `/tmp/hostpath_pv/`, deleted with their claims).
+pub const STORAGE_CLASS: &str = "local-hostpath";
+
+async fn ensure_storage_class(kubeconfig: &Path) -> Result<()> {
+    use k8s_openapi::api::storage::v1::StorageClass;
+    let client = client_from_kubeconfig(kubeconfig).await?;
+    let classes: Api<StorageClass> = Api::all(client);
+    let class = StorageClass {
+        metadata: kube::api::ObjectMeta {
+            name: Some(STORAGE_CLASS.to_owned()),
+            annotations: Some(
+                [(
+                    "storageclass.kubernetes.io/is-default-class".to_owned(),
+                    "true".to_owned(),
+                )]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        provisioner: "kubernetes.io/host-path".to_owned(),
+        reclaim_policy: Some("Delete".to_owned()),
+        volume_binding_mode: Some("Immediate".to_owned()),
+        ..Default::default()
+    };
+    classes
+        .patch(
+            STORAGE_CLASS,
+            &kube::api::PatchParams::apply("harmony-local-node").force(),
+            &kube::api::Patch::Apply(&class),
+        )
+        .await?;
+    Ok(())
+}
+
 /// The Node `name` exists and its `Ready` condition is `True`.
 async fn node_ready(kubeconfig: PathBuf, name: String) -> std::result::Result<(), String> {
     let client = client_from_kubeconfig(&kubeconfig)
@@ -518,6 +604,17 @@ fn unmount_below(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_name_is_stable_per_state_dir_and_a_valid_namespace_name() {
+        let a = node_name(Path::new("/work/a/.fleet-local"));
+        assert_eq!(a, node_name(Path::new("/work/a/.fleet-local")));
+        assert_ne!(a, node_name(Path::new("/work/b/.fleet-local")));
+        assert!(
+            a.starts_with("hf") && a.ends_with("-node") && a.len() == 15,
+            "{a}"
+        );
+    }
 
     #[test]
     fn finds_the_sandbox_network_namespace_in_a_container_spec() {
