@@ -1,7 +1,10 @@
 //! Cluster mode. With `FLEET_E2E_KUBECONFIG` set: the fleet comes up on that cluster with
-//! agents as Pods, and a Deployment must converge on every device. Without it (CI here, no
-//! nodes): the same bring-up against the local control plane — every object is accepted by the
-//! real API server, and each Score fails its smoke test naming the workload that is not ready.
+//! agents as Pods, and a Deployment must converge on every device. Without it, on the local
+//! node (adr/0030) when its binaries and the fleet images (scripts/build-images.sh) are there:
+//! NATS and the operator come up as Pods and pass their smoke tests. Otherwise (a failure when
+//! `CI=true`): the same bring-up against the local control plane — every object is accepted by
+//! the real API server, and each Score fails its smoke test naming the workload that is not
+//! ready.
 
 use std::time::Duration;
 
@@ -29,7 +32,116 @@ fn devices() -> Vec<DeviceId> {
 async fn cluster_bring_up() {
     match std::env::var(KUBECONFIG_ENV).ok().filter(|v| !v.is_empty()) {
         Some(kubeconfig) => on_a_real_cluster(kubeconfig).await,
-        None => on_the_local_control_plane().await,
+        None => match local_node::missing().await {
+            None => local_node::server_on_the_local_node().await,
+            Some(missing) => {
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "CI=true and the local node cannot run the fleet: {missing}"
+                );
+                eprintln!("cluster mode: no local node ({missing}); checking objects only");
+                on_the_local_control_plane().await
+            }
+        },
+    }
+}
+
+mod local_node {
+    //! The bring-up on the local node: real Pods of the locally built images.
+    use std::time::{Duration, Instant};
+
+    use harmony::inventory::Inventory;
+    use harmony::local::bins::{self, BinLocator};
+    use harmony::local::{Podman, SupervisionMode};
+    use harmony::topologies::{K8sAnywhereTopology, LocalTopology};
+    use harmony::topology::Topology;
+    use harmony_fleet_e2e::cluster::{self, ClusterOptions};
+
+    /// The versioned tags (`:latest` would mean `imagePullPolicy: Always`, and no registry).
+    fn images() -> [String; 2] {
+        [
+            format!(
+                "localhost/harmony-fleet-operator:{}",
+                env!("CARGO_PKG_VERSION")
+            ),
+            "localhost/harmony-fleet-nats:2.12.15".to_owned(),
+        ]
+    }
+
+    /// What the local node bring-up lacks, if anything.
+    pub async fn missing() -> Option<String> {
+        let locator = BinLocator::from_env();
+        for name in [
+            bins::KUBELET,
+            bins::CONTAINERD,
+            bins::COREDNS,
+            bins::KUBE_PROXY,
+        ] {
+            if let Err(e) = locator.locate(name) {
+                return Some(e.to_string());
+            }
+        }
+        let podman = match Podman::new() {
+            Ok(podman) => podman,
+            Err(e) => return Some(e.to_string()),
+        };
+        for image in images() {
+            if !podman.image_exists(&image).await.unwrap_or(false) {
+                return Some(format!(
+                    "{image} is not in podman; run scripts/build-images.sh"
+                ));
+            }
+        }
+        None
+    }
+
+    /// NATS (one replica) and the operator as Pods on the local node: both Scores pass their
+    /// smoke tests (the operator reaches NATS by its Service name and the API through the
+    /// `kubernetes` Service).
+    pub async fn server_on_the_local_node() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let started = Instant::now();
+        let local = LocalTopology::new(dir.path().join("state"), SupervisionMode::Owned)
+            .expect("local topology")
+            .with_node();
+        let outcome = local.ensure_ready().await.expect("control plane and node");
+        eprintln!("cluster mode on the local node: {}", outcome.message);
+        let node = local.owned_node().expect("owned node");
+        let podman = Podman::new().expect("podman");
+        let [operator_image, nats_image] = images();
+        for image in [&operator_image, &nats_image] {
+            node.import_image(&podman, image)
+                .await
+                .expect("import image");
+        }
+        eprintln!(
+            "node up and images imported in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        let topology = K8sAnywhereTopology::from_kubeconfig(local.kubeconfig_path());
+        topology.ensure_ready().await.expect("topology");
+        let options = ClusterOptions {
+            devices: Vec::new(),
+            operator_image,
+            agent_image: String::new(),
+            nats_image,
+            smoke_timeout: Duration::from_secs(180),
+        };
+        for score in cluster::scores(&options) {
+            let t = Instant::now();
+            score
+                .create_interpret()
+                .execute(&Inventory::new("e2e"), &topology)
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("{} failed on the local node: {}", score.name(), e.chain())
+                });
+            eprintln!(
+                "{} passed its smoke test in {:.1}s",
+                score.name(),
+                t.elapsed().as_secs_f64()
+            );
+        }
     }
 }
 
