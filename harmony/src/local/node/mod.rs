@@ -337,15 +337,21 @@ impl Drop for LocalNode {
         let mut processes = std::mem::take(&mut self.processes);
         // Drop may run inside or outside a runtime: do the async clean-up on a thread of its own.
         let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build();
-            if let Ok(runtime) = &runtime {
-                let _ = runtime.block_on(kill_containers(&ctr, &socket));
+            // The kubelet (and everything after containerd) first: it would restart the Pods.
+            while processes.len() > 1 {
+                if let Some(mut p) = processes.pop() {
+                    p.stop_blocking();
+                }
+            }
+            if let Err(e) = kill_containers_blocking(&ctr, &socket) {
+                tracing::warn!(error = %e, "killing the node's containers failed");
             }
             while let Some(mut p) = processes.pop() {
                 p.stop_blocking();
             }
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
             if let Ok(runtime) = runtime {
                 let _ = runtime.block_on(teardown(&name, &dir));
             }
@@ -476,37 +482,64 @@ async fn node_ready(kubeconfig: PathBuf, name: String) -> std::result::Result<()
 /// undo), while containerd still runs: the containers' shims do not die with containerd. Stop
 /// the kubelet first, or it starts them again.
 pub async fn kill_containers(ctr: &Path, socket: &Path) -> Result<usize> {
+    let (ctr, socket) = (ctr.to_owned(), socket.to_owned());
+    tokio::task::spawn_blocking(move || kill_containers_blocking(&ctr, &socket))
+        .await
+        .map_err(|e| LocalError::Config(format!("killing the node's containers: {e}")))?
+}
+
+/// [`kill_containers`] on the calling thread (also what `Drop` uses: no runtime needed).
+fn kill_containers_blocking(ctr: &Path, socket: &Path) -> Result<usize> {
     if !socket.exists() {
         return Ok(0);
     }
+    let ctr_cmd = |args: &[&str]| -> Result<String> {
+        let output = std::process::Command::new(ctr)
+            .arg("--address")
+            .arg(socket)
+            .args(["-n", config::CONTAINERD_NAMESPACE])
+            .args(args)
+            .output()
+            .map_err(|e| {
+                LocalError::io(format!("running {} {}", ctr.display(), args.join(" ")), e)
+            })?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            Err(LocalError::Config(format!(
+                "`ctr {}` failed ({}): {}",
+                args.join(" "),
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            )))
+        }
+    };
     let mut namespaces = Vec::new();
-    let containers = images::ctr_cmd(ctr, socket, ["containers", "ls", "-q"]).await?;
+    let containers = ctr_cmd(&["containers", "ls", "-q"])?;
     for id in containers.lines().map(str::trim).filter(|l| !l.is_empty()) {
-        if let Ok(info) = images::ctr_cmd(ctr, socket, ["containers", "info", id]).await {
+        if let Ok(info) = ctr_cmd(&["containers", "info", id]) {
             namespaces.extend(pod_network_namespace(&info));
         }
     }
-    let listed = images::ctr_cmd(ctr, socket, ["tasks", "ls", "-q"]).await?;
+    let listed = ctr_cmd(&["tasks", "ls", "-q"])?;
     let tasks: Vec<&str> = listed
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect();
     for task in &tasks {
-        if let Err(e) =
-            images::ctr_cmd(ctr, socket, ["tasks", "kill", "-a", "-s", "SIGKILL", task]).await
-        {
+        if let Err(e) = ctr_cmd(&["tasks", "kill", "-a", "-s", "SIGKILL", task]) {
             tracing::debug!(task, error = %e, "kill failed");
         }
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     for task in &tasks {
-        while let Err(e) = images::ctr_cmd(ctr, socket, ["tasks", "delete", "-f", task]).await {
+        while let Err(e) = ctr_cmd(&["tasks", "delete", "-f", task]) {
             if Instant::now() >= deadline {
                 tracing::warn!(task, error = %e, "task not deleted");
                 break;
             }
-            tokio::time::sleep(PROBE_INTERVAL).await;
+            std::thread::sleep(PROBE_INTERVAL);
         }
     }
     namespaces.sort();
