@@ -56,15 +56,15 @@ mod local_node {
     use harmony::topologies::{K8sAnywhereTopology, LocalTopology};
     use harmony::topology::Topology;
     use harmony_fleet_e2e::cluster::{self, ClusterOptions};
+    use harmony_fleet_e2e::fleetdep::{self, demo_score, manifest};
 
     /// The versioned tags (`:latest` would mean `imagePullPolicy: Always`, and no registry).
-    fn images() -> [String; 2] {
+    fn images() -> [String; 3] {
+        let version = env!("CARGO_PKG_VERSION");
         [
-            format!(
-                "localhost/harmony-fleet-operator:{}",
-                env!("CARGO_PKG_VERSION")
-            ),
+            format!("localhost/harmony-fleet-operator:{version}"),
             "localhost/harmony-fleet-nats:2.12.15".to_owned(),
+            format!("localhost/harmony-fleet-agent:{version}"),
         ]
     }
 
@@ -108,8 +108,8 @@ mod local_node {
         eprintln!("cluster mode on the local node: {}", outcome.message);
         let node = local.owned_node().expect("owned node");
         let podman = Podman::new().expect("podman");
-        let [operator_image, nats_image] = images();
-        for image in [&operator_image, &nats_image] {
+        let [operator_image, nats_image, agent_image] = images();
+        for image in [&operator_image, &nats_image, &agent_image] {
             node.import_image(&podman, image)
                 .await
                 .expect("import image");
@@ -121,9 +121,9 @@ mod local_node {
         let topology = K8sAnywhereTopology::from_kubeconfig(local.kubeconfig_path());
         topology.ensure_ready().await.expect("topology");
         let options = ClusterOptions {
-            devices: Vec::new(),
+            devices: super::devices(),
             operator_image,
-            agent_image: String::new(),
+            agent_image,
             nats_image,
             smoke_timeout: Duration::from_secs(180),
         };
@@ -141,6 +141,147 @@ mod local_node {
                 score.name(),
                 t.elapsed().as_secs_f64()
             );
+        }
+        converges_and_survives_an_operator_restart(&local, &podman).await;
+    }
+
+    /// The demo image has no registry to come from: each agent Pod's podman loads it
+    /// (`kubectl cp` + `podman load`), as a device would have it preloaded.
+    async fn preload(kubectl: &Kubectl, podman: &Podman, tags: &[&str]) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut archives = Vec::new();
+        for tag in tags {
+            let image = podman.build_demo_image(tag).await.expect("demo image");
+            let archive = dir.path().join(format!("{tag}.tar"));
+            let path = archive.to_str().expect("utf-8").to_owned();
+            podman
+                .exec(["save", "-q", "-o", path.as_str(), image.as_str()])
+                .await
+                .expect("podman save");
+            archives.push((path, format!("/tmp/{tag}.tar")));
+        }
+        for device in super::devices() {
+            let selector = format!("fleet.nationtech.io/device={device}");
+            let pod = kubectl
+                .run(&[
+                    "get",
+                    "pod",
+                    "-l",
+                    &selector,
+                    "--field-selector",
+                    "status.phase=Running",
+                    "-o",
+                    "jsonpath={.items[0].metadata.name}",
+                ])
+                .await
+                .expect("agent pod");
+            for (local_path, pod_path) in &archives {
+                kubectl
+                    .run(&["cp", local_path, &format!("{pod}:{pod_path}")])
+                    .await
+                    .expect("kubectl cp");
+                kubectl
+                    .run(&["exec", &pod, "--", "podman", "load", "-q", "-i", pod_path])
+                    .await
+                    .expect("podman load in the agent Pod");
+            }
+        }
+    }
+
+    /// A fleet Deployment converges on both agent Pods; the operator's Pod is deleted; its
+    /// replacement converges the next change.
+    async fn converges_and_survives_an_operator_restart(local: &LocalTopology, podman: &Podman) {
+        let kubectl = Kubectl::new(&local.kubeconfig_path());
+        preload(&kubectl, podman, &["v-e2e1", "v-e2e2"]).await;
+        let client = harmony::capability::K8sClient::k8s_client(local)
+            .await
+            .expect("client");
+        let selector = serde_json::json!({"matchLabels": {"site": "e2e"}});
+        let rollout = serde_json::json!({});
+        let t = Instant::now();
+        let first = manifest(
+            "e2e-node-hello",
+            "default",
+            selector.clone(),
+            demo_score("v-e2e1", 8080, &[]),
+            rollout.clone(),
+        );
+        let applied = fleetdep::apply_tracked(&client, &first)
+            .await
+            .expect("apply");
+        fleetdep::wait_converged(&client, &applied, 2, Duration::from_secs(180))
+            .await
+            .expect("converged on the agent Pods");
+        eprintln!(
+            "Deployment converged on 2 agent Pods in {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
+
+        let t = Instant::now();
+        kubectl
+            .run(&[
+                "delete",
+                "pod",
+                "-l",
+                "app.kubernetes.io/name=harmony-fleet-operator",
+                "--wait=true",
+            ])
+            .await
+            .expect("delete the operator Pod");
+        let second = manifest(
+            "e2e-node-hello",
+            "default",
+            selector,
+            demo_score("v-e2e2", 8080, &[]),
+            rollout,
+        );
+        let applied = fleetdep::apply_tracked(&client, &second)
+            .await
+            .expect("apply");
+        fleetdep::wait_converged(&client, &applied, 2, Duration::from_secs(240))
+            .await
+            .expect("the new operator Pod converged the change");
+        eprintln!(
+            "operator Pod replaced and the change converged in {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
+    }
+
+    /// The cached kubectl on a kubeconfig, in the fleet's namespace.
+    struct Kubectl {
+        program: std::path::PathBuf,
+        kubeconfig: std::path::PathBuf,
+    }
+
+    impl Kubectl {
+        fn new(kubeconfig: &std::path::Path) -> Self {
+            let program = BinLocator::from_env()
+                .locate(bins::KUBECTL)
+                .expect("kubectl");
+            Kubectl {
+                program,
+                kubeconfig: kubeconfig.to_owned(),
+            }
+        }
+
+        async fn run(&self, args: &[&str]) -> Result<String, String> {
+            let out = tokio::process::Command::new(&self.program)
+                .arg("--kubeconfig")
+                .arg(&self.kubeconfig)
+                .args(["-n", cluster::NAMESPACE])
+                .args(args)
+                .output()
+                .await
+                .map_err(|e| e.to_string())?;
+            if out.status.success() {
+                Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+            } else {
+                Err(format!(
+                    "kubectl {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                ))
+            }
         }
     }
 }
