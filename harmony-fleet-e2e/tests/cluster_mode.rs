@@ -1,7 +1,9 @@
 //! Cluster mode. With `FLEET_E2E_KUBECONFIG` set: the fleet comes up on that cluster with
 //! agents as Pods, and a Deployment must converge on every device. Without it, on the local
 //! node (adr/0030) when its binaries and the fleet images (scripts/build-images.sh) are there:
-//! NATS and the operator come up as Pods and pass their smoke tests. Otherwise (a failure when
+//! NATS, the operator and two agents (podman inside) come up as Pods and pass their smoke
+//! tests, a Deployment converges on both agents, and the operator's replacement Pod converges
+//! the next change. Otherwise (a failure when
 //! `CI=true`): the same bring-up against the local control plane — every object is accepted by
 //! the real API server, and each Score fails its smoke test naming the workload that is not
 //! ready.
@@ -78,8 +80,20 @@ mod local_node {
     use harmony_fleet_e2e::cluster::{self, ClusterOptions};
     use harmony_fleet_e2e::fleetdep::{self, demo_score, manifest};
 
-    /// Opt-in for the convergence part on the local node (see its note).
-    const CONVERGE_ENV: &str = "FLEET_E2E_NODE_CONVERGE";
+    /// Removes what the agent Pods keep on this host (their hostPath key and state under
+    /// `HOST_DATA_ROOT`): an earlier run's state under the same device ids left both devices
+    /// `pending` without an error on the next run's fresh cluster.
+    fn forget_devices() {
+        for device in super::devices() {
+            let dir = std::path::Path::new(harmony_fleet_deploy::agent::pod::HOST_DATA_ROOT)
+                .join(device.as_str());
+            if let Err(e) = std::fs::remove_dir_all(&dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                panic!("removing {}: {e}", dir.display());
+            }
+        }
+    }
 
     /// The versioned tags (`:latest` would mean `imagePullPolicy: Always`, and no registry).
     fn images() -> [String; 3] {
@@ -122,6 +136,7 @@ mod local_node {
     /// smoke tests (the operator reaches NATS by its Service name and the API through the
     /// `kubernetes` Service).
     pub async fn server_on_the_local_node() {
+        forget_devices();
         let dir = tempfile::tempdir().expect("tempdir");
         let started = Instant::now();
         let local = LocalTopology::new(dir.path().join("state"), SupervisionMode::Owned)
@@ -165,14 +180,8 @@ mod local_node {
                 t.elapsed().as_secs_f64()
             );
         }
-        // Seen passing once (converged in 4.8 s, operator replaced + change converged in 9.9 s),
-        // then three runs with both devices `pending` and no error until the deadline: opt in
-        // until that is understood.
-        if std::env::var(CONVERGE_ENV).as_deref() == Ok("1") {
-            converges_and_survives_an_operator_restart(&local, &podman).await;
-        } else {
-            eprintln!("{CONVERGE_ENV}=1 runs the convergence and operator-restart part");
-        }
+        converges_and_survives_an_operator_restart(&local, &podman).await;
+        forget_devices();
     }
 
     /// NATS on a fresh local node, then [`helm_round_trip`].
