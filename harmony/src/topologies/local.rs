@@ -43,11 +43,13 @@ pub struct LocalTopology {
     state_dir: PathBuf,
     bins: BinLocator,
     supervisor: LocalSupervisor,
-    control_plane: OnceCell<ControlPlane>,
-    client: OnceCell<kube::Client>,
     /// Also run a real node (kubelet + containerd, adr/0030).
     with_node: bool,
+    // Before the control plane: fields drop in order, and the node asks the API for its
+    // volumes while it stops.
     node: OnceCell<Option<LocalNode>>,
+    control_plane: OnceCell<ControlPlane>,
+    client: OnceCell<kube::Client>,
 }
 
 enum ControlPlane {

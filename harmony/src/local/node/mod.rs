@@ -59,6 +59,8 @@ pub async fn stop_detached(
     name: &str,
     dir: &Path,
 ) -> Result<Vec<String>> {
+    let kubectl = bins.locate(bins::KUBECTL).ok();
+    let volumes = provisioned_volumes(kubectl.as_deref(), &dir.join("kubeconfig"));
     let mut stopped = Vec::new();
     for process in NODE_PROCESSES.iter().rev() {
         if *process == "node-containerd"
@@ -74,6 +76,7 @@ pub async fn stop_detached(
         }
     }
     teardown(name, dir).await?;
+    remove_volumes(&volumes);
     Ok(stopped)
 }
 
@@ -118,6 +121,7 @@ pub struct LocalNode {
     layout: NodeLayout,
     processes: Vec<SupervisedProcess>,
     ctr: PathBuf,
+    kubectl: Option<PathBuf>,
     startup_time: Duration,
     dir: Option<DataDir>,
 }
@@ -155,6 +159,7 @@ impl LocalNode {
             layout,
             processes: Vec::new(),
             ctr,
+            kubectl: options.bins.locate(bins::KUBECTL).ok(),
             startup_time: Duration::ZERO,
             dir: Some(dir),
         };
@@ -307,6 +312,7 @@ impl LocalNode {
     /// Stops the kubelet (so nothing restarts the Pods), kills the Pods' containers, stops the
     /// other processes, unmounts what they mounted and deletes the network.
     pub async fn stop(mut self) {
+        let volumes = provisioned_volumes(self.kubectl.as_deref(), &self.layout.kubeconfig);
         let (ctr, socket) = (self.ctr.clone(), self.layout.containerd_socket());
         // Start order is containerd first: everything after it stops before the containers go.
         while self.processes.len() > 1 {
@@ -323,6 +329,7 @@ impl LocalNode {
         if let Err(e) = teardown(&self.layout.name, &self.layout.dir).await {
             tracing::warn!(error = %e, "tearing the node down failed");
         }
+        remove_volumes(&volumes);
         self.dir.take();
     }
 }
@@ -334,6 +341,7 @@ impl Drop for LocalNode {
         }
         let (ctr, socket) = (self.ctr.clone(), self.layout.containerd_socket());
         let (name, dir) = (self.layout.name.clone(), self.layout.dir.clone());
+        let volumes = provisioned_volumes(self.kubectl.as_deref(), &self.layout.kubeconfig);
         let mut processes = std::mem::take(&mut self.processes);
         // Drop may run inside or outside a runtime: do the async clean-up on a thread of its own.
         let cleanup = std::thread::spawn(move || {
@@ -355,6 +363,7 @@ impl Drop for LocalNode {
             if let Ok(runtime) = runtime {
                 let _ = runtime.block_on(teardown(&name, &dir));
             }
+            remove_volumes(&volumes);
         });
         let _ = cleanup.join();
         self.dir.take();
@@ -412,6 +421,46 @@ fn write_files(layout: &NodeLayout, admin_kubeconfig: &Path) -> Result<()> {
             .map_err(|e| LocalError::io(format!("writing {}", path.display()), e))?;
     }
     Ok(())
+}
+
+/// Where the controller-manager's hostPath provisioner puts volumes (fixed upstream).
+const HOSTPATH_VOLUMES: &str = "/tmp/hostpath_pv/";
+
+/// The directories of the hostPath volumes the cluster provisioned, asked while the API still
+/// answers (empty when it does not): removed once the node is gone, as nothing else would.
+fn provisioned_volumes(kubectl: Option<&Path>, kubeconfig: &Path) -> Vec<PathBuf> {
+    let Some(kubectl) = kubectl else {
+        return Vec::new();
+    };
+    let output = std::process::Command::new(kubectl)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args([
+            "--request-timeout=5s",
+            "get",
+            "pv",
+            "-o",
+            "jsonpath={range .items[*]}{.spec.hostPath.path}{\"\\n\"}{end}",
+        ])
+        .output();
+    match output {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|p| p.starts_with(HOSTPATH_VOLUMES) && !p.contains(".."))
+            .map(PathBuf::from)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn remove_volumes(volumes: &[PathBuf]) {
+    for volume in volumes {
+        if let Err(e) = std::fs::remove_dir_all(volume)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::debug!(volume = %volume.display(), error = %e, "volume not removed");
+        }
+    }
 }
 
 /// The default StorageClass of a local node: hostPath volumes provisioned by the
