@@ -418,6 +418,22 @@ mod local_node {
             "operator Pod replaced and the change converged in {:.1}s",
             t.elapsed().as_secs_f64()
         );
+
+        let t = Instant::now();
+        kubectl
+            .run(&["delete", "pod", "fleet-nats-0", "--wait=true"])
+            .await
+            .expect("delete the NATS Pod");
+        let applied = fleetdep::apply_tracked(&client, &first)
+            .await
+            .expect("apply");
+        fleetdep::wait_converged(&client, &applied, 2, Duration::from_secs(240))
+            .await
+            .expect("agents and operator reconnected to the new NATS Pod and converged");
+        eprintln!(
+            "NATS Pod replaced and the next change converged in {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
     }
 
     /// The cached kubectl on a kubeconfig, in the fleet's namespace.
