@@ -3,11 +3,13 @@
 #   localhost/harmony-fleet-operator:<version>  FROM scratch + the static (musl) operator
 #   localhost/harmony-fleet-agent:<version>     a debootstrapped Debian rootfs with podman + the
 #                                               static agent
+#   localhost/harmony-fleet-nats:<nats version> FROM scratch + the static nats-server that
+#                                               install-deps builds (the cluster NATS image)
 # Push them to your own registry afterwards, e.g.
 #   podman tag localhost/harmony-fleet-operator:0.1.0 registry.example.com/fleet/operator:0.1.0
 #   podman push registry.example.com/fleet/operator:0.1.0
 # and give the references to `harmony-fleet-deploy cluster deploy --operator-image … --agent-image …`.
-# Usage: scripts/build-images.sh [operator|agent|all]   (default: all)
+# Usage: scripts/build-images.sh [operator|agent|nats|all]   (default: all)
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
@@ -35,7 +37,7 @@ build_bin() { # package binary [cargo args…]
   local package=$1 binary=$2; shift 2
   say "building $binary ($target, release)"
   CC_x86_64_unknown_linux_musl=musl-gcc cargo build --release --locked --target "$target" -p "$package" "$@"
-  cp "target/$target/release/$binary" "$context/$binary"
+  cp "${CARGO_TARGET_DIR:-target}/$target/release/$binary" "$context/$binary"
 }
 
 if [[ $what == operator || $what == all ]]; then
@@ -71,5 +73,15 @@ if [[ $what == agent || $what == all ]]; then
   podman build -q -f images/agent.Containerfile -t "localhost/harmony-fleet-agent:$version" \
     -t localhost/harmony-fleet-agent:latest "$context"
   say "built localhost/harmony-fleet-agent:$version"
+fi
+if [[ $what == nats || $what == all ]]; then
+  nats_bin=$(readlink -f "${HARMONY_FLEET_CACHE:-$HOME/.cache/harmony-fleet}/bin/nats-server")
+  nats_version=$("$nats_bin" --version | sed -n 's/.*v\([0-9.]*\).*/\1/p')
+  nats_context="$context/nats"
+  mkdir -p "$nats_context"
+  cp "$nats_bin" "$nats_context/nats-server"
+  podman build -q -f images/nats.Containerfile -t "localhost/harmony-fleet-nats:$nats_version" \
+    -t localhost/harmony-fleet-nats:latest "$nats_context"
+  say "built localhost/harmony-fleet-nats:$nats_version"
 fi
 say "done in $((SECONDS - started))s"

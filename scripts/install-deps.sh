@@ -2,8 +2,10 @@
 # Installs every real component harmony fleet runs locally, from package registries only:
 #   - podman, runc, busybox-static, etcd, iproute2, openssh-client, debootstrap (Debian packages;
 #     the last two for the Host target and its test host, scripts/build-host-image.sh)
-#   - kube-apiserver, kube-controller-manager, kubectl built from the upstream Go module
-#   - nats-server built static with `go install`
+#   - the local node's runtime: containerd, CNI plugins, iptables, conntrack (Debian packages)
+#   - kube-apiserver, kube-controller-manager, kubectl built from the upstream Go module, and
+#     for the local node kubelet, kube-scheduler, kube-proxy (same module, adr/0030)
+#   - nats-server, CoreDNS and helm built static with `go install`
 # Everything built is cached outside the repository, under $HARMONY_FLEET_CACHE
 # (default ~/.cache/harmony-fleet); a warm run only checks and returns in seconds.
 # The binaries are linked into $HARMONY_FLEET_CACHE/bin, where the Rust code looks first.
@@ -11,6 +13,8 @@ set -euo pipefail
 
 K8S_VERSION="v1.34.4"       # adr/0009: inside kube 5 / k8s-openapi 0.29 (feature v1_34)
 NATS_VERSION="v2.12.15"     # >= 2.11 for per-message TTL and the current KV API
+COREDNS_VERSION="v1.14.7"   # the local node's cluster DNS (adr/0030)
+HELM_VERSION="v3.22.1"      # lints and installs the generated chart for real
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${HARMONY_FLEET_CACHE:-$HOME/.cache/harmony-fleet}
@@ -23,7 +27,8 @@ started=$(date +%s)
 
 # --- Debian packages --------------------------------------------------------------
 need_pkgs=()
-for pkg in podman runc busybox-static etcd-server iproute2 util-linux openssh-client debootstrap; do
+for pkg in podman runc busybox-static etcd-server iproute2 util-linux openssh-client debootstrap \
+           containerd containernetworking-plugins iptables conntrack; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need_pkgs+=("$pkg")
 done
 if ((${#need_pkgs[@]})); then
@@ -63,6 +68,28 @@ if [[ ! -x "$k8s_dir/kube-apiserver" || ! -x "$k8s_dir/kube-controller-manager" 
 fi
 for cmd in kube-apiserver kube-controller-manager kubectl; do ln -sf "$k8s_dir/$cmd" "$bin/$cmd"; done
 
+# The local node (adr/0030): same module and flags, each binary built only when missing, so a
+# cache holding the control plane only relinks these three (~30 s each with a warm build cache).
+for cmd in kubelet kube-scheduler kube-proxy; do
+  if [[ ! -x "$k8s_dir/$cmd" ]]; then
+    ct=$(date +%s)
+    say "building $cmd $K8S_VERSION (local node)"
+    minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+    ldflags="-s -w"
+    for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
+      ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+      ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+    done
+    ( cd "$repo/tools/control-plane"
+      go build -trimpath -ldflags "$ldflags" -o "$k8s_dir/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd"
+      mv "$k8s_dir/$cmd.tmp" "$k8s_dir/$cmd" )
+    say "  built $cmd in $(elapsed "$ct")"
+  fi
+  ln -sf "$k8s_dir/$cmd" "$bin/$cmd"
+done
+for cmd in containerd ctr containerd-shim-runc-v2; do ln -sf "$(command -v "$cmd" || echo "/usr/bin/$cmd")" "$bin/$cmd"; done
+ln -sf /usr/lib/cni "$cache/cni-bin"
+
 nats_dir="$cache/nats-$NATS_VERSION/bin"
 if [[ ! -x "$nats_dir/nats-server" ]]; then
   t=$(date +%s)
@@ -73,6 +100,21 @@ if [[ ! -x "$nats_dir/nats-server" ]]; then
   say "nats-server built in $(elapsed "$t")"
 fi
 ln -sf "$nats_dir/nats-server" "$bin/nats-server"
+
+# go install of a module whose main package is at a path; static, cached by version.
+go_tool() { # name version package
+  local dir="$cache/$1-$2/bin"
+  if [[ ! -x "$dir/$1" ]]; then
+    local t; t=$(date +%s)
+    say "building $1 $2 (static)"
+    mkdir -p "$dir"
+    GOBIN="$dir" go install -trimpath -ldflags "-s -w" "$3@$2"
+    say "$1 built in $(elapsed "$t")"
+  fi
+  ln -sf "$dir/$1" "$bin/$1"
+}
+go_tool coredns "$COREDNS_VERSION" github.com/coredns/coredns
+go_tool helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm
 
 # --- Dashboard: npm assets and the browser-test Chromium (operator feature web-frontend) ----
 # htmx, its SSE extension, xterm.js, the Tailwind v4 CLI and playwright-core come from the npm

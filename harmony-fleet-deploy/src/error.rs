@@ -80,6 +80,10 @@ pub enum DeployError {
     #[error(transparent)]
     Local(#[from] harmony::local::LocalError),
 
+    /// The local topology (control plane, node) did not come up.
+    #[error("the local topology did not come up: {0}; see the logs under the state directory")]
+    Topology(#[source] Box<InterpretError>),
+
     /// A Kubernetes request failed.
     #[error("Kubernetes API: {action}: {source}; check KUBECONFIG")]
     Kube {

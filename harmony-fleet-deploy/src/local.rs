@@ -99,6 +99,86 @@ impl LocalFleet {
     }
 }
 
+/// The image repositories scripts/build-images.sh makes: `local node` copies every tag podman
+/// holds of them into the node's containerd. Use the versioned tags in Pods: `:latest` means
+/// `imagePullPolicy: Always`, and there is no registry to pull from.
+pub const FLEET_IMAGES: [&str; 3] = [
+    "localhost/harmony-fleet-operator",
+    "localhost/harmony-fleet-agent",
+    "localhost/harmony-fleet-nats",
+];
+
+/// What `local node` did.
+#[derive(Debug)]
+pub struct NodeUp {
+    /// The topology's outcome (start-up times, or "already running").
+    pub message: String,
+    /// The admin kubeconfig of the control plane the node joined.
+    pub kubeconfig: std::path::PathBuf,
+    /// Images copied into (or already in) the node's containerd, with the seconds it took.
+    pub imported: Vec<(String, f64)>,
+    /// Default images podman does not hold.
+    pub missing: Vec<String>,
+    /// From start to the node being ready and the images imported.
+    pub elapsed: Duration,
+}
+
+/// Starts (or finds) the control plane with a node under `state_dir` (adr/0030) and copies
+/// `images` (default: [`FLEET_IMAGES`] that podman holds) into the node's containerd.
+pub async fn node_up(state_dir: &Path, images: &[String]) -> Result<NodeUp, DeployError> {
+    use harmony::topology::Topology;
+    let started = std::time::Instant::now();
+    let topology =
+        LocalTopology::new(state_dir, harmony::local::SupervisionMode::Detached)?.with_node();
+    let outcome = topology
+        .ensure_ready()
+        .await
+        .map_err(|e| DeployError::Topology(Box::new(e)))?;
+    let podman = harmony::local::Podman::new().map_err(harmony::local::LocalError::from)?;
+    let (mut wanted, mut missing) = (Vec::new(), Vec::new());
+    if images.is_empty() {
+        let listed = podman
+            .exec(["images", "--format", "{{.Repository}}:{{.Tag}}"])
+            .await
+            .map_err(harmony::local::LocalError::from)?;
+        for repository in FLEET_IMAGES {
+            let tags: Vec<String> = listed
+                .lines()
+                .filter(|line| {
+                    line.split_once(':')
+                        .is_some_and(|(repo, _)| repo == repository)
+                })
+                .map(str::to_owned)
+                .collect();
+            if tags.is_empty() {
+                missing.push(repository.to_owned());
+            }
+            wanted.extend(tags);
+        }
+    } else {
+        wanted = images.to_vec();
+    }
+    let mut imported = Vec::new();
+    for image in wanted {
+        let t = std::time::Instant::now();
+        harmony::local::node::import_image_into(
+            topology.bins(),
+            &topology.node_dir(),
+            &podman,
+            &image,
+        )
+        .await?;
+        imported.push((image, t.elapsed().as_secs_f64()));
+    }
+    Ok(NodeUp {
+        message: outcome.message.clone(),
+        kubeconfig: topology.kubeconfig_path(),
+        imported,
+        missing,
+        elapsed: started.elapsed(),
+    })
+}
+
 /// What [`down`] did.
 #[derive(Debug, Default)]
 pub struct DownReport {

@@ -102,6 +102,17 @@ enum LocalCommand {
         #[arg(long)]
         keep_state: bool,
     },
+    /// Start (or find) the control plane with a real node — kubelet, containerd, CNI bridge,
+    /// kube-proxy, CoreDNS, kube-scheduler (adr/0030) — for `cluster deploy` with the printed
+    /// KUBECONFIG; copies the fleet's images from podman into the node. `local down` removes it.
+    Node {
+        #[command(flatten)]
+        state: StateDir,
+        /// An image to copy from podman into the node's containerd (repeatable). Default: those
+        /// of scripts/build-images.sh that podman holds.
+        #[arg(long = "image")]
+        images: Vec<String>,
+    },
     /// Tell what runs.
     Status {
         #[command(flatten)]
@@ -172,6 +183,10 @@ enum ClusterCommand {
         /// Three NATS replicas instead of one.
         #[arg(long)]
         nats_cluster: bool,
+        /// NATS image (default: the public nats image; `localhost/harmony-fleet-nats:latest`
+        /// from scripts/build-images.sh needs no registry).
+        #[arg(long)]
+        nats_image: Option<String>,
         #[command(flatten)]
         args: harmony_cli::Args,
     },
@@ -204,6 +219,7 @@ async fn main() -> ExitCode {
             LocalCommand::Down { state, keep_state } => {
                 local_down(state.state_dir, keep_state).await
             }
+            LocalCommand::Node { state, images } => local_node(state.state_dir, images).await,
             LocalCommand::Status { state } => local_status(state.state_dir),
         },
         Command::Cluster {
@@ -214,11 +230,15 @@ async fn main() -> ExitCode {
                     agent_image,
                     devices,
                     nats_cluster,
+                    nats_image,
                     args,
                 },
         } => {
             let mut nats = FleetNatsScore::new();
             nats.namespace = namespace.clone();
+            if let Some(image) = nats_image {
+                nats.image = image;
+            }
             if nats_cluster {
                 nats.replicas = NatsReplicas::Three;
             }
@@ -483,6 +503,37 @@ fn print_next_steps(state: &std::path::Path, kubeconfig: &std::path::Path, fleet
     println!("  kubectl apply -f examples/hello.yaml");
     println!("  kubectl get fleetdep,fleetdev");
     println!("Stop everything: harmony-fleet-deploy local down");
+}
+
+async fn local_node(state_dir: PathBuf, images: Vec<String>) -> ExitCode {
+    match local::node_up(&state_dir, &images).await {
+        Ok(up) => {
+            println!("✓ {}", up.message);
+            for (image, secs) in &up.imported {
+                println!("✓ image {image} in the node's containerd ({secs:.1}s)");
+            }
+            for image in &up.missing {
+                println!("- image {image} not in podman (scripts/build-images.sh builds it)");
+            }
+            println!(
+                "Node and control plane up in {:.1}s. Deploy the fleet on it:",
+                up.elapsed.as_secs_f64()
+            );
+            println!("  export KUBECONFIG={}", up.kubeconfig.display());
+            println!(
+                "  harmony-fleet-deploy cluster deploy --yes --nats-image localhost/harmony-fleet-nats:<version> \\\n    --operator-image localhost/harmony-fleet-operator:<version> --agent-image localhost/harmony-fleet-agent:<version>"
+            );
+            println!(
+                "  (versioned tags: `:latest` means imagePullPolicy Always, and there is no registry)"
+            );
+            println!("Stop everything: harmony-fleet-deploy local down");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn local_down(state_dir: PathBuf, keep_state: bool) -> ExitCode {

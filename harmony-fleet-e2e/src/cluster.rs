@@ -24,6 +24,8 @@ pub const KUBECONFIG_ENV: &str = "FLEET_E2E_KUBECONFIG";
 pub const OPERATOR_IMAGE_ENV: &str = "FLEET_E2E_OPERATOR_IMAGE";
 /// Agent image the cluster can pull.
 pub const AGENT_IMAGE_ENV: &str = "FLEET_E2E_AGENT_IMAGE";
+/// NATS image the cluster can pull (default: the NATS Score's).
+pub const NATS_IMAGE_ENV: &str = "FLEET_E2E_NATS_IMAGE";
 /// Namespace of the fleet's components in cluster mode.
 pub const NAMESPACE: &str = "fleet-e2e";
 
@@ -36,6 +38,8 @@ pub struct ClusterOptions {
     pub operator_image: String,
     /// Agent image.
     pub agent_image: String,
+    /// NATS image.
+    pub nats_image: String,
     /// Smoke-test deadline of every Score.
     pub smoke_timeout: Duration,
 }
@@ -56,6 +60,7 @@ impl ClusterOptions {
                 "localhost/harmony-fleet-operator:latest",
             ),
             agent_image: var(AGENT_IMAGE_ENV, "localhost/harmony-fleet-agent:latest"),
+            nats_image: var(NATS_IMAGE_ENV, &FleetNatsScore::new().image),
             smoke_timeout,
         }
     }
@@ -66,6 +71,7 @@ impl ClusterOptions {
 pub fn scores(options: &ClusterOptions) -> Vec<Box<dyn Score<K8sAnywhereTopology>>> {
     let mut nats = FleetNatsScore::new();
     nats.namespace = NAMESPACE.to_owned();
+    nats.image = options.nats_image.clone();
     nats.smoke_timeout = options.smoke_timeout;
     let operator = FleetOperatorScore {
         namespace: NAMESPACE.to_owned(),

@@ -1,7 +1,12 @@
 //! Cluster mode. With `FLEET_E2E_KUBECONFIG` set: the fleet comes up on that cluster with
-//! agents as Pods, and a Deployment must converge on every device. Without it (CI here, no
-//! nodes): the same bring-up against the local control plane — every object is accepted by the
-//! real API server, and each Score fails its smoke test naming the workload that is not ready.
+//! agents as Pods, and a Deployment must converge on every device. Without it, on the local
+//! node (adr/0030) when its binaries and the fleet images (scripts/build-images.sh) are there:
+//! NATS, the operator and two agents (podman inside) come up as Pods and pass their smoke
+//! tests, a Deployment converges on both agents, and the operator's replacement Pod converges
+//! the next change. Otherwise (a failure when
+//! `CI=true`): the same bring-up against the local control plane — every object is accepted by
+//! the real API server, and each Score fails its smoke test naming the workload that is not
+//! ready.
 
 use std::time::Duration;
 
@@ -29,7 +34,444 @@ fn devices() -> Vec<DeviceId> {
 async fn cluster_bring_up() {
     match std::env::var(KUBECONFIG_ENV).ok().filter(|v| !v.is_empty()) {
         Some(kubeconfig) => on_a_real_cluster(kubeconfig).await,
-        None => on_the_local_control_plane().await,
+        None => match local_node::missing().await {
+            None => local_node::server_on_the_local_node().await,
+            Some(missing) => {
+                assert!(
+                    std::env::var("CI").as_deref() != Ok("true"),
+                    "CI=true and the local node cannot run the fleet: {missing}"
+                );
+                eprintln!("cluster mode: no local node ({missing}); checking objects only");
+                on_the_local_control_plane().await
+            }
+        },
+    }
+}
+
+/// The generated Helm chart through a real helm on a local node of its own (the chart's objects
+/// have the operator Score's fixed names, so not beside the bring-up above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generated_chart_through_real_helm() {
+    if std::env::var(KUBECONFIG_ENV).is_ok_and(|v| !v.is_empty()) {
+        eprintln!("helm on the local node: skipped, {KUBECONFIG_ENV} is set");
+        return;
+    }
+    match local_node::missing().await {
+        None => local_node::helm_on_the_local_node().await,
+        Some(missing) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true and the local node cannot run the chart: {missing}"
+            );
+            eprintln!("helm on the local node: skipped ({missing})");
+        }
+    }
+}
+
+mod local_node {
+    //! The bring-up on the local node: real Pods of the locally built images.
+    use std::time::{Duration, Instant};
+
+    use harmony::inventory::Inventory;
+    use harmony::local::bins::{self, BinLocator};
+    use harmony::local::{Podman, SupervisionMode};
+    use harmony::topologies::{K8sAnywhereTopology, LocalTopology};
+    use harmony::topology::Topology;
+    use harmony_fleet_e2e::cluster::{self, ClusterOptions};
+    use harmony_fleet_e2e::fleetdep::{self, demo_score, manifest};
+
+    /// Removes what the agent Pods keep on this host (their hostPath key and state under
+    /// `HOST_DATA_ROOT`): an earlier run's state under the same device ids left both devices
+    /// `pending` without an error on the next run's fresh cluster.
+    fn forget_devices() {
+        for device in super::devices() {
+            let dir = std::path::Path::new(harmony_fleet_deploy::agent::pod::HOST_DATA_ROOT)
+                .join(device.as_str());
+            if let Err(e) = std::fs::remove_dir_all(&dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                panic!("removing {}: {e}", dir.display());
+            }
+        }
+    }
+
+    /// The versioned tags (`:latest` would mean `imagePullPolicy: Always`, and no registry).
+    fn images() -> [String; 3] {
+        let version = env!("CARGO_PKG_VERSION");
+        [
+            format!("localhost/harmony-fleet-operator:{version}"),
+            "localhost/harmony-fleet-nats:2.12.15".to_owned(),
+            format!("localhost/harmony-fleet-agent:{version}"),
+        ]
+    }
+
+    /// What the local node bring-up lacks, if anything.
+    pub async fn missing() -> Option<String> {
+        let locator = BinLocator::from_env();
+        for name in [
+            bins::KUBELET,
+            bins::CONTAINERD,
+            bins::COREDNS,
+            bins::KUBE_PROXY,
+        ] {
+            if let Err(e) = locator.locate(name) {
+                return Some(e.to_string());
+            }
+        }
+        let podman = match Podman::new() {
+            Ok(podman) => podman,
+            Err(e) => return Some(e.to_string()),
+        };
+        for image in images() {
+            if !podman.image_exists(&image).await.unwrap_or(false) {
+                return Some(format!(
+                    "{image} is not in podman; run scripts/build-images.sh"
+                ));
+            }
+        }
+        None
+    }
+
+    /// NATS (one replica) and the operator as Pods on the local node: both Scores pass their
+    /// smoke tests (the operator reaches NATS by its Service name and the API through the
+    /// `kubernetes` Service).
+    pub async fn server_on_the_local_node() {
+        forget_devices();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let started = Instant::now();
+        let local = LocalTopology::new(dir.path().join("state"), SupervisionMode::Owned)
+            .expect("local topology")
+            .with_node();
+        let outcome = local.ensure_ready().await.expect("control plane and node");
+        eprintln!("cluster mode on the local node: {}", outcome.message);
+        let node = local.owned_node().expect("owned node");
+        let podman = Podman::new().expect("podman");
+        let [operator_image, nats_image, agent_image] = images();
+        for image in [&operator_image, &nats_image, &agent_image] {
+            node.import_image(&podman, image)
+                .await
+                .expect("import image");
+        }
+        eprintln!(
+            "node up and images imported in {:.1}s",
+            started.elapsed().as_secs_f64()
+        );
+        let topology = K8sAnywhereTopology::from_kubeconfig(local.kubeconfig_path());
+        topology.ensure_ready().await.expect("topology");
+        let options = ClusterOptions {
+            devices: super::devices(),
+            operator_image,
+            agent_image,
+            nats_image,
+            smoke_timeout: Duration::from_secs(180),
+        };
+        for score in cluster::scores(&options) {
+            let t = Instant::now();
+            score
+                .create_interpret()
+                .execute(&Inventory::new("e2e"), &topology)
+                .await
+                .unwrap_or_else(|e| {
+                    panic!("{} failed on the local node: {}", score.name(), e.chain())
+                });
+            eprintln!(
+                "{} passed its smoke test in {:.1}s",
+                score.name(),
+                t.elapsed().as_secs_f64()
+            );
+        }
+        converges_and_survives_an_operator_restart(&local, &podman).await;
+        forget_devices();
+    }
+
+    /// NATS on a fresh local node, then [`helm_round_trip`].
+    pub async fn helm_on_the_local_node() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let local = LocalTopology::new(dir.path().join("state"), SupervisionMode::Owned)
+            .expect("local topology")
+            .with_node();
+        local.ensure_ready().await.expect("control plane and node");
+        let node = local.owned_node().expect("owned node");
+        let podman = Podman::new().expect("podman");
+        let [operator_image, nats_image, _] = images();
+        for image in [&operator_image, &nats_image] {
+            node.import_image(&podman, image)
+                .await
+                .expect("import image");
+        }
+        let topology = K8sAnywhereTopology::from_kubeconfig(local.kubeconfig_path());
+        topology.ensure_ready().await.expect("topology");
+        let options = ClusterOptions {
+            devices: Vec::new(),
+            operator_image: operator_image.clone(),
+            agent_image: String::new(),
+            nats_image,
+            smoke_timeout: Duration::from_secs(180),
+        };
+        let nats = cluster::scores(&options)
+            .into_iter()
+            .next()
+            .expect("NATS Score");
+        nats.create_interpret()
+            .execute(&Inventory::new("e2e"), &topology)
+            .await
+            .unwrap_or_else(|e| panic!("{} failed: {}", nats.name(), e.chain()));
+        helm_round_trip(&local, &operator_image).await;
+    }
+
+    /// `helm lint`, `helm install --wait` (the operator becomes ready against the fleet's NATS),
+    /// an idempotent `helm upgrade` (the Deployment's generation does not move) and `helm
+    /// uninstall`, which keeps the CRDs (they live in the chart's `crds/`).
+    async fn helm_round_trip(local: &LocalTopology, image: &str) {
+        let t = Instant::now();
+        let helm = BinLocator::from_env().locate(bins::HELM).expect("helm");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let score = harmony_fleet_deploy::FleetOperatorScore {
+            image: image.to_owned(),
+            ..harmony_fleet_deploy::FleetOperatorScore::default()
+        };
+        harmony_fleet_deploy::operator::helm::chart(&score)
+            .and_then(|chart| chart.write(dir.path()))
+            .expect("chart");
+        let chart = dir.path().to_str().expect("utf-8").to_owned();
+        let kubeconfig = local.kubeconfig_path();
+        let run = |args: Vec<&str>| {
+            let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+            let mut command = tokio::process::Command::new(&helm);
+            command
+                .args(&args)
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args(["--namespace", cluster::NAMESPACE]);
+            async move {
+                let out = command.output().await.expect("helm runs");
+                assert!(
+                    out.status.success(),
+                    "helm {}: {}{}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            }
+        };
+        run(vec!["lint", &chart]).await;
+        run(vec![
+            "install",
+            "fleet",
+            &chart,
+            "--wait",
+            "--timeout",
+            "180s",
+        ])
+        .await;
+        let kubectl = Kubectl::new(&kubeconfig);
+        let generation = || async {
+            kubectl
+                .run(&[
+                    "get",
+                    "deployment",
+                    "harmony-fleet-operator",
+                    "-o",
+                    "jsonpath={.metadata.generation}",
+                ])
+                .await
+                .expect("operator Deployment")
+        };
+        let before = generation().await;
+        run(vec![
+            "upgrade",
+            "fleet",
+            &chart,
+            "--wait",
+            "--timeout",
+            "180s",
+        ])
+        .await;
+        assert_eq!(
+            generation().await,
+            before,
+            "helm upgrade of the same chart changes nothing"
+        );
+        run(vec!["uninstall", "fleet", "--wait"]).await;
+        kubectl
+            .run(&["get", "crd", "deployments.fleet.nationtech.io"])
+            .await
+            .expect("helm uninstall keeps the CRDs");
+        eprintln!(
+            "helm lint, install (operator ready), upgrade (no change), uninstall (CRDs kept) in {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
+    }
+
+    /// The demo image has no registry to come from: each agent Pod's podman loads it
+    /// (`kubectl cp` + `podman load`), as a device would have it preloaded.
+    async fn preload(kubectl: &Kubectl, podman: &Podman, tags: &[&str]) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut archives = Vec::new();
+        for tag in tags {
+            let image = podman.build_demo_image(tag).await.expect("demo image");
+            let archive = dir.path().join(format!("{tag}.tar"));
+            let path = archive.to_str().expect("utf-8").to_owned();
+            podman
+                .exec(["save", "-q", "-o", path.as_str(), image.as_str()])
+                .await
+                .expect("podman save");
+            archives.push((path, format!("/tmp/{tag}.tar")));
+        }
+        for device in super::devices() {
+            let selector = format!("fleet.nationtech.io/device={device}");
+            let pod = kubectl
+                .run(&[
+                    "get",
+                    "pod",
+                    "-l",
+                    &selector,
+                    "--field-selector",
+                    "status.phase=Running",
+                    "-o",
+                    "jsonpath={.items[0].metadata.name}",
+                ])
+                .await
+                .expect("agent pod");
+            for (local_path, pod_path) in &archives {
+                kubectl
+                    .run(&["cp", local_path, &format!("{pod}:{pod_path}")])
+                    .await
+                    .expect("kubectl cp");
+                kubectl
+                    .run(&["exec", &pod, "--", "podman", "load", "-q", "-i", pod_path])
+                    .await
+                    .expect("podman load in the agent Pod");
+            }
+        }
+    }
+
+    /// A fleet Deployment converges on both agent Pods; the operator's Pod is deleted; its
+    /// replacement converges the next change.
+    async fn converges_and_survives_an_operator_restart(local: &LocalTopology, podman: &Podman) {
+        let kubectl = Kubectl::new(&local.kubeconfig_path());
+        preload(&kubectl, podman, &["v-e2e1", "v-e2e2"]).await;
+        let client = harmony::capability::K8sClient::k8s_client(local)
+            .await
+            .expect("client");
+        let selector = serde_json::json!({"matchLabels": {"site": "e2e"}});
+        let rollout = serde_json::json!({});
+        let t = Instant::now();
+        let first = manifest(
+            "e2e-node-hello",
+            "default",
+            selector.clone(),
+            demo_score("v-e2e1", 8080, &[]),
+            rollout.clone(),
+        );
+        let applied = fleetdep::apply_tracked(&client, &first)
+            .await
+            .expect("apply");
+        if let Err(e) =
+            fleetdep::wait_converged(&client, &applied, 2, Duration::from_secs(180)).await
+        {
+            let status = fleetdep::status(&client, "default", "e2e-node-hello").await;
+            let pods = kubectl.run(&["get", "pods", "-o", "wide"]).await;
+            let agent = kubectl
+                .run(&["logs", "deploy/fleet-agent-e2e-dev-1", "--tail", "25"])
+                .await;
+            let operator = kubectl
+                .run(&["logs", "deploy/harmony-fleet-operator", "--tail", "25"])
+                .await;
+            panic!(
+                "not converged on the agent Pods: {e}\nstatus: {status:?}\npods: {pods:?}\nagent: {}\noperator: {}",
+                agent.unwrap_or_else(|e| e),
+                operator.unwrap_or_else(|e| e)
+            );
+        }
+        eprintln!(
+            "Deployment converged on 2 agent Pods in {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
+
+        let t = Instant::now();
+        kubectl
+            .run(&[
+                "delete",
+                "pod",
+                "-l",
+                "app.kubernetes.io/name=harmony-fleet-operator",
+                "--wait=true",
+            ])
+            .await
+            .expect("delete the operator Pod");
+        let second = manifest(
+            "e2e-node-hello",
+            "default",
+            selector,
+            demo_score("v-e2e2", 8080, &[]),
+            rollout,
+        );
+        let applied = fleetdep::apply_tracked(&client, &second)
+            .await
+            .expect("apply");
+        fleetdep::wait_converged(&client, &applied, 2, Duration::from_secs(240))
+            .await
+            .expect("the new operator Pod converged the change");
+        eprintln!(
+            "operator Pod replaced and the change converged in {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
+
+        let t = Instant::now();
+        kubectl
+            .run(&["delete", "pod", "fleet-nats-0", "--wait=true"])
+            .await
+            .expect("delete the NATS Pod");
+        let applied = fleetdep::apply_tracked(&client, &first)
+            .await
+            .expect("apply");
+        fleetdep::wait_converged(&client, &applied, 2, Duration::from_secs(240))
+            .await
+            .expect("agents and operator reconnected to the new NATS Pod and converged");
+        eprintln!(
+            "NATS Pod replaced and the next change converged in {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
+    }
+
+    /// The cached kubectl on a kubeconfig, in the fleet's namespace.
+    struct Kubectl {
+        program: std::path::PathBuf,
+        kubeconfig: std::path::PathBuf,
+    }
+
+    impl Kubectl {
+        fn new(kubeconfig: &std::path::Path) -> Self {
+            let program = BinLocator::from_env()
+                .locate(bins::KUBECTL)
+                .expect("kubectl");
+            Kubectl {
+                program,
+                kubeconfig: kubeconfig.to_owned(),
+            }
+        }
+
+        async fn run(&self, args: &[&str]) -> Result<String, String> {
+            let out = tokio::process::Command::new(&self.program)
+                .arg("--kubeconfig")
+                .arg(&self.kubeconfig)
+                .args(["-n", cluster::NAMESPACE])
+                .args(args)
+                .output()
+                .await
+                .map_err(|e| e.to_string())?;
+            if out.status.success() {
+                Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+            } else {
+                Err(format!(
+                    "kubectl {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr)
+                ))
+            }
+        }
     }
 }
 

@@ -37,6 +37,8 @@ const COMPONENT: &str = "fleet-agent";
 const BOOTSTRAP_DIR: &str = "/etc/fleet-agent/nats";
 /// The agent's data directory in the pod.
 const DATA_DIR: &str = "/var/lib/fleet-agent";
+/// podman's storage in the agent's container (an emptyDir: containerd's root is overlayfs).
+const CONTAINERS_STORAGE: &str = "/var/lib/containers";
 /// The node directory holding each Pod device's data (its key included).
 pub const HOST_DATA_ROOT: &str = "/var/lib/harmony-fleet/agents";
 
@@ -117,6 +119,11 @@ pub fn objects(score: &FleetAgentScore, pod: &PodAgent) -> (Secret, Deployment) 
                 mount_path: DATA_DIR.into(),
                 ..VolumeMount::default()
             },
+            VolumeMount {
+                name: "containers".into(),
+                mount_path: CONTAINERS_STORAGE.into(),
+                ..VolumeMount::default()
+            },
         ]),
         ..Container::default()
     };
@@ -165,6 +172,13 @@ pub fn objects(score: &FleetAgentScore, pod: &PodAgent) -> (Secret, Deployment) 
                                 path: format!("{HOST_DATA_ROOT}/{}", score.device_id),
                                 type_: Some("DirectoryOrCreate".into()),
                             }),
+                            ..Volume::default()
+                        },
+                        // podman's image and container storage: not on the container's own
+                        // overlay root (podman: "'overlay' is not supported over overlayfs").
+                        Volume {
+                            name: "containers".into(),
+                            empty_dir: Some(Default::default()),
                             ..Volume::default()
                         },
                     ]),

@@ -24,6 +24,20 @@ pub const KUBE_CONTROLLER_MANAGER: &str = "kube-controller-manager";
 pub const KUBECTL: &str = "kubectl";
 /// A static `nats-server` (≥ 2.11).
 pub const NATS_SERVER: &str = "nats-server";
+/// The local node's kubelet, from the pinned `k8s.io/kubernetes` module.
+pub const KUBELET: &str = "kubelet";
+/// kube-scheduler, from the pinned `k8s.io/kubernetes` module (started with a local node).
+pub const KUBE_SCHEDULER: &str = "kube-scheduler";
+/// kube-proxy, from the pinned `k8s.io/kubernetes` module.
+pub const KUBE_PROXY: &str = "kube-proxy";
+/// Debian's containerd (linked into the cache).
+pub const CONTAINERD: &str = "containerd";
+/// Debian's `ctr`, containerd's CLI (image import, task clean-up).
+pub const CTR: &str = "ctr";
+/// CoreDNS built from its Go module: the local node's cluster DNS.
+pub const COREDNS: &str = "coredns";
+/// helm built from its Go module.
+pub const HELM: &str = "helm";
 
 /// The cache root: `$HARMONY_FLEET_CACHE`, else `~/.cache/harmony-fleet`.
 ///

@@ -50,6 +50,13 @@ impl PkiFiles {
     /// Generates a fresh CA, serving leaf, admin client certificate and service-account key pair
     /// into `dir` (created if needed), overwriting earlier files.
     pub fn generate(dir: &Path) -> Result<Self> {
+        Self::generate_with_names(dir, &[])
+    }
+
+    /// [`PkiFiles::generate`] with `extra_names` (IP addresses or DNS names) added to the
+    /// serving certificate's SANs — a local node reaches the apiserver at its link address and
+    /// Pods at the `kubernetes` Service.
+    pub fn generate_with_names(dir: &Path, extra_names: &[String]) -> Result<Self> {
         std::fs::create_dir_all(dir)
             .map_err(|e| LocalError::io(format!("creating {}", dir.display()), e))?;
         let files = PkiFiles {
@@ -66,8 +73,9 @@ impl PkiFiles {
         let issuer = new_ca("harmony-local-ca", &files.ca_cert, &files.ca_key)?;
 
         let server_key = KeyPair::generate()?;
-        let mut server =
-            CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])?;
+        let mut names = vec!["127.0.0.1".to_owned(), "localhost".to_owned()];
+        names.extend(extra_names.iter().cloned());
+        let mut server = CertificateParams::new(names)?;
         server.distinguished_name = name("kube-apiserver", None);
         server.is_ca = IsCa::ExplicitNoCa;
         server.key_usages = vec![

@@ -29,10 +29,22 @@ use crate::local::process::{LOG_TAIL_LINES, ProcessSpec, SupervisedProcess};
 pub const CONTROLLERS: &str = "namespace-controller,garbage-collector-controller,\
 serviceaccount-controller,serviceaccount-token-controller,root-ca-certificate-publisher-controller";
 
-/// The service CIDR handed to kube-apiserver (no Service ever gets traffic here).
+/// Controllers added when a local node runs Pods (adr/0030): workloads, Services' endpoints,
+/// Pod garbage collection, the node lifecycle (it lifts the `not-ready` taint a kubelet
+/// registers with), and volumes: claims bound to hostPath volumes the controller-manager
+/// provisions itself (`--enable-hostpath-provisioner`, class `kubernetes.io/host-path`).
+pub const WORKLOAD_CONTROLLERS: &str = "deployment-controller,replicaset-controller,\
+statefulset-controller,daemonset-controller,job-controller,endpoints-controller,\
+endpointslice-controller,endpointslice-mirroring-controller,disruption-controller,\
+pod-garbage-collector-controller,ttl-after-finished-controller,node-lifecycle-controller,\
+persistentvolume-binder-controller,persistentvolume-protection-controller,\
+persistentvolumeclaim-protection-controller";
+
+/// The service CIDR handed to kube-apiserver (Services get traffic only on a local node).
 pub const SERVICE_CLUSTER_IP_RANGE: &str = "10.0.0.0/24";
 
-const CONTEXT: &str = "harmony-local";
+/// The kubeconfig context (and cluster) name of every local control plane.
+pub const CONTEXT: &str = "harmony-local";
 const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -57,6 +69,11 @@ pub struct ControlPlaneOptions {
     /// Start the servers so they can outlive this process (see
     /// [`LocalControlPlane::detach`]); off for tests, so a crashed run leaves nothing behind.
     pub detached: bool,
+    /// The host's address on a local node's link (adr/0030). When set, the apiserver also
+    /// listens there and advertises it (the `kubernetes` Service of in-cluster clients), its
+    /// certificate names it and the Service's ClusterIP, ServiceAccount admission is on, and
+    /// kube-scheduler plus the workload controllers run.
+    pub node_access: Option<std::net::Ipv4Addr>,
 }
 
 impl Default for ControlPlaneOptions {
@@ -69,6 +86,7 @@ impl Default for ControlPlaneOptions {
             controller_manager: true,
             extra_apiserver_args: Vec::new(),
             detached: false,
+            node_access: None,
         }
     }
 }
@@ -77,6 +95,7 @@ impl Default for ControlPlaneOptions {
 /// directory (unless the caller's directory was to be kept).
 #[derive(Debug)]
 pub struct LocalControlPlane {
+    scheduler: Option<SupervisedProcess>,
     controller_manager: Option<SupervisedProcess>,
     apiserver: Option<SupervisedProcess>,
     etcd: Option<SupervisedProcess>,
@@ -108,16 +127,36 @@ impl LocalControlPlane {
             None
         };
         let kubectl = options.bins.locate(bins::KUBECTL).ok();
+        let scheduler_bin = match options.node_access {
+            Some(_) => Some(options.bins.locate(bins::KUBE_SCHEDULER)?),
+            None => None,
+        };
 
         let dir = match &options.data_dir {
             Some(path) => DataDir::given(path, options.keep_data_dir)?,
             None => DataDir::temporary("cp")?,
         };
         let root = dir.path().to_owned();
-        let pki = PkiFiles::generate(&root.join("pki"))?;
+        let extra_names: Vec<String> = options
+            .node_access
+            .iter()
+            .map(ToString::to_string)
+            .chain(options.node_access.iter().flat_map(|_| {
+                [
+                    KUBERNETES_SERVICE_IP,
+                    "kubernetes",
+                    "kubernetes.default",
+                    "kubernetes.default.svc",
+                    "kubernetes.default.svc.cluster.local",
+                ]
+                .map(str::to_owned)
+            }))
+            .collect();
+        let pki = PkiFiles::generate_with_names(&root.join("pki"), &extra_names)?;
         let kubeconfig = root.join("kubeconfig");
 
         let mut plane = LocalControlPlane {
+            scheduler: None,
             controller_manager: None,
             apiserver: None,
             etcd: None,
@@ -148,6 +187,9 @@ impl LocalControlPlane {
 
         if let Some(kcm_bin) = kcm_bin {
             plane.start_controller_manager(&kcm_bin, &options).await?;
+        }
+        if let Some(bin) = scheduler_bin {
+            plane.start_scheduler(&bin, &options)?;
         }
 
         plane.startup_time = started.elapsed();
@@ -205,11 +247,16 @@ impl LocalControlPlane {
 
     /// `(name, pid)` of every running process, in start order.
     pub fn pids(&self) -> Vec<(String, u32)> {
-        [&self.etcd, &self.apiserver, &self.controller_manager]
-            .into_iter()
-            .flatten()
-            .map(|p| (p.name().to_owned(), p.pid()))
-            .collect()
+        [
+            &self.etcd,
+            &self.apiserver,
+            &self.controller_manager,
+            &self.scheduler,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|p| (p.name().to_owned(), p.pid()))
+        .collect()
     }
 
     /// A `kubectl` command (the cached one, same version as the apiserver) already pointed at
@@ -228,6 +275,7 @@ impl LocalControlPlane {
     /// then SIGKILL) and removes the data directory unless it is to be kept.
     pub async fn stop(mut self) {
         for process in [
+            &mut self.scheduler,
             &mut self.controller_manager,
             &mut self.apiserver,
             &mut self.etcd,
@@ -248,6 +296,7 @@ impl LocalControlPlane {
             self.etcd.take(),
             self.apiserver.take(),
             self.controller_manager.take(),
+            self.scheduler.take(),
         ]
         .into_iter()
         .flatten()
@@ -279,11 +328,6 @@ impl LocalControlPlane {
             )
             .args([
                 format!("--etcd-servers={}", self.etcd_url()),
-                "--bind-address=127.0.0.1".to_owned(),
-                // Mandatory here: these hosts have no default route to derive it from.
-                "--advertise-address=127.0.0.1".to_owned(),
-                // The `kubernetes` endpoints reconciler rejects a loopback address.
-                "--endpoint-reconciler-type=none".to_owned(),
                 format!("--secure-port={port}"),
                 format!(
                     "--cert-dir={}",
@@ -304,8 +348,6 @@ impl LocalControlPlane {
                 format!("--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}"),
                 "--authorization-mode=RBAC".to_owned(),
                 "--allow-privileged=true".to_owned(),
-                // As envtest: no token controller is needed for pods that never run.
-                "--disable-admission-plugins=ServiceAccount".to_owned(),
                 // Parallel tests on 2 cores otherwise get 429s from priority & fairness.
                 "--enable-priority-and-fairness=false".to_owned(),
                 "--max-requests-inflight=0".to_owned(),
@@ -315,6 +357,7 @@ impl LocalControlPlane {
                 "--feature-gates=WatchList=false".to_owned(),
                 "--profiling=false".to_owned(),
             ])
+            .args(node_apiserver_args(options.node_access))
             .args(options.extra_apiserver_args.iter().cloned())
             .stop_timeout(Duration::from_secs(15))
             .detached(options.detached);
@@ -358,7 +401,14 @@ impl LocalControlPlane {
         .args([
             format!("--kubeconfig={}", self.kubeconfig.display()),
             "--leader-elect=false".to_owned(),
-            format!("--controllers={CONTROLLERS}"),
+            match options.node_access {
+                Some(_) => format!("--controllers={CONTROLLERS},{WORKLOAD_CONTROLLERS}"),
+                None => format!("--controllers={CONTROLLERS}"),
+            },
+            format!(
+                "--enable-hostpath-provisioner={}",
+                options.node_access.is_some()
+            ),
             "--use-service-account-credentials=false".to_owned(),
             format!(
                 "--service-account-private-key-file={}",
@@ -383,9 +433,58 @@ impl LocalControlPlane {
     }
 }
 
+impl LocalControlPlane {
+    /// kube-scheduler (with a local node): no HTTPS endpoint, no leader election. Its readiness
+    /// shows when the node's first Pod is bound.
+    fn start_scheduler(&mut self, program: &Path, options: &ControlPlaneOptions) -> Result<()> {
+        let root = self.data_dir().to_owned();
+        let spec = ProcessSpec::new(
+            "kube-scheduler",
+            program,
+            root.join("logs/kube-scheduler.log"),
+        )
+        .args([
+            format!("--kubeconfig={}", self.kubeconfig.display()),
+            "--leader-elect=false".to_owned(),
+            "--secure-port=0".to_owned(),
+            "--feature-gates=WatchListClient=false".to_owned(),
+            "--profiling=false".to_owned(),
+        ])
+        .detached(options.detached);
+        self.scheduler = Some(SupervisedProcess::spawn(spec)?);
+        Ok(())
+    }
+}
+
+/// The ClusterIP of the `kubernetes` Service (first address of [`SERVICE_CLUSTER_IP_RANGE`]).
+pub const KUBERNETES_SERVICE_IP: &str = "10.0.0.1";
+
+/// The apiserver flags that differ with a local node: without one it stays on loopback (these
+/// hosts have no default route to derive an address from, and the `kubernetes` endpoints
+/// reconciler rejects a loopback address); with one it listens everywhere on this host and
+/// advertises the node link's host address, and Pods get service-account tokens.
+fn node_apiserver_args(node_access: Option<std::net::Ipv4Addr>) -> Vec<String> {
+    match node_access {
+        None => vec![
+            "--bind-address=127.0.0.1".to_owned(),
+            "--advertise-address=127.0.0.1".to_owned(),
+            "--endpoint-reconciler-type=none".to_owned(),
+            // As envtest: no token controller is needed for pods that never run.
+            "--disable-admission-plugins=ServiceAccount".to_owned(),
+        ],
+        Some(host) => vec![
+            "--bind-address=0.0.0.0".to_owned(),
+            format!("--advertise-address={host}"),
+            // The node's name resolves nowhere: logs and exec go to its InternalIP.
+            "--kubelet-preferred-address-types=InternalIP".to_owned(),
+        ],
+    }
+}
+
 impl Drop for LocalControlPlane {
     fn drop(&mut self) {
         for process in [
+            &mut self.scheduler,
             &mut self.controller_manager,
             &mut self.apiserver,
             &mut self.etcd,

@@ -13,6 +13,8 @@
 //! - [`nats`] — [`LocalNats`], [`LocalNatsCluster`] and the generated server configuration.
 //! - [`podman`] — the [`Podman`] CLI handle and the `localhost/fleet-demo` image.
 //! - [`netns`] — [`netns::DeviceNetwork`]: a network namespace per simulated device.
+//! - [`node`] — [`node::LocalNode`]: a kubelet + containerd node in a network namespace of its
+//!   own, with kube-proxy and CoreDNS.
 //! - [`supervisor`] — [`LocalSupervisor`]: named processes that die with their owner (tests) or
 //!   outlive it (a deploy tool's `up`), recognised again by the next run.
 //!
@@ -26,6 +28,7 @@ mod data_dir;
 mod error;
 pub mod nats;
 pub mod netns;
+pub mod node;
 pub mod podman;
 pub mod ports;
 pub mod probe;

@@ -13,6 +13,7 @@ use crate::capability::{K8sClient, ProcessSupervisor};
 use crate::interpret::{InterpretError, Outcome};
 use crate::local::bins::{self, BinLocator};
 use crate::local::control_plane::client_from_kubeconfig;
+use crate::local::node::{self, LocalNode, NodeOptions};
 use crate::local::{
     ControlPlaneOptions, LocalControlPlane, LocalError, LocalSupervisor, ProcessChange,
     ProcessSpec, ProcessStatus, SupervisionMode,
@@ -23,6 +24,14 @@ const NAME: &str = "LocalTopology";
 /// Names the control plane's processes are recorded under.
 const CONTROL_PLANE_PROCESSES: [&str; 3] =
     ["kube-controller-manager", "kube-apiserver", bins::ETCD];
+/// What runs besides with a node: the scheduler, then the node's processes.
+const NODE_STACK_PROCESSES: [&str; 5] = [
+    "kube-scheduler",
+    node::NODE_PROCESSES[0],
+    node::NODE_PROCESSES[1],
+    node::NODE_PROCESSES[2],
+    node::NODE_PROCESSES[3],
+];
 
 /// The local host as a topology.
 ///
@@ -34,6 +43,11 @@ pub struct LocalTopology {
     state_dir: PathBuf,
     bins: BinLocator,
     supervisor: LocalSupervisor,
+    /// Also run a real node (kubelet + containerd, adr/0030).
+    with_node: bool,
+    // Before the control plane: fields drop in order, and the node asks the API for its
+    // volumes while it stops.
+    node: OnceCell<Option<LocalNode>>,
     control_plane: OnceCell<ControlPlane>,
     client: OnceCell<kube::Client>,
 }
@@ -78,7 +92,32 @@ impl LocalTopology {
             supervisor,
             control_plane: OnceCell::new(),
             client: OnceCell::new(),
+            with_node: false,
+            node: OnceCell::new(),
         })
+    }
+
+    /// Also start a real node (kubelet, containerd, CNI, kube-proxy, CoreDNS; adr/0030) and
+    /// kube-scheduler with the workload controllers, so Pods run: the cluster Scores then work
+    /// against [`LocalTopology::kubeconfig_path`] through `K8sAnywhereTopology`.
+    pub fn with_node(mut self) -> Self {
+        self.with_node = true;
+        self
+    }
+
+    /// The node's name (also its network namespace's) for this state directory.
+    pub fn node_name(&self) -> String {
+        node::node_name(&self.state_dir)
+    }
+
+    /// Where the node keeps its configuration, containerd data and logs.
+    pub fn node_dir(&self) -> PathBuf {
+        self.state_dir.join("node")
+    }
+
+    /// The node, when this topology owns it (tests: to import images, read its startup time).
+    pub fn owned_node(&self) -> Option<&LocalNode> {
+        self.node.get().and_then(Option::as_ref)
     }
 
     /// Where the control plane keeps its certificates, data and kubeconfig.
@@ -117,7 +156,18 @@ impl LocalTopology {
     /// Stops every process this topology (or an earlier run on the same state directory)
     /// started, latest first. Returns the names of those that were running.
     pub async fn down(&self) -> Result<Vec<String>, LocalError> {
-        self.supervisor.stop_all().await
+        let mut stopped = Vec::new();
+        if self.node_dir().exists() {
+            stopped = node::stop_detached(
+                &self.supervisor,
+                &self.bins,
+                &self.node_name(),
+                &self.node_dir(),
+            )
+            .await?;
+        }
+        stopped.extend(self.supervisor.stop_all().await?);
+        Ok(stopped)
     }
 
     fn not_ready(&self, reason: String, source: LocalError) -> InterpretError {
@@ -140,8 +190,14 @@ impl LocalTopology {
     /// A control plane started by an earlier run, if all of it still runs and answers.
     async fn running_control_plane(&self) -> Option<PathBuf> {
         let kubeconfig = self.kubeconfig_path();
+        let node_processes: &[&str] = if self.with_node {
+            &NODE_STACK_PROCESSES
+        } else {
+            &[]
+        };
         let all_running = CONTROL_PLANE_PROCESSES
             .iter()
+            .chain(node_processes)
             .all(|name| self.supervisor.status(name).is_some_and(|s| s.running));
         if !all_running || !kubeconfig.is_file() {
             return None;
@@ -164,7 +220,26 @@ impl LocalTopology {
         }
         // Leftovers of a plane that no longer answers: stop them and start from scratch (new
         // certificates make old client credentials useless anyway).
-        for name in CONTROL_PLANE_PROCESSES {
+        if self.node_dir().exists() {
+            node::stop_detached(
+                &self.supervisor,
+                &self.bins,
+                &self.node_name(),
+                &self.node_dir(),
+            )
+            .await
+            .map_err(|e| self.not_ready("stopping a stale node".to_owned(), e))?;
+            std::fs::remove_dir_all(self.node_dir()).map_err(|e| {
+                self.not_ready(
+                    "removing the stale node".to_owned(),
+                    LocalError::io(format!("removing {}", self.node_dir().display()), e),
+                )
+            })?;
+        }
+        for name in CONTROL_PLANE_PROCESSES
+            .iter()
+            .chain(["kube-scheduler"].iter())
+        {
             self.supervisor
                 .stop(name)
                 .await
@@ -182,21 +257,59 @@ impl LocalTopology {
                 )
             })?;
         }
+        let layout = match self.with_node {
+            true => Some(
+                LocalNode::prepare_network(&self.node_name(), &self.node_dir())
+                    .await
+                    .map_err(|e| self.not_ready("the node's network was not made".to_owned(), e))?,
+            ),
+            false => None,
+        };
         let plane = LocalControlPlane::start(ControlPlaneOptions {
             data_dir: Some(dir),
             keep_data_dir: detached,
             bins: self.bins.clone(),
             detached,
+            node_access: layout.as_ref().map(|l| l.host_ip),
             ..ControlPlaneOptions::default()
         })
         .await
         .map_err(|e| self.not_ready("the local control plane did not start".to_owned(), e))?;
-        let outcome = Outcome::success(format!(
+        let mut message = format!(
             "local control plane started in {:.1}s (kubeconfig {})",
             plane.startup_time().as_secs_f64(),
             plane.kubeconfig_path().display()
-        ));
+        );
+        let node = match layout {
+            Some(layout) => {
+                let started = LocalNode::start(
+                    layout,
+                    NodeOptions {
+                        name: self.node_name(),
+                        data_dir: self.node_dir(),
+                        keep_data_dir: detached,
+                        bins: self.bins.clone(),
+                        admin_kubeconfig: plane.kubeconfig_path().to_owned(),
+                        ready_timeout: Duration::from_secs(120),
+                        detached,
+                    },
+                )
+                .await
+                .map_err(|e| self.not_ready("the local node did not start".to_owned(), e))?;
+                message.push_str(&format!(
+                    "; node {} Ready in {:.1}s (node IP {}, pods {})",
+                    started.layout().name,
+                    started.startup_time().as_secs_f64(),
+                    started.layout().node_ip,
+                    started.layout().pod_cidr()
+                ));
+                Some(started)
+            }
+            None => None,
+        };
+        let outcome = Outcome::success(message);
         if !detached {
+            let _ = self.node.set(node);
             return Ok((ControlPlane::Owned(Box::new(plane)), outcome));
         }
         let kubeconfig = plane.kubeconfig_path().to_owned();
@@ -205,6 +318,14 @@ impl LocalTopology {
             self.supervisor
                 .adopt(&name, pid, &logs.join(format!("{name}.log")))
                 .map_err(|e| self.not_ready(format!("recording {name}"), e))?;
+        }
+        if let Some(node) = node {
+            let logs = node.layout().logs_dir();
+            for (name, pid) in node.detach() {
+                self.supervisor
+                    .adopt(&name, pid, &logs.join(format!("{name}.log")))
+                    .map_err(|e| self.not_ready(format!("recording {name}"), e))?;
+            }
         }
         Ok((ControlPlane::Detached { kubeconfig }, outcome))
     }
