@@ -19,10 +19,9 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use futures::{StreamExt, stream};
 use harmony::local::{LocalNats, NatsOptions};
-use harmony_fleet_contracts::buckets;
 use harmony_fleet_contracts::keys;
 use harmony_fleet_contracts::state::{DeploymentState, Phase};
-use harmony_fleet_operator::kv::{FleetKv, ensure_bucket};
+use harmony_fleet_operator::kv::FleetKv;
 use harmony_fleet_operator::service::FleetService;
 use harmony_fleet_operator::service::real::{RealFleetService, RealOptions};
 use harmony_fleet_operator::web::boundary::{AllowedHosts, CsrfToken};
@@ -102,16 +101,9 @@ pub async fn run(opts: &DashboardOptions) -> Result<Table> {
     let client = async_nats::connect(nats.url())
         .await
         .map_err(|e| Error::nats("connecting the bench client", e))?;
-    // One key per device in `device-info` and `device-heartbeat`: their byte limits are sized
-    // for the simulated fleet. `device-state` keeps the default capacity (sized for 100k
-    // devices its 64-deployment budget would reserve more disk than this machine has); the
-    // bench writes one report per hundred devices.
-    let js = async_nats::jetstream::new(client.clone());
-    let capacity = (opts.devices as u64).max(buckets::DEFAULT_FLEET_CAPACITY);
-    for spec in [&buckets::DEVICE_INFO_SPEC, &buckets::DEVICE_HEARTBEAT_SPEC] {
-        ensure_bucket(&js, spec, 1, capacity).await?;
-    }
-    let kv = FleetKv::open(client.clone(), true).await?;
+    // The bench writes one report per hundred devices: `device-state` at the default capacity
+    // is enough (see `fleet_buckets`).
+    let kv = crate::sim::fleet_buckets(client.clone(), opts.devices).await?;
 
     let mut config = SimConfig::new(nats.url(), opts.devices);
     config.sites = opts.sites;

@@ -344,15 +344,22 @@ pub async fn watch_from_start(
     Ok(head.chain(body))
 }
 
-/// Spawns a task that forwards a bucket watch into `tx` (mapped by `wrap`). Transient watch
-/// errors are logged; the task ends when the receiver is gone or the watch ends.
-pub fn forward<T: Send + 'static>(
-    events: impl Stream<Item = Result<KvEvent>> + Send + 'static,
+/// Spawns a task that forwards a watch (a KV bucket's, or a Kubernetes watcher's) into `tx`,
+/// mapped by `wrap`. Transient errors are logged and counted as `errors_total{kind}`: both
+/// watches resume by themselves. The task ends when the receiver is gone or the watch ends.
+pub fn forward<I, E, T>(
+    events: impl Stream<Item = std::result::Result<I, E>> + Send + 'static,
     tx: mpsc::Sender<T>,
-    wrap: impl Fn(KvEvent) -> T + Send + 'static,
-    bucket: &'static str,
+    wrap: impl Fn(I) -> T + Send + 'static,
+    what: &'static str,
+    error_kind: &'static str,
     metrics: Metrics,
-) -> tokio::task::JoinHandle<()> {
+) -> tokio::task::JoinHandle<()>
+where
+    I: Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+    T: Send + 'static,
+{
     tokio::spawn(async move {
         let mut events = std::pin::pin!(events);
         while let Some(event) = events.next().await {
@@ -363,12 +370,12 @@ pub fn forward<T: Send + 'static>(
                     }
                 }
                 Err(e) => {
-                    metrics.error("kv_watch");
-                    tracing::warn!(bucket, error = %e, "KV watch error; the ordered consumer resumes by itself")
+                    metrics.error(error_kind);
+                    tracing::warn!(watch = what, error = %e, "watch error; it resumes by itself")
                 }
             }
         }
-        tracing::error!(bucket, "KV watch ended");
+        tracing::error!(watch = what, "watch ended");
     })
 }
 

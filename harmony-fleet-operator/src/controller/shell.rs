@@ -127,6 +127,7 @@ pub async fn start(
                 tx.clone(),
                 Input::Desired,
                 "desired-state",
+                "kv_watch",
                 metrics.clone(),
             ),
         ));
@@ -164,6 +165,7 @@ pub async fn start(
             tx.clone(),
             Input::Info,
             "device-info",
+            "kv_watch",
             metrics.clone(),
         ),
     ));
@@ -174,6 +176,7 @@ pub async fn start(
             tx.clone(),
             Input::State,
             "device-state",
+            "kv_watch",
             metrics.clone(),
         ),
     ));
@@ -184,6 +187,7 @@ pub async fn start(
             tx.clone(),
             Input::Heartbeat,
             "device-heartbeat",
+            "kv_watch",
             metrics.clone(),
         ),
     ));
@@ -274,22 +278,8 @@ where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
     K::DynamicType: Default + Eq + std::hash::Hash + Clone,
 {
-    tokio::spawn(async move {
-        let mut events = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(event) => {
-                    if tx.send(wrap(event)).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    metrics.error("kube_watch");
-                    tracing::warn!(resource = what, error = %e, "watch error; retrying with backoff")
-                }
-            }
-        }
-    })
+    let events = watcher(api, watcher::Config::default()).default_backoff();
+    kv::forward(events, tx, wrap, what, "kube_watch", metrics)
 }
 
 /// The loop: one input at a time, each with every outcome of its effects, then the next.

@@ -11,8 +11,6 @@ pub struct LeaseRecord {
     pub duration: Duration,
     /// `metadata.resourceVersion`: any write changes it.
     pub version: Option<String>,
-    /// `spec.leaseTransitions`.
-    pub transitions: i32,
 }
 
 /// What to do next.
@@ -93,7 +91,6 @@ mod tests {
             holder: by.map(str::to_owned),
             duration: Duration::from_secs(10),
             version: Some(version.to_owned()),
-            transitions: 0,
         }
     }
 

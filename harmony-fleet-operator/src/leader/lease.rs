@@ -55,12 +55,14 @@ impl Elector {
                     tracing::info!(lease = %self.config.name, namespace = %self.config.namespace, identity = %self.config.identity, "elected leader");
                     return lease;
                 }
-                Ok(Err(holder)) => {
+                // An empty holder: lost a race to write the Lease; read it again.
+                Ok(Err(holder)) if !holder.is_empty() => {
                     if last_holder.as_deref() != Some(holder.as_str()) {
                         tracing::info!(%holder, lease = %self.config.name, "following the leader (standby: caches warm, no writes)");
                         last_holder = Some(holder);
                     }
                 }
+                Ok(Err(_)) => {}
                 Err(e) => {
                     self.metrics.error("lease");
                     tracing::warn!(error = %e, lease = %self.config.name, "reading or taking the Lease failed; retrying");
@@ -253,6 +255,5 @@ fn record(lease: &Lease) -> LeaseRecord {
                 .unwrap_or(0),
         ),
         version: lease.metadata.resource_version.clone(),
-        transitions: spec.lease_transitions.unwrap_or(0),
     }
 }
