@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
+use harmony::local::LocalNats;
 use harmony::local::probe;
-use harmony::local::{LocalNats, NatsOptions};
 use harmony_fleet_contracts::canonical::ContentHash;
 use harmony_fleet_contracts::notice::{self, DesiredIndex};
 use harmony_fleet_contracts::{DeploymentName, DeviceId, keys};
@@ -102,7 +102,7 @@ pub async fn run_one(
     n: usize,
     row: &mut [String],
 ) -> Result<()> {
-    let mut nats = LocalNats::start(NatsOptions::default()).await?;
+    let mut nats = LocalNats::start(crate::sim::nats_options(n)).await?;
     let pid = nats.pid().unwrap_or(0);
     let monitor = monitor_addr(&nats)?;
     let client = async_nats::connect(nats.url())

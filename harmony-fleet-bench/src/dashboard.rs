@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use futures::{StreamExt, stream};
-use harmony::local::{LocalNats, NatsOptions};
+use harmony::local::LocalNats;
 use harmony_fleet_contracts::keys;
 use harmony_fleet_contracts::state::{DeploymentState, Phase};
 use harmony_fleet_operator::kv::FleetKv;
@@ -97,7 +97,7 @@ pub async fn run(opts: &DashboardOptions) -> Result<Table> {
         ));
     }
     let cp = ControlPlane::start().await?;
-    let nats = LocalNats::start(NatsOptions::default()).await?;
+    let nats = LocalNats::start(crate::sim::nats_options(opts.devices)).await?;
     let client = async_nats::connect(nats.url())
         .await
         .map_err(|e| Error::nats("connecting the bench client", e))?;

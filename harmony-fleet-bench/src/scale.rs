@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
-use harmony::local::{ControlPlaneOptions, LocalControlPlane, LocalNats, NatsOptions};
+use harmony::local::{ControlPlaneOptions, LocalControlPlane, LocalNats};
 use harmony_fleet_contracts::payload::{PodmanV0, ReconcileScore, Service};
 use harmony_fleet_operator::crd::{self, Deployment};
 use k8s_openapi::api::core::v1::Namespace;
@@ -276,7 +276,7 @@ pub async fn run_pair(
     row: &mut ScaleRow,
 ) -> Result<()> {
     let deadline = opts.phase_timeout;
-    let nats = LocalNats::start(NatsOptions::default()).await?;
+    let nats = LocalNats::start(crate::sim::nats_options(n)).await?;
     let nats_pid = nats.pid().unwrap_or(0);
     let client = async_nats::connect(nats.url())
         .await

@@ -130,21 +130,33 @@ impl SimConfig {
     }
 }
 
-/// Opens the fleet buckets; `device-info` and `device-heartbeat` are created sized for
-/// `devices` (adr/0018: their byte limits follow the fleet capacity, and the default, 10k,
-/// refuses a larger simulated fleet's writes with "maximum bytes exceeded"). The others keep
-/// the default capacity: sized for 100k, `device-state` alone asks more storage than a
-/// single test server has ("insufficient storage resources available").
+/// Devices a simulated fleet of `devices` sizes its buckets for: the fleet, at least the
+/// default capacity.
+pub fn capacity_for(devices: usize) -> u64 {
+    (devices as u64).max(buckets::DEFAULT_FLEET_CAPACITY)
+}
+
+/// A local nats-server whose JetStream storage holds the buckets of a fleet of `devices`
+/// ([`buckets::jetstream_storage_bytes`]; their byte limits are reservations the server must
+/// fit, adr/0018).
+pub fn nats_options(devices: usize) -> harmony::local::NatsOptions {
+    harmony::local::NatsOptions {
+        max_file_store: Some(buckets::jetstream_storage_bytes(capacity_for(devices))),
+        ..harmony::local::NatsOptions::default()
+    }
+}
+
+/// Opens the fleet buckets, creating them sized for `devices` (adr/0018: the byte limits of
+/// the agent-written ones follow the fleet capacity, and the default, 10k, refuses a larger
+/// simulated fleet's writes with "maximum bytes exceeded"). The server must have the storage
+/// ([`nats_options`]).
 pub async fn fleet_buckets(
     client: async_nats::Client,
     devices: usize,
 ) -> Result<harmony_fleet_operator::kv::FleetKv> {
     let js = jetstream::new(client.clone());
-    let capacity = (devices as u64).max(buckets::DEFAULT_FLEET_CAPACITY);
-    for spec in [&buckets::DEVICE_INFO_SPEC, &buckets::DEVICE_HEARTBEAT_SPEC] {
-        harmony_fleet_operator::kv::ensure_bucket(&js, spec, 1, capacity).await?;
-    }
-    Ok(harmony_fleet_operator::kv::FleetKv::open(client, true).await?)
+    harmony_fleet_operator::kv::ensure_buckets(&js, 1, capacity_for(devices)).await?;
+    Ok(harmony_fleet_operator::kv::FleetKv::open(client, false).await?)
 }
 
 /// The id of simulated device `index`.

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use harmony::local::{LocalNats, NatsOptions};
+use harmony::local::LocalNats;
 
 use crate::error::{Error, Result};
 use crate::procstat;
@@ -57,7 +57,7 @@ pub const COLUMNS: [&str; 16] = [
 
 /// Runs the write budget; fills `row` as it goes.
 pub async fn run_one(opts: &WriteOptions, row: &mut [String]) -> Result<()> {
-    let nats = LocalNats::start(NatsOptions::default()).await?;
+    let nats = LocalNats::start(crate::sim::nats_options(opts.devices)).await?;
     let pid = nats.pid().unwrap_or(0);
     let client = async_nats::connect(nats.url())
         .await

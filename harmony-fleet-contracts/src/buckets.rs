@@ -58,10 +58,14 @@ pub struct BucketSpec {
     /// always enables rollups, so deploy code must create or update these streams with
     /// rollups off.
     pub allow_rollup: bool,
-    /// Keys one device may hold in an agent-written bucket, with [`Self::max_value_size`]
-    /// each: its byte budget there (see [`Self::max_bytes`]). 0 on operator-written buckets,
+    /// Keys one device may hold in an agent-written bucket. 0 on operator-written buckets,
     /// which have no byte limit, so device writes never compete with the operator's.
     pub keys_per_device: u32,
+    /// What the bucket's byte limit budgets per key on average (bytes; see
+    /// [`Self::max_bytes`]). One value may be as large as [`Self::max_value_size`], but every
+    /// device holding all its keys at that size is not a fleet anyone runs: budgeting for it
+    /// reserved ~1 MiB per device, more JetStream storage than small servers have.
+    pub budget_value_size: i32,
 }
 
 /// Devices a fleet's buckets are sized for when the installer does not say (the stream byte
@@ -75,17 +79,44 @@ pub const MAX_DEPLOYMENTS_PER_DEVICE: u32 = 64;
 /// generous for the fleet's keys of at most ~330 bytes and KV headers).
 pub const STORED_OVERHEAD_BYTES: i64 = 512;
 
+/// Room [`jetstream_storage_bytes`] leaves per device for the operator's `desired-state`
+/// (no byte limit of its own): 32 deployments of ~1 KiB each.
+pub const DESIRED_STATE_ROOM_PER_DEVICE: u64 = 32 * 1024;
+
+const GIB: u64 = 1024 * 1024 * 1024;
+
+/// What the agent-written buckets of a fleet of `capacity` devices reserve on each server
+/// holding a replica (the sum of their [`BucketSpec::max_bytes`]). JetStream refuses to create
+/// a stream whose limit does not fit the server's file storage (`max_file_store`) next to
+/// what other streams reserve.
+pub fn device_reservation_bytes(capacity: u64) -> u64 {
+    ALL.iter()
+        .map(|spec| u64::try_from(spec.max_bytes(capacity)).unwrap_or(0))
+        .fold(0, u64::saturating_add)
+}
+
+/// The JetStream file storage (`max_file_store`, and a cluster's volume size) a server needs for
+/// a fleet of `capacity` devices: the device buckets' reservation plus
+/// [`DESIRED_STATE_ROOM_PER_DEVICE`], rounded up to whole GiB (at least 1 GiB). 10,000 devices:
+/// 2 GiB.
+pub fn jetstream_storage_bytes(capacity: u64) -> u64 {
+    let wanted = device_reservation_bytes(capacity)
+        .saturating_add(capacity.saturating_mul(DESIRED_STATE_ROOM_PER_DEVICE));
+    wanted.div_ceil(GIB).max(1).saturating_mul(GIB)
+}
+
 impl BucketSpec {
     /// The stream's byte limit (`max_bytes`) for a fleet of `capacity` devices: every device
-    /// holding its whole budget ([`Self::keys_per_device`] values of [`Self::max_value_size`])
-    /// fits, and nothing beyond. `-1` (no limit) on operator-written buckets: they are a
+    /// holding its whole budget ([`Self::keys_per_device`] values of
+    /// [`Self::budget_value_size`] on average, plus JetStream's overhead) fits, and nothing
+    /// beyond. `-1` (no limit) on operator-written buckets: they are a
     /// separate stream, so a device filling its buckets never blocks the operator's writes.
     pub fn max_bytes(&self, capacity: u64) -> i64 {
         if self.writer == Writer::Operator || self.keys_per_device == 0 {
             return -1;
         }
         let per_device = i64::from(self.keys_per_device)
-            * (i64::from(self.max_value_size) + STORED_OVERHEAD_BYTES);
+            * (i64::from(self.budget_value_size) + STORED_OVERHEAD_BYTES);
         i64::try_from(capacity.max(1))
             .unwrap_or(i64::MAX)
             .saturating_mul(per_device)
@@ -103,6 +134,7 @@ pub const DESIRED_STATE_SPEC: BucketSpec = BucketSpec {
     allow_direct: true,
     allow_rollup: true,
     keys_per_device: 0,
+    budget_value_size: 0,
 };
 
 /// `device-info`: labels and inventory per device.
@@ -116,6 +148,7 @@ pub const DEVICE_INFO_SPEC: BucketSpec = BucketSpec {
     allow_direct: true,
     allow_rollup: false,
     keys_per_device: 1,
+    budget_value_size: 4 * 1024,
 };
 
 /// `device-state`: phase of each deployment on each device.
@@ -129,6 +162,7 @@ pub const DEVICE_STATE_SPEC: BucketSpec = BucketSpec {
     allow_direct: true,
     allow_rollup: false,
     keys_per_device: MAX_DEPLOYMENTS_PER_DEVICE,
+    budget_value_size: 1024,
 };
 
 /// `device-heartbeat`: liveness per device.
@@ -142,6 +176,7 @@ pub const DEVICE_HEARTBEAT_SPEC: BucketSpec = BucketSpec {
     allow_direct: true,
     allow_rollup: false,
     keys_per_device: 1,
+    budget_value_size: 256,
 };
 
 /// Every fleet bucket, in a stable order.
@@ -210,11 +245,43 @@ mod tests {
         // One heartbeat key per device: 256 B + overhead, times the fleet.
         assert_eq!(DEVICE_HEARTBEAT_SPEC.max_bytes(1_000), 1_000 * (256 + 512));
         let state = DEVICE_STATE_SPEC.max_bytes(10);
-        assert_eq!(state, 10 * 64 * (16 * 1024 + 512));
+        assert_eq!(state, 10 * 64 * (1024 + 512));
         assert_eq!(DEVICE_STATE_SPEC.max_bytes(20), 2 * state);
         // A zero capacity still lets one device in; a huge one saturates.
         assert_eq!(DEVICE_INFO_SPEC.max_bytes(0), DEVICE_INFO_SPEC.max_bytes(1));
         assert_eq!(DEVICE_INFO_SPEC.max_bytes(u64::MAX), i64::MAX);
+    }
+
+    #[test]
+    fn a_default_fleet_fits_a_small_server() {
+        // 10,000 devices reserve ~1 GB for their buckets and ask 2 GiB of JetStream storage:
+        // a Pi-class server or a 2 GiB volume holds it, whatever the disk's free space.
+        let reserved = device_reservation_bytes(DEFAULT_FLEET_CAPACITY);
+        assert!(reserved < 1_100_000_000, "{reserved}");
+        assert_eq!(jetstream_storage_bytes(DEFAULT_FLEET_CAPACITY), 2 * GIB);
+        assert_eq!(jetstream_storage_bytes(0), GIB);
+        // Storage grows with the fleet and always holds the reservation.
+        for capacity in [1, 100, 100_000, 1_000_000] {
+            assert!(jetstream_storage_bytes(capacity) > device_reservation_bytes(capacity));
+        }
+        assert_eq!(jetstream_storage_bytes(u64::MAX), u64::MAX);
+    }
+
+    #[test]
+    fn budgets_never_exceed_the_largest_value() {
+        for spec in ALL {
+            assert!(
+                spec.budget_value_size <= spec.max_value_size,
+                "{}",
+                spec.name
+            );
+            assert_eq!(
+                spec.budget_value_size == 0,
+                spec.keys_per_device == 0,
+                "{}",
+                spec.name
+            );
+        }
     }
 
     #[test]

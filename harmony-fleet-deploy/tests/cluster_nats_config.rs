@@ -160,6 +160,41 @@ async fn the_cluster_configuration_runs_on_a_real_nats_server() {
         .await
         .expect("put");
 
+    // The servers' storage is what the volume holds (2 GiB for the default fleet), whatever
+    // the disk's free space; a fleet it cannot hold is refused with what to change.
+    let volume = objects.statefulset.spec.as_ref().and_then(|spec| {
+        spec.volume_claim_templates.as_ref()?[0]
+            .spec
+            .as_ref()?
+            .resources
+            .as_ref()?
+            .requests
+            .as_ref()?
+            .get("storage")
+            .cloned()
+    });
+    assert_eq!(volume.map(|q| q.0), Some(score.storage_bytes().to_string()));
+    assert_eq!(score.storage_bytes(), 2 << 30);
+    let conf = text(&objects.config, "nats.conf");
+    assert!(
+        conf.contains(&format!("max_file_store: {}", 2u64 << 30)),
+        "{conf}"
+    );
+    let too_big = harmony_fleet_operator::kv::ensure_buckets(
+        &async_nats::jetstream::new(client.clone()),
+        1,
+        10_000_000,
+    )
+    .await
+    .expect_err("ten million devices do not fit 2 GiB");
+    let message = too_big.to_string();
+    assert!(
+        matches!(too_big, harmony_fleet_operator::Error::Storage { .. })
+            && message.contains("device-info")
+            && message.contains("--fleet-capacity"),
+        "{message}"
+    );
+
     // The agents' bootstrap identity: it may ask to enroll, and read nothing.
     let (tx, mut violations) = tokio::sync::mpsc::unbounded_channel();
     let watching = ConnectOptions::new()

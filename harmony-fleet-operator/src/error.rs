@@ -26,6 +26,24 @@ pub enum Error {
         #[source]
         source: BoxError,
     },
+    /// nats-server refused a bucket's byte limit: it does not fit the server's JetStream file
+    /// storage next to what other streams reserve.
+    #[error(
+        "NATS refused to reserve {reserved} bytes for bucket `{bucket}` (sized for a fleet of {capacity} devices): its JetStream file storage is full of reservations; give nats-server more (`max_file_store`; FleetNatsScore `storage`, the volume on a cluster; {wanted} bytes fit this fleet) or lower the fleet capacity (--fleet-capacity)"
+    )]
+    Storage {
+        /// The bucket.
+        bucket: String,
+        /// Its stream's byte limit.
+        reserved: i64,
+        /// The fleet capacity it was sized for.
+        capacity: u64,
+        /// The storage the fleet's buckets need ([`harmony_fleet_contracts::buckets::jetstream_storage_bytes`]).
+        wanted: u64,
+        /// The server's answer.
+        #[source]
+        source: BoxError,
+    },
     /// A fleet KV bucket is missing.
     #[error(
         "KV bucket `{bucket}` does not exist: install NATS with harmony-fleet-deploy (FleetNatsScore) or start the operator with --create-buckets"
@@ -133,7 +151,10 @@ impl Error {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Kube { .. } => "kube",
-            Self::Nats { .. } | Self::MissingBucket { .. } | Self::WatchEnded { .. } => "nats",
+            Self::Nats { .. }
+            | Self::Storage { .. }
+            | Self::MissingBucket { .. }
+            | Self::WatchEnded { .. } => "nats",
             Self::Serialize { .. } | Self::Yaml(_) => "serialize",
             Self::Config(_) | Self::Bind { .. } => "config",
             Self::Credential { .. } => "credential",

@@ -229,7 +229,7 @@ pub async fn ensure_bucket(
             }
             js.update_stream(&wanted)
                 .await
-                .map_err(|e| Error::nats(context("updating"), e))?;
+                .map_err(|e| stream_error(spec, capacity, &wanted, context("updating"), e))?;
             Ok(BucketChange::Updated)
         }
         Err(e)
@@ -239,12 +239,37 @@ pub async fn ensure_bucket(
                     if js_error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
             ) =>
         {
-            js.create_stream(wanted)
+            js.create_stream(&wanted)
                 .await
-                .map_err(|e| Error::nats(context("creating"), e))?;
+                .map_err(|e| stream_error(spec, capacity, &wanted, context("creating"), e))?;
             Ok(BucketChange::Created)
         }
         Err(e) => Err(Error::nats(context("looking up"), e)),
+    }
+}
+
+/// A refused stream create or update; a byte limit the server's storage cannot hold is
+/// [`Error::Storage`], which says what to change.
+fn stream_error(
+    spec: &BucketSpec,
+    capacity: u64,
+    wanted: &jetstream::stream::Config,
+    context: String,
+    e: jetstream::context::CreateStreamError,
+) -> Error {
+    match e.kind() {
+        jetstream::context::CreateStreamErrorKind::JetStream(ref js_error)
+            if js_error.error_code() == jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED =>
+        {
+            Error::Storage {
+                bucket: spec.name.to_owned(),
+                reserved: wanted.max_bytes,
+                capacity,
+                wanted: buckets::jetstream_storage_bytes(capacity),
+                source: e.into(),
+            }
+        }
+        _ => Error::nats(context, e),
     }
 }
 

@@ -65,7 +65,9 @@ impl NatsServer {
         let port = free_port();
         let store = dir.path().join("js");
         let mut config = format!(
-            "listen: \"127.0.0.1:{port}\"\njetstream {{\n  store_dir: \"{}\"\n}}\n",
+            // Storage fixed, not nats-server's 75% of free disk: the buckets' byte limits
+            // must fit it on every machine (adr/0042).
+            "listen: \"127.0.0.1:{port}\"\njetstream {{\n  store_dir: \"{}\"\n  max_file_store: 4GB\n}}\n",
             store.display()
         );
         if let Some(auth) = authorization {

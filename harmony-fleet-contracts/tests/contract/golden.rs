@@ -85,6 +85,7 @@ type PinnedSpec = (
     bool,
     bool,
     u32,
+    i32,
 );
 
 #[test]
@@ -101,6 +102,7 @@ fn bucket_specs_are_pinned() {
                 s.allow_direct,
                 s.allow_rollup,
                 s.keys_per_device,
+                s.budget_value_size,
             )
         })
         .collect();
@@ -115,6 +117,7 @@ fn bucket_specs_are_pinned() {
                 262_144,
                 true,
                 true,
+                0,
                 0
             ),
             (
@@ -125,7 +128,8 @@ fn bucket_specs_are_pinned() {
                 65_536,
                 true,
                 false,
-                1
+                1,
+                4096
             ),
             (
                 "device-state",
@@ -135,7 +139,8 @@ fn bucket_specs_are_pinned() {
                 16_384,
                 true,
                 false,
-                64
+                64,
+                1024
             ),
             (
                 "device-heartbeat",
@@ -145,7 +150,8 @@ fn bucket_specs_are_pinned() {
                 256,
                 true,
                 false,
-                1
+                1,
+                256
             ),
         ]
     );

@@ -88,6 +88,7 @@ pub fn objects(
         port: CLIENT_PORT,
         monitor_port: MONITOR_PORT,
         store_dir: Path::new("/data/jetstream"),
+        max_file_store: Some(score.storage_bytes()),
         cluster: cluster.as_ref(),
         auth: Some(&auth),
         tls: Some(&tls),
@@ -251,7 +252,7 @@ pub fn objects(
                         resources: Some(VolumeResourceRequirements {
                             requests: Some(BTreeMap::from([(
                                 "storage".to_owned(),
-                                Quantity("1Gi".into()),
+                                Quantity(score.storage_bytes().to_string()),
                             )])),
                             ..VolumeResourceRequirements::default()
                         }),
@@ -264,6 +265,50 @@ pub fn objects(
             ..StatefulSet::default()
         },
     })
+}
+
+/// The volume size of the installed StatefulSet's servers, if it exists and says one.
+async fn installed_volume_bytes(
+    client: &kube::Client,
+    namespace: &str,
+) -> Result<Option<u64>, InterpretError> {
+    let api: kube::Api<StatefulSet> = kube::Api::namespaced(client.clone(), namespace);
+    let set = api.get_opt(SERVICE).await.map_err(|e| {
+        InterpretError::failed(format!(
+            "reading StatefulSet {namespace}/{SERVICE}: {e}; check the kubeconfig's access"
+        ))
+    })?;
+    Ok(set
+        .and_then(|set| set.spec)
+        .and_then(|spec| spec.volume_claim_templates)
+        .and_then(|claims| claims.into_iter().next())
+        .and_then(|claim| claim.spec)
+        .and_then(|spec| spec.resources)
+        .and_then(|resources| resources.requests)
+        .and_then(|requests| requests.get("storage").cloned())
+        .and_then(|quantity| quantity_bytes(&quantity.0)))
+}
+
+/// Bytes of a Kubernetes storage quantity (`2147483648`, `2Gi`, `500M`); `None` for forms a
+/// volume size does not take (fractions, exponents, milli).
+pub fn quantity_bytes(quantity: &str) -> Option<u64> {
+    let split = quantity
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(quantity.len());
+    let (digits, suffix) = quantity.split_at(split);
+    let unit: u64 = match suffix {
+        "" => 1,
+        "k" => 1_000,
+        "M" => 1_000_000,
+        "G" => 1_000_000_000,
+        "T" => 1_000_000_000_000,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        "Ti" => 1 << 40,
+        _ => return None,
+    };
+    digits.parse::<u64>().ok()?.checked_mul(unit)
 }
 
 /// The URLs clients in the cluster use (TLS required).
@@ -317,6 +362,21 @@ pub(super) async fn deploy(
             trust.bootstrap_secret(),
         )
         .await?;
+    let kept;
+    let score = match installed_volume_bytes(&client, ns).await? {
+        Some(bytes) if bytes != score.storage_bytes() => {
+            applier.note(format!(
+                "the servers keep their {bytes}-byte volumes ({} asked): a StatefulSet's volume claims cannot change; to grow them, resize the PVCs data-{SERVICE}-* and set `storage` to match",
+                score.storage_bytes()
+            ));
+            kept = FleetNatsScore {
+                storage: Some(bytes),
+                ..score.clone()
+            };
+            &kept
+        }
+        _ => score,
+    };
     let objects = objects(score, &trust)?;
     applier.apply(&client, &objects.config).await?;
     applier.apply(&client, &objects.headless).await?;
@@ -336,4 +396,21 @@ pub(super) async fn deploy(
         score.replicas.count(),
         trust_cluster::CA_SECRET,
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantity_bytes;
+
+    #[test]
+    fn reads_volume_sizes_as_kubernetes_writes_them() {
+        assert_eq!(quantity_bytes("2147483648"), Some(2 << 30));
+        assert_eq!(quantity_bytes("2Gi"), Some(2 << 30));
+        assert_eq!(quantity_bytes("1Gi"), Some(1 << 30));
+        assert_eq!(quantity_bytes("500M"), Some(500_000_000));
+        assert_eq!(quantity_bytes("1.5Gi"), None);
+        assert_eq!(quantity_bytes("1e9"), None);
+        assert_eq!(quantity_bytes("Gi"), None);
+        assert_eq!(quantity_bytes("99999999999Ti"), None);
+    }
 }

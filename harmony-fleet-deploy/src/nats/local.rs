@@ -109,6 +109,7 @@ pub(super) async fn deploy(
             port: member.port,
             monitor_port: member.monitor_port,
             store_dir: &store,
+            max_file_store: Some(score.storage_bytes()),
             cluster: cluster.as_ref(),
             auth: Some(&auth),
             tls: Some(&tls),
@@ -161,7 +162,11 @@ pub(super) async fn deploy(
             let js = js.clone();
             async move {
                 match ensure_buckets(&js, count, score.fleet_capacity).await {
-                    Ok(changes) => Poll::Ready(changes),
+                    Ok(changes) => Poll::Ready(Ok(changes)),
+                    // One server's storage does not grow by waiting.
+                    Err(e @ harmony_fleet_operator::Error::Storage { .. }) if count == 1 => {
+                        Poll::Ready(Err(e))
+                    }
                     // A fresh cluster answers "insufficient resources" until its meta leader is
                     // elected: retry within the deadline.
                     Err(e) => Poll::Pending(e.to_string()),
@@ -169,7 +174,8 @@ pub(super) async fn deploy(
             }
         },
     )
-    .await?;
+    .await?
+    .map_err(|e| InterpretError::failed(e.to_string()))?;
     for (bucket, change) in buckets {
         if change != BucketChange::Unchanged {
             changed = true;

@@ -105,6 +105,15 @@ pub struct FleetNatsScore {
     /// at most its share of the disk. Raise it before the fleet outgrows it: writes of new
     /// keys beyond it are refused.
     pub fleet_capacity: u64,
+    /// JetStream file storage of each server (bytes): nats-server's `max_file_store` and, on a
+    /// cluster, the size of each server's volume. JetStream refuses to create a bucket whose
+    /// byte limit does not fit it. `None`: sized for [`Self::fleet_capacity`]
+    /// ([`buckets::jetstream_storage_bytes`]: 2 GiB for 10,000 devices), the same on every
+    /// machine (nats-server's own default is 75% of the disk's free space at start). A cluster
+    /// keeps the volume size it was installed with: a StatefulSet's volume claims cannot change.
+    ///
+    /// [`buckets::jetstream_storage_bytes`]: harmony_fleet_contracts::buckets::jetstream_storage_bytes
+    pub storage: Option<u64>,
     /// Local only: addresses of this machine where devices on its networks reach NATS (a
     /// [`Host`](crate::agent::FleetAgentTarget::Host) device on a LAN). Empty: loopback only.
     /// Otherwise the servers listen on every interface and their certificate also names these
@@ -121,8 +130,16 @@ impl FleetNatsScore {
             image: "docker.io/library/nats:2.12.1-alpine".to_owned(),
             smoke_timeout: Duration::from_secs(60),
             fleet_capacity: harmony_fleet_contracts::buckets::DEFAULT_FLEET_CAPACITY,
+            storage: None,
             lan_addresses: Vec::new(),
         }
+    }
+
+    /// The JetStream file storage of each server, in bytes (see [`Self::storage`]).
+    pub fn storage_bytes(&self) -> u64 {
+        self.storage.unwrap_or_else(|| {
+            harmony_fleet_contracts::buckets::jetstream_storage_bytes(self.fleet_capacity)
+        })
     }
 
     /// With `replicas` servers.

@@ -184,6 +184,10 @@ pub struct ServerConfig<'a> {
     pub monitor_port: u16,
     /// JetStream store directory.
     pub store_dir: &'a Path,
+    /// JetStream file storage (`max_file_store`, bytes): what stream limits may reserve and
+    /// data may fill. `None`: nats-server's default, 75% of the disk's free space when it
+    /// starts, so what fits changes from machine to machine.
+    pub max_file_store: Option<u64>,
     /// Routes to the other members, when clustered.
     pub cluster: Option<&'a ClusterSection>,
     /// Accounts, users and permissions; `None`: no authentication.
@@ -246,9 +250,13 @@ impl ServerConfig<'_> {
         let _ = writeln!(out, "http: \"{}:{}\"", self.host, self.monitor_port);
         let _ = writeln!(
             out,
-            "jetstream {{\n  store_dir: {}\n}}",
+            "jetstream {{\n  store_dir: {}",
             quote(&self.store_dir.display().to_string())
         );
+        if let Some(bytes) = self.max_file_store {
+            let _ = writeln!(out, "  max_file_store: {bytes}");
+        }
+        let _ = writeln!(out, "}}");
         if let Some(tls) = self.tls {
             render_tls(&mut out, tls, "", false);
         }
@@ -451,6 +459,7 @@ mod tests {
             port: 4222,
             monitor_port: 8222,
             store_dir: Path::new("/tmp/js"),
+            max_file_store: None,
             cluster: None,
             auth: Some(&auth),
             tls: None,
@@ -493,6 +502,7 @@ mod tests {
             port: 1,
             monitor_port: 2,
             store_dir: Path::new("/tmp"),
+            max_file_store: None,
             cluster: None,
             auth: Some(&auth),
             tls: None,
@@ -519,6 +529,7 @@ mod tests {
                 port: 4222,
                 monitor_port: 8222,
                 store_dir: Path::new("/data/jetstream"),
+                max_file_store: Some(2 << 30),
                 cluster: None,
                 auth: Some(auth),
                 tls: None,
@@ -526,6 +537,12 @@ mod tests {
             .render()
         };
         let text = config(&auth).expect("render");
+        assert!(
+            text.contains(
+                "jetstream {\n  store_dir: \"/data/jetstream\"\n  max_file_store: 2147483648\n}"
+            ),
+            "{text}"
+        );
         assert!(text.contains(r#"operator: "eyJop""#), "{text}");
         assert!(
             text.contains("type: full\n  dir: \"/data/resolver\""),
@@ -558,6 +575,7 @@ mod tests {
             port: 4222,
             monitor_port: 8222,
             store_dir: Path::new("/tmp/js"),
+            max_file_store: None,
             cluster: None,
             auth: Some(&auth),
             tls: None,
@@ -586,6 +604,7 @@ mod tests {
             port: 4222,
             monitor_port: 8222,
             store_dir: Path::new("/tmp/js"),
+            max_file_store: None,
             cluster: Some(&cluster),
             auth: None,
             tls: None,

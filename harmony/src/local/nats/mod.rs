@@ -40,6 +40,10 @@ pub struct NatsOptions {
     pub bins: BinLocator,
     /// Deadline for the server to report healthy.
     pub ready_timeout: Duration,
+    /// JetStream file storage (`max_file_store`, bytes): what stream byte limits may reserve
+    /// and data may fill. Default 4 GiB, the same on every machine; `None`: nats-server's own
+    /// default, 75% of the disk's free space at start.
+    pub max_file_store: Option<u64>,
 }
 
 impl Default for NatsOptions {
@@ -51,6 +55,7 @@ impl Default for NatsOptions {
             server_name: "harmony-local".to_owned(),
             bins: BinLocator::from_env(),
             ready_timeout: Duration::from_secs(30),
+            max_file_store: Some(4 << 30),
         }
     }
 }
@@ -214,6 +219,7 @@ impl LocalNats {
             port: self.port,
             monitor_port: self.monitor_port,
             store_dir: &store_dir,
+            max_file_store: self.options.max_file_store,
             cluster: self.cluster.as_ref(),
             auth: self.options.auth.as_ref(),
             tls: None,
