@@ -96,11 +96,13 @@ pub fn device_reservation_bytes(capacity: u64) -> u64 {
 }
 
 /// The JetStream file storage (`max_file_store`, and a cluster's volume size) a server needs for
-/// a fleet of `capacity` devices: the device buckets' reservation plus
-/// [`DESIRED_STATE_ROOM_PER_DEVICE`], rounded up to whole GiB (at least 1 GiB). 10,000 devices:
-/// 2 GiB.
+/// a fleet of `capacity` devices: the device buckets' reservation, the agent builds' bucket
+/// ([`crate::binaries::BUCKET_MAX_BYTES`]) and [`DESIRED_STATE_ROOM_PER_DEVICE`], rounded up
+/// to whole GiB. 10,000 devices: 2 GiB.
 pub fn jetstream_storage_bytes(capacity: u64) -> u64 {
+    let binaries = u64::try_from(crate::binaries::BUCKET_MAX_BYTES).unwrap_or(0);
     let wanted = device_reservation_bytes(capacity)
+        .saturating_add(binaries)
         .saturating_add(capacity.saturating_mul(DESIRED_STATE_ROOM_PER_DEVICE));
     wanted.div_ceil(GIB).max(1).saturating_mul(GIB)
 }
@@ -260,6 +262,10 @@ mod tests {
         assert!(reserved < 1_100_000_000, "{reserved}");
         assert_eq!(jetstream_storage_bytes(DEFAULT_FLEET_CAPACITY), 2 * GIB);
         assert_eq!(jetstream_storage_bytes(0), GIB);
+        assert!(
+            jetstream_storage_bytes(DEFAULT_FLEET_CAPACITY)
+                > reserved + crate::binaries::BUCKET_MAX_BYTES as u64
+        );
         // Storage grows with the fleet and always holds the reservation.
         for capacity in [1, 100, 100_000, 1_000_000] {
             assert!(jetstream_storage_bytes(capacity) > device_reservation_bytes(capacity));

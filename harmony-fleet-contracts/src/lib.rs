@@ -30,6 +30,7 @@
 
 #![deny(missing_docs)]
 
+pub mod binaries;
 pub mod bootstrap_token;
 pub mod buckets;
 pub mod canonical;
@@ -58,7 +59,7 @@ pub use heartbeat::Heartbeat;
 pub use ids::{DeploymentName, DeviceId, IdError};
 pub use keys::{CommandSubject, DesiredKey, HeartbeatKey, InfoKey, KeyError, StateKey};
 pub use notice::DesiredIndex;
-pub use payload::{PayloadError, PodmanV0, ReconcileScore};
+pub use payload::{AgentV0, PayloadError, PodmanV0, ReconcileScore};
 pub use permissions::{Permissions, device_inbox_prefix, device_permissions, operator_permissions};
 pub use state::{DeploymentState, Phase};
 pub use validation::{FieldError, ValidationErrors};

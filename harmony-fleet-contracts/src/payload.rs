@@ -60,6 +60,8 @@ fn is_default_grace(value: &u32) -> bool {
 pub enum ReconcileScore {
     /// Containers run by podman.
     PodmanV0(PodmanV0),
+    /// The agent itself: a new build it installs and restarts into (adr/0043).
+    AgentV0(AgentV0),
 }
 
 /// The payload could not be accepted.
@@ -83,6 +85,7 @@ impl ReconcileScore {
     pub fn type_name(&self) -> &'static str {
         match self {
             ReconcileScore::PodmanV0(_) => "PodmanV0",
+            ReconcileScore::AgentV0(_) => "AgentV0",
         }
     }
 
@@ -90,6 +93,7 @@ impl ReconcileScore {
     pub fn validate(&self) -> Result<(), ValidationErrors> {
         match self {
             ReconcileScore::PodmanV0(podman) => podman.validate(),
+            ReconcileScore::AgentV0(agent) => agent.validate(),
         }
     }
 
@@ -108,6 +112,111 @@ impl ReconcileScore {
         let score: Self = serde_json::from_slice(bytes).map_err(PayloadError::Decode)?;
         score.validate()?;
         Ok(score)
+    }
+}
+
+/// Default time a new agent binary has to heartbeat before it is reverted.
+pub const DEFAULT_HEARTBEAT_DEADLINE_SECONDS: u32 = 60;
+/// Shortest heartbeat deadline accepted.
+pub const MIN_HEARTBEAT_DEADLINE_SECONDS: u32 = 5;
+/// Longest heartbeat deadline accepted (one hour).
+pub const MAX_HEARTBEAT_DEADLINE_SECONDS: u32 = 3_600;
+/// Longest agent version string.
+pub const MAX_VERSION_LEN: usize = 64;
+
+fn default_heartbeat_deadline() -> u32 {
+    DEFAULT_HEARTBEAT_DEADLINE_SECONDS
+}
+
+fn is_default_heartbeat_deadline(value: &u32) -> bool {
+    *value == DEFAULT_HEARTBEAT_DEADLINE_SECONDS
+}
+
+/// A build of the agent for the devices to run (adr/0043). Each device picks the binary of its
+/// architecture from the `agent-binaries` object store ([`crate::binaries`]), checks its
+/// SHA-256, runs its self-test, swaps it in atomically and restarts through systemd. A new
+/// binary that does not heartbeat within [`Self::heartbeat_deadline_seconds`] is replaced by
+/// the previous one, and the device reports the deployment `Failed` with the reason. Rolled out
+/// like any Deployment: its batches and failure thresholds apply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
+#[serde(rename_all = "camelCase")]
+pub struct AgentV0 {
+    /// The version the build reports (`fleet-agent --version`), e.g. `0.1.1`: shown in status
+    /// and checked by the self-test.
+    pub version: String,
+    /// The build for each architecture, as the agent names its own (`x86_64`, `aarch64`,
+    /// `arm`): the SHA-256 (64 lowercase hex digits) it is stored under. A device whose
+    /// architecture is missing reports `Failed`.
+    pub binaries: BTreeMap<String, String>,
+    /// How long the new binary has to heartbeat before the previous one is put back (5 to
+    /// 3600 s).
+    #[serde(
+        default = "default_heartbeat_deadline",
+        skip_serializing_if = "is_default_heartbeat_deadline"
+    )]
+    pub heartbeat_deadline_seconds: u32,
+}
+
+impl AgentV0 {
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), ValidationErrors> {
+        let mut errors = Collector::default();
+        errors.check(
+            !self.version.is_empty()
+                && self.version.len() <= MAX_VERSION_LEN
+                && self
+                    .version
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".+-_".contains(&b)),
+            || "version".to_owned(),
+            || {
+                format!(
+                    "must be 1 to {MAX_VERSION_LEN} characters of letters, digits, '.', '+',                      '-', '_' (what `fleet-agent --version` prints, e.g. 0.1.1)"
+                )
+            },
+        );
+        if self.binaries.is_empty() {
+            errors.push(
+                "binaries",
+                "must name at least one architecture's build, e.g. {\"x86_64\": \"<sha256>\"}                  (the name `harmony-fleet-deploy agent publish` prints)",
+            );
+        }
+        for (arch, sha256) in &self.binaries {
+            errors.check(
+                !arch.is_empty()
+                    && arch.len() <= 32
+                    && arch
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                || format!("binaries.{arch}"),
+                || {
+                    "architecture must be lowercase letters, digits and '_' as Rust names it                      (x86_64, aarch64, arm)"
+                        .to_owned()
+                },
+            );
+            errors.check(
+                crate::binaries::is_sha256_hex(sha256),
+                || format!("binaries.{arch}"),
+                || {
+                    format!(
+                        "must be the build's SHA-256 as 64 lowercase hex digits (got {}                          characters)",
+                        sha256.len()
+                    )
+                },
+            );
+        }
+        errors.check(
+            (MIN_HEARTBEAT_DEADLINE_SECONDS..=MAX_HEARTBEAT_DEADLINE_SECONDS)
+                .contains(&self.heartbeat_deadline_seconds),
+            || "heartbeatDeadlineSeconds".to_owned(),
+            || {
+                format!(
+                    "must be between {MIN_HEARTBEAT_DEADLINE_SECONDS} and                      {MAX_HEARTBEAT_DEADLINE_SECONDS} seconds"
+                )
+            },
+        );
+        errors.finish()
     }
 }
 
@@ -651,6 +760,62 @@ mod tests {
 
     fn valid() -> PodmanV0 {
         PodmanV0::new(vec![Service::new("web", "nginx:1.27")])
+    }
+
+    fn agent() -> AgentV0 {
+        AgentV0 {
+            version: "0.1.1".into(),
+            binaries: BTreeMap::from([("x86_64".into(), "ab".repeat(32))]),
+            heartbeat_deadline_seconds: DEFAULT_HEARTBEAT_DEADLINE_SECONDS,
+        }
+    }
+
+    #[test]
+    fn an_agent_build_travels_tagged_and_omits_its_defaults() {
+        let score = ReconcileScore::AgentV0(agent());
+        let json = String::from_utf8(score.to_canonical_json().expect("json")).expect("utf8");
+        assert_eq!(
+            json,
+            format!(
+                r#"{{"data":{{"binaries":{{"x86_64":"{}"}},"version":"0.1.1"}},"type":"AgentV0"}}"#,
+                "ab".repeat(32)
+            )
+        );
+        assert_eq!(
+            ReconcileScore::decode(json.as_bytes()).expect("decode"),
+            score
+        );
+    }
+
+    #[test]
+    fn an_agent_build_names_every_bad_field() {
+        let bad = AgentV0 {
+            version: "0.1.1 beta".into(),
+            binaries: BTreeMap::from([("X86".into(), "AB".repeat(32))]),
+            heartbeat_deadline_seconds: 1,
+        };
+        let err = bad.validate().expect_err("invalid");
+        assert!(err.has_path("version"), "{err}");
+        assert_eq!(
+            err.errors
+                .iter()
+                .filter(|e| e.path == "binaries.X86")
+                .count(),
+            2,
+            "{err}"
+        );
+        assert!(err.has_path("heartbeatDeadlineSeconds"), "{err}");
+        let empty = AgentV0 {
+            binaries: BTreeMap::new(),
+            ..agent()
+        };
+        assert!(
+            empty
+                .validate()
+                .expect_err("no binaries")
+                .has_path("binaries")
+        );
+        assert_eq!(agent().validate(), Ok(()));
     }
 
     #[test]

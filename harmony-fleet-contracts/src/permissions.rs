@@ -11,6 +11,7 @@
 //! | read its own keys | `$JS.API.DIRECT.GET.KV_<bucket>.$KV.<bucket>.<own key or pattern>` |
 //! | answer commands | `allow_responses` |
 //! | renew its credential | `device-identity.<d>.renew` ([`crate::identity`]) |
+//! | read agent builds (self-upgrade) | `$JS.API.DIRECT.GET.OBJ_agent-binaries` and its `.$O.agent-binaries.M.>` ([`crate::binaries`]; shared by all devices, read-only) |
 //!
 //! Subscribe: its own inbox prefix `_INBOX_<d>.>` ([`device_inbox_prefix`]; the agent sets
 //! `ConnectOptions::custom_inbox_prefix`), `device-commands.<d>.>`, and its change notices
@@ -26,11 +27,13 @@
 //!   by publishing to the KV subject and read by direct get, so they never bind a bucket.
 //! - `$JS.API.STREAM.MSG.GET.*` and the batch form `$JS.API.DIRECT.GET.KV_<bucket>`: the
 //!   subject to read is in the payload, so either would let a device read every key.
+//!   The one exception is `OBJ_agent-binaries`, whose every message all devices may read.
 //! - `$JS.FC.>`, `$JS.ACK.>`: only consumers need them.
 //! - `_INBOX.>`: other clients' replies (e.g. the operator's) arrive there.
 
 use serde::Serialize;
 
+use crate::binaries;
 use crate::buckets::{self, DESIRED_STATE, DEVICE_HEARTBEAT, DEVICE_INFO, DEVICE_STATE};
 use crate::identity;
 use crate::ids::{DeploymentName, DeviceId};
@@ -108,6 +111,8 @@ pub fn device_permissions(device: &DeviceId) -> Permissions {
         jetstream::direct_get(DEVICE_STATE, &own_states),
         jetstream::direct_get(DEVICE_HEARTBEAT, &own_heartbeat),
         identity::renew_subject(device),
+        binaries::meta_direct_get_pattern(),
+        binaries::chunk_direct_get(),
     ];
 
     Permissions {
@@ -151,6 +156,20 @@ pub fn operator_permissions() -> Permissions {
         publish.push(jetstream::flow_control(bucket));
         publish.push(jetstream::ack(bucket));
     }
+    // The agent-binaries object store: publish builds, read them back (adr/0043).
+    let objects = binaries::stream_name();
+    for op in ["CREATE", "UPDATE", "INFO", "PURGE"] {
+        publish.push(format!("{}.STREAM.{op}.{objects}", jetstream::API_PREFIX));
+    }
+    publish.extend([
+        format!("$O.{}.>", binaries::AGENT_BINARIES),
+        binaries::chunk_direct_get(),
+        format!("{}.>", binaries::chunk_direct_get()),
+        format!("{}.CONSUMER.CREATE.{objects}", jetstream::API_PREFIX),
+        format!("{}.CONSUMER.CREATE.{objects}.>", jetstream::API_PREFIX),
+        format!("{}.CONSUMER.DELETE.{objects}.*", jetstream::API_PREFIX),
+        format!("$JS.FC.{objects}.>"),
+    ]);
     publish.extend([
         format!("{}.INFO", jetstream::API_PREFIX),
         format!("{}.STREAM.NAMES", jetstream::API_PREFIX),
@@ -271,6 +290,18 @@ pub fn agent_subject_uses(
             identity::renew_subject(device),
             "renew its credential",
         ),
+        SubjectUse {
+            action: Publish,
+            subject: binaries::meta_direct_get(&"0".repeat(64)),
+            scope: Scope::Shared,
+            purpose: "read an agent build's metadata",
+        },
+        SubjectUse {
+            action: Publish,
+            subject: binaries::chunk_direct_get(),
+            scope: Scope::Shared,
+            purpose: "read an agent build's chunks",
+        },
         own(
             Subscribe,
             format!("{inbox_prefix}.>"),

@@ -636,7 +636,9 @@ fn device_permission_template_is_pinned() {
                 "$JS.API.DIRECT.GET.KV_device-info.$KV.device-info.info.pi-1",
                 "$JS.API.DIRECT.GET.KV_device-state.$KV.device-state.state.pi-1.>",
                 "$JS.API.DIRECT.GET.KV_device-heartbeat.$KV.device-heartbeat.heartbeat.pi-1",
-                "device-identity.pi-1.renew"
+                "device-identity.pi-1.renew",
+                "$JS.API.DIRECT.GET.OBJ_agent-binaries.$O.agent-binaries.M.>",
+                "$JS.API.DIRECT.GET.OBJ_agent-binaries"
             ]},
             "subscribe": {"allow": [
                 "_INBOX_pi-1.>",

@@ -196,13 +196,20 @@ proptest! {
 
     #[test]
     fn every_device_template_entry_names_the_device_itself(a in device_id()) {
-        // So no entry can name another device, or be shared by all of them.
+        // So no entry can name another device, or be shared by all of them, except reading
+        // the agent builds every device may read (adr/0043).
         let perms = device_permissions(&a);
         let own_inbox = harmony_fleet_contracts::device_inbox_prefix(&a);
+        let shared = [
+            harmony_fleet_contracts::binaries::meta_direct_get_pattern(),
+            harmony_fleet_contracts::binaries::chunk_direct_get(),
+        ];
         for entry in perms.publish.allow.iter().chain(&perms.subscribe.allow) {
             let tokens: Vec<&str> = entry.split('.').collect();
             prop_assert!(
-                tokens.contains(&a.as_str()) || tokens.first() == Some(&own_inbox.as_str()),
+                tokens.contains(&a.as_str())
+                    || tokens.first() == Some(&own_inbox.as_str())
+                    || shared.contains(entry),
                 "{} template entry {} does not name the device", a, entry
             );
         }

@@ -50,11 +50,47 @@ pub struct DeploymentSpec {
     /// Devices to run the payload on: a standard label selector over the labels agents report.
     /// `{}` selects every device.
     pub target_selector: TargetSelector,
-    /// The payload every matched device runs (`{"type": "PodmanV0", "data": {...}}`).
+    /// The payload every matched device runs: `{"type": "PodmanV0", "data": {"services":
+    /// [...]}}` for containers, `{"type": "AgentV0", "data": {"version": ..., "binaries":
+    /// {...}}}` for a new agent build (adr/0043).
+    #[schemars(with = "ScoreSchema")]
+    #[x_kube(validation = Rule::new("self.type != 'PodmanV0' || has(self.data.services)").message("score.data.services is required for a PodmanV0 score: list at least one service"))]
+    #[x_kube(validation = Rule::new("self.type != 'AgentV0' || (has(self.data.version) && has(self.data.binaries))").message("score.data.version and score.data.binaries are required for an AgentV0 score (the version and the SHA-256 per architecture that `harmony-fleet-deploy agent publish` prints)"))]
     pub score: ReconcileScore,
     /// How a change of `score` reaches the devices.
     #[serde(default)]
     pub rollout: RolloutSpec,
+}
+
+/// The schema of `spec.score`. Kubernetes wants one schema per property, and each payload type
+/// has its own `data`: the CRD lists every type's fields under `data` (none of them required
+/// there; the operator validates the payload and names the field).
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+struct ScoreSchema {
+    /// The payload type.
+    #[serde(rename = "type")]
+    kind: ScoreType,
+    /// The payload itself; its fields depend on `type`.
+    data: ScoreData,
+}
+
+/// Payload types this version of the CRD knows.
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+enum ScoreType {
+    PodmanV0,
+    AgentV0,
+}
+
+/// Every payload type's fields.
+#[derive(JsonSchema)]
+#[allow(dead_code)]
+struct ScoreData {
+    #[serde(flatten)]
+    podman: Option<harmony_fleet_contracts::payload::PodmanV0>,
+    #[serde(flatten)]
+    agent: Option<harmony_fleet_contracts::payload::AgentV0>,
 }
 
 /// A label selector (`matchLabels` AND `matchExpressions`), like `metav1.LabelSelector` but
