@@ -125,6 +125,15 @@ pub enum DeployError {
     #[error(transparent)]
     Ssh(#[from] crate::agent::ssh::SshError),
 
+    /// An agent build cannot be published as given.
+    #[error("agent build {path}: {reason}")]
+    AgentBuild {
+        /// The file given.
+        path: PathBuf,
+        /// What is wrong with it and what to give instead.
+        reason: String,
+    },
+
     /// A NATS operation failed.
     #[error("NATS: {context}: {message}")]
     Nats {

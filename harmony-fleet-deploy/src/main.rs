@@ -13,10 +13,13 @@ use harmony::local::bins;
 use harmony::score::Score;
 use harmony::topologies::{K8sAnywhereTopology, LocalTopology};
 use harmony_fleet_contracts::DeviceId;
-use harmony_fleet_deploy::agent::{FleetAgentScore, PodAgent};
+use harmony_fleet_deploy::agent::{FleetAgentScore, PodAgent, publish};
+use harmony_fleet_deploy::error::DeployError;
 use harmony_fleet_deploy::local::{self, LocalFleet};
 use harmony_fleet_deploy::nats::{FleetNatsScore, NatsReplicas};
+use harmony_fleet_deploy::nats::{NatsEndpoint, smoke};
 use harmony_fleet_deploy::operator::{FleetOperatorScore, helm};
+use harmony_fleet_deploy::trust::LocalTrust;
 use harmony_fleet_deploy::{FleetServerScore, binaries, devices, tokens};
 use tracing_subscriber::EnvFilter;
 
@@ -117,6 +120,18 @@ enum LocalCommand {
     Status {
         #[command(flatten)]
         state: StateDir,
+    },
+    /// Put a static agent build into the fleet's `agent-binaries` object store (named by its
+    /// SHA-256; devices may only read it) and print the `AgentV0` Deployment that rolls it out
+    /// to the devices it selects, with its batches and failure thresholds (adr/0043).
+    PublishAgent {
+        #[command(flatten)]
+        state: StateDir,
+        /// The static agent binary (e.g. from scripts/build-images.sh).
+        binary: PathBuf,
+        /// The version it reports (`fleet-agent --version`), for the printed Deployment.
+        #[arg(long)]
+        version: Option<String>,
     },
 }
 
@@ -221,6 +236,11 @@ async fn main() -> ExitCode {
             }
             LocalCommand::Node { state, images } => local_node(state.state_dir, images).await,
             LocalCommand::Status { state } => local_status(state.state_dir),
+            LocalCommand::PublishAgent {
+                state,
+                binary,
+                version,
+            } => publish_agent(state.state_dir, binary, version).await,
         },
         Command::Cluster {
             command:
@@ -293,6 +313,49 @@ async fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+async fn publish_agent(state_dir: PathBuf, binary: PathBuf, version: Option<String>) -> ExitCode {
+    let result = async {
+        let bytes = std::fs::read(&binary)
+            .map_err(|e| DeployError::io(format!("reading {}", binary.display()), e))?;
+        let endpoint = NatsEndpoint::load_local(&state_dir)?;
+        let (trust, _) = LocalTrust::load_or_create(&state_dir)?;
+        let admin = smoke::connect(&endpoint, &trust.admin()?, Default::default()).await?;
+        publish::publish(&async_nats::jetstream::new(admin), &binary, &bytes).await
+    }
+    .await;
+    match result {
+        Ok(published) => {
+            println!(
+                "{} ({}, {} bytes): {}",
+                published.sha256,
+                published.arch,
+                published.size,
+                if published.uploaded {
+                    "uploaded"
+                } else {
+                    "already in the store"
+                }
+            );
+            let version = version.unwrap_or_else(|| "<version>".to_owned());
+            let payload = published.payload(&version);
+            let score = serde_json::json!({"type": "AgentV0", "data": payload});
+            println!(
+                "\nRoll it out (kubectl apply -f -), e.g. one device first, then the rest:\n\
+                 apiVersion: fleet.nationtech.io/v1alpha1\n\
+                 kind: Deployment\n\
+                 metadata:\n  name: fleet-agent\n  namespace: default\n\
+                 spec:\n  targetSelector: {{}}\n  score: {score}\n\
+                 \x20 rollout:\n    strategy: Batches\n    batches: [{{count: 1}}]\n    onFailure: Pause"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
         }
     }
 }

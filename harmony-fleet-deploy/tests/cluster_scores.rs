@@ -168,6 +168,27 @@ async fn cluster_scores_apply_every_object_and_fail_clearly_without_a_kubelet() 
         "{conf}"
     );
     assert!(conf.contains("operator:"), "operator mode: {conf}");
+    // The servers restart on a new configuration (e.g. 1 → 3 replicas): its digest is in the
+    // pod template. Their storage is explicit and matches their volumes (adr/0042).
+    let digest = spec
+        .template
+        .metadata
+        .as_ref()
+        .and_then(|m| m.annotations.as_ref())
+        .and_then(|a| a.get(nats_cluster::CONFIG_SHA256_ANNOTATION))
+        .cloned();
+    {
+        use sha2::Digest as _;
+        assert_eq!(
+            digest,
+            Some(hex::encode(sha2::Sha256::digest(conf.as_bytes()))),
+            "the pod template carries the configuration's digest"
+        );
+    }
+    assert!(
+        conf.contains(&format!("max_file_store: {}", nats.storage_bytes())),
+        "{conf}"
+    );
     assert!(conf.contains("resolver"), "{conf}");
     assert!(
         conf.contains("/etc/nats/tls/tls.crt"),

@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv};
 use bytes::Bytes;
 use futures::{Stream, StreamExt, stream};
+use harmony_fleet_contracts::binaries;
 use harmony_fleet_contracts::buckets::{self, BucketSpec};
 use jiff::Timestamp;
 use tokio::sync::mpsc;
@@ -131,12 +132,20 @@ impl FleetKv {
         create: Option<BucketLayout>,
     ) -> Result<Self> {
         let js = jetstream::new(client);
-        Ok(Self {
+        let kv = Self {
             desired: open_bucket(&js, &buckets::DESIRED_STATE_SPEC, create).await?,
             info: open_bucket(&js, &buckets::DEVICE_INFO_SPEC, create).await?,
             state: open_bucket(&js, &buckets::DEVICE_STATE_SPEC, create).await?,
             heartbeat: open_bucket(&js, &buckets::DEVICE_HEARTBEAT_SPEC, create).await?,
-        })
+        };
+        // The operator only creates the agent builds' store (deploy tooling fills it); a
+        // missing one is no reason not to run.
+        if let Some(layout) = create
+            && let Err(e) = ensure_binaries(&js, layout.replicas).await
+        {
+            tracing::warn!(bucket = binaries::AGENT_BINARIES, error = %e, "cannot create the agent builds' object store; self-upgrades will fail until it exists");
+        }
+        Ok(kv)
     }
 }
 
@@ -209,7 +218,47 @@ pub async fn ensure_bucket(
     capacity: u64,
 ) -> Result<BucketChange> {
     let wanted = bucket_stream_config(spec, replicas, capacity);
-    let context = |what: &str| format!("{what} the stream of bucket {}", spec.name);
+    ensure_stream(js, &wanted, spec.name, capacity).await
+}
+
+/// The stream of the `agent-binaries` object store ([`binaries`]): what `async_nats`'
+/// `create_object_store` makes (chunk and metadata subjects, rollups for the metadata, direct
+/// get), with the contract's byte limit.
+pub fn binaries_stream_config(replicas: usize) -> jetstream::stream::Config {
+    jetstream::stream::Config {
+        name: binaries::stream_name(),
+        description: Some(
+            "harmony fleet: agent builds by SHA-256, for self-upgrade (written by deploy tooling, read by devices)"
+                .to_owned(),
+        ),
+        subjects: vec![
+            format!("$O.{}.C.>", binaries::AGENT_BINARIES),
+            format!("$O.{}.M.>", binaries::AGENT_BINARIES),
+        ],
+        max_bytes: binaries::BUCKET_MAX_BYTES,
+        storage: jetstream::stream::StorageType::File,
+        allow_rollup: true,
+        allow_direct: true,
+        num_replicas: replicas.max(1),
+        discard: jetstream::stream::DiscardPolicy::New,
+        ..Default::default()
+    }
+}
+
+/// Creates the `agent-binaries` object store, or updates its stream to the contract's settings.
+pub async fn ensure_binaries(js: &jetstream::Context, replicas: usize) -> Result<BucketChange> {
+    let wanted = binaries_stream_config(replicas);
+    ensure_stream(js, &wanted, binaries::AGENT_BINARIES, 0).await
+}
+
+/// Creates `wanted`, or updates the stream when the settings the fleet cares about differ.
+async fn ensure_stream(
+    js: &jetstream::Context,
+    wanted: &jetstream::stream::Config,
+    bucket: &str,
+    capacity: u64,
+) -> Result<BucketChange> {
+    let context = |what: &str| format!("{what} the stream of bucket {bucket}");
     match js.get_stream(&wanted.name).await {
         Ok(mut stream) => {
             let info = stream
@@ -227,9 +276,9 @@ pub async fn ensure_bucket(
             if same {
                 return Ok(BucketChange::Unchanged);
             }
-            js.update_stream(&wanted)
+            js.update_stream(wanted)
                 .await
-                .map_err(|e| stream_error(spec, capacity, &wanted, context("updating"), e))?;
+                .map_err(|e| stream_error(bucket, capacity, wanted, context("updating"), e))?;
             Ok(BucketChange::Updated)
         }
         Err(e)
@@ -239,9 +288,9 @@ pub async fn ensure_bucket(
                     if js_error.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
             ) =>
         {
-            js.create_stream(&wanted)
+            js.create_stream(wanted)
                 .await
-                .map_err(|e| stream_error(spec, capacity, &wanted, context("creating"), e))?;
+                .map_err(|e| stream_error(bucket, capacity, wanted, context("creating"), e))?;
             Ok(BucketChange::Created)
         }
         Err(e) => Err(Error::nats(context("looking up"), e)),
@@ -251,7 +300,7 @@ pub async fn ensure_bucket(
 /// A refused stream create or update; a byte limit the server's storage cannot hold is
 /// [`Error::Storage`], which says what to change.
 fn stream_error(
-    spec: &BucketSpec,
+    bucket: &str,
     capacity: u64,
     wanted: &jetstream::stream::Config,
     context: String,
@@ -262,7 +311,7 @@ fn stream_error(
             if js_error.error_code() == jetstream::ErrorCode::STORAGE_RESOURCES_EXCEEDED =>
         {
             Error::Storage {
-                bucket: spec.name.to_owned(),
+                bucket: bucket.to_owned(),
                 reserved: wanted.max_bytes,
                 capacity,
                 wanted: buckets::jetstream_storage_bytes(capacity),
@@ -273,19 +322,23 @@ fn stream_error(
     }
 }
 
-/// [`ensure_bucket`] for the four fleet buckets, in contract order.
+/// [`ensure_bucket`] for the four fleet buckets, in contract order, then [`ensure_binaries`].
 pub async fn ensure_buckets(
     js: &jetstream::Context,
     replicas: usize,
     capacity: u64,
 ) -> Result<Vec<(&'static str, BucketChange)>> {
-    let mut changes = Vec::with_capacity(buckets::ALL.len());
+    let mut changes = Vec::with_capacity(buckets::ALL.len() + 1);
     for spec in &buckets::ALL {
         changes.push((
             spec.name,
             ensure_bucket(js, spec, replicas, capacity).await?,
         ));
     }
+    changes.push((
+        binaries::AGENT_BINARIES,
+        ensure_binaries(js, replicas).await?,
+    ));
     Ok(changes)
 }
 

@@ -14,6 +14,16 @@ fn machine_name(e_machine: u16) -> Option<&'static str> {
     }
 }
 
+/// The machine (`uname -m` name) an ELF executable is built for, or what it is instead.
+pub fn machine_of(bytes: &[u8]) -> Result<&'static str, String> {
+    if bytes.len() < 20 || &bytes[..4] != b"\x7fELF" {
+        return Err("is not an ELF executable".into());
+    }
+    let machine = u16::from_le_bytes([bytes[18], bytes[19]]);
+    machine_name(machine)
+        .ok_or_else(|| format!("is built for an unknown machine (ELF machine {machine})"))
+}
+
 /// Checks that `bytes` is a static 64- or 32-bit little-endian ELF executable for `arch` (as
 /// `uname -m` prints it). The error says what the binary is instead.
 pub fn check_static_for(bytes: &[u8], arch: &str) -> Result<(), String> {
@@ -91,6 +101,22 @@ mod tests {
         bytes[56..58].copy_from_slice(&1u16.to_le_bytes());
         bytes[64..68].copy_from_slice(&p_type.to_le_bytes());
         bytes
+    }
+
+    #[test]
+    fn names_the_machine_a_binary_is_for() {
+        assert_eq!(machine_of(&elf(62, 1)), Ok("x86_64"));
+        assert_eq!(machine_of(&elf(183, 1)), Ok("aarch64"));
+        assert!(
+            machine_of(&elf(3, 1))
+                .expect_err("i386")
+                .contains("unknown machine")
+        );
+        assert!(
+            machine_of(b"#!/bin/sh\n")
+                .expect_err("script")
+                .contains("not an ELF")
+        );
     }
 
     #[test]

@@ -40,9 +40,16 @@ pub const CONFIG_DIR: &str = "/etc/fleet-agent";
 pub const DATA_DIR: &str = "/var/lib/fleet-agent";
 const UNIT_PATH: &str = "/etc/systemd/system/harmony-fleet-agent.service";
 
-/// The unit: restarted whenever it exits; `KillMode=process` so that stopping or upgrading
-/// the agent stops the agent only, never the workloads it started (their conmon processes
-/// live in its cgroup); the agent itself exits within 2 s of SIGTERM (adr/0022).
+/// The binary systemd runs before every start to undo a self-upgrade whose new build does not
+/// heartbeat in time (adr/0043): the build that ran before the upgrade, kept by the agent.
+/// Absent when no upgrade happened (the `-` prefix makes that no failure).
+pub const GUARD_PATH: &str = "/var/lib/fleet-agent/upgrade/previous";
+
+/// The unit: restarted whenever it exits, without systemd's start limit (a new build that
+/// exits at start is restarted until the guard puts the previous one back); `KillMode=process`
+/// so that stopping or upgrading the agent stops the agent only, never the workloads it
+/// started (their conmon processes live in its cgroup); the agent itself exits within 2 s of
+/// SIGTERM (adr/0022).
 pub fn unit_text() -> String {
     format!(
         "# Installed by harmony-fleet-deploy (FleetAgentScore, Host target).\n\
@@ -50,8 +57,10 @@ pub fn unit_text() -> String {
          Description=harmony fleet device agent\n\
          Wants=network-online.target\n\
          After=network-online.target\n\
+         StartLimitIntervalSec=0\n\
          \n\
          [Service]\n\
+         ExecStartPre=-{GUARD_PATH} upgrade-guard --config {CONFIG_DIR}/agent.toml\n\
          ExecStart={BINARY_PATH} run --config {CONFIG_DIR}/agent.toml\n\
          Environment=RUST_LOG=info\n\
          Restart=always\n\
@@ -420,6 +429,11 @@ mod tests {
         let unit = unit_text();
         assert!(unit.contains("KillMode=process"), "{unit}");
         assert!(unit.contains("Restart=always"), "{unit}");
+        assert!(unit.contains("StartLimitIntervalSec=0"), "{unit}");
+        assert!(
+            unit.contains("ExecStartPre=-/var/lib/fleet-agent/upgrade/previous upgrade-guard"),
+            "{unit}"
+        );
         assert!(unit.contains("WantedBy=multi-user.target"), "{unit}");
     }
 }

@@ -13,6 +13,7 @@ pub mod elf;
 pub mod host;
 pub mod local;
 pub mod pod;
+pub mod publish;
 pub mod ssh;
 
 use std::collections::BTreeMap;

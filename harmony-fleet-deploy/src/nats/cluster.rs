@@ -22,6 +22,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use sha2::Digest as _;
 
 use super::FleetNatsScore;
 use crate::k8s::{self, Applier};
@@ -42,6 +43,8 @@ const COMPONENT: &str = "fleet-nats";
 const CLIENT_PORT: u16 = 4222;
 const ROUTE_PORT: u16 = 6222;
 const MONITOR_PORT: u16 = 8222;
+/// Pod template annotation holding the SHA-256 of `nats.conf`.
+pub const CONFIG_SHA256_ANNOTATION: &str = "fleet.nationtech.io/config-sha256";
 /// Replaced by `$POD_NAME` in the rendered file: nats-server expands environment variables
 /// that appear unquoted, and each pod needs its own server name.
 const POD_NAME_PLACEHOLDER: &str = "__POD_NAME__";
@@ -97,6 +100,7 @@ pub fn objects(
     .map_err(|e| InterpretError::failed(format!("rendering the NATS configuration: {e}")))?
     .replace(&format!("\"{POD_NAME_PLACEHOLDER}\""), "$POD_NAME");
 
+    let config_sha256 = hex::encode(sha2::Sha256::digest(text.as_bytes()));
     let selector = BTreeMap::from([("app.kubernetes.io/name".to_owned(), COMPONENT.to_owned())]);
     let port = |name: &str, port: u16| ServicePort {
         name: Some(name.to_owned()),
@@ -216,6 +220,13 @@ pub fn objects(
                 template: PodTemplateSpec {
                     metadata: Some(ObjectMeta {
                         labels: Some(k8s::labels(COMPONENT)),
+                        // A changed configuration (routes to new members, storage) is a changed
+                        // template, so every server restarts with it, one at a time; the
+                        // Secret alone would reach new pods only.
+                        annotations: Some(BTreeMap::from([(
+                            CONFIG_SHA256_ANNOTATION.to_owned(),
+                            config_sha256.clone(),
+                        )])),
                         ..ObjectMeta::default()
                     }),
                     spec: Some(PodSpec {

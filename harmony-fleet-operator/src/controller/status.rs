@@ -283,6 +283,30 @@ fn to_conditions(
         .collect()
 }
 
+/// Devices named in a condition's message, at most.
+const NAMED_FAILING_DEVICES: usize = 3;
+
+/// `message`, then which devices failed and why (the first few of `failingDevices`), so the
+/// condition says what to look at.
+fn with_failing_devices(message: String, status: &DeploymentStatus) -> String {
+    let failing = &status.failing_devices;
+    if failing.is_empty() {
+        return message;
+    }
+    let named: Vec<String> = failing
+        .iter()
+        .take(NAMED_FAILING_DEVICES)
+        .map(|f| format!("{}: {}", f.device, f.error))
+        .collect();
+    let more = failing.len().saturating_sub(NAMED_FAILING_DEVICES);
+    let more = if more > 0 {
+        format!(" (and {more} more in status.failingDevices)")
+    } else {
+        String::new()
+    };
+    format!("{message}; failed: {}{more}", named.join("; "))
+}
+
 /// `Ready`, `Progressing`, `Paused` and `Degraded` of a served deployment.
 fn conditions(owned: &Owned, status: &DeploymentStatus) -> Vec<Decided> {
     let a = &status.aggregate;
@@ -334,7 +358,7 @@ fn conditions(owned: &Owned, status: &DeploymentStatus) -> Vec<Decided> {
         Phase::Paused => (
             true,
             "FailureCriteriaExceeded",
-            r.reason.clone().unwrap_or_default(),
+            with_failing_devices(r.reason.clone().unwrap_or_default(), status),
         ),
         _ => (false, "NotPaused", "the rollout is not paused".to_owned()),
     };
@@ -376,4 +400,25 @@ pub(super) fn restore_rollout(s: &RolloutStatus) -> Option<RolloutState<Rev>> {
         batch: s.current_batch.saturating_sub(1),
         reason: s.reason.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_paused_condition_names_the_failing_devices_and_why() {
+        let mut status = DeploymentStatus::default();
+        assert_eq!(with_failing_devices("paused".into(), &status), "paused");
+        status.failing_devices = (1..=5)
+            .map(|i| FailingDevice {
+                device: format!("pi-{i}"),
+                error: format!("reverted {i}"),
+            })
+            .collect();
+        assert_eq!(
+            with_failing_devices("paused".into(), &status),
+            "paused; failed: pi-1: reverted 1; pi-2: reverted 2; pi-3: reverted 3 (and 2 more in status.failingDevices)"
+        );
+    }
 }
