@@ -154,12 +154,18 @@ pub async fn wait_statefulset_ready(
         || async {
             match api.get_opt(name).await {
                 Ok(Some(set)) => {
-                    let ready = set.status.and_then(|s| s.ready_replicas).unwrap_or(0);
-                    if ready >= replicas {
+                    let status = set.status.unwrap_or_default();
+                    let ready = status.ready_replicas.unwrap_or(0);
+                    let updated = status.updated_replicas.unwrap_or(0);
+                    // A changed template rolls the pods one at a time: until the last one runs
+                    // the new revision, some server still runs the old configuration.
+                    let rolled = status.update_revision.is_none()
+                        || status.current_revision == status.update_revision;
+                    if ready >= replicas && updated >= replicas && rolled {
                         Poll::Ready(())
                     } else {
                         Poll::Pending(format!(
-                            "{ready}/{replicas} ready; pods: {}",
+                            "{ready}/{replicas} ready, {updated} on the new revision; pods: {}",
                             pod_report(client, namespace, selector).await
                         ))
                     }
