@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use harmony_fleet_contracts::canonical::ContentHash;
-use harmony_fleet_contracts::payload::ReconcileScore;
+use harmony_fleet_contracts::payload::{AgentV0, ReconcileScore};
 use harmony_fleet_contracts::state::{DeploymentState, Phase};
 use harmony_fleet_contracts::{DeploymentName, DesiredKey, DeviceId};
 use jiff::Timestamp;
@@ -25,6 +25,7 @@ use crate::reconcile::{self, Desired, Health, Outcome};
 use crate::reports::Report;
 use crate::runtime::{ContainerRuntime, LABEL_DEPLOYMENT};
 use crate::store::{Store, StoredEntry, StoredState};
+use crate::upgrade::Upgrader;
 use crate::watch::{KvOperation, KvRecord, WatchEvent};
 
 /// Longest back-off between retries of a failing deployment.
@@ -36,7 +37,7 @@ pub struct Target {
     /// KV revision this target comes from (0: not from KV, e.g. an orphan found on disk).
     pub revision: u64,
     /// What to run; `None`: nothing (the key was deleted).
-    pub desired: Option<Arc<Desired>>,
+    pub desired: Option<Arc<Payload>>,
     /// Why the newest value could not be used; the previous `desired` keeps running and the
     /// deployment reports `Failed` with this message.
     pub rejected: Option<String>,
@@ -57,15 +58,40 @@ pub struct WorkerSettings {
     pub runtime_enabled: bool,
     /// Where reconciles and restarts are counted.
     pub metrics: crate::metrics::Metrics,
+    /// Self-upgrade (`AgentV0` deployments); not affected by `runtime_enabled`.
+    pub upgrader: Arc<dyn Upgrader>,
+}
+
+/// A payload accepted for a deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// Containers to run (`PodmanV0`), reconciled by [`crate::reconcile`].
+    Podman(Desired),
+    /// The agent build this device must run (`AgentV0`), installed by [`crate::upgrade`].
+    Agent {
+        /// The payload.
+        desired: AgentV0,
+        /// SHA-256 of the exact bytes read from KV.
+        hash: ContentHash,
+    },
+}
+
+impl Payload {
+    /// SHA-256 of the bytes the payload was read from.
+    pub fn hash(&self) -> &ContentHash {
+        match self {
+            Payload::Podman(desired) => &desired.hash,
+            Payload::Agent { hash, .. } => hash,
+        }
+    }
 }
 
 /// Decode a payload read from KV (or from the offline store).
-pub fn decode(bytes: &[u8]) -> Result<Desired, String> {
+pub fn decode(bytes: &[u8]) -> Result<Payload, String> {
+    let hash = ContentHash::of_bytes(bytes);
     match ReconcileScore::decode(bytes) {
-        Ok(ReconcileScore::PodmanV0(payload)) => Ok(Desired {
-            payload,
-            hash: ContentHash::of_bytes(bytes),
-        }),
+        Ok(ReconcileScore::PodmanV0(payload)) => Ok(Payload::Podman(Desired { payload, hash })),
+        Ok(ReconcileScore::AgentV0(desired)) => Ok(Payload::Agent { desired, hash }),
         Ok(other) => Err(format!(
             "payload type {} is not supported by this agent; upgrade the agent",
             other.type_name()
@@ -329,7 +355,7 @@ impl<R: ContainerRuntime + ?Sized> Supervisor<R> {
         let (entry, target) = match record.operation {
             KvOperation::Put => match decode(&record.value) {
                 Ok(desired) => {
-                    tracing::info!(deployment = %name, revision = record.revision, hash = %desired.hash.short(), "new desired state");
+                    tracing::info!(deployment = %name, revision = record.revision, hash = %desired.hash().short(), "new desired state");
                     (
                         StoredEntry {
                             revision: record.revision,
@@ -494,7 +520,10 @@ impl<R: ContainerRuntime + ?Sized> Worker<R> {
 
     /// One reconcile of the current target; reports if anything changed.
     async fn step(&self, target: &Target, last: &mut Option<(Reported, Timestamp)>) -> Reported {
-        let hash = target.desired.as_ref().map(|d| d.hash.clone());
+        if let Some(Payload::Agent { desired, hash }) = target.desired.as_deref() {
+            return self.upgrade_step(target, desired, hash, last).await;
+        }
+        let hash = target.desired.as_ref().map(|d| d.hash().clone());
         if !self.settings.runtime_enabled {
             let reported = Reported {
                 phase: if target.is_removal() {
@@ -513,7 +542,10 @@ impl<R: ContainerRuntime + ?Sized> Worker<R> {
             self.report(&reported, last, target.is_removal());
             return reported;
         }
-        let desired = target.desired.as_deref();
+        let desired = match target.desired.as_deref() {
+            Some(Payload::Podman(desired)) => Some(desired),
+            Some(Payload::Agent { .. }) | None => None,
+        };
         let started = std::time::Instant::now();
         let outcome: Outcome =
             reconcile::reconcile(self.runtime.as_ref(), &self.name, desired, &|plan| {
@@ -565,6 +597,57 @@ impl<R: ContainerRuntime + ?Sized> Worker<R> {
         reported
     }
 
+    /// One reconcile of an `AgentV0` deployment (self-upgrade). The container runtime
+    /// setting does not apply: it is about containers.
+    async fn upgrade_step(
+        &self,
+        target: &Target,
+        desired: &AgentV0,
+        hash: &ContentHash,
+        last: &mut Option<(Reported, Timestamp)>,
+    ) -> Reported {
+        let installing = || {
+            let pending = Reported {
+                phase: Phase::Pending,
+                hash: Some(hash.clone()),
+                revision: target.revision,
+                error: None,
+                containers: BTreeMap::new(),
+            };
+            if last
+                .as_ref()
+                .is_none_or(|(l, _)| l.phase != Phase::Pending || l.revision != target.revision)
+            {
+                self.send_state(&pending, Timestamp::now());
+            }
+        };
+        let outcome = crate::upgrade::worker::step(
+            self.settings.upgrader.as_ref(),
+            &self.name,
+            desired,
+            &installing,
+        )
+        .await;
+        let (phase, error) = match (outcome.phase, &target.rejected) {
+            (Phase::Failed, _) => (Phase::Failed, outcome.error),
+            (_, Some(reason)) => (Phase::Failed, Some(reason.clone())),
+            (phase, None) => (phase, outcome.error),
+        };
+        let reported = Reported {
+            phase,
+            hash: if target.rejected.is_some() {
+                None
+            } else {
+                Some(hash.clone())
+            },
+            revision: target.revision,
+            error,
+            containers: BTreeMap::new(),
+        };
+        self.report(&reported, last, false);
+        reported
+    }
+
     fn report(&self, reported: &Reported, last: &mut Option<(Reported, Timestamp)>, removal: bool) {
         if last.as_ref().is_some_and(|(l, _)| l == reported) {
             return;
@@ -612,6 +695,7 @@ fn to_state(reported: &Reported, since: Timestamp) -> DeploymentState {
 mod tests {
     use super::*;
     use crate::runtime::fake::FakeRuntime;
+    use crate::upgrade::worker::fake::FakeUpgrader;
     use bytes::Bytes;
     use harmony_fleet_contracts::payload::{PodmanV0, Service};
 
@@ -625,6 +709,15 @@ mod tests {
     }
 
     fn harness() -> Harness {
+        harness_with(
+            Arc::new(crate::upgrade::DisabledUpgrader(
+                "self-upgrade is disabled in these tests".into(),
+            )),
+            true,
+        )
+    }
+
+    fn harness_with(upgrader: Arc<dyn Upgrader>, runtime_enabled: bool) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("store");
         let runtime = Arc::new(FakeRuntime::with_images(&[
@@ -640,8 +733,9 @@ mod tests {
             tx,
             WorkerSettings {
                 reconcile_interval: Duration::from_secs(3600),
-                runtime_enabled: true,
+                runtime_enabled,
                 metrics: crate::metrics::Metrics::new(),
+                upgrader,
             },
             CancellationToken::new(),
         );
@@ -834,6 +928,92 @@ mod tests {
             .await;
         assert!(h.supervisor.held().deployments.is_empty());
         assert!(h.runtime.containers().is_empty());
+    }
+
+    fn agent_payload(sha: &str) -> Bytes {
+        let score = ReconcileScore::AgentV0(AgentV0 {
+            version: "0.1.1".into(),
+            binaries: BTreeMap::from([(std::env::consts::ARCH.into(), sha.into())]),
+            heartbeat_deadline_seconds: 60,
+        });
+        Bytes::from(serde_json::to_vec(&score).expect("json"))
+    }
+
+    #[tokio::test]
+    async fn an_agent_build_is_installed_even_with_the_runtime_disabled() {
+        let fake = Arc::new(FakeUpgrader::new(&"aa".repeat(32)));
+        let mut h = harness_with(fake.clone(), false);
+        let wanted = "bb".repeat(32);
+        h.supervisor
+            .handle(WatchEvent::Change(put(
+                "dev-1.agent",
+                1,
+                agent_payload(&wanted),
+            )))
+            .await;
+        let pending = next_state(&mut h, Phase::Pending).await;
+        assert_eq!(pending.desired_revision, Some(1));
+        assert_eq!(pending.last_error, None);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !fake.calls().iter().any(|c| c == "restart") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no restart within 5 s: {:?}",
+                fake.calls()
+            );
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(
+            fake.calls(),
+            [
+                format!("fetch {wanted}"),
+                format!("self-test /staged-{wanted} 0.1.1"),
+                format!("swap {wanted}"),
+                "restart".to_owned()
+            ]
+        );
+        assert!(h.runtime.containers().is_empty());
+    }
+
+    #[tokio::test]
+    async fn an_agent_build_reports_running_failed_with_its_step_and_removed() {
+        let own = "aa".repeat(32);
+        let fake = Arc::new(FakeUpgrader::new(&own));
+        let mut h = harness_with(fake.clone(), true);
+        h.supervisor
+            .handle(WatchEvent::Change(put(
+                "dev-1.agent",
+                1,
+                agent_payload(&own),
+            )))
+            .await;
+        let running = next_state(&mut h, Phase::Running).await;
+        assert_eq!(running.last_error, None);
+        assert!(running.payload_hash.is_some());
+        if let Ok(mut error) = fake.fetch_error.lock() {
+            *error = Some("no answer (timed out)".into());
+        }
+        h.supervisor
+            .handle(WatchEvent::Change(put(
+                "dev-1.agent",
+                2,
+                agent_payload(&"bb".repeat(32)),
+            )))
+            .await;
+        let failed = next_state(&mut h, Phase::Failed).await;
+        let error = failed.last_error.unwrap_or_default();
+        assert!(error.starts_with("fetch of agent build bbbb"), "{error}");
+        h.supervisor
+            .handle(WatchEvent::Change(KvRecord {
+                key: "dev-1.agent".into(),
+                revision: 3,
+                operation: KvOperation::Delete,
+                value: Bytes::new(),
+            }))
+            .await;
+        next_state(&mut h, Phase::Removed).await;
+        assert!(!fake.calls().iter().any(|c| c.starts_with("swap")));
     }
 
     #[test]

@@ -14,6 +14,8 @@ mod metrics;
 #[path = "agent/restart.rs"]
 mod restart;
 mod support;
+#[path = "agent/upgrade.rs"]
+mod upgrade;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -306,7 +308,9 @@ async fn create_bucket(js: &jetstream::Context, spec: &buckets::BucketSpec) -> R
 /// The agent running in this process; stopped (and aborted if need be) on drop.
 struct RunningAgent {
     shutdown: CancellationToken,
-    handle: Option<tokio::task::JoinHandle<Result<(), harmony_fleet_agent::Error>>>,
+    handle: Option<
+        tokio::task::JoinHandle<Result<harmony_fleet_agent::Exit, harmony_fleet_agent::Error>>,
+    >,
 }
 
 impl RunningAgent {
