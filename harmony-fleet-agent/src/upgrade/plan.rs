@@ -50,11 +50,20 @@ pub fn plan(desired: &AgentV0, facts: Facts<'_>) -> Decision {
             facts.arch
         ));
     };
+    let on_probation = facts
+        .pending
+        .is_some_and(|pending| pending.to_sha == facts.own_sha);
     if wanted == facts.own_sha {
-        return match facts.pending {
-            Some(pending) if pending.to_sha == facts.own_sha => Decision::AwaitConfirm,
-            _ => Decision::Running,
+        return if on_probation {
+            Decision::AwaitConfirm
+        } else {
+            Decision::Running
         };
+    }
+    if on_probation {
+        // Installing now would make this unconfirmed binary the `previous` one: finish the
+        // probation first.
+        return Decision::AwaitConfirm;
     }
     if let Some(failed) = facts.failed
         && &failed.to_sha == wanted
@@ -200,6 +209,10 @@ mod tests {
             ..facts(NEW)
         };
         assert_eq!(plan(&desired(), facts), Decision::AwaitConfirm);
+        // Another build is installed only once this one is confirmed.
+        let mut third = desired();
+        third.binaries.insert("x86_64".into(), "ee".into());
+        assert_eq!(plan(&third, facts), Decision::AwaitConfirm);
         // A pending marker for another build does not concern the running one.
         let other = pending("dd");
         let facts = Facts {
