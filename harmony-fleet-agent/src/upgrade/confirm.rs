@@ -147,6 +147,7 @@ mod tests {
             arch: "x86_64".into(),
             sha256: sha.into(),
             binary_path: "/usr/local/bin/fleet-agent".into(),
+            image: "/proc/self/exe".into(),
             under_systemd: true,
             version: "0.1.1".into(),
         }))

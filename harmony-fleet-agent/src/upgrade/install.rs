@@ -99,7 +99,7 @@ pub fn swap(
     };
     std::fs::create_dir_all(upgrade_dir(data_dir)).map_err(io(&upgrade_dir(data_dir)))?;
     let previous = guard_binary(data_dir);
-    files::copy_atomic(&info.binary_path, &previous, EXECUTABLE).map_err(io(&previous))?;
+    files::copy_atomic(&info.image, &previous, EXECUTABLE).map_err(io(&previous))?;
     let pending = Pending {
         deployment: deployment.clone(),
         binary_path: info.binary_path.clone(),
@@ -295,6 +295,7 @@ mod tests {
             arch: "x86_64".into(),
             sha256: "aa".into(),
             binary_path: binary.clone(),
+            image: binary.clone(),
             under_systemd: true,
             version: "0.1.0".into(),
         };

@@ -240,6 +240,8 @@ impl ExitRequest {
     }
 }
 
+const PROC_SELF_EXE: &str = "/proc/self/exe";
+
 /// What this running binary is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SelfInfo {
@@ -247,8 +249,11 @@ pub struct SelfInfo {
     pub arch: String,
     /// SHA-256 (hex) of the binary as started.
     pub sha256: String,
-    /// Where it was started from.
+    /// Where it was started from (and where a new build goes).
     pub binary_path: PathBuf,
+    /// Where the running binary's bytes are read from: `/proc/self/exe`, which stays the
+    /// running image even after the file at `binary_path` was replaced.
+    pub image: PathBuf,
     /// Whether systemd runs it (`INVOCATION_ID` is set).
     pub under_systemd: bool,
     /// [`crate::version::current`].
@@ -258,17 +263,28 @@ pub struct SelfInfo {
 impl SelfInfo {
     /// Reads and hashes the running binary (blocking: run it off the async threads).
     pub fn detect() -> Result<Self, UpgradeError> {
-        let binary_path = std::env::current_exe().map_err(|source| UpgradeError::Io {
+        let exe = std::env::current_exe().map_err(|source| UpgradeError::Io {
             step: "identify this binary",
-            path: PathBuf::from("/proc/self/exe"),
+            path: PathBuf::from(PROC_SELF_EXE),
             source,
         })?;
-        let sha256 = files::sha256_file(&binary_path).map_err(|source| UpgradeError::Io {
+        // Linux names a replaced running binary "<path> (deleted)".
+        let binary_path = exe
+            .to_str()
+            .and_then(|path| path.strip_suffix(" (deleted)"))
+            .map_or(exe.clone(), PathBuf::from);
+        let image = if Path::new(PROC_SELF_EXE).exists() {
+            PathBuf::from(PROC_SELF_EXE)
+        } else {
+            binary_path.clone()
+        };
+        let sha256 = files::sha256_file(&image).map_err(|source| UpgradeError::Io {
             step: "identify this binary",
-            path: binary_path.clone(),
+            path: image.clone(),
             source,
         })?;
         Ok(Self {
+            image,
             arch: std::env::consts::ARCH.to_owned(),
             sha256,
             binary_path,
@@ -305,5 +321,35 @@ impl SelfImage {
             .await
             .clone()
             .map_err(UpgradeError::Unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_binary_is_identified_by_its_running_image() {
+        let info = SelfInfo::detect().expect("detect");
+        let exe = std::env::current_exe().expect("exe");
+        assert_eq!(info.binary_path, exe);
+        assert_eq!(
+            info.sha256,
+            files::sha256_file(&exe).expect("hash the test binary")
+        );
+        assert_eq!(info.arch, std::env::consts::ARCH);
+        assert_eq!(info.version, env!("CARGO_PKG_VERSION"));
+    }
+
+    #[test]
+    fn a_requested_exit_wins_over_the_plain_stop() {
+        let shutdown = CancellationToken::new();
+        let exit = ExitRequest::new(shutdown.clone());
+        assert_eq!(exit.outcome(), Exit::Stopped);
+        exit.request(Exit::Restart);
+        exit.request(Exit::Unconfirmed);
+        assert!(shutdown.is_cancelled());
+        assert_eq!(exit.outcome(), Exit::Restart);
+        assert_eq!(exit.outcome().code(), EXIT_RESTART);
     }
 }

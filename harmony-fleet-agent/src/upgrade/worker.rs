@@ -184,6 +184,7 @@ pub(crate) mod fake {
                         arch: std::env::consts::ARCH.into(),
                         sha256: own.into(),
                         binary_path: "/usr/local/bin/fleet-agent".into(),
+                        image: "/proc/self/exe".into(),
                         under_systemd: true,
                         version: "0.1.0".into(),
                     },
