@@ -116,3 +116,142 @@ async fn a_device_downloads_an_agent_build_with_direct_gets_only() -> Result<()>
     }
     Ok(())
 }
+
+/// A config the binary accepts (nothing connects to it).
+fn write_config(dir: &std::path::Path) -> Result<std::path::PathBuf> {
+    let path = dir.join("agent.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[agent]\ndevice_id = \"dev-1\"\ndata_dir = \"{}\"\n\n[nats]\nurls = \
+             [\"nats://127.0.0.1:4222\"]\n\n[credentials]\ntype = \"toml-shared\"\nuser = \
+             \"dev-1\"\npassword = \"x\"\n",
+            dir.join("data").display()
+        ),
+    )?;
+    Ok(path)
+}
+
+fn run(binary: &std::path::Path, args: &[&std::ffi::OsStr]) -> Result<std::process::Output> {
+    std::process::Command::new(binary)
+        .args(args)
+        .env_remove("FLEET_AGENT_CONFIG")
+        .output()
+        .with_context(|| format!("running {}", binary.display()))
+}
+
+/// What the deploy side relies on: a stamped build self-tests with its stamped version.
+#[test]
+fn a_stamped_build_self_tests_with_its_version() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = write_config(dir.path())?;
+    let agent = std::path::Path::new(env!("CARGO_BIN_EXE_fleet-agent"));
+    let out = run(
+        agent,
+        &[
+            "self-test".as_ref(),
+            "--config".as_ref(),
+            config.as_os_str(),
+        ],
+    )?;
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("fleet-agent {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    let missing = dir.path().join("missing.toml");
+    let out = run(
+        agent,
+        &[
+            "self-test".as_ref(),
+            "--config".as_ref(),
+            missing.as_os_str(),
+        ],
+    )?;
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("missing.toml"),
+        "{out:?}"
+    );
+
+    let mut bytes = std::fs::read(agent)?;
+    harmony_fleet_agent::stamp(&mut bytes, "0.1.1-ci.7")?;
+    let stamped = dir.path().join("stamped");
+    std::fs::write(&stamped, &bytes)?;
+    std::fs::set_permissions(&stamped, std::fs::Permissions::from_mode(0o755))?;
+    let out = run(
+        &stamped,
+        &[
+            "self-test".as_ref(),
+            "--config".as_ref(),
+            config.as_os_str(),
+        ],
+    )?;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "fleet-agent 0.1.1-ci.7\n"
+    );
+    let out = run(&stamped, &["--version".as_ref()])?;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "fleet-agent 0.1.1-ci.7\n"
+    );
+    Ok(())
+}
+
+/// `upgrade-guard` as systemd runs it: the previous binary, before a start, past the new
+/// binary's deadline — it reverts, and exits 0 whatever it finds.
+#[test]
+fn the_guard_binary_reverts_a_late_upgrade_and_never_fails_the_start() -> Result<()> {
+    use harmony_fleet_agent::upgrade::{self, Pending};
+    let dir = tempfile::tempdir()?;
+    let config = write_config(dir.path())?;
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(upgrade::upgrade_dir(&data))?;
+    let previous = harmony_fleet_agent::guard_binary(&data);
+    std::fs::copy(env!("CARGO_BIN_EXE_fleet-agent"), &previous)?;
+    let installed = dir.path().join("fleet-agent");
+    std::fs::write(&installed, b"a new build that never heartbeats")?;
+    let pending = Pending {
+        deployment: "agent".parse()?,
+        binary_path: installed.clone(),
+        from_sha: "aa".repeat(32),
+        from_version: "0.1.0".into(),
+        to_sha: "bb".repeat(32),
+        to_version: "0.1.1".into(),
+        deadline_unix: 0,
+        heartbeat_deadline_seconds: 60,
+        starts: 1,
+    };
+    std::fs::write(upgrade::pending_path(&data), serde_json::to_vec(&pending)?)?;
+    let guard = [
+        "upgrade-guard".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ];
+    let out = run(&previous, &guard)?;
+    assert!(out.status.success(), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("did not heartbeat within 60 s (2 starts); reverted to 0.1.0"),
+        "{stderr}"
+    );
+    assert!(
+        std::fs::read(&installed)? == std::fs::read(&previous)?,
+        "previous put back"
+    );
+    assert!(!upgrade::pending_path(&data).exists());
+    assert!(upgrade::failed_path(&data).exists());
+
+    // A marker it cannot read, or no config at all: logged, the start goes on.
+    std::fs::write(upgrade::pending_path(&data), b"{")?;
+    let out = run(&previous, &guard)?;
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("pending.json"),
+        "{out:?}"
+    );
+    let out = run(&previous, &["upgrade-guard".as_ref()])?;
+    assert!(out.status.success(), "{out:?}");
+    Ok(())
+}
