@@ -13,6 +13,8 @@ mod lifecycle;
 mod metrics;
 #[path = "agent/restart.rs"]
 mod restart;
+#[path = "agent/self_upgrade.rs"]
+mod self_upgrade;
 mod support;
 #[path = "agent/upgrade.rs"]
 mod upgrade;
