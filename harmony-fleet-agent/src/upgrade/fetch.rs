@@ -144,6 +144,29 @@ pub async fn object_bytes(
     Ok(bytes)
 }
 
+/// Removes builds staged earlier (a self-test that failed, a build no longer wanted): devices
+/// have little disk, and only the build being installed matters.
+fn remove_other_builds(dir: &Path, keep: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let staged = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|name| name.starts_with("staged-"));
+        if staged && path != keep {
+            match std::fs::remove_file(&path) {
+                Ok(()) => tracing::info!(path = %path.display(), "removed an earlier staged build"),
+                Err(err) => {
+                    tracing::warn!(path = %path.display(), error = %err, "cannot remove an earlier staged build");
+                }
+            }
+        }
+    }
+}
+
 /// Downloads build `sha256` to `<data_dir>/upgrade/staged-<sha256>` (0755), checking its size
 /// and SHA-256. An already staged, intact copy is reused.
 pub async fn fetch(
@@ -187,6 +210,7 @@ pub async fn fetch(
     let path = staged.clone();
     let written = tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&dir)?;
+        remove_other_builds(&dir, &path);
         files::write_atomic(&path, &bytes, EXECUTABLE)
     })
     .await
@@ -198,4 +222,23 @@ pub async fn fetch(
     })?;
     tracing::info!(sha256, path = %staged.display(), "agent build staged");
     Ok(staged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_build_being_installed_stays_staged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let keep = staged_path(dir.path(), "bb");
+        let old = staged_path(dir.path(), "aa");
+        let dir = upgrade_dir(dir.path());
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(&old, b"old").expect("write");
+        std::fs::write(dir.join("previous"), b"prev").expect("write");
+        remove_other_builds(&dir, &keep);
+        assert!(!old.exists());
+        assert!(dir.join("previous").exists());
+    }
 }
