@@ -6,6 +6,7 @@
 //! (workloads adopted or restarted) *before* NATS is even tried, and the client connects in the
 //! background, so a device that boots without network runs its last known workloads.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,8 @@ use crate::metrics::Metrics;
 use crate::reports::{self, ReporterSettings};
 use crate::runtime::{ContainerRuntime, PodmanCli};
 use crate::store::Store;
+use crate::upgrade::install::HostUpgrader;
+use crate::upgrade::{Exit, ExitRequest, SelfImage};
 use crate::watch;
 use crate::watch::WatchEvent;
 
@@ -91,26 +94,39 @@ async fn own_credential(
     Ok(Some(Credential::new(key, token)))
 }
 
-/// The agent's version as reported in `device-info`, heartbeats and `ping`.
+/// The agent's version as reported in `device-info`, heartbeats and `ping`
+/// ([`crate::version::current`]: the stamped version, else the crate's).
 pub fn agent_version() -> AgentVersion {
-    AgentVersion::lossy(env!("CARGO_PKG_VERSION"))
+    AgentVersion::lossy(&crate::version::current())
 }
 
 /// The device agent. Build it from a validated [`Config`], then [`run`](Agent::run) it.
 #[derive(Debug, Clone)]
 pub struct Agent {
     config: Config,
+    config_path: Option<PathBuf>,
 }
 
 impl Agent {
     /// An agent for this configuration.
     pub fn new(config: Config) -> Self {
-        Self { config }
+        Self {
+            config,
+            config_path: None,
+        }
     }
 
-    /// Run with the podman CLI runtime until `shutdown` is cancelled. Containers keep running
-    /// after the agent stops: stopping the agent never stops workloads.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), Error> {
+    /// The file the configuration was loaded from: a new build's self-test reads it
+    /// (self-upgrade fails without it).
+    pub fn with_config_path(mut self, path: PathBuf) -> Self {
+        self.config_path = Some(path);
+        self
+    }
+
+    /// Run with the podman CLI runtime until `shutdown` is cancelled (or the agent stops
+    /// itself, see [`Exit`]). Containers keep running after the agent stops: stopping the
+    /// agent never stops workloads.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<Exit, Error> {
         let runtime = Arc::new(PodmanCli::new(self.config.podman_options()));
         self.run_with_runtime(runtime, shutdown).await
     }
@@ -120,9 +136,20 @@ impl Agent {
         self,
         runtime: Arc<R>,
         shutdown: CancellationToken,
-    ) -> Result<(), Error> {
+    ) -> Result<Exit, Error> {
         let started = Instant::now();
         let config = self.config;
+        let exit = ExitRequest::new(shutdown.clone());
+        let image = Arc::new(SelfImage::default());
+        let (client_tx, client_rx) = tokio::sync::watch::channel(None);
+        let heartbeat_published = Arc::new(tokio::sync::Notify::new());
+        let upgrader = Arc::new(HostUpgrader::new(
+            config.agent.data_dir.clone(),
+            self.config_path.clone(),
+            image.clone(),
+            client_rx,
+            exit.clone(),
+        ));
         let device = config.agent.device_id.clone();
         tracing::info!(%device, version = %agent_version(), "fleet agent starting");
 
@@ -141,6 +168,7 @@ impl Agent {
                 reconcile_interval: config.reconcile_interval(),
                 runtime_enabled: config.agent.runtime_enabled,
                 metrics: metrics.clone(),
+                upgrader,
             },
             stop.clone(),
         );
@@ -151,6 +179,14 @@ impl Agent {
         let (watch_tx, watch_rx) = mpsc::channel(64);
         let mut tasks = JoinSet::new();
         tasks.spawn(supervisor.run(watch_rx));
+        // A newly installed binary is on probation until its first heartbeat.
+        tasks.spawn(crate::upgrade::confirm::run(
+            config.agent.data_dir.clone(),
+            image,
+            heartbeat_published.clone(),
+            exit.clone(),
+            stop.clone(),
+        ));
         {
             let watch_tx = watch_tx.downgrade();
             metrics.probe_queue("watch-events", move || {
@@ -195,7 +231,7 @@ impl Agent {
                         // Stopped while enrolling.
                         stop.cancel();
                         drain(&mut tasks).await;
-                        return Ok(());
+                        return Ok(exit.outcome());
                     }
                 }
             }
@@ -204,6 +240,7 @@ impl Agent {
         let connection =
             Connection::connect(&config, &device_inbox_prefix(&device), credential.as_ref())
                 .await?;
+        client_tx.send_replace(Some(connection.client().clone()));
         tasks.spawn(count_reconnects(
             connection.link(),
             metrics.clone(),
@@ -236,6 +273,7 @@ impl Agent {
                 agent_version: agent_version(),
                 heartbeat_interval: config.heartbeat_interval(),
                 metrics: metrics.clone(),
+                heartbeat_published: Some(heartbeat_published),
             },
             report_rx,
             stop.clone(),
@@ -262,8 +300,9 @@ impl Agent {
             Ok(Err(err)) => tracing::debug!(error = %err, "final flush"),
             Err(_) => tracing::debug!("final flush did not finish within {FINAL_FLUSH:?}"),
         }
-        tracing::info!(elapsed = ?stopping.elapsed(), "fleet agent stopped");
-        Ok(())
+        let outcome = exit.outcome();
+        tracing::info!(elapsed = ?stopping.elapsed(), exit = ?outcome, "fleet agent stopped");
+        Ok(outcome)
     }
 }
 

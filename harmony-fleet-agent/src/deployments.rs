@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use harmony_fleet_contracts::canonical::ContentHash;
-use harmony_fleet_contracts::payload::ReconcileScore;
+use harmony_fleet_contracts::payload::{AgentV0, ReconcileScore};
 use harmony_fleet_contracts::state::{DeploymentState, Phase};
 use harmony_fleet_contracts::{DeploymentName, DesiredKey, DeviceId};
 use jiff::Timestamp;
@@ -25,10 +25,15 @@ use crate::reconcile::{self, Desired, Health, Outcome};
 use crate::reports::Report;
 use crate::runtime::{ContainerRuntime, LABEL_DEPLOYMENT};
 use crate::store::{Store, StoredEntry, StoredState};
+use crate::upgrade::Upgrader;
 use crate::watch::{KvOperation, KvRecord, WatchEvent};
 
 /// Longest back-off between retries of a failing deployment.
 const MAX_RETRY_DELAY: Duration = Duration::from_secs(300);
+
+/// How often a pending `AgentV0` deployment looks again (a new binary on probation is
+/// confirmed by its first heartbeat, which the worker sees only by looking).
+const AGENT_PENDING_RECHECK: Duration = Duration::from_secs(2);
 
 /// What one deployment's worker must achieve.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,7 +41,7 @@ pub struct Target {
     /// KV revision this target comes from (0: not from KV, e.g. an orphan found on disk).
     pub revision: u64,
     /// What to run; `None`: nothing (the key was deleted).
-    pub desired: Option<Arc<Desired>>,
+    pub desired: Option<Arc<Payload>>,
     /// Why the newest value could not be used; the previous `desired` keeps running and the
     /// deployment reports `Failed` with this message.
     pub rejected: Option<String>,
@@ -57,15 +62,40 @@ pub struct WorkerSettings {
     pub runtime_enabled: bool,
     /// Where reconciles and restarts are counted.
     pub metrics: crate::metrics::Metrics,
+    /// Self-upgrade (`AgentV0` deployments); not affected by `runtime_enabled`.
+    pub upgrader: Arc<dyn Upgrader>,
+}
+
+/// A payload accepted for a deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Payload {
+    /// Containers to run (`PodmanV0`), reconciled by [`crate::reconcile`].
+    Podman(Desired),
+    /// The agent build this device must run (`AgentV0`), installed by [`crate::upgrade`].
+    Agent {
+        /// The payload.
+        desired: AgentV0,
+        /// SHA-256 of the exact bytes read from KV.
+        hash: ContentHash,
+    },
+}
+
+impl Payload {
+    /// SHA-256 of the bytes the payload was read from.
+    pub fn hash(&self) -> &ContentHash {
+        match self {
+            Payload::Podman(desired) => &desired.hash,
+            Payload::Agent { hash, .. } => hash,
+        }
+    }
 }
 
 /// Decode a payload read from KV (or from the offline store).
-pub fn decode(bytes: &[u8]) -> Result<Desired, String> {
+pub fn decode(bytes: &[u8]) -> Result<Payload, String> {
+    let hash = ContentHash::of_bytes(bytes);
     match ReconcileScore::decode(bytes) {
-        Ok(ReconcileScore::PodmanV0(payload)) => Ok(Desired {
-            payload,
-            hash: ContentHash::of_bytes(bytes),
-        }),
+        Ok(ReconcileScore::PodmanV0(payload)) => Ok(Payload::Podman(Desired { payload, hash })),
+        Ok(ReconcileScore::AgentV0(desired)) => Ok(Payload::Agent { desired, hash }),
         Ok(other) => Err(format!(
             "payload type {} is not supported by this agent; upgrade the agent",
             other.type_name()
@@ -329,7 +359,7 @@ impl<R: ContainerRuntime + ?Sized> Supervisor<R> {
         let (entry, target) = match record.operation {
             KvOperation::Put => match decode(&record.value) {
                 Ok(desired) => {
-                    tracing::info!(deployment = %name, revision = record.revision, hash = %desired.hash.short(), "new desired state");
+                    tracing::info!(deployment = %name, revision = record.revision, hash = %desired.hash().short(), "new desired state");
                     (
                         StoredEntry {
                             revision: record.revision,
@@ -475,7 +505,12 @@ impl<R: ContainerRuntime + ?Sized> Worker<R> {
                 retry_delay(failures, self.settings.reconcile_interval)
             } else {
                 failures = 0;
-                self.settings.reconcile_interval
+                let agent = matches!(target.desired.as_deref(), Some(Payload::Agent { .. }));
+                if agent && reported.phase == Phase::Pending {
+                    AGENT_PENDING_RECHECK.min(self.settings.reconcile_interval)
+                } else {
+                    self.settings.reconcile_interval
+                }
             };
             if reported.phase == Phase::Removed && target.is_removal() {
                 let _ = self.removed.send((self.name.clone(), target.revision));
@@ -494,7 +529,10 @@ impl<R: ContainerRuntime + ?Sized> Worker<R> {
 
     /// One reconcile of the current target; reports if anything changed.
     async fn step(&self, target: &Target, last: &mut Option<(Reported, Timestamp)>) -> Reported {
-        let hash = target.desired.as_ref().map(|d| d.hash.clone());
+        if let Some(Payload::Agent { desired, hash }) = target.desired.as_deref() {
+            return self.upgrade_step(target, desired, hash, last).await;
+        }
+        let hash = target.desired.as_ref().map(|d| d.hash().clone());
         if !self.settings.runtime_enabled {
             let reported = Reported {
                 phase: if target.is_removal() {
@@ -513,7 +551,10 @@ impl<R: ContainerRuntime + ?Sized> Worker<R> {
             self.report(&reported, last, target.is_removal());
             return reported;
         }
-        let desired = target.desired.as_deref();
+        let desired = match target.desired.as_deref() {
+            Some(Payload::Podman(desired)) => Some(desired),
+            Some(Payload::Agent { .. }) | None => None,
+        };
         let started = std::time::Instant::now();
         let outcome: Outcome =
             reconcile::reconcile(self.runtime.as_ref(), &self.name, desired, &|plan| {
@@ -565,6 +606,57 @@ impl<R: ContainerRuntime + ?Sized> Worker<R> {
         reported
     }
 
+    /// One reconcile of an `AgentV0` deployment (self-upgrade). The container runtime
+    /// setting does not apply: it is about containers.
+    async fn upgrade_step(
+        &self,
+        target: &Target,
+        desired: &AgentV0,
+        hash: &ContentHash,
+        last: &mut Option<(Reported, Timestamp)>,
+    ) -> Reported {
+        let installing = || {
+            let pending = Reported {
+                phase: Phase::Pending,
+                hash: Some(hash.clone()),
+                revision: target.revision,
+                error: None,
+                containers: BTreeMap::new(),
+            };
+            if last
+                .as_ref()
+                .is_none_or(|(l, _)| l.phase != Phase::Pending || l.revision != target.revision)
+            {
+                self.send_state(&pending, Timestamp::now());
+            }
+        };
+        let outcome = crate::upgrade::worker::step(
+            self.settings.upgrader.as_ref(),
+            &self.name,
+            desired,
+            &installing,
+        )
+        .await;
+        let (phase, error) = match (outcome.phase, &target.rejected) {
+            (Phase::Failed, _) => (Phase::Failed, outcome.error),
+            (_, Some(reason)) => (Phase::Failed, Some(reason.clone())),
+            (phase, None) => (phase, outcome.error),
+        };
+        let reported = Reported {
+            phase,
+            hash: if target.rejected.is_some() {
+                None
+            } else {
+                Some(hash.clone())
+            },
+            revision: target.revision,
+            error,
+            containers: BTreeMap::new(),
+        };
+        self.report(&reported, last, false);
+        reported
+    }
+
     fn report(&self, reported: &Reported, last: &mut Option<(Reported, Timestamp)>, removal: bool) {
         if last.as_ref().is_some_and(|(l, _)| l == reported) {
             return;
@@ -609,238 +701,4 @@ fn to_state(reported: &Reported, since: Timestamp) -> DeploymentState {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::runtime::fake::FakeRuntime;
-    use bytes::Bytes;
-    use harmony_fleet_contracts::payload::{PodmanV0, Service};
-
-    const IMAGE: &str = "localhost/fleet-demo:v1";
-
-    struct Harness {
-        supervisor: Supervisor<FakeRuntime>,
-        runtime: Arc<FakeRuntime>,
-        reports: mpsc::UnboundedReceiver<Report>,
-        _dir: tempfile::TempDir,
-    }
-
-    fn harness() -> Harness {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path()).expect("store");
-        let runtime = Arc::new(FakeRuntime::with_images(&[
-            IMAGE,
-            "localhost/fleet-demo:v2",
-        ]));
-        let (tx, reports) = mpsc::unbounded_channel();
-        let supervisor = Supervisor::new(
-            "dev-1".parse().expect("device"),
-            runtime.clone(),
-            store.clone(),
-            store.load().expect("load"),
-            tx,
-            WorkerSettings {
-                reconcile_interval: Duration::from_secs(3600),
-                runtime_enabled: true,
-                metrics: crate::metrics::Metrics::new(),
-            },
-            CancellationToken::new(),
-        );
-        Harness {
-            supervisor,
-            runtime,
-            reports,
-            _dir: dir,
-        }
-    }
-
-    fn payload(image: &str) -> Bytes {
-        let score = ReconcileScore::PodmanV0(PodmanV0::new(vec![Service::new("http", image)]));
-        Bytes::from(serde_json::to_vec(&score).expect("json"))
-    }
-
-    fn put(key: &str, revision: u64, value: Bytes) -> KvRecord {
-        KvRecord {
-            key: key.into(),
-            revision,
-            operation: KvOperation::Put,
-            value,
-        }
-    }
-
-    async fn next_state(h: &mut Harness, phase: Phase) -> DeploymentState {
-        loop {
-            let report = tokio::time::timeout(Duration::from_secs(5), h.reports.recv())
-                .await
-                .expect("a report within 5s")
-                .expect("reports open");
-            match report {
-                Report::State { state, .. } | Report::Removed { state, .. }
-                    if state.phase == phase =>
-                {
-                    return state;
-                }
-                _ => {}
-            }
-        }
-    }
-
-    #[tokio::test]
-    async fn put_then_delete_runs_then_removes() {
-        let mut h = harness();
-        h.supervisor
-            .handle(WatchEvent::Change(put("dev-1.web", 5, payload(IMAGE))))
-            .await;
-        let running = next_state(&mut h, Phase::Running).await;
-        assert_eq!(running.desired_revision, Some(5));
-        assert_eq!(h.runtime.containers().len(), 1);
-        h.supervisor
-            .handle(WatchEvent::Change(KvRecord {
-                key: "dev-1.web".into(),
-                revision: 6,
-                operation: KvOperation::Delete,
-                value: Bytes::new(),
-            }))
-            .await;
-        next_state(&mut h, Phase::Removed).await;
-        assert!(h.runtime.containers().is_empty());
-    }
-
-    #[tokio::test]
-    async fn older_revision_is_never_applied() {
-        let mut h = harness();
-        h.supervisor
-            .handle(WatchEvent::Change(put(
-                "dev-1.web",
-                9,
-                payload("localhost/fleet-demo:v2"),
-            )))
-            .await;
-        next_state(&mut h, Phase::Running).await;
-        h.supervisor
-            .handle(WatchEvent::Change(put("dev-1.web", 4, payload(IMAGE))))
-            .await;
-        assert_eq!(
-            h.supervisor
-                .held()
-                .deployments
-                .values()
-                .next()
-                .map(|e| e.revision),
-            Some(9)
-        );
-        // Same revision again (a replay after reconnect) changes nothing either.
-        h.supervisor
-            .handle(WatchEvent::Snapshot(vec![put(
-                "dev-1.web",
-                9,
-                payload("localhost/fleet-demo:v2"),
-            )]))
-            .await;
-        let containers = h.runtime.containers();
-        assert_eq!(containers.len(), 1);
-        assert_eq!(containers[0].image, "localhost/fleet-demo:v2");
-    }
-
-    #[tokio::test]
-    async fn malformed_value_reports_failed_and_keeps_what_runs() {
-        let mut h = harness();
-        h.supervisor
-            .handle(WatchEvent::Change(put("dev-1.web", 1, payload(IMAGE))))
-            .await;
-        let running = next_state(&mut h, Phase::Running).await;
-        h.supervisor
-            .handle(WatchEvent::Change(put(
-                "dev-1.web",
-                2,
-                Bytes::from_static(b"{not json"),
-            )))
-            .await;
-        let failed = next_state(&mut h, Phase::Failed).await;
-        assert!(
-            failed
-                .last_error
-                .as_deref()
-                .is_some_and(|e| e.contains("cannot be decoded")),
-            "{failed:?}"
-        );
-        assert_eq!(failed.payload_hash, None);
-        assert_eq!(failed.container_ids, running.container_ids);
-        assert_eq!(h.runtime.containers().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn snapshot_removes_deployments_that_vanished() {
-        let mut h = harness();
-        h.supervisor
-            .handle(WatchEvent::Change(put("dev-1.web", 1, payload(IMAGE))))
-            .await;
-        next_state(&mut h, Phase::Running).await;
-        h.supervisor.handle(WatchEvent::Snapshot(Vec::new())).await;
-        next_state(&mut h, Phase::Removed).await;
-        assert!(h.runtime.containers().is_empty());
-    }
-
-    /// What a blacklisted device's agent does (identity::stop_workloads): everything is
-    /// removed, and once the blacklist is lifted the listing's record — possibly the very
-    /// revision held before — applies again.
-    #[tokio::test]
-    async fn an_empty_rebase_removes_everything_and_the_same_revision_applies_again() {
-        let mut h = harness();
-        h.supervisor
-            .handle(WatchEvent::Snapshot(vec![put(
-                "dev-1.web",
-                3,
-                payload(IMAGE),
-            )]))
-            .await;
-        next_state(&mut h, Phase::Running).await;
-        h.supervisor.handle(WatchEvent::Rebased(Vec::new())).await;
-        next_state(&mut h, Phase::Removed).await;
-        assert!(h.runtime.containers().is_empty());
-        h.supervisor
-            .handle(WatchEvent::Snapshot(vec![put(
-                "dev-1.web",
-                3,
-                payload(IMAGE),
-            )]))
-            .await;
-        next_state(&mut h, Phase::Running).await;
-        assert_eq!(h.runtime.containers().len(), 1);
-    }
-
-    #[tokio::test]
-    async fn held_state_is_persisted_and_restored() {
-        let mut h = harness();
-        h.supervisor
-            .handle(WatchEvent::Change(put("dev-1.web", 3, payload(IMAGE))))
-            .await;
-        next_state(&mut h, Phase::Running).await;
-        let reloaded = h.supervisor.store.load().expect("load");
-        assert_eq!(reloaded, *h.supervisor.held());
-        assert_eq!(
-            reloaded.deployments.values().next().map(|e| e.revision),
-            Some(3)
-        );
-    }
-
-    #[tokio::test]
-    async fn keys_of_other_devices_and_malformed_keys_are_ignored() {
-        let mut h = harness();
-        h.supervisor
-            .handle(WatchEvent::Change(put("dev-2.web", 1, payload(IMAGE))))
-            .await;
-        h.supervisor
-            .handle(WatchEvent::Change(put("dev-1.a.b", 2, payload(IMAGE))))
-            .await;
-        assert!(h.supervisor.held().deployments.is_empty());
-        assert!(h.runtime.containers().is_empty());
-    }
-
-    #[test]
-    fn retry_delay_grows_and_is_capped() {
-        let interval = Duration::from_secs(30);
-        assert_eq!(retry_delay(1, interval), Duration::from_secs(2));
-        assert_eq!(retry_delay(3, interval), Duration::from_secs(8));
-        assert_eq!(retry_delay(30, interval), MAX_RETRY_DELAY);
-    }
-}
+mod tests;

@@ -20,9 +20,23 @@
 //! | [`shell`] | the `shell` verb: an interactive shell on a pseudo-terminal |
 //! | [`inventory`] | what the device is (from `/proc`) |
 //! | [`metrics`] | Prometheus counters and the local `/metrics` endpoint |
+//! | [`upgrade`] | self-upgrade (`AgentV0`): plan, fetch, install, probation, the start guard |
+//! | [`version`] | the version this binary reports, and stamping it into a build |
 //! | [`agent`] | [`Agent`], wiring the loops together |
 //!
 //! It depends on neither `harmony` nor kube.
+//!
+//! ## Self-upgrade
+//!
+//! An `AgentV0` deployment makes the agent replace its own binary (see [`upgrade`] for the
+//! whole sequence). Under `<data_dir>/upgrade/`: `staged-<sha>` (a downloaded, checked build),
+//! `previous` (the binary that ran before the last swap; systemd runs it as
+//! `ExecStartPre=-<data_dir>/upgrade/previous upgrade-guard --config ...`), `pending.json`
+//! (an upgrade on probation until the new binary's first heartbeat) and `failed.json` (the
+//! last reverted build, not tried again). Fetch → self-test → swap → exit
+//! [`EXIT_RESTART`] → systemd restarts → the guard counts starts → the new binary confirms
+//! on its first heartbeat, or exits [`EXIT_UNCONFIRMED`] at its deadline and the guard
+//! puts `previous` back.
 
 pub mod agent;
 pub mod commands;
@@ -40,8 +54,12 @@ pub mod runtime;
 pub mod sessions;
 pub mod shell;
 pub mod store;
+pub mod upgrade;
+pub mod version;
 pub mod watch;
 
 pub use agent::{Agent, agent_version};
 pub use config::{Config, ConfigError};
 pub use error::Error;
+pub use upgrade::{EXIT_RESTART, EXIT_UNCONFIRMED, Exit, guard_binary};
+pub use version::{StampError, stamp};

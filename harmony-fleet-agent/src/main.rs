@@ -4,13 +4,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
-use harmony_fleet_agent::{Agent, Config};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use harmony_fleet_agent::{Agent, Config, upgrade, version};
 use tokio_util::sync::CancellationToken;
 
 /// The harmony fleet device agent.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(name = "fleet-agent", version, about)]
 struct Cli {
     /// Agent configuration file (TOML).
     #[arg(long, env = "FLEET_AGENT_CONFIG", global = true)]
@@ -31,10 +31,24 @@ enum Command {
         /// The file to check (defaults to --config / FLEET_AGENT_CONFIG).
         path: Option<PathBuf>,
     },
+    /// Load the configuration and print `fleet-agent <version>`: what a newly downloaded
+    /// build must pass before it replaces the running one.
+    SelfTest,
+    /// Run by systemd before every start (`ExecStartPre`, as the previous binary): count the
+    /// starts of a newly installed build and put the previous one back when it does not
+    /// heartbeat in time. Always exits 0.
+    UpgradeGuard,
+}
+
+/// Parses the command line; `--version` prints [`version::current`] (the stamped version).
+fn parse() -> Cli {
+    let version: &'static str = Box::leak(version::current().into_boxed_str());
+    let matches = Cli::command().version(version).get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit())
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -42,10 +56,15 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if matches!(cli.command, Some(Command::UpgradeGuard)) {
+        return upgrade_guard(cli.config.as_deref());
+    }
     let identity_only = matches!(cli.command, Some(Command::Identity));
+    let self_test = matches!(cli.command, Some(Command::SelfTest));
     let (path, check_only) = match cli.command {
         Some(Command::CheckConfig { path }) => (path.or(cli.config), true),
-        Some(Command::Run | Command::Identity) | None => (cli.config, false),
+        Some(Command::Run | Command::Identity | Command::SelfTest | Command::UpgradeGuard)
+        | None => (cli.config, false),
     };
     let Some(path) = path else {
         eprintln!(
@@ -62,6 +81,10 @@ fn main() -> ExitCode {
     };
     if identity_only {
         return print_identity(&config);
+    }
+    if self_test {
+        println!("fleet-agent {}", version::current());
+        return ExitCode::SUCCESS;
     }
     if check_only {
         println!("{}: ok (device {})", path.display(), config.agent.device_id);
@@ -80,8 +103,12 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        match Agent::new(config).run(shutdown).await {
-            Ok(()) => ExitCode::SUCCESS,
+        match Agent::new(config)
+            .with_config_path(path)
+            .run(shutdown)
+            .await
+        {
+            Ok(exit) => ExitCode::from(exit.code()),
             Err(err) => {
                 eprintln!("fleet-agent: {err}");
                 ExitCode::FAILURE
@@ -96,6 +123,36 @@ fn main() -> ExitCode {
 
 /// How long blocking tasks (terminal readers, file writes) get once the agent has stopped.
 const SHUTDOWN_BLOCKING: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// `fleet-agent upgrade-guard`: never fails the start; says what it did on stderr.
+fn upgrade_guard(config: Option<&std::path::Path>) -> ExitCode {
+    let Some(path) = config else {
+        eprintln!("fleet-agent upgrade-guard: no configuration file (--config); nothing to guard");
+        return ExitCode::SUCCESS;
+    };
+    let config = match Config::load(path) {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("fleet-agent upgrade-guard: {err}; nothing guarded");
+            return ExitCode::SUCCESS;
+        }
+    };
+    let data_dir = &config.agent.data_dir;
+    match upgrade::guard::run(data_dir, upgrade::guard::now_unix()) {
+        Ok(upgrade::guard::GuardAction::Nothing) => {
+            eprintln!("fleet-agent upgrade-guard: no upgrade pending");
+        }
+        Ok(upgrade::guard::GuardAction::Counted(starts)) => eprintln!(
+            "fleet-agent upgrade-guard: new agent build on probation, start {starts} of at most {}",
+            upgrade::guard::MAX_STARTS
+        ),
+        Ok(upgrade::guard::GuardAction::Reverted(reason)) => {
+            eprintln!("fleet-agent upgrade-guard: {reason}");
+        }
+        Err(err) => eprintln!("fleet-agent upgrade-guard: {err}; starting the agent anyway"),
+    }
+    ExitCode::SUCCESS
+}
 
 /// `fleet-agent identity`: the public key, and the credential held if any.
 fn print_identity(config: &Config) -> ExitCode {

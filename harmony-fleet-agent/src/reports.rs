@@ -57,6 +57,9 @@ pub struct ReporterSettings {
     pub heartbeat_interval: Duration,
     /// Where the backlog of unwritten state reports is shown.
     pub metrics: crate::metrics::Metrics,
+    /// Notified after every heartbeat the server acknowledged (it confirms a self-upgrade,
+    /// see [`crate::upgrade::confirm`]).
+    pub heartbeat_published: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 /// One deployment's latest report and whether it still has to be written.
@@ -174,7 +177,12 @@ pub async fn run(
                 )
                 .await
                 {
-                    Ok(()) => heartbeat_due = false,
+                    Ok(()) => {
+                        heartbeat_due = false;
+                        if let Some(published) = &settings.heartbeat_published {
+                            published.notify_one();
+                        }
+                    }
                     Err(err) => tracing::warn!(error = %err, "cannot publish heartbeat"),
                 }
             }
@@ -273,6 +281,7 @@ mod tests {
             agent_version: AgentVersion::lossy("0.1.0"),
             heartbeat_interval: Duration::from_secs(30),
             metrics: crate::metrics::Metrics::new(),
+            heartbeat_published: None,
         }
     }
 

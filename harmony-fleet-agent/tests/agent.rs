@@ -13,7 +13,11 @@ mod lifecycle;
 mod metrics;
 #[path = "agent/restart.rs"]
 mod restart;
+#[path = "agent/self_upgrade.rs"]
+mod self_upgrade;
 mod support;
+#[path = "agent/upgrade.rs"]
+mod upgrade;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -306,7 +310,9 @@ async fn create_bucket(js: &jetstream::Context, spec: &buckets::BucketSpec) -> R
 /// The agent running in this process; stopped (and aborted if need be) on drop.
 struct RunningAgent {
     shutdown: CancellationToken,
-    handle: Option<tokio::task::JoinHandle<Result<(), harmony_fleet_agent::Error>>>,
+    handle: Option<
+        tokio::task::JoinHandle<Result<harmony_fleet_agent::Exit, harmony_fleet_agent::Error>>,
+    >,
 }
 
 impl RunningAgent {
