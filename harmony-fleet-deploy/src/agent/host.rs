@@ -430,6 +430,11 @@ mod tests {
         assert!(unit.contains("KillMode=process"), "{unit}");
         assert!(unit.contains("Restart=always"), "{unit}");
         assert!(unit.contains("StartLimitIntervalSec=0"), "{unit}");
+        assert_eq!(
+            Path::new(GUARD_PATH),
+            harmony_fleet_agent::guard_binary(Path::new(DATA_DIR)),
+            "the unit runs the guard where the agent keeps the previous build"
+        );
         assert!(
             unit.contains("ExecStartPre=-/var/lib/fleet-agent/upgrade/previous upgrade-guard"),
             "{unit}"
