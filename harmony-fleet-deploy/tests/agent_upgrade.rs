@@ -152,32 +152,15 @@ fn agent_deployment(payload: AgentV0, selector: &TargetSelector) -> FleetDeploym
 
 #[tokio::test]
 async fn agents_upgrade_in_two_batches_and_a_broken_build_is_reverted_and_pauses_the_rollout() {
-    let agent = test_host::static_agent();
-    if let Some(reason) = test_host::missing_tools().or_else(|| agent.clone().err()) {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true and the test hosts cannot run: {reason}"
-        );
-        eprintln!("skipping: {reason}");
+    let Some(binary) = test_host::agent_or_skip() else {
         return;
-    }
-    let binary = agent.expect("checked above");
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     let _cleanup = DownOnDrop {
         state_dir: dir.path().to_owned(),
         keep_state: false,
     };
-    let suffix: String = dir
-        .path()
-        .file_name()
-        .map(|n| {
-            n.to_string_lossy()
-                .chars()
-                .filter(char::is_ascii_alphanumeric)
-                .collect::<String>()
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_default();
+    let suffix = test_host::name_suffix(dir.path());
     let started = Instant::now();
     let mut hosts = Vec::new();
     for i in 1..=HOSTS {

@@ -108,36 +108,18 @@ async fn state_revision(kv: &jetstream::kv::Store, device: &DeviceId) -> u64 {
 
 #[tokio::test]
 async fn an_agent_on_a_real_host_installs_over_ssh_survives_a_reboot_without_nats_and_uninstalls() {
-    let agent = test_host::static_agent();
-    if let Some(reason) = test_host::missing_tools().or_else(|| agent.clone().err()) {
-        assert!(
-            std::env::var("CI").as_deref() != Ok("true"),
-            "CI=true and the test host cannot run: {reason}"
-        );
-        eprintln!("skipping: {reason}");
+    let Some(binary) = test_host::agent_or_skip() else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().expect("tempdir");
     let _cleanup = DownOnDrop {
         state_dir: dir.path().to_owned(),
         keep_state: false,
     };
-    let suffix: String = dir
-        .path()
-        .file_name()
-        .map(|n| {
-            n.to_string_lossy()
-                .chars()
-                .filter(char::is_ascii_alphanumeric)
-                .collect()
-        })
-        .unwrap_or_default();
-    let host = TestHost::boot(
-        &format!("hfhost-{}", suffix.to_ascii_lowercase()),
-        dir.path(),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("booting the test host: {e:#}"));
+    let suffix = test_host::name_suffix(dir.path());
+    let host = TestHost::boot(&format!("hfhost-{suffix}"), dir.path())
+        .await
+        .unwrap_or_else(|e| panic!("booting the test host: {e:#}"));
     let topology = LocalTopology::new(dir.path(), SupervisionMode::Owned).expect("topology");
     topology.ensure_ready().await.expect("control plane");
 
@@ -158,7 +140,6 @@ async fn an_agent_on_a_real_host_installs_over_ssh_survives_a_reboot_without_nat
         ("site".to_owned(), "lan".to_owned()),
         ("fleet.nationtech.io/device".to_owned(), device.to_string()),
     ]);
-    let binary = agent.expect("checked above");
     let mut score = FleetAgentScore::host(device.clone(), labels.clone(), host.agent(&binary));
     score.heartbeat_interval_secs = 2;
     score.smoke_timeout = Duration::from_secs(90);

@@ -181,7 +181,41 @@ mod local_node {
             );
         }
         converges_and_survives_an_operator_restart(&local, &podman).await;
+        nats_refuses_to_grow_in_place(&local, &topology, &options.nats_image).await;
         forget_devices();
+    }
+
+    /// One server to three in place is refused before anything changes: a standalone server's
+    /// JetStream streams do not join a cluster (seen here: after a 1 → 3 change the next
+    /// Deployment change never converged).
+    async fn nats_refuses_to_grow_in_place(
+        local: &LocalTopology,
+        topology: &K8sAnywhereTopology,
+        nats_image: &str,
+    ) {
+        let mut nats = harmony_fleet_deploy::FleetNatsScore::new()
+            .with_replicas(harmony_fleet_deploy::nats::NatsReplicas::Three);
+        nats.namespace = cluster::NAMESPACE.to_owned();
+        nats.image = nats_image.to_owned();
+        let err = harmony::score::Score::<K8sAnywhereTopology>::create_interpret(&nats)
+            .execute(&Inventory::new("e2e"), topology)
+            .await
+            .expect_err("1 -> 3 servers in place")
+            .chain();
+        assert!(
+            err.contains("replicas") && err.contains("another namespace"),
+            "{err}"
+        );
+        let replicas = Kubectl::new(&local.kubeconfig_path())
+            .run(&[
+                "get",
+                "statefulset/fleet-nats",
+                "-o",
+                "jsonpath={.spec.replicas}",
+            ])
+            .await
+            .expect("kubectl get");
+        assert_eq!(replicas.trim(), "1", "the StatefulSet was left as it was");
     }
 
     /// NATS on a fresh local node, then [`helm_round_trip`].

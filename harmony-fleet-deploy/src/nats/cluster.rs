@@ -278,26 +278,51 @@ pub fn objects(
     })
 }
 
-/// The volume size of the installed StatefulSet's servers, if it exists and says one.
-async fn installed_volume_bytes(
+/// The installed servers, if any.
+async fn installed(
     client: &kube::Client,
     namespace: &str,
-) -> Result<Option<u64>, InterpretError> {
+) -> Result<Option<StatefulSet>, InterpretError> {
     let api: kube::Api<StatefulSet> = kube::Api::namespaced(client.clone(), namespace);
-    let set = api.get_opt(SERVICE).await.map_err(|e| {
+    api.get_opt(SERVICE).await.map_err(|e| {
         InterpretError::failed(format!(
             "reading StatefulSet {namespace}/{SERVICE}: {e}; check the kubeconfig's access"
         ))
-    })?;
-    Ok(set
-        .and_then(|set| set.spec)
-        .and_then(|spec| spec.volume_claim_templates)
-        .and_then(|claims| claims.into_iter().next())
-        .and_then(|claim| claim.spec)
-        .and_then(|spec| spec.resources)
-        .and_then(|resources| resources.requests)
-        .and_then(|requests| requests.get("storage").cloned())
-        .and_then(|quantity| quantity_bytes(&quantity.0)))
+    })
+}
+
+/// The volume size of installed servers, if their StatefulSet says one.
+fn volume_bytes(set: &StatefulSet) -> Option<u64> {
+    let claim = set
+        .spec
+        .as_ref()?
+        .volume_claim_templates
+        .as_ref()?
+        .first()?;
+    let requests = claim.spec.as_ref()?.resources.as_ref()?.requests.as_ref()?;
+    quantity_bytes(&requests.get("storage")?.0)
+}
+
+/// Refuses to change how many servers hold the fleet's JetStream data in place: a standalone
+/// server's streams do not join a cluster (nats-server strands them or deletes them as
+/// orphans once a meta leader is elected), and a cluster shrunk to one server loses its quorum.
+pub fn check_replicas(installed: Option<i32>, wanted: usize) -> Result<(), InterpretError> {
+    match installed {
+        Some(current) if usize::try_from(current).ok() != Some(wanted) && current > 0 => {
+            Err(InterpretError::invalid_input(
+                "replicas",
+                format!(
+                    "the installed NATS StatefulSet {SERVICE} has {current} server(s) and {wanted} \
+                     were asked: JetStream data cannot move between one server and a cluster in \
+                     place (a standalone server's streams do not join a cluster). Keep \
+                     {current}, or install the new NATS in another namespace and move the \
+                     devices to it; deleting the StatefulSet and its PVCs data-{SERVICE}-* \
+                     loses the fleet's desired state and reports"
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Bytes of a Kubernetes storage quantity (`2147483648`, `2Gi`, `500M`); `None` for forms a
@@ -339,6 +364,15 @@ pub(super) async fn deploy(
         ..Namespace::default()
     };
     applier.apply(&client, &namespace).await?;
+    // Before anything changes: the configuration and the operator's settings follow the
+    // replica count.
+    let installed_set = installed(&client, ns).await?;
+    check_replicas(
+        installed_set
+            .as_ref()
+            .and_then(|set| set.spec.as_ref()?.replicas),
+        score.replicas.count(),
+    )?;
     let (trust, created) = ClusterTrust::load_or_create(&client, ns).await?;
     for detail in created {
         applier.note(detail);
@@ -374,7 +408,7 @@ pub(super) async fn deploy(
         )
         .await?;
     let kept;
-    let score = match installed_volume_bytes(&client, ns).await? {
+    let score = match installed_set.as_ref().and_then(volume_bytes) {
         Some(bytes) if bytes != score.storage_bytes() => {
             applier.note(format!(
                 "the servers keep their {bytes}-byte volumes ({} asked): a StatefulSet's volume claims cannot change; to grow them, resize the PVCs data-{SERVICE}-* and set `storage` to match",
@@ -411,7 +445,20 @@ pub(super) async fn deploy(
 
 #[cfg(test)]
 mod tests {
-    use super::quantity_bytes;
+    use super::{check_replicas, quantity_bytes};
+
+    #[test]
+    fn the_number_of_servers_does_not_change_in_place() {
+        assert!(check_replicas(None, 3).is_ok());
+        assert!(check_replicas(Some(3), 3).is_ok());
+        assert!(check_replicas(Some(0), 1).is_ok());
+        let grow = check_replicas(Some(1), 3).expect_err("1 -> 3").to_string();
+        assert!(
+            grow.contains("replicas") && grow.contains("another namespace"),
+            "{grow}"
+        );
+        assert!(check_replicas(Some(3), 1).is_err());
+    }
 
     #[test]
     fn reads_volume_sizes_as_kubernetes_writes_them() {

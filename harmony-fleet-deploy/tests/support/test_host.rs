@@ -83,6 +83,36 @@ pub fn static_agent() -> Result<PathBuf, String> {
     }
 }
 
+/// The static agent, when the test hosts can run; `None` (after saying why) when they cannot
+/// and the run is not CI, where that is a failure.
+pub fn agent_or_skip() -> Option<PathBuf> {
+    let agent = static_agent();
+    match missing_tools().or_else(|| agent.clone().err()) {
+        None => agent.ok(),
+        Some(reason) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "CI=true and the test host cannot run: {reason}"
+            );
+            eprintln!("skipping: {reason}");
+            None
+        }
+    }
+}
+
+/// A suffix unique to the test's temporary directory, fit for container and namespace names.
+pub fn name_suffix(dir: &Path) -> String {
+    dir.file_name()
+        .map(|n| {
+            n.to_string_lossy()
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .collect::<String>()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default()
+}
+
 fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
