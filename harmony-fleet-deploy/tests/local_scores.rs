@@ -72,6 +72,24 @@ async fn every_local_score_converges_and_a_second_run_changes_nothing() {
     };
     let outcome = run(&server, &topology).await.expect("server score");
     assert_eq!(outcome.status, OutcomeStatus::Noop, "{outcome:?}");
+    // One server does not become three in place (its JetStream data would be stranded): the
+    // Score refuses before touching anything, and the server keeps running.
+    let three = fleet
+        .nats_score()
+        .with_replicas(harmony_fleet_deploy::nats::NatsReplicas::Three);
+    let err = run(&three, &topology)
+        .await
+        .expect_err("1 -> 3 servers in place")
+        .chain();
+    assert!(
+        err.contains("replicas") && err.contains("local down"),
+        "{err}"
+    );
+    let nats = harmony_fleet_deploy::nats::local::process_name(1);
+    assert!(
+        topology.process_status(&nats).is_some_and(|s| s.running),
+        "{nats} runs"
+    );
     for device in &fleet.devices {
         let name = harmony_fleet_deploy::agent::local::process_name(&device.id);
         assert!(

@@ -203,7 +203,9 @@ mod local_node {
             .expect_err("1 -> 3 servers in place")
             .chain();
         assert!(
-            err.contains("replicas") && err.contains("another namespace"),
+            err.contains("replicas")
+                && err.contains("another namespace")
+                && err.contains("1 server(s)"),
             "{err}"
         );
         let replicas = Kubectl::new(&local.kubeconfig_path())

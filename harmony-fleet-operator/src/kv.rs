@@ -236,6 +236,9 @@ pub fn binaries_stream_config(replicas: usize) -> jetstream::stream::Config {
             format!("$O.{}.M.>", binaries::AGENT_BINARIES),
         ],
         max_bytes: binaries::BUCKET_MAX_BYTES,
+        // Unlimited, as the server stores "unset": compared on every run.
+        max_messages_per_subject: -1,
+        max_message_size: -1,
         storage: jetstream::stream::StorageType::File,
         allow_rollup: true,
         allow_direct: true,

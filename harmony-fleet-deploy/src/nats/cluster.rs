@@ -303,28 +303,6 @@ fn volume_bytes(set: &StatefulSet) -> Option<u64> {
     quantity_bytes(&requests.get("storage")?.0)
 }
 
-/// Refuses to change how many servers hold the fleet's JetStream data in place: a standalone
-/// server's streams do not join a cluster (nats-server strands them or deletes them as
-/// orphans once a meta leader is elected), and a cluster shrunk to one server loses its quorum.
-pub fn check_replicas(installed: Option<i32>, wanted: usize) -> Result<(), InterpretError> {
-    match installed {
-        Some(current) if usize::try_from(current).ok() != Some(wanted) && current > 0 => {
-            Err(InterpretError::invalid_input(
-                "replicas",
-                format!(
-                    "the installed NATS StatefulSet {SERVICE} has {current} server(s) and {wanted} \
-                     were asked: JetStream data cannot move between one server and a cluster in \
-                     place (a standalone server's streams do not join a cluster). Keep \
-                     {current}, or install the new NATS in another namespace and move the \
-                     devices to it; deleting the StatefulSet and its PVCs data-{SERVICE}-* \
-                     loses the fleet's desired state and reports"
-                ),
-            ))
-        }
-        _ => Ok(()),
-    }
-}
-
 /// Bytes of a Kubernetes storage quantity (`2147483648`, `2Gi`, `500M`); `None` for forms a
 /// volume size does not take (fractions, exponents, milli).
 pub fn quantity_bytes(quantity: &str) -> Option<u64> {
@@ -367,11 +345,18 @@ pub(super) async fn deploy(
     // Before anything changes: the configuration and the operator's settings follow the
     // replica count.
     let installed_set = installed(&client, ns).await?;
-    check_replicas(
-        installed_set
-            .as_ref()
-            .and_then(|set| set.spec.as_ref()?.replicas),
+    let installed_count = installed_set
+        .as_ref()
+        .and_then(|set| set.spec.as_ref()?.replicas)
+        .and_then(|n| usize::try_from(n).ok());
+    super::check_server_count(
+        installed_count,
         score.replicas.count(),
+        &format!(
+            "install the new NATS in another namespace and move the devices to it; deleting the \
+             StatefulSet {SERVICE} and its PVCs data-{SERVICE}-* loses the fleet's desired state \
+             and reports"
+        ),
     )?;
     let (trust, created) = ClusterTrust::load_or_create(&client, ns).await?;
     for detail in created {
@@ -445,20 +430,7 @@ pub(super) async fn deploy(
 
 #[cfg(test)]
 mod tests {
-    use super::{check_replicas, quantity_bytes};
-
-    #[test]
-    fn the_number_of_servers_does_not_change_in_place() {
-        assert!(check_replicas(None, 3).is_ok());
-        assert!(check_replicas(Some(3), 3).is_ok());
-        assert!(check_replicas(Some(0), 1).is_ok());
-        let grow = check_replicas(Some(1), 3).expect_err("1 -> 3").to_string();
-        assert!(
-            grow.contains("replicas") && grow.contains("another namespace"),
-            "{grow}"
-        );
-        assert!(check_replicas(Some(3), 1).is_err());
-    }
+    use super::quantity_bytes;
 
     #[test]
     fn reads_volume_sizes_as_kubernetes_writes_them() {

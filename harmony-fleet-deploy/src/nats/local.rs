@@ -73,6 +73,16 @@ pub(super) async fn deploy(
         .map_err(|e| InterpretError::failed(format!("nats-server is not installed: {e}")))?;
 
     let count = score.replicas.count();
+    // Servers whose JetStream store exists: their number cannot change in place.
+    let installed = (1..=3)
+        .filter(|i| dir.join(process_name(*i)).join("jetstream").is_dir())
+        .count();
+    super::check_server_count(
+        (installed > 0).then_some(installed),
+        count,
+        "`harmony-fleet-deploy local down` removes the fleet's state (desired state and reports \
+         with it), then `local up` starts the servers you want",
+    )?;
     let mut members = Vec::with_capacity(count);
     for i in 1..=count {
         let name = process_name(i);

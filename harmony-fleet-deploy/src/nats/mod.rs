@@ -150,6 +150,29 @@ impl FleetNatsScore {
     }
 }
 
+/// Refuses to change in place how many servers hold the fleet's JetStream data (`installed`,
+/// `None` when none runs yet): a standalone server's streams do not join a cluster (nats-server
+/// strands them, or deletes them as orphans once a meta leader is elected; seen here: after
+/// 1 → 3 servers the next change never converged), and a cluster shrunk to one server loses
+/// its quorum. `way_out` says what to do instead.
+pub fn check_server_count(
+    installed: Option<usize>,
+    wanted: usize,
+    way_out: &str,
+) -> Result<(), InterpretError> {
+    match installed {
+        Some(current) if current != wanted => Err(InterpretError::invalid_input(
+            "replicas",
+            format!(
+                "NATS runs {current} server(s) with the fleet's data and {wanted} were asked: \
+                 JetStream data cannot move between one server and a cluster in place. Keep \
+                 {current}, or {way_out}"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl Default for FleetNatsScore {
     fn default() -> Self {
         Self::new()
@@ -273,5 +296,26 @@ impl Interpret<K8sAnywhereTopology> for FleetNatsInterpret {
 
     fn status(&self) -> InterpretStatus {
         self.status.get()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_server_count;
+
+    #[test]
+    fn the_number_of_servers_does_not_change_in_place() {
+        assert!(check_server_count(None, 3, "x").is_ok());
+        assert!(check_server_count(Some(3), 3, "x").is_ok());
+        let grow = check_server_count(Some(1), 3, "start over")
+            .expect_err("1 -> 3")
+            .to_string();
+        assert!(
+            grow.contains("replicas")
+                && grow.contains("1 server(s)")
+                && grow.contains("start over"),
+            "{grow}"
+        );
+        assert!(check_server_count(Some(3), 1, "x").is_err());
     }
 }
