@@ -244,14 +244,22 @@ mod local_node {
             nats_image,
             smoke_timeout: Duration::from_secs(180),
         };
-        let nats = cluster::scores(&options)
-            .into_iter()
-            .next()
-            .expect("NATS Score");
-        nats.create_interpret()
+        // Three servers here (the bring-up above runs one): routes between the Pods, JetStream
+        // clustered, the operator's buckets created with three replicas.
+        let mut nats = harmony_fleet_deploy::FleetNatsScore::new()
+            .with_replicas(harmony_fleet_deploy::nats::NatsReplicas::Three);
+        nats.namespace = cluster::NAMESPACE.to_owned();
+        nats.image = options.nats_image.clone();
+        nats.smoke_timeout = options.smoke_timeout;
+        let t = Instant::now();
+        harmony::score::Score::<K8sAnywhereTopology>::create_interpret(&nats)
             .execute(&Inventory::new("e2e"), &topology)
             .await
-            .unwrap_or_else(|e| panic!("{} failed: {}", nats.name(), e.chain()));
+            .unwrap_or_else(|e| panic!("NATS with three servers failed: {}", e.chain()));
+        eprintln!(
+            "NATS with 3 servers ready on the local node in {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
         helm_round_trip(&local, &operator_image).await;
     }
 
