@@ -22,6 +22,7 @@ use harmony_fleet_deploy::trust::cluster::{
 };
 use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Secret, Service};
 use k8s_openapi::api::rbac::v1::{ClusterRole, Role, RoleBinding};
 use kube::Api;
@@ -425,6 +426,47 @@ async fn cluster_scores_apply_every_object_and_fail_clearly_without_a_kubelet() 
         .await
         .expect("leader role binding");
     assert_eq!(binding.role_ref.name, LEADER_ROLE);
+    // As the operator's ServiceAccount (impersonated): its own Lease may be created, read and
+    // updated; another Lease in the namespace may not be updated (RBAC cannot limit `create`
+    // by name, so creating is allowed).
+    let kubeconfig =
+        kube::config::Kubeconfig::read_from(plane.kubeconfig_path()).expect("kubeconfig");
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .expect("config");
+    config.auth_info.impersonate = Some(format!("system:serviceaccount:{ns}:{NAME}"));
+    let operator = kube::Client::try_from(config).expect("impersonating client");
+    let lease = |name: &str| Lease {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.to_owned()),
+            ..Default::default()
+        },
+        ..Lease::default()
+    };
+    let as_admin: Api<Lease> = Api::namespaced(client.clone(), ns);
+    let as_operator: Api<Lease> = Api::namespaced(operator, ns);
+    as_admin
+        .create(&PostParams::default(), &lease("someone-else"))
+        .await
+        .expect("another component's Lease");
+    let mut own = as_operator
+        .create(&PostParams::default(), &lease(NAME))
+        .await
+        .expect("the operator creates its Lease");
+    own.spec = Some(Default::default());
+    as_operator
+        .replace(NAME, &PostParams::default(), &own)
+        .await
+        .expect("the operator updates its own Lease");
+    let mut other = as_admin.get("someone-else").await.expect("get as admin");
+    other.spec = Some(Default::default());
+    match as_operator
+        .replace("someone-else", &PostParams::default(), &other)
+        .await
+    {
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 403, "{status:?}"),
+        other => panic!("the operator updated another Lease: {other:?}"),
+    }
 
     // Agents as Pods: the agent makes its own key and enrolls with the bootstrap identity.
     let mut agent = FleetAgentScore::pod(device("pi-1"), Default::default(), PodAgent::default());
