@@ -47,23 +47,27 @@ command -v go >/dev/null || { say "Go is required to build the upstream tools; i
 export GOTOOLCHAIN=local GOFLAGS=-mod=mod CGO_ENABLED=0
 
 k8s_dir="$cache/k8s-$K8S_VERSION/bin"
+# Every Kubernetes binary is built from the same module with the same version stamps.
+minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
+k8s_ldflags="-s -w"
+for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
+  k8s_ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
+  k8s_ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
+done
+build_k8s() {
+  local cmd=$1 ct
+  ct=$(date +%s)
+  mkdir -p "$k8s_dir"
+  ( cd "$repo/tools/control-plane"
+    go build -trimpath -ldflags "$k8s_ldflags" -o "$k8s_dir/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd"
+    mv "$k8s_dir/$cmd.tmp" "$k8s_dir/$cmd" )
+  say "  built $cmd in $(elapsed "$ct")"
+}
+
 if [[ ! -x "$k8s_dir/kube-apiserver" || ! -x "$k8s_dir/kube-controller-manager" || ! -x "$k8s_dir/kubectl" ]]; then
   t=$(date +%s)
   say "building kube-apiserver, kube-controller-manager, kubectl $K8S_VERSION from the k8s.io/kubernetes module (cold: 15-30 min on 2 cores)"
-  mkdir -p "$k8s_dir"
-  minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
-  ldflags="-s -w"
-  for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
-    ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-    ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
-  done
-  ( cd "$repo/tools/control-plane"
-    for cmd in kube-apiserver kube-controller-manager kubectl; do
-      ct=$(date +%s)
-      go build -trimpath -ldflags "$ldflags" -o "$k8s_dir/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd"
-      mv "$k8s_dir/$cmd.tmp" "$k8s_dir/$cmd"
-      say "  built $cmd in $(elapsed "$ct")"
-    done )
+  for cmd in kube-apiserver kube-controller-manager kubectl; do build_k8s "$cmd"; done
   say "control plane built in $(elapsed "$t")"
 fi
 for cmd in kube-apiserver kube-controller-manager kubectl; do ln -sf "$k8s_dir/$cmd" "$bin/$cmd"; done
@@ -72,18 +76,8 @@ for cmd in kube-apiserver kube-controller-manager kubectl; do ln -sf "$k8s_dir/$
 # cache holding the control plane only relinks these three (~30 s each with a warm build cache).
 for cmd in kubelet kube-scheduler kube-proxy; do
   if [[ ! -x "$k8s_dir/$cmd" ]]; then
-    ct=$(date +%s)
     say "building $cmd $K8S_VERSION (local node)"
-    minor=${K8S_VERSION#v1.}; minor=${minor%%.*}
-    ldflags="-s -w"
-    for pkg in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
-      ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
-      ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=1970-01-01T00:00:00Z"
-    done
-    ( cd "$repo/tools/control-plane"
-      go build -trimpath -ldflags "$ldflags" -o "$k8s_dir/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd"
-      mv "$k8s_dir/$cmd.tmp" "$k8s_dir/$cmd" )
-    say "  built $cmd in $(elapsed "$ct")"
+    build_k8s "$cmd"
   fi
   ln -sf "$k8s_dir/$cmd" "$bin/$cmd"
 done

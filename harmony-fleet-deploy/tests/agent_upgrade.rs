@@ -28,8 +28,6 @@ use harmony_fleet_contracts::payload::{AgentV0, ReconcileScore};
 use harmony_fleet_contracts::{DeviceId, Heartbeat, keys};
 use harmony_fleet_deploy::agent::publish::{self, Published};
 use harmony_fleet_deploy::local::{DownOnDrop, LocalFleet};
-use harmony_fleet_deploy::nats::{NatsEndpoint, smoke};
-use harmony_fleet_deploy::trust::LocalTrust;
 use harmony_fleet_deploy::wait::{self, Poll};
 use harmony_fleet_deploy::{FleetAgentScore, FleetDeploymentScore, FleetServerScore};
 use harmony_fleet_types::crd::deployment::{
@@ -205,16 +203,7 @@ async fn agents_upgrade_in_two_batches_and_a_broken_build_is_reverted_and_pauses
             .unwrap_or_else(|e| panic!("installing the agent on {device}: {}", e.chain()));
         devices.push(device);
     }
-    let endpoint = NatsEndpoint::load_local(dir.path()).expect("endpoint");
-    let (trust, _) = LocalTrust::load_or_create(dir.path()).expect("trust");
-    let admin = smoke::connect(
-        &endpoint,
-        &trust.admin().expect("admin"),
-        Default::default(),
-    )
-    .await
-    .expect("admin connects");
-    let js = jetstream::new(admin);
+    let js = test_host::admin_jetstream(dir.path()).await;
     let beats = js
         .get_key_value(DEVICE_HEARTBEAT)
         .await

@@ -28,8 +28,6 @@ use harmony_fleet_contracts::payload::{
 use harmony_fleet_contracts::{DeviceId, Heartbeat, keys};
 use harmony_fleet_deploy::agent::host;
 use harmony_fleet_deploy::local::{DownOnDrop, LocalFleet};
-use harmony_fleet_deploy::nats::{NatsEndpoint, smoke};
-use harmony_fleet_deploy::trust::LocalTrust;
 use harmony_fleet_deploy::wait::{self, Poll};
 use harmony_fleet_deploy::{FleetAgentScore, FleetDeploymentScore, FleetServerScore};
 use harmony_fleet_types::crd::deployment::TargetSelector;
@@ -290,16 +288,7 @@ async fn an_agent_on_a_real_host_installs_over_ssh_survives_a_reboot_without_nat
 
     // Reboot while NATS is down: systemd starts the agent, which restarts the workload from
     // its own disk; when NATS returns, the heartbeat and the workload report catch up.
-    let endpoint = NatsEndpoint::load_local(dir.path()).expect("endpoint");
-    let (trust, _) = LocalTrust::load_or_create(dir.path()).expect("trust");
-    let admin = smoke::connect(
-        &endpoint,
-        &trust.admin().expect("admin"),
-        Default::default(),
-    )
-    .await
-    .expect("admin connects");
-    let js = jetstream::new(admin);
+    let js = test_host::admin_jetstream(dir.path()).await;
     let states = js.get_key_value(DEVICE_STATE).await.expect("state bucket");
     let reported_before = state_revision(&states, &device).await;
     assert!(reported_before > 0, "the device reported its workload");
@@ -345,14 +334,7 @@ async fn an_agent_on_a_real_host_installs_over_ssh_survives_a_reboot_without_nat
     run(&nats, &topology)
         .await
         .unwrap_or_else(|e| panic!("NATS back: {}", e.chain()));
-    let admin = smoke::connect(
-        &endpoint,
-        &trust.admin().expect("admin"),
-        Default::default(),
-    )
-    .await
-    .expect("admin reconnects");
-    let js = jetstream::new(admin);
+    let js = test_host::admin_jetstream(dir.path()).await;
     let beats = js
         .get_key_value(DEVICE_HEARTBEAT)
         .await

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use async_nats::jetstream;
-use harmony_fleet_contracts::binaries::{self, AGENT_BINARIES, MAX_BINARY_BYTES};
+use harmony_fleet_contracts::binaries::{AGENT_BINARIES, MAX_BINARY_BYTES};
 use harmony_fleet_contracts::payload::{AgentV0, DEFAULT_HEARTBEAT_DEADLINE_SECONDS};
 use sha2::{Digest, Sha256};
 
@@ -95,7 +95,6 @@ pub async fn publish(
             .map_err(|e| nats("uploading the build", &e))?;
     }
     tracing::info!(%sha256, arch, size, uploaded = !held, "agent build published");
-    debug_assert!(binaries::is_sha256_hex(&sha256));
     Ok(Published {
         sha256,
         arch,

@@ -113,6 +113,22 @@ pub fn name_suffix(dir: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// JetStream as the local fleet's admin (the fleet under `state_dir`, NATS running).
+pub async fn admin_jetstream(state_dir: &Path) -> async_nats::jetstream::Context {
+    let endpoint =
+        harmony_fleet_deploy::nats::NatsEndpoint::load_local(state_dir).expect("NATS endpoint");
+    let (trust, _) =
+        harmony_fleet_deploy::trust::LocalTrust::load_or_create(state_dir).expect("fleet trust");
+    let admin = harmony_fleet_deploy::nats::smoke::connect(
+        &endpoint,
+        &trust.admin().expect("admin identity"),
+        Default::default(),
+    )
+    .await
+    .expect("the admin connects to NATS");
+    async_nats::jetstream::new(admin)
+}
+
 fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
