@@ -532,7 +532,7 @@ impl<R: ContainerRuntime + ?Sized> Worker<R> {
         if let Some(Payload::Agent { desired, hash }) = target.desired.as_deref() {
             return self.upgrade_step(target, desired, hash, last).await;
         }
-        let hash = target.desired.as_ref().map(|d| d.hash().clone());
+        let hash = target.desired.as_ref().map(|d| *d.hash());
         if !self.settings.runtime_enabled {
             let reported = Reported {
                 phase: if target.is_removal() {
@@ -566,7 +566,7 @@ impl<R: ContainerRuntime + ?Sized> Worker<R> {
                     } else {
                         Phase::Removed
                     },
-                    hash: hash.clone(),
+                    hash,
                     revision: target.revision,
                     error: None,
                     containers: BTreeMap::new(),
@@ -618,7 +618,7 @@ impl<R: ContainerRuntime + ?Sized> Worker<R> {
         let installing = || {
             let pending = Reported {
                 phase: Phase::Pending,
-                hash: Some(hash.clone()),
+                hash: Some(*hash),
                 revision: target.revision,
                 error: None,
                 containers: BTreeMap::new(),
@@ -647,7 +647,7 @@ impl<R: ContainerRuntime + ?Sized> Worker<R> {
             hash: if target.rejected.is_some() {
                 None
             } else {
-                Some(hash.clone())
+                Some(*hash)
             },
             revision: target.revision,
             error,
@@ -691,7 +691,7 @@ impl<R: ContainerRuntime + ?Sized> Worker<R> {
 
 fn to_state(reported: &Reported, since: Timestamp) -> DeploymentState {
     let mut state = DeploymentState::new(reported.phase, since);
-    state.payload_hash = reported.hash.clone();
+    state.payload_hash = reported.hash;
     state.desired_revision = (reported.revision > 0).then_some(reported.revision);
     if let Some(error) = &reported.error {
         state.set_last_error(error.clone());

@@ -86,7 +86,7 @@ pub fn plan(desired: Option<&Desired>, observed: &[ContainerSummary]) -> Plan {
     let mut ordered: Vec<&ContainerSummary> = observed.iter().collect();
     ordered.sort_by_key(|c| c.state != ContainerState::Running);
     for container in ordered {
-        let same_revision = container.label(LABEL_PAYLOAD_HASH) == Some(desired.hash.as_str());
+        let same_revision = container.label(LABEL_PAYLOAD_HASH) == Some(&*desired.hash.hex());
         revision_seen |= same_revision;
         let is_init = container.label(LABEL_INIT) == Some("true");
         let service = container
@@ -552,7 +552,7 @@ mod tests {
         );
         assert_eq!(
             containers[0].label(LABEL_PAYLOAD_HASH),
-            Some(want.hash.as_str())
+            Some(&*want.hash.hex())
         );
     }
 

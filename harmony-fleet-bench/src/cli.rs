@@ -35,6 +35,9 @@ pub struct BenchCli {
 pub enum BenchCommand {
     /// Deployments → keys → reports → status, operator cost, cold start.
     Scale(ScaleArgs),
+    /// The operator's decision core alone, without servers: CPU time and resident memory
+    /// per phase of the scale bench's fleet, and a cold start on the same keys.
+    Core(CoreArgs),
     /// Desired-state delivery per device: the real agent (notices + index listing) vs the
     /// bench-only notices + direct get of adr/0013; with --restart, re-sync after a restart.
     Consumers(ConsumerArgs),
@@ -105,6 +108,23 @@ pub struct ScaleArgs {
     /// Keep the rows of an earlier `scale.csv` in the output directory and add to them.
     #[arg(long)]
     pub append: bool,
+}
+
+/// `core`.
+#[derive(Debug, Clone, Args)]
+pub struct CoreArgs {
+    /// Devices.
+    #[arg(long, default_value_t = 100_000)]
+    pub devices: usize,
+    /// Deployments of one site each (one more then selects every device).
+    #[arg(long, default_value_t = 1000)]
+    pub deployments: usize,
+    /// Values of the `site` label.
+    #[arg(long, default_value_t = 100)]
+    pub sites: usize,
+    /// Only the cold start, printing its row (what `core` runs in a child process).
+    #[arg(long, hide = true)]
+    pub cold_start: bool,
 }
 
 /// `apply-latency`.
@@ -252,6 +272,21 @@ pub async fn run(cli: BenchCli) -> Result<()> {
         }
         Some(BenchCommand::Scale(args)) => {
             scale::run(&args.options(&out)?, args.append).await?;
+        }
+        Some(BenchCommand::Core(args)) => {
+            let opts = crate::reconciler::CoreOptions {
+                devices: args.devices,
+                deployments: args.deployments,
+                sites: args.sites,
+            };
+            if args.cold_start {
+                crate::reconciler::print_row(&crate::reconciler::cold_start(&opts)?);
+            } else {
+                let exe = std::env::current_exe()
+                    .map_err(|e| Error::io("finding the fleet-bench executable", e))?;
+                let table = crate::reconciler::run(&opts, &exe).await?;
+                crate::reconciler::report(&table, &out)?;
+            }
         }
         Some(BenchCommand::Consumers(args)) => {
             consumers::run(&ConsumerOptions {

@@ -33,6 +33,7 @@ pub mod notify;
 pub mod operator;
 pub mod plot;
 pub mod procstat;
+pub mod reconciler;
 pub mod reconnect;
 pub mod report;
 pub mod scale;

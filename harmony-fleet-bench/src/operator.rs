@@ -43,7 +43,23 @@ impl OperatorProcess {
     /// Starts the operator on a free port; does not wait.
     pub fn spawn(spec: &OperatorSpec) -> Result<Self> {
         let addr = SocketAddr::from(([127, 0, 0, 1], harmony::local::ports::free_port()?));
-        let mut ps = ProcessSpec::new("harmony-fleet-operator (bench)", &spec.exe, &spec.log_file)
+        // A profiler may run the operator: `FLEET_BENCH_OPERATOR_WRAPPER="heaptrack -o /tmp/op"`
+        // (or `perf record -g -o /tmp/op.perf --`). Its CPU and memory samples are then the
+        // wrapper's process, so read the profiler's numbers, not the bench's, in such a run.
+        let wrapper: Vec<String> = std::env::var("FLEET_BENCH_OPERATOR_WRAPPER")
+            .map(|w| w.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default();
+        let mut ps = match wrapper.split_first() {
+            Some((program, args)) => ProcessSpec::new(
+                "harmony-fleet-operator (bench, profiled)",
+                program,
+                &spec.log_file,
+            )
+            .args(args.iter().cloned())
+            .arg(&spec.exe),
+            None => ProcessSpec::new("harmony-fleet-operator (bench)", &spec.exe, &spec.log_file),
+        };
+        ps = ps
             .args([
                 "operator",
                 "--nats-url",

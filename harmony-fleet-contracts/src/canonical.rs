@@ -66,11 +66,13 @@ fn write_canonical(value: &Value, out: &mut Vec<u8>) -> Result<(), serde_json::E
     Ok(())
 }
 
-/// SHA-256 of some bytes, as 64 lowercase hex characters. Used as the payload revision in
-/// `DeploymentState` and as a container label on the device.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+/// SHA-256 of some bytes. Written as 64 lowercase hex characters (on the wire, in container
+/// labels, in logs) and held as the 32 digest bytes: the operator keeps a few per
+/// `(deployment, device)` pair, so an inline `Copy` value instead of a heap string is most of
+/// its memory at a million keys. Ordered like its hex text.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 #[serde(try_from = "String")]
-pub struct ContentHash(String);
+pub struct ContentHash([u8; 32]);
 
 /// Length of a [`ContentHash`] in hex characters.
 pub const CONTENT_HASH_LEN: usize = 64;
@@ -89,7 +91,7 @@ pub struct ContentHashError {
 impl ContentHash {
     /// Hashes `bytes` (for a payload: the exact bytes stored in KV).
     pub fn of_bytes(bytes: &[u8]) -> Self {
-        Self(hex::encode(Sha256::digest(bytes)))
+        Self(Sha256::digest(bytes).into())
     }
 
     /// Hashes the canonical JSON encoding of `value`.
@@ -97,15 +99,60 @@ impl ContentHash {
         Ok(Self::of_bytes(&to_canonical_json(value)?))
     }
 
-    /// The hex digest.
-    pub fn as_str(&self) -> &str {
-        &self.0
+    /// The hex digest (64 lowercase characters), without a heap allocation.
+    pub fn hex(&self) -> HexDigest {
+        let mut out = [0u8; CONTENT_HASH_LEN];
+        for (pair, byte) in out.chunks_exact_mut(2).zip(self.0) {
+            pair[0] = HEX[usize::from(byte >> 4)];
+            pair[1] = HEX[usize::from(byte & 0x0f)];
+        }
+        HexDigest(out)
     }
 
     /// The first 12 hex characters: short enough for a container name suffix, long enough
     /// to tell revisions apart on one device.
-    pub fn short(&self) -> &str {
-        &self.0[..12]
+    pub fn short(&self) -> String {
+        self.hex()[..12].to_owned()
+    }
+
+    /// The 32 digest bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// A [`ContentHash`] as its 64 lowercase hex characters; dereferences to `str`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct HexDigest([u8; CONTENT_HASH_LEN]);
+
+impl std::ops::Deref for HexDigest {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        // Only ASCII hex digits are ever written into it.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl fmt::Display for HexDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self)
+    }
+}
+
+impl fmt::Debug for HexDigest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
+    }
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
     }
 }
 
@@ -113,17 +160,20 @@ impl FromStr for ContentHash {
     type Err = ContentHashError;
 
     fn from_str(value: &str) -> Result<Self, ContentHashError> {
-        if value.len() == CONTENT_HASH_LEN
-            && value
-                .bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
-            Ok(Self(value.to_owned()))
-        } else {
-            Err(ContentHashError {
-                value: value.chars().take(80).collect(),
-            })
+        let invalid = || ContentHashError {
+            value: value.chars().take(80).collect(),
+        };
+        if value.len() != CONTENT_HASH_LEN {
+            return Err(invalid());
         }
+        let mut out = [0u8; 32];
+        for (byte, pair) in out.iter_mut().zip(value.as_bytes().chunks_exact(2)) {
+            let (Some(hi), Some(lo)) = (hex_value(pair[0]), hex_value(pair[1])) else {
+                return Err(invalid());
+            };
+            *byte = (hi << 4) | lo;
+        }
+        Ok(Self(out))
     }
 }
 
@@ -137,25 +187,19 @@ impl TryFrom<String> for ContentHash {
 
 impl fmt::Display for ContentHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.hex())
     }
 }
 
 impl fmt::Debug for ContentHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ContentHash({})", self.0)
-    }
-}
-
-impl AsRef<str> for ContentHash {
-    fn as_ref(&self) -> &str {
-        &self.0
+        write!(f, "ContentHash({})", &*self.hex())
     }
 }
 
 impl Serialize for ContentHash {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.0)
+        serializer.serialize_str(&self.hex())
     }
 }
 
@@ -186,7 +230,7 @@ mod tests {
     #[test]
     fn hash_of_empty_input_is_the_sha256_test_vector() {
         assert_eq!(
-            ContentHash::of_bytes(b"").as_str(),
+            &*ContentHash::of_bytes(b"").hex(),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
     }
@@ -194,10 +238,28 @@ mod tests {
     #[test]
     fn content_hash_parses_only_lowercase_sha256_hex() {
         let hash = ContentHash::of_bytes(b"x");
-        assert_eq!(hash.as_str().parse::<ContentHash>().unwrap(), hash);
-        assert!(hash.as_str().to_uppercase().parse::<ContentHash>().is_err());
+        assert_eq!(hash.hex().parse::<ContentHash>().unwrap(), hash);
+        assert!(hash.hex().to_uppercase().parse::<ContentHash>().is_err());
         assert!("abc".parse::<ContentHash>().is_err());
         assert!(serde_json::from_str::<ContentHash>("\"zz\"").is_err());
         assert_eq!(hash.short().len(), 12);
+    }
+
+    #[test]
+    fn content_hash_is_written_as_hex_and_ordered_like_it() {
+        let hashes: Vec<ContentHash> = (0u8..32).map(|i| ContentHash::of_bytes(&[i])).collect();
+        for h in &hashes {
+            let json = serde_json::to_string(h).unwrap();
+            assert_eq!(json, format!("\"{}\"", &*h.hex()));
+            assert_eq!(serde_json::from_str::<ContentHash>(&json).unwrap(), *h);
+            assert_eq!(h.to_string(), &*h.hex());
+        }
+        let mut by_bytes = hashes.clone();
+        by_bytes.sort();
+        let mut by_text: Vec<String> = hashes.iter().map(ToString::to_string).collect();
+        by_text.sort();
+        let sorted: Vec<String> = by_bytes.iter().map(ToString::to_string).collect();
+        assert_eq!(sorted, by_text);
+        assert_eq!(size_of::<ContentHash>(), 32);
     }
 }

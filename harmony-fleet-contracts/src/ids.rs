@@ -8,6 +8,7 @@
 use std::borrow::Borrow;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize, Serializer};
 
@@ -243,16 +244,19 @@ fn validate_deployment_name(value: &str) -> Result<(), IdError> {
 macro_rules! validated_string {
     ($(#[$meta:meta])* $name:ident, $validate:ident) => {
         $(#[$meta])*
+        ///
+        /// Held as a shared `Arc<str>`: a clone is a reference count, so the operator's many
+        /// copies of one id (in its indexes, per `(deployment, device)` pair) share one string.
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
         #[serde(try_from = "String")]
-        pub struct $name(String);
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// Validates `value` and wraps it.
             pub fn new(value: impl Into<String>) -> Result<Self, IdError> {
                 let value = value.into();
                 $validate(&value)?;
-                Ok(Self(value))
+                Ok(Self(Arc::from(value)))
             }
 
             /// The validated string.
@@ -262,7 +266,7 @@ macro_rules! validated_string {
 
             /// Gives back the owned string.
             pub fn into_inner(self) -> String {
-                self.0
+                self.0.to_string()
             }
         }
 
@@ -271,7 +275,7 @@ macro_rules! validated_string {
 
             fn from_str(value: &str) -> Result<Self, IdError> {
                 $validate(value)?;
-                Ok(Self(value.to_owned()))
+                Ok(Self(Arc::from(value)))
             }
         }
 
@@ -293,7 +297,7 @@ macro_rules! validated_string {
 
         impl From<$name> for String {
             fn from(value: $name) -> String {
-                value.0
+                value.0.to_string()
             }
         }
 
@@ -323,13 +327,13 @@ macro_rules! validated_string {
 
         impl PartialEq<str> for $name {
             fn eq(&self, other: &str) -> bool {
-                self.0 == other
+                *self.0 == *other
             }
         }
 
         impl PartialEq<&str> for $name {
             fn eq(&self, other: &&str) -> bool {
-                self.0 == *other
+                *self.0 == **other
             }
         }
     };

@@ -128,7 +128,7 @@ mod tests {
         let hash = ContentHash::of_bytes(b"a");
         let mut state = DeploymentState::new(Phase::Running, Timestamp::UNIX_EPOCH);
         assert!(!state.is_for(&hash));
-        state.payload_hash = Some(hash.clone());
+        state.payload_hash = Some(hash);
         assert!(state.is_for(&hash));
         assert!(!state.is_for(&ContentHash::of_bytes(b"b")));
     }

@@ -42,10 +42,10 @@ fn main() {
     let deployments = args.get(1).copied().unwrap_or(1_000);
     let sites = deployments.max(1);
 
-    let mut index: TargetIndex<u32, u32> = TargetIndex::new();
+    let mut index: TargetIndex<String, u32> = TargetIndex::new();
     let t = Instant::now();
     for i in 0..devices {
-        index.upsert_device(i as u32, labels(i, sites));
+        index.upsert_device(format!("dev-{i}"), labels(i, sites));
     }
     println!("seed {devices} devices: {:?}", t.elapsed());
 
@@ -66,7 +66,9 @@ fn main() {
     let t = Instant::now();
     let mut changes = 0usize;
     for i in 0..n {
-        changes += index.upsert_device(i as u32, labels(i + 1, sites)).len();
+        changes += index
+            .upsert_device(format!("dev-{i}"), labels(i + 1, sites))
+            .len();
     }
     println!(
         "relabel {n} devices ({changes} pair changes): {:?} ({:?}/event)",

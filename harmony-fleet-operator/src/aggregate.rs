@@ -6,9 +6,21 @@
 //! building statuses and stepping rollouts. Every update is O(1) amortised (plus O(log f) for
 //! the failing set); building one status is O(failing devices of that deployment). Updates
 //! mark the deployment dirty so the controller patches only what changed.
+//!
+//! # Memory
+//!
+//! A fleet of 100k devices with 1,000 Deployments holds 1.1M pairs, so a pair is kept in
+//! 16 bytes ([`Entry`]): its revisions are 4-byte ids into one reference-counted table of the
+//! revisions in use ([`Revisions`]; a fleet has about as many as it has Deployment versions),
+//! and the error text and time of a failed report live beside it, only for failed reports.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+// The core's maps hash device ids and names a few million times a second: foldhash
+// (seeded per process) instead of SipHash (adr/0044).
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::hash::Hash;
+use std::num::NonZeroU32;
 
 use jiff::Timestamp;
 
@@ -27,21 +39,24 @@ pub struct Report<R> {
     pub at: Option<Timestamp>,
 }
 
-/// Per-pair record.
-#[derive(Clone, Debug)]
-struct Entry<R> {
+/// Per-pair record: 16 bytes. A report is present when `reported` is.
+#[derive(Clone, Copy, Debug)]
+struct Entry {
     matched: bool,
-    assigned: Option<R>,
-    report: Option<Report<R>>,
-    last_good: Option<R>,
+    /// Outcome of the report (meaningless without one).
+    outcome: Outcome,
+    assigned: Option<RevId>,
+    reported: Option<RevId>,
+    last_good: Option<RevId>,
 }
 
-impl<R> Default for Entry<R> {
+impl Default for Entry {
     fn default() -> Self {
         Self {
             matched: false,
+            outcome: Outcome::InProgress,
             assigned: None,
-            report: None,
+            reported: None,
             last_good: None,
         }
     }
@@ -56,13 +71,13 @@ enum Class {
     Pending,
 }
 
-impl<R: Eq> Entry<R> {
+impl Entry {
     fn class(&self) -> Class {
         if !self.matched {
             return Class::Unmatched;
         }
-        match (&self.assigned, &self.report) {
-            (Some(a), Some(r)) if r.rev == *a => match r.outcome {
+        match (self.assigned, self.reported) {
+            (Some(a), Some(r)) if r == a => match self.outcome {
                 Outcome::Succeeded => Class::Succeeded,
                 Outcome::Failed => Class::Failed,
                 Outcome::InProgress => Class::Pending,
@@ -72,8 +87,103 @@ impl<R: Eq> Entry<R> {
     }
 
     fn is_empty(&self) -> bool {
-        !self.matched && self.assigned.is_none() && self.report.is_none()
+        !self.matched && self.assigned.is_none() && self.reported.is_none()
     }
+
+    /// The revision ids it holds, for reference counting.
+    fn revs(&self) -> [Option<RevId>; 3] {
+        [self.assigned, self.reported, self.last_good]
+    }
+}
+
+/// Index of a revision in [`Revisions`] (plus one).
+type RevId = NonZeroU32;
+
+/// The revisions entries refer to, each held once with the number of references to it; a
+/// slot is reused once nothing refers to its revision.
+#[derive(Debug)]
+struct Revisions<R> {
+    slots: Vec<Option<(R, u32)>>,
+    ids: HashMap<R, RevId>,
+    free: Vec<RevId>,
+}
+
+impl<R> Default for Revisions<R> {
+    fn default() -> Self {
+        Self {
+            slots: Vec::new(),
+            ids: HashMap::new(),
+            free: Vec::new(),
+        }
+    }
+}
+
+impl<R: Clone + Eq + Hash> Revisions<R> {
+    /// The id of `rev`, taking a reference to it.
+    fn acquire(&mut self, rev: &R) -> RevId {
+        if let Some(id) = self.ids.get(rev) {
+            if let Some((_, refs)) = &mut self.slots[slot(*id)] {
+                *refs += 1;
+            }
+            return *id;
+        }
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.slots[slot(id)] = Some((rev.clone(), 1));
+                id
+            }
+            None => {
+                self.slots.push(Some((rev.clone(), 1)));
+                // More than u32::MAX revisions in use cannot be held in memory anyway.
+                NonZeroU32::new(u32::try_from(self.slots.len()).unwrap_or(u32::MAX))
+                    .unwrap_or(NonZeroU32::MAX)
+            }
+        };
+        self.ids.insert(rev.clone(), id);
+        id
+    }
+
+    /// Drops one reference to `id`; the revision is forgotten with its last reference.
+    fn release(&mut self, id: RevId) {
+        let entry = &mut self.slots[slot(id)];
+        let Some((rev, refs)) = entry else {
+            return;
+        };
+        *refs -= 1;
+        if *refs == 0 {
+            self.ids.remove(rev);
+            *entry = None;
+            self.free.push(id);
+        }
+    }
+
+    fn get(&self, id: RevId) -> Option<&R> {
+        self.slots[slot(id)].as_ref().map(|(rev, _)| rev)
+    }
+
+    /// Revisions in use.
+    fn len(&self) -> usize {
+        self.ids.len()
+    }
+}
+
+fn slot(id: RevId) -> usize {
+    // u32 → usize never truncates on the 32- and 64-bit targets Rust supports here.
+    usize::try_from(id.get() - 1).unwrap_or(usize::MAX)
+}
+
+/// What a failed report said, kept only for failed reports (the status lists them).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Detail {
+    error: Option<String>,
+    at: Option<Timestamp>,
+}
+
+/// One change to a pair.
+enum Change<R> {
+    Matched(bool),
+    Assigned(Option<R>),
+    Report(Option<Report<R>>),
 }
 
 /// Counts for `status.aggregate`.
@@ -108,10 +218,43 @@ pub struct Failing<D> {
     pub at: Option<Timestamp>,
 }
 
+/// The pairs of one deployment ([`FleetState::pairs_of`]).
+pub struct Pairs<'a, D, R> {
+    entries: Option<&'a HashMap<D, Entry>>,
+    revisions: &'a Revisions<R>,
+}
+
+/// What the operator knows of one pair.
+#[derive(Clone, Copy, Debug)]
+pub struct Pair<'a, R> {
+    /// Revision `desired-state` holds for it.
+    pub assigned: Option<&'a R>,
+    /// Revision and outcome of the device's latest report.
+    pub reported: Option<(&'a R, Outcome)>,
+    /// Last revision the device reported success on.
+    pub last_good: Option<&'a R>,
+}
+
+impl<'a, D: Eq + Hash, R: Clone + Eq + Hash> Pairs<'a, D, R> {
+    /// The pair of `device` (all `None` when unknown).
+    pub fn get(&self, device: &D) -> Pair<'a, R> {
+        let entry = self.entries.and_then(|e| e.get(device));
+        let rev = |id: Option<RevId>| id.and_then(|id| self.revisions.get(id));
+        Pair {
+            assigned: rev(entry.and_then(|e| e.assigned)),
+            reported: entry.and_then(|e| Some((rev(e.reported)?, e.outcome))),
+            last_good: rev(entry.and_then(|e| e.last_good)),
+        }
+    }
+}
+
 /// Everything the operator knows about the fleet, keyed by deployment then device.
 #[derive(Debug)]
 pub struct FleetState<D, K, R> {
-    entries: HashMap<K, HashMap<D, Entry<R>>>,
+    entries: HashMap<K, HashMap<D, Entry>>,
+    revisions: Revisions<R>,
+    /// Error and time of failed reports, by deployment then device.
+    details: HashMap<K, HashMap<D, Detail>>,
     counts: HashMap<K, Counts>,
     failing: HashMap<K, BTreeMap<D, ()>>,
     offline: HashSet<D>,
@@ -122,6 +265,8 @@ impl<D, K, R> Default for FleetState<D, K, R> {
     fn default() -> Self {
         Self {
             entries: HashMap::new(),
+            revisions: Revisions::default(),
+            details: HashMap::new(),
             counts: HashMap::new(),
             failing: HashMap::new(),
             offline: HashSet::new(),
@@ -137,7 +282,7 @@ impl<D, K, R> FleetState<D, K, R>
 where
     D: Clone + Ord + Hash,
     K: Clone + Eq + Hash,
-    R: Clone + Eq,
+    R: Clone + Eq + Hash,
 {
     /// An empty fleet.
     pub fn new() -> Self {
@@ -146,24 +291,17 @@ where
 
     /// Records whether `device` is matched by `deployment`.
     pub fn set_matched(&mut self, deployment: &K, device: &D, matched: bool) {
-        self.update(deployment, device, |e| e.matched = matched);
+        self.update(deployment, device, Change::Matched(matched));
     }
 
     /// Records which revision `desired-state` holds for the pair (`None`: no key).
     pub fn set_assigned(&mut self, deployment: &K, device: &D, rev: Option<R>) {
-        self.update(deployment, device, |e| e.assigned = rev);
+        self.update(deployment, device, Change::Assigned(rev));
     }
 
     /// Records the device's latest report for the deployment (`None`: the key was deleted).
     pub fn set_report(&mut self, deployment: &K, device: &D, report: Option<Report<R>>) {
-        self.update(deployment, device, |e| {
-            if let Some(r) = &report
-                && r.outcome == Outcome::Succeeded
-            {
-                e.last_good = Some(r.rev.clone());
-            }
-            e.report = report;
-        });
+        self.update(deployment, device, Change::Report(report));
     }
 
     /// Records whether `device` is offline. `deployments` are the ones that match it (the
@@ -213,17 +351,25 @@ where
 
     /// Revision `desired-state` holds for the pair, as far as the operator knows.
     pub fn assigned(&self, deployment: &K, device: &D) -> Option<&R> {
-        self.entry(deployment, device)?.assigned.as_ref()
+        self.revisions
+            .get(self.entry(deployment, device)?.assigned?)
     }
 
-    /// The device's latest report for the deployment.
-    pub fn report(&self, deployment: &K, device: &D) -> Option<&Report<R>> {
-        self.entry(deployment, device)?.report.as_ref()
+    /// The revision and outcome of the device's latest report for the deployment.
+    pub fn reported(&self, deployment: &K, device: &D) -> Option<(&R, Outcome)> {
+        let entry = self.entry(deployment, device)?;
+        Some((self.revisions.get(entry.reported?)?, entry.outcome))
     }
 
     /// Last revision the device reported success on (since the operator started).
     pub fn last_good(&self, deployment: &K, device: &D) -> Option<&R> {
-        self.entry(deployment, device)?.last_good.as_ref()
+        self.revisions
+            .get(self.entry(deployment, device)?.last_good?)
+    }
+
+    /// Distinct revisions the pairs refer to.
+    pub fn revisions_in_use(&self) -> usize {
+        self.revisions.len()
     }
 
     /// Counts of a deployment.
@@ -237,25 +383,22 @@ where
         let Some(set) = self.failing.get(deployment) else {
             return (Vec::new(), None);
         };
+        let details = self.details.get(deployment);
+        let detail = |device: &D| details.and_then(|d| d.get(device));
         let to_failing = |device: &D| {
-            let report = self.report(deployment, device);
+            let detail = detail(device);
             Failing {
                 device: device.clone(),
-                error: report
-                    .and_then(|r| r.error.clone())
+                error: detail
+                    .and_then(|d| d.error.clone())
                     .unwrap_or_else(|| NO_ERROR_TEXT.to_owned()),
-                at: report.and_then(|r| r.at),
+                at: detail.and_then(|d| d.at),
             }
         };
         let first = set.keys().take(limit).map(to_failing).collect();
         let latest = set
             .keys()
-            .max_by_key(|d| {
-                (
-                    self.report(deployment, d).and_then(|r| r.at),
-                    std::cmp::Reverse(*d),
-                )
-            })
+            .max_by_key(|d| (detail(d).and_then(|d| d.at), std::cmp::Reverse(*d)))
             .map(to_failing);
         (first, latest)
     }
@@ -266,19 +409,28 @@ where
         self.entries.iter().flat_map(|(k, devices)| {
             devices
                 .iter()
-                .filter(|(_, e)| e.report.is_some() && e.assigned.is_none())
+                .filter(|(_, e)| e.reported.is_some() && e.assigned.is_none())
                 .map(move |(d, _)| (k, d))
         })
     }
 
-    /// Every pair that has a `desired-state` key, as `(deployment, device, revision)`.
-    /// Used once, after a cold start, to collect orphaned keys.
-    pub fn assigned_pairs(&self) -> impl Iterator<Item = (&K, &D, &R)> {
-        self.entries.iter().flat_map(|(k, devices)| {
-            devices
-                .iter()
-                .filter_map(move |(d, e)| e.assigned.as_ref().map(|r| (k, d, r)))
+    /// Every pair that has a `desired-state` key, as `(deployment, device, revision,
+    /// matched)`. Used once, after a cold start, to collect orphaned keys.
+    pub fn assigned_pairs(&self) -> impl Iterator<Item = (&K, &D, &R, bool)> {
+        self.entries.iter().flat_map(move |(k, devices)| {
+            devices.iter().filter_map(move |(d, e)| {
+                let rev = self.revisions.get(e.assigned?)?;
+                Some((k, d, rev, e.matched))
+            })
         })
+    }
+
+    /// The pairs of one deployment, for reading many of its devices with one lookup each.
+    pub fn pairs_of(&self, deployment: &K) -> Pairs<'_, D, R> {
+        Pairs {
+            entries: self.entries.get(deployment),
+            revisions: &self.revisions,
+        }
     }
 
     /// Devices that still have a `desired-state` key of `deployment`. O(its entries).
@@ -310,25 +462,91 @@ where
         self.dirty.insert(deployment.clone());
     }
 
-    fn entry(&self, deployment: &K, device: &D) -> Option<&Entry<R>> {
+    fn entry(&self, deployment: &K, device: &D) -> Option<&Entry> {
         self.entries.get(deployment)?.get(device)
     }
 
-    fn update(&mut self, deployment: &K, device: &D, f: impl FnOnce(&mut Entry<R>)) {
+    fn detail(&self, deployment: &K, device: &D) -> Option<&Detail> {
+        self.details.get(deployment)?.get(device)
+    }
+
+    /// Keeps the failed report's error and time (and forgets them for any other report).
+    fn set_detail(&mut self, deployment: &K, device: &D, detail: Option<Detail>) {
+        match detail {
+            Some(d) => {
+                self.details
+                    .entry(deployment.clone())
+                    .or_default()
+                    .insert(device.clone(), d);
+            }
+            None => {
+                if let Some(devices) = self.details.get_mut(deployment) {
+                    devices.remove(device);
+                    if devices.is_empty() {
+                        self.details.remove(deployment);
+                    }
+                }
+            }
+        }
+    }
+
+    fn update(&mut self, deployment: &K, device: &D, change: Change<R>) {
         let offline = self.offline.contains(device);
+        let old = self.entry(deployment, device).copied().unwrap_or_default();
+        let before = old.class();
+        let was_failed_error = (before == Class::Failed)
+            .then(|| self.detail(deployment, device).cloned())
+            .flatten();
+        let mut new = old;
+        // Each field set takes a reference to its new revision and drops the old one's
+        // (taken first, so a revision both refer to keeps its slot).
+        let mut dropped: [Option<RevId>; 2] = [None, None];
+        match change {
+            Change::Matched(matched) => new.matched = matched,
+            Change::Assigned(rev) => {
+                new.assigned = rev.map(|r| self.revisions.acquire(&r));
+                dropped[0] = old.assigned;
+            }
+            Change::Report(report) => {
+                new.reported = report.as_ref().map(|r| self.revisions.acquire(&r.rev));
+                dropped[0] = old.reported;
+                if let Some(r) = &report {
+                    new.outcome = r.outcome;
+                    if r.outcome == Outcome::Succeeded {
+                        new.last_good = Some(self.revisions.acquire(&r.rev));
+                        dropped[1] = old.last_good;
+                    }
+                }
+                let detail = report
+                    .filter(|r| r.outcome == Outcome::Failed)
+                    .map(|r| Detail {
+                        error: r.error,
+                        at: r.at,
+                    });
+                if detail.as_ref() != self.detail(deployment, device) {
+                    self.set_detail(deployment, device, detail);
+                }
+            }
+        }
+        for id in dropped.into_iter().flatten() {
+            self.revisions.release(id);
+        }
+        let after = new.class();
         let devices = self.entries.entry(deployment.clone()).or_default();
-        let entry = devices.entry(device.clone()).or_default();
-        let before = entry.class();
-        let was_failed_error = (before == Class::Failed).then(|| entry.report.clone());
-        f(entry);
-        let after = entry.class();
-        let now_failed_error = (after == Class::Failed).then(|| entry.report.clone());
-        if entry.is_empty() {
+        if new.is_empty() {
             devices.remove(device);
             if devices.is_empty() {
                 self.entries.remove(deployment);
             }
+            for id in new.revs().into_iter().flatten() {
+                self.revisions.release(id);
+            }
+        } else {
+            devices.insert(device.clone(), new);
         }
+        let now_failed_error = (after == Class::Failed)
+            .then(|| self.detail(deployment, device).cloned())
+            .flatten();
         if before == after && was_failed_error == now_failed_error {
             return;
         }
@@ -550,6 +768,51 @@ mod tests {
         f.set_report(&web, &k("a"), report(1, Outcome::Succeeded, None, 1));
         f.set_report(&web, &k("a"), report(2, Outcome::Failed, Some("boom"), 2));
         assert_eq!(f.last_good(&web, &k("a")), Some(&1));
+    }
+
+    #[test]
+    fn revisions_are_held_once_and_forgotten_with_their_last_pair() {
+        let mut f = Fleet::new();
+        let web = k("web");
+        let devices = ["a", "b", "c"].map(k);
+        for d in &devices {
+            f.set_matched(&web, d, true);
+            f.set_assigned(&web, d, Some(1));
+            f.set_report(&web, d, report(1, Outcome::Succeeded, None, 1));
+        }
+        assert_eq!(f.revisions_in_use(), 1);
+        for d in &devices {
+            f.set_assigned(&web, d, Some(2));
+        }
+        assert_eq!(f.revisions_in_use(), 2, "1 is still reported");
+        assert_eq!(f.counts(&web).succeeded, 0);
+        for d in &devices {
+            f.set_report(&web, d, report(2, Outcome::Failed, Some("boom"), 2));
+        }
+        assert_eq!(f.revisions_in_use(), 2, "1 is still the last good one");
+        assert_eq!(f.last_good(&web, &devices[0]), Some(&1));
+        assert_eq!(f.reported(&web, &devices[0]), Some((&2, Outcome::Failed)));
+        for d in &devices {
+            f.set_report(&web, d, report(2, Outcome::Succeeded, None, 3));
+        }
+        assert_eq!(f.revisions_in_use(), 1);
+        assert_eq!(f.failing(&web, 10).0, Vec::new());
+        assert!(f.details.is_empty(), "no error kept for a succeeded report");
+        for d in &devices {
+            f.set_matched(&web, d, false);
+            f.set_assigned(&web, d, None);
+            f.set_report(&web, d, None);
+        }
+        assert_eq!(f.revisions_in_use(), 0);
+        assert!(f.entries.is_empty());
+        // Slots are reused.
+        f.set_assigned(&web, &devices[0], Some(3));
+        assert_eq!(f.revisions.slots.len(), 2);
+    }
+
+    #[test]
+    fn a_pair_is_sixteen_bytes() {
+        assert_eq!(size_of::<Entry>(), 16);
     }
 
     #[test]

@@ -11,7 +11,11 @@
 //! deployments; [`DeviceIndexes::take_writes`] is O(dirty devices × d) and skips every device
 //! whose index bytes already sit in KV, so a cold start that changes nothing writes nothing.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+// The core's maps hash device ids and names a few million times a second: foldhash
+// (seeded per process) instead of SipHash (adr/0044).
+use foldhash::HashMap;
 
 use bytes::Bytes;
 use harmony_fleet_contracts::canonical::ContentHash;
@@ -30,7 +34,9 @@ pub struct IndexWrite {
 /// Indexes wanted and stored, per device.
 #[derive(Debug, Default)]
 pub struct DeviceIndexes {
-    wanted: HashMap<DeviceId, DesiredIndex>,
+    /// Deployment → payload hash, sorted by deployment: a vector, not a `BTreeMap`, whose
+    /// smallest node costs 544 bytes whatever a device holds.
+    wanted: HashMap<DeviceId, Vec<(DeploymentName, ContentHash)>>,
     /// Hash of the index bytes KV holds (absent: no index key).
     stored: HashMap<DeviceId, ContentHash>,
     /// Devices whose wanted index may differ from the stored one.
@@ -51,12 +57,24 @@ impl DeviceIndexes {
         hash: Option<&ContentHash>,
     ) {
         let index = self.wanted.entry(device.clone()).or_default();
-        let changed = match hash {
-            Some(h) => index.deployments.insert(deployment.clone(), h.clone()) != Some(h.clone()),
-            None => index.deployments.remove(deployment).is_some(),
+        let at = index.binary_search_by(|(d, _)| d.cmp(deployment));
+        let changed = match (hash, at) {
+            (Some(h), Ok(i)) => std::mem::replace(&mut index[i].1, *h) != *h,
+            (Some(h), Err(i)) => {
+                index.insert(i, (deployment.clone(), *h));
+                true
+            }
+            (None, Ok(i)) => {
+                index.remove(i);
+                true
+            }
+            (None, Err(_)) => false,
         };
         if index.is_empty() {
             self.wanted.remove(device);
+        } else if changed {
+            // Exactly as long as needed: a fleet holds 100k of these.
+            index.shrink_to_fit();
         }
         if changed {
             self.dirty.insert(device.clone());
@@ -89,13 +107,7 @@ impl DeviceIndexes {
     pub fn take_writes(&mut self) -> Vec<IndexWrite> {
         let mut writes = Vec::new();
         for device in std::mem::take(&mut self.dirty) {
-            let bytes = Bytes::from(
-                self.wanted
-                    .get(&device)
-                    .cloned()
-                    .unwrap_or_default()
-                    .to_bytes(),
-            );
+            let bytes = Bytes::from(self.wanted(&device).unwrap_or_default().to_bytes());
             let hash = ContentHash::of_bytes(&bytes);
             if self.stored.get(&device) == Some(&hash) {
                 continue;
@@ -114,8 +126,10 @@ impl DeviceIndexes {
     }
 
     /// The index `device` should hold.
-    pub fn wanted(&self, device: &DeviceId) -> Option<&DesiredIndex> {
-        self.wanted.get(device)
+    pub fn wanted(&self, device: &DeviceId) -> Option<DesiredIndex> {
+        self.wanted.get(device).map(|index| DesiredIndex {
+            deployments: index.iter().cloned().collect(),
+        })
     }
 }
 

@@ -20,13 +20,103 @@
 //!   is that large anyway. Cost: O(candidates + previously matched devices).
 //! * **Deployment removed**: O(previously matched devices).
 //!
-//! Memory is O(devices × labels + Σ matched pairs).
+//! Memory is O(distinct label sets × labels + devices + Σ matched pairs): devices carrying
+//! the same labels share one copy of them ([`LabelSets`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+// The core's maps hash device ids and names a few million times a second: foldhash
+// (seeded per process) instead of SipHash (adr/0044).
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::hash::Hash;
+use std::sync::Arc;
 
 /// Labels of one device, as the agent reports them.
 pub type Labels = BTreeMap<String, String>;
+
+/// Label sets held once however many devices carry them. A fleet repeats a handful of sets
+/// (site, hardware, channel), while one small `BTreeMap` of labels costs over 600 bytes: at
+/// 100k devices the copies were a third of the operator's memory.
+#[derive(Debug, Default)]
+pub struct LabelSets {
+    sets: HashSet<Arc<Labels>>,
+}
+
+impl LabelSets {
+    /// The shared copy of `labels`.
+    pub fn intern(&mut self, labels: Labels) -> Arc<Labels> {
+        if let Some(shared) = self.sets.get(&labels) {
+            return Arc::clone(shared);
+        }
+        let shared = Arc::new(labels);
+        self.sets.insert(Arc::clone(&shared));
+        shared
+    }
+
+    /// A holder let go of `labels`: forgotten once only this table holds them.
+    pub fn release(&mut self, labels: Arc<Labels>) {
+        if Arc::strong_count(&labels) == 2 {
+            self.sets.remove(&*labels);
+        }
+    }
+
+    /// Distinct label sets held.
+    pub fn len(&self) -> usize {
+        self.sets.len()
+    }
+
+    /// Whether no label set is held.
+    pub fn is_empty(&self) -> bool {
+        self.sets.is_empty()
+    }
+}
+
+/// Labels a selector is evaluated against.
+pub trait LabelLookup {
+    /// The value of label `key`, if the device carries it.
+    fn label(&self, key: &str) -> Option<&str>;
+}
+
+impl LabelLookup for Labels {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str)
+    }
+}
+
+/// A known device's labels: its stored (shared) set plus its identity label, which the index
+/// does not store per device (see [`TargetIndex::with_identity_label`]).
+#[derive(Clone, Copy, Debug)]
+pub struct DeviceLabels<'a> {
+    shared: &'a Labels,
+    identity: Option<(&'a str, &'a str)>,
+}
+
+impl<'a> DeviceLabels<'a> {
+    /// Labels without an identity label.
+    pub fn plain(labels: &'a Labels) -> Self {
+        Self {
+            shared: labels,
+            identity: None,
+        }
+    }
+
+    /// Every label, as an owned map.
+    pub fn to_labels(&self) -> Labels {
+        let mut out = self.shared.clone();
+        if let Some((k, v)) = self.identity {
+            out.entry(k.to_owned()).or_insert_with(|| v.to_owned());
+        }
+        out
+    }
+}
+
+impl LabelLookup for DeviceLabels<'_> {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.shared
+            .label(key)
+            .or_else(|| self.identity.and_then(|(k, v)| (k == key).then_some(v)))
+    }
+}
 
 /// Operator of a set-based selector requirement (the Kubernetes `LabelSelector` semantics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -53,8 +143,8 @@ pub struct Requirement {
 }
 
 impl Requirement {
-    fn matches(&self, labels: &Labels) -> bool {
-        let value = labels.get(&self.key);
+    fn matches<L: LabelLookup + ?Sized>(&self, labels: &L) -> bool {
+        let value = labels.label(&self.key);
         match self.operator {
             Operator::In => value.is_some_and(|v| self.values.contains(v)),
             Operator::NotIn => value.is_none_or(|v| !self.values.contains(v)),
@@ -76,10 +166,10 @@ pub struct Selector {
 
 impl Selector {
     /// Whether a device with `labels` is selected.
-    pub fn matches(&self, labels: &Labels) -> bool {
+    pub fn matches<L: LabelLookup + ?Sized>(&self, labels: &L) -> bool {
         self.match_labels
             .iter()
-            .all(|(k, v)| labels.get(k) == Some(v))
+            .all(|(k, v)| labels.label(k) == Some(v.as_str()))
             && self.match_expressions.iter().all(|r| r.matches(labels))
     }
 
@@ -141,7 +231,11 @@ pub enum Change<D, K> {
 /// `D` is the device id, `K` the deployment key; both are cheap to clone in practice.
 #[derive(Debug)]
 pub struct TargetIndex<D, K> {
-    devices: HashMap<D, Labels>,
+    /// Each device's labels without its identity label, shared between devices.
+    devices: HashMap<D, Arc<Labels>>,
+    label_sets: LabelSets,
+    /// The label every device carries with its own id as the value, never stored.
+    identity_key: Option<String>,
     devices_by_pair: HashMap<(String, String), HashSet<D>>,
     devices_by_key: HashMap<String, HashSet<D>>,
     selectors: HashMap<K, (Selector, Anchor)>,
@@ -156,6 +250,8 @@ impl<D, K> Default for TargetIndex<D, K> {
     fn default() -> Self {
         Self {
             devices: HashMap::new(),
+            label_sets: LabelSets::default(),
+            identity_key: None,
             devices_by_pair: HashMap::new(),
             devices_by_key: HashMap::new(),
             selectors: HashMap::new(),
@@ -170,12 +266,36 @@ impl<D, K> Default for TargetIndex<D, K> {
 
 impl<D, K> TargetIndex<D, K>
 where
-    D: Clone + Ord + Hash,
+    D: Clone + Ord + Hash + AsRef<str> + for<'a> TryFrom<&'a str>,
     K: Clone + Ord + Hash,
 {
     /// An empty index.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty index where every device carries label `key` with its own id as the value
+    /// (`fleet.nationtech.io/device`). It is matched and anchored like any label but not
+    /// stored per device: a label unique to each device would keep devices with otherwise
+    /// equal labels from sharing them, and give every device a posting list of its own.
+    pub fn with_identity_label(key: impl Into<String>) -> Self {
+        Self {
+            identity_key: Some(key.into()),
+            ..Self::default()
+        }
+    }
+
+    fn view<'a>(&'a self, device: &'a D, shared: &'a Labels) -> DeviceLabels<'a> {
+        DeviceLabels {
+            shared,
+            identity: self.identity_key.as_deref().map(|k| (k, device.as_ref())),
+        }
+    }
+
+    /// The identity label of `device`, when the index has one.
+    fn identity_pair(&self, device: &D) -> Option<(String, String)> {
+        let key = self.identity_key.as_ref()?;
+        Some((key.clone(), device.as_ref().to_owned()))
     }
 
     /// Number of known devices.
@@ -184,8 +304,13 @@ where
     }
 
     /// Labels of a known device.
-    pub fn labels(&self, device: &D) -> Option<&Labels> {
-        self.devices.get(device)
+    pub fn labels<'a>(&'a self, device: &'a D) -> Option<DeviceLabels<'a>> {
+        self.devices.get(device).map(|l| self.view(device, l))
+    }
+
+    /// Distinct label sets among the known devices.
+    pub fn label_set_count(&self) -> usize {
+        self.label_sets.len()
     }
 
     /// Devices currently matched by `deployment`, in device order.
@@ -211,17 +336,25 @@ where
     }
 
     /// Adds a device or replaces its labels. Returns the pairs that changed.
-    pub fn upsert_device(&mut self, device: D, labels: Labels) -> Vec<Change<D, K>> {
-        if self.devices.get(&device) == Some(&labels) {
+    pub fn upsert_device(&mut self, device: D, mut labels: Labels) -> Vec<Change<D, K>> {
+        if let Some(key) = &self.identity_key
+            && labels.get(key).map(String::as_str) == Some(device.as_ref())
+        {
+            labels.remove(key);
+        }
+        if self.devices.get(&device).is_some_and(|l| **l == labels) {
             return Vec::new();
         }
         if let Some(old) = self.devices.remove(&device) {
             self.unfile_device(&device, &old);
+            self.label_sets.release(old);
         }
+        let labels = self.label_sets.intern(labels);
         self.file_device(&device, &labels);
 
         let mut candidates: HashSet<&K> = self.broad_selectors.iter().collect();
-        for (k, v) in &labels {
+        let identity = self.identity_pair(&device);
+        for (k, v) in labels.iter().chain(identity.as_ref().map(|(k, v)| (k, v))) {
             // Lookups by borrowed tuple need an owned key; the clone is per label, not per
             // selector, so it stays within the documented bound.
             if let Some(set) = self.selectors_by_pair.get(&(k.clone(), v.clone())) {
@@ -236,7 +369,7 @@ where
             .filter(|k| {
                 self.selectors
                     .get(*k)
-                    .is_some_and(|(s, _)| s.matches(&labels))
+                    .is_some_and(|(s, _)| s.matches(&self.view(&device, &labels)))
             })
             .cloned()
             .collect();
@@ -250,6 +383,7 @@ where
             return Vec::new();
         };
         self.unfile_device(device, &old);
+        self.label_sets.release(old);
         self.apply_device_matches(device.clone(), BTreeSet::new())
     }
 
@@ -271,7 +405,7 @@ where
             .filter(|d| {
                 self.devices
                     .get(*d)
-                    .is_some_and(|labels| selector.matches(labels))
+                    .is_some_and(|labels| selector.matches(&self.view(d, labels)))
             })
             .cloned()
             .collect();
@@ -291,6 +425,7 @@ where
     }
 
     fn candidate_devices<'a>(&'a self, anchor: &Anchor) -> Box<dyn Iterator<Item = &'a D> + 'a> {
+        let is_identity = |key: &str| self.identity_key.as_deref() == Some(key);
         match anchor {
             Anchor::Pairs(pairs) => {
                 // matchLabels anchors hold one pair; `In` anchors are a union over values.
@@ -298,8 +433,18 @@ where
                     .iter()
                     .filter_map(|p| self.devices_by_pair.get(p))
                     .collect();
-                Box::new(sets.into_iter().flatten())
+                // The identity label's posting lists are the devices themselves.
+                let by_id: Vec<&D> = pairs
+                    .iter()
+                    .filter(|(k, _)| is_identity(k))
+                    .filter_map(|(_, v)| {
+                        let id = D::try_from(v.as_str()).ok()?;
+                        self.devices.get_key_value(&id).map(|(d, _)| d)
+                    })
+                    .collect();
+                Box::new(sets.into_iter().flatten().chain(by_id))
             }
+            Anchor::Key(key) if is_identity(key) => Box::new(self.devices.keys()),
             Anchor::Key(key) => Box::new(self.devices_by_key.get(key).into_iter().flatten()),
             Anchor::Broad => Box::new(self.devices.keys()),
         }

@@ -30,7 +30,7 @@
 use harmony_fleet_types::crd::deployment::RolloutPhase;
 use std::collections::BTreeMap;
 
-use crate::index::Labels;
+use crate::index::{DeviceLabels, LabelLookup};
 
 /// How big a batch is.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -173,7 +173,7 @@ pub struct DeviceView<'a, R> {
     /// Last revision the device reported success on (for `RollBack`).
     pub last_good: Option<&'a R>,
     /// The device's labels (for batch picks).
-    pub labels: &'a Labels,
+    pub labels: DeviceLabels<'a>,
 }
 
 /// Counters of the current rollout, for `status.rollout`.
@@ -416,7 +416,7 @@ impl<R: Clone + Eq> RolloutState<R> {
             batches.get(i).is_none_or(|b| {
                 b.pick
                     .iter()
-                    .all(|(k, v)| view.labels.get(k).is_some_and(|l| l == v))
+                    .all(|(k, v)| view.labels.label(k) == Some(v.as_str()))
             })
         };
         let threshold_met =

@@ -144,7 +144,7 @@ impl Env {
         error: Option<&str>,
     ) -> Result<()> {
         let mut state = DeploymentState::new(phase, Timestamp::now());
-        state.payload_hash = Some(hash.clone());
+        state.payload_hash = Some(*hash);
         if let Some(e) = error {
             state.set_last_error(e);
         }

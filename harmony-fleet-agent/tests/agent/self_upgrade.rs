@@ -106,13 +106,11 @@ fn build(version: &str, path: &Path) -> Result<String> {
     harmony_fleet_agent::stamp(&mut bytes, version)?;
     std::fs::write(path, &bytes)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))?;
-    Ok(ContentHash::of_bytes(&bytes).as_str().to_owned())
+    Ok(ContentHash::of_bytes(&bytes).to_string())
 }
 
 fn sha_of(path: &Path) -> Result<String> {
-    Ok(ContentHash::of_bytes(&std::fs::read(path)?)
-        .as_str()
-        .to_owned())
+    Ok(ContentHash::of_bytes(&std::fs::read(path)?).to_string())
 }
 
 fn agent_payload(version: &str, sha: &str, deadline: u32) -> Result<Bytes> {

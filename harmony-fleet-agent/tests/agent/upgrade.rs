@@ -50,10 +50,10 @@ async fn a_device_downloads_an_agent_build_with_direct_gets_only() -> Result<()>
         .context("creating the agent-binaries object store")?;
     // Another build first, so the wanted one's chunks do not start at sequence 1.
     let other = build(200 * 1024, 7);
-    let other_sha = ContentHash::of_bytes(&other).as_str().to_owned();
+    let other_sha = ContentHash::of_bytes(&other).to_string();
     store.put(other_sha.as_str(), &mut other.as_slice()).await?;
     let wanted = build(300 * 1024 + 17, 1);
-    let sha = ContentHash::of_bytes(&wanted).as_str().to_owned();
+    let sha = ContentHash::of_bytes(&wanted).to_string();
     let info = store.put(sha.as_str(), &mut wanted.as_slice()).await?;
     assert!(info.chunks >= 3, "{} chunks: expected several", info.chunks);
 

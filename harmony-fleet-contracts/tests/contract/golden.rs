@@ -362,7 +362,7 @@ fn full_podman_payload_canonical_bytes_and_hash_are_pinned() {
         ContentHash::of_bytes(expected.as_bytes())
     );
     assert_eq!(
-        score.content_hash().unwrap().as_str(),
+        &*score.content_hash().unwrap().hex(),
         FULL_PAYLOAD_HASH,
         "the canonical encoding changed: every agent would restart its containers"
     );

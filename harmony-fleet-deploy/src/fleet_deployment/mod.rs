@@ -186,7 +186,7 @@ async fn deploy(
         "fleet Deployment {} to be Ready for generation {} (revision {})",
         applied.key(),
         applied.generation,
-        readiness::short(applied.revision.as_str())
+        readiness::short(&applied.revision.hex())
     );
     let status = wait::until(&awaited, score.timeout, || {
         let (api, applied) = (&api, &applied);
@@ -219,7 +219,7 @@ async fn deploy(
         applied.key(),
         status.aggregate.matched_device_count,
         applied.generation,
-        readiness::short(applied.revision.as_str())
+        readiness::short(&applied.revision.hex())
     );
     Ok(match stored.change {
         Change::Unchanged => Outcome::noop(message),

@@ -100,7 +100,8 @@ pub fn judge(status: Option<&DeploymentStatus>, applied: &Applied) -> Verdict {
     {
         return Verdict::Failed(format!("the operator rejected it ({})", ready.reason));
     }
-    let revision = applied.revision.as_str();
+    let hex = applied.revision.hex();
+    let revision: &str = &hex;
     match &status.rollout {
         Some(r) if r.revision == revision && r.phase.is_stopped() => {
             return Verdict::Failed(format!(
@@ -145,7 +146,7 @@ pub fn describe(status: Option<&DeploymentStatus>, applied: &Applied, verdict: &
         "fleet Deployment {} (generation {}, revision {}): {verdict}",
         applied.key(),
         applied.generation,
-        short(applied.revision.as_str())
+        short(&applied.revision.hex())
     );
     let Some(status) = status else {
         return text;
@@ -338,7 +339,7 @@ mod tests {
             describe(None, &applied(), "no status yet"),
             format!(
                 "fleet Deployment apps/web (generation 3, revision {}): no status yet",
-                short(ContentHash::of_bytes(b"v2").as_str())
+                short(&ContentHash::of_bytes(b"v2").hex())
             )
         );
     }

@@ -78,7 +78,7 @@ impl Reconciler {
             }
             tracing::info!(device = %device, "device blacklisted: removing its desired state");
             self.tell_device(&device, fleet_events::blacklist(true));
-            if let Some(labels) = self.index.labels(&device).cloned() {
+            if let Some(labels) = self.index.labels(&device).map(|l| l.to_labels()) {
                 self.held_labels.insert(device.clone(), labels);
                 let changes = self.index.remove_device(&device);
                 self.apply_changes(changes);

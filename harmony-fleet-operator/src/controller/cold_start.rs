@@ -60,7 +60,7 @@ impl Reconciler {
                 Ok(k) => {
                     let rev = ContentHash::of_bytes(&value);
                     self.indexes.set(&k.device, &k.deployment, Some(&rev));
-                    self.revisions.entry(rev.clone()).or_insert(value);
+                    self.revisions.entry(rev).or_insert(value);
                     self.fleet.set_assigned(&k.deployment, &k.device, Some(rev));
                     self.caught_up.desired_keys += 1;
                 }
@@ -101,8 +101,8 @@ impl Reconciler {
         let orphans: Vec<(DeploymentName, DeviceId)> = self
             .fleet
             .assigned_pairs()
-            .filter(|(k, d, _)| !self.owned.contains_key(*k) || !self.index.is_matched(k, d))
-            .map(|(k, d, _)| (k.clone(), d.clone()))
+            .filter(|(k, _, _, matched)| !matched || !self.owned.contains_key(*k))
+            .map(|(k, d, _, _)| (k.clone(), d.clone()))
             .collect();
         let orphan_count = orphans.len();
         for (k, d) in orphans {

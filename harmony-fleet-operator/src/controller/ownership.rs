@@ -228,7 +228,7 @@ impl Reconciler {
                 return;
             }
         };
-        self.revisions.entry(rev.clone()).or_insert(bytes);
+        self.revisions.entry(rev).or_insert(bytes);
         let selector = spec.target_selector.to_index();
         let policy = spec.rollout.to_policy();
         let restored = cr

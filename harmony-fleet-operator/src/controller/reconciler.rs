@@ -3,9 +3,11 @@
 //! into state.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use harmony_fleet_contracts::device::DEVICE_ID_LABEL;
 use harmony_fleet_contracts::ids::{DeploymentName, DeviceId};
 use harmony_fleet_contracts::keys;
 use jiff::Timestamp;
@@ -17,7 +19,7 @@ use super::status::{Headline, PACE, Pacer};
 use super::{CrKey, Effect, Input, Now, Rev};
 use crate::aggregate::FleetState;
 use crate::device_index::DeviceIndexes;
-use crate::index::{Labels, TargetIndex};
+use crate::index::{LabelSets, Labels, TargetIndex};
 use crate::kv::{KvEvent, KvOp};
 use crate::metrics::Metrics;
 use crate::write_quota::{self, StrayWrites};
@@ -101,8 +103,11 @@ pub struct Reconciler {
     pub(super) held_labels: HashMap<DeviceId, Labels>,
     /// Stray keys counted per device: too many, and the device is blacklisted.
     pub(super) stray_writes: StrayWrites,
-    /// Labels each device reported and may claim (protected prefixes dropped).
-    pub(super) reported_labels: HashMap<DeviceId, Labels>,
+    /// Labels each device reported and may claim (protected prefixes dropped), shared
+    /// between devices reporting the same ones.
+    pub(super) reported_labels: HashMap<DeviceId, Arc<Labels>>,
+    /// The distinct label sets of [`Self::reported_labels`].
+    pub(super) reported_sets: LabelSets,
     /// Labels set on `Device` resources by anyone but the operator: they win for targeting.
     pub(super) admin_labels: HashMap<DeviceId, Labels>,
 }
@@ -120,7 +125,7 @@ impl Reconciler {
             metrics,
             now: Now::system(),
             effects: Vec::new(),
-            index: TargetIndex::new(),
+            index: TargetIndex::with_identity_label(DEVICE_ID_LABEL),
             fleet: FleetState::new(),
             indexes: DeviceIndexes::new(),
             revisions: HashMap::new(),
@@ -153,6 +158,7 @@ impl Reconciler {
             held_labels: HashMap::new(),
             stray_writes,
             reported_labels: HashMap::new(),
+            reported_sets: LabelSets::default(),
             admin_labels: HashMap::new(),
         }
     }

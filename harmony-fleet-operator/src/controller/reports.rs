@@ -45,7 +45,7 @@ impl Reconciler {
                 return;
             }
             StateEvent::Put { key, state } => {
-                let report = state.payload_hash.clone().map(|rev| Report {
+                let report = state.payload_hash.map(|rev| Report {
                     rev,
                     outcome: match state.phase {
                         StatePhase::Running => Outcome::Succeeded,

@@ -2,13 +2,14 @@
 //! targeting index; its changes and the rollout steps decide exactly which `desired-state`
 //! keys to put or delete.
 
+use harmony_fleet_contracts::device::DEVICE_ID_LABEL;
 use harmony_fleet_contracts::ids::{DeploymentName, DeviceId};
 
 use super::Effect;
 use super::reconciler::Reconciler;
 use crate::events as fleet_events;
 use crate::fleet::{self, InfoEvent};
-use crate::index::{Change, Labels};
+use crate::index::{Change, DeviceLabels, Labels};
 use crate::kv::KvEvent;
 use crate::labels;
 use crate::registry::DeviceUpdate;
@@ -33,8 +34,16 @@ impl Reconciler {
                     tracing::warn!(%device, ignored = ?reported.ignored, "ignoring reported labels under a protected prefix");
                 }
                 let apply = labels::to_apply(&reported.accepted, self.admin_labels.get(&device));
-                self.reported_labels
-                    .insert(device.clone(), reported.accepted);
+                // Kept without the identity label (added back where it is applied), so that
+                // devices reporting the same labels share them.
+                let mut accepted = reported.accepted;
+                if accepted.get(DEVICE_ID_LABEL).map(String::as_str) == Some(device.as_str()) {
+                    accepted.remove(DEVICE_ID_LABEL);
+                }
+                let shared = self.reported_sets.intern(accepted);
+                if let Some(old) = self.reported_labels.insert(device.clone(), shared) {
+                    self.reported_sets.release(old);
+                }
                 self.retarget(&device);
                 self.metrics
                     .devices_known
@@ -49,7 +58,9 @@ impl Reconciler {
             }
             InfoEvent::Delete(device) => {
                 self.held_labels.remove(&device);
-                self.reported_labels.remove(&device);
+                if let Some(old) = self.reported_labels.remove(&device) {
+                    self.reported_sets.release(old);
+                }
                 let changes = self.index.remove_device(&device);
                 self.apply_changes(changes);
                 self.metrics
@@ -90,9 +101,11 @@ impl Reconciler {
         };
         self.retarget(device);
         if let Some(reported) = self.reported_labels.get(device) {
+            let mut reported = (**reported).clone();
+            reported.insert(DEVICE_ID_LABEL.to_owned(), device.to_string());
             let update = DeviceUpdate::Labels {
                 id: device.clone(),
-                labels: labels::to_apply(reported, self.admin_labels.get(device)),
+                labels: labels::to_apply(&reported, self.admin_labels.get(device)),
             };
             self.tell_registry(update);
         }
@@ -125,7 +138,7 @@ impl Reconciler {
                         && self.fleet.assigned(&deployment, &device).is_none()
                         && let Some(owned) = self.owned.get(&deployment)
                     {
-                        let rev = owned.rollout.joiner_revision().clone();
+                        let rev = *owned.rollout.joiner_revision();
                         self.want(&deployment, &device, Some(rev));
                     }
                     self.dirty_rollout(deployment);
@@ -150,19 +163,20 @@ impl Reconciler {
             return;
         };
         let before = (owned.rollout.clone(), owned.progress.clone());
-        let fleet = &self.fleet;
+        let pairs = self.fleet.pairs_of(name);
         let index = &self.index;
         let empty = Labels::new();
         let step = owned.rollout.step(
             &owned.policy,
             index.matched(name).map(|d| {
+                let pair = pairs.get(d);
                 (
                     d,
                     DeviceView {
-                        assigned: fleet.assigned(name, d),
-                        observed: fleet.report(name, d).map(|r| (&r.rev, r.outcome)),
-                        last_good: fleet.last_good(name, d),
-                        labels: index.labels(d).unwrap_or(&empty),
+                        assigned: pair.assigned,
+                        observed: pair.reported,
+                        last_good: pair.last_good,
+                        labels: index.labels(d).unwrap_or(DeviceLabels::plain(&empty)),
                     },
                 )
             }),

@@ -225,11 +225,81 @@ fn incremental_index_agrees_with_brute_force() {
             let brute: BTreeSet<&String> = ix
                 .devices
                 .iter()
-                .filter(|(_, l)| sel.matches(l))
+                .filter(|(_, l)| sel.matches(&***l))
                 .map(|(d, _)| d)
                 .collect();
             let indexed: BTreeSet<&String> = ix.matched(k).collect();
             assert_eq!(indexed, brute, "deployment {k}");
         }
     }
+}
+
+const ID: &str = "fleet.nationtech.io/device";
+
+#[test]
+fn the_identity_label_is_matched_like_any_label_without_being_stored() {
+    let mut ix = Index::with_identity_label(ID);
+    for d in ["pi-1", "pi-2", "pi-3"] {
+        // What the operator passes: the reported labels plus the identity label.
+        assert!(
+            ix.upsert_device(d.into(), labels(&[("site", "a"), (ID, d)]))
+                .is_empty()
+        );
+    }
+    assert_eq!(ix.label_set_count(), 1, "equal labels are held once");
+    assert_eq!(
+        ix.labels(&"pi-2".to_owned()).map(|l| l.to_labels()),
+        Some(labels(&[("site", "a"), (ID, "pi-2")]))
+    );
+
+    // Anchored on the identity pair: exactly that device.
+    assert_eq!(
+        ix.upsert_deployment("one".into(), eq(&[(ID, "pi-2")])),
+        vec![matched("pi-2", "one")]
+    );
+    // `In` over ids, `Exists` on the key (every device), `NotIn` (all but one).
+    assert_eq!(
+        sorted(ix.upsert_deployment("two".into(), expr(ID, Operator::In, &["pi-1", "pi-3", "x"]))),
+        vec![matched("pi-1", "two"), matched("pi-3", "two")]
+    );
+    assert_eq!(
+        ix.upsert_deployment("all".into(), expr(ID, Operator::Exists, &[]))
+            .len(),
+        3
+    );
+    assert_eq!(
+        sorted(ix.upsert_deployment("not-3".into(), expr(ID, Operator::NotIn, &["pi-3"]))),
+        vec![matched("pi-1", "not-3"), matched("pi-2", "not-3")]
+    );
+    // A device added later is found through the identity anchors too.
+    assert_eq!(
+        sorted(ix.upsert_device("x".into(), labels(&[("site", "b"), (ID, "x")]))),
+        vec![
+            matched("x", "all"),
+            matched("x", "not-3"),
+            matched("x", "two")
+        ]
+    );
+    assert_eq!(ix.label_set_count(), 2);
+    // Relabelling and removal release the shared sets.
+    ix.upsert_device("x".into(), labels(&[("site", "a"), (ID, "x")]));
+    assert_eq!(ix.label_set_count(), 1);
+    for d in ["pi-1", "pi-2", "pi-3", "x"] {
+        ix.remove_device(&d.to_owned());
+    }
+    assert_eq!(ix.label_set_count(), 0);
+}
+
+#[test]
+fn another_value_under_the_identity_key_is_an_ordinary_label() {
+    let mut ix = Index::with_identity_label(ID);
+    ix.upsert_device("pi-1".into(), labels(&[(ID, "someone-else")]));
+    assert_eq!(
+        ix.upsert_deployment("d".into(), eq(&[(ID, "someone-else")])),
+        vec![matched("pi-1", "d")]
+    );
+    assert!(
+        ix.upsert_deployment("e".into(), eq(&[(ID, "pi-1")]))
+            .is_empty()
+    );
 }

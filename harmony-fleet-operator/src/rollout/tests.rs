@@ -2,6 +2,8 @@ use super::*;
 use pretty_assertions::assert_eq;
 use std::collections::BTreeMap;
 
+use crate::index::Labels;
+
 /// A simulated fleet: device -> (assigned, observed, last good, labels).
 #[derive(Default)]
 struct Fleet {
@@ -47,7 +49,7 @@ impl Fleet {
                         assigned: s.assigned.as_ref(),
                         observed: s.observed.as_ref().map(|(r, o)| (r, *o)),
                         last_good: s.last_good.as_ref(),
-                        labels: &s.labels,
+                        labels: DeviceLabels::plain(&s.labels),
                     },
                 )
             }),
