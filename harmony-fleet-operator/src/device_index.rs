@@ -125,6 +125,11 @@ impl DeviceIndexes {
         self.dirty.insert(device.clone());
     }
 
+    /// Whether some device's index may need writing.
+    pub fn has_pending(&self) -> bool {
+        !self.dirty.is_empty()
+    }
+
     /// The index `device` should hold.
     pub fn wanted(&self, device: &DeviceId) -> Option<DesiredIndex> {
         self.wanted.get(device).map(|index| DesiredIndex {

@@ -486,7 +486,9 @@ impl DesiredWriter {
             store,
             client,
             metrics,
-            concurrency: 128,
+            // Puts wait for their JetStream ack; a fan-out to 100k devices is bound by how
+            // many are in flight (128 → 1024: adr/0045).
+            concurrency: 1024,
         }
     }
 

@@ -59,7 +59,7 @@ use crate::events::{FleetEvent, Regarding};
 use crate::kv::{KvEvent, KvOp};
 use crate::registry::DeviceUpdate;
 
-pub use reconciler::{Reconciler, Settings};
+pub use reconciler::{INDEX_COALESCE, Reconciler, Settings};
 pub use shell::{OperatorHandle, start};
 
 /// A payload revision: the content hash of its canonical bytes.

@@ -24,6 +24,11 @@ use crate::kv::{KvEvent, KvOp};
 use crate::metrics::Metrics;
 use crate::write_quota::{self, StrayWrites};
 
+/// How long index writes (and so change notices) may be held back while more inputs are
+/// queued, so that a device whose keys several queued inputs change gets one index write and
+/// one notice instead of one per input. Nothing is held when the queue is empty.
+pub const INDEX_COALESCE: Duration = Duration::from_millis(100);
+
 /// What the core is configured with.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -68,6 +73,10 @@ pub struct Reconciler {
     pub(super) in_flight: HashMap<String, (DeploymentName, DeviceId, Option<Rev>)>,
     /// Whether indexes were handed to the shell, awaiting [`Input::IndexesWritten`].
     pub(super) indexes_in_flight: bool,
+    /// More inputs are queued behind the current one ([`Reconciler::set_backlog`]).
+    pub(super) backlog: bool,
+    /// Since when index writes are held back to coalesce them ([`INDEX_COALESCE`]).
+    pub(super) indexes_held_since: Option<Instant>,
     /// Writes that failed, retried on the next tick.
     pub(super) retry: HashMap<(DeploymentName, DeviceId), Option<Rev>>,
     /// Deployments whose rollout may step (held back by the pace until due).
@@ -140,6 +149,8 @@ impl Reconciler {
             ops: HashMap::new(),
             in_flight: HashMap::new(),
             indexes_in_flight: false,
+            backlog: false,
+            indexes_held_since: None,
             retry: HashMap::new(),
             rollout_dirty: HashSet::new(),
             status_dirty: HashSet::new(),
@@ -200,6 +211,12 @@ impl Reconciler {
     /// Whether this replica writes.
     pub fn is_leader(&self) -> bool {
         self.leader
+    }
+
+    /// Tells the core whether more inputs are queued behind the next one: index writes are
+    /// then coalesced for up to [`INDEX_COALESCE`].
+    pub fn set_backlog(&mut self, queued: bool) {
+        self.backlog = queued;
     }
 
     /// A standby decides like a leader (so its state stays warm) but carries nothing out:
@@ -316,6 +333,14 @@ impl Reconciler {
         if !self.converged {
             return;
         }
+        if self.backlog && self.indexes.has_pending() {
+            let now = self.mono();
+            let since = *self.indexes_held_since.get_or_insert(now);
+            if now.saturating_duration_since(since) < INDEX_COALESCE {
+                return;
+            }
+        }
+        self.indexes_held_since = None;
         let writes = self.indexes.take_writes();
         if writes.is_empty() {
             return;
@@ -396,7 +421,12 @@ impl Reconciler {
     /// When the shell should wake the core (with [`Input::Wake`]) for a status or rollout step
     /// held back by the pace; `None` when nothing is waiting.
     pub fn next_wake(&self) -> Option<Instant> {
-        self.wake.filter(|_| self.converged && self.leader)
+        let held = self.indexes_held_since.map(|since| since + INDEX_COALESCE);
+        let wake = match (self.wake, held) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        wake.filter(|_| self.converged && self.leader)
     }
 
     /// `name`'s rollout may step: checked at the end of this input.

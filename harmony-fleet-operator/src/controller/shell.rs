@@ -300,6 +300,7 @@ async fn run(mut core: Reconciler, shell: Shell, mut rx: mpsc::Receiver<Input>) 
         let trigger = input.trigger();
         let mut queue = VecDeque::from([input]);
         while let Some(input) = queue.pop_front() {
+            core.set_backlog(!rx.is_empty());
             for effect in core.handle(input, Now::system()) {
                 if let Some(outcome) = shell.carry_out(effect).await {
                     queue.push_back(outcome);

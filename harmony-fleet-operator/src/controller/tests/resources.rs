@@ -197,3 +197,47 @@ fn the_oldest_claim_owns_a_name_and_a_same_second_tie_keeps_the_owner() {
     assert_eq!(pick_owner(&tied, None, |_| false), Some("a"));
     assert_eq!(pick_owner(&BTreeSet::new(), None, |_| false), None);
 }
+
+// ----- index coalescing -----
+
+fn indexed_devices(effects: &[Effect]) -> Vec<DeviceId> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::WriteIndexes(ops) => Some(ops.iter().map(|(d, _)| d.clone())),
+            _ => None,
+        })
+        .flatten()
+        .collect()
+}
+
+#[test]
+fn queued_inputs_coalesce_index_writes_for_a_bounded_time() {
+    let mut h = Harness::new();
+    h.feed(info("pi-1", "plant-1"));
+    h.cold_start();
+    // Two Deployments arrive back to back: the first is handled with the second queued.
+    h.core.set_backlog(true);
+    let first = h.feed(apply(deployment("default", "web", "plant-1", "nginx:1", 0)));
+    assert_eq!(writes(&first).0.len(), 1, "the key is written at once");
+    assert!(indexed_devices(&first).is_empty(), "its index waits");
+    let wake = h.core.next_wake().expect("a wake-up for the held index");
+    assert!(wake <= h.now().mono + INDEX_COALESCE);
+    h.core.set_backlog(false);
+    let second = h.feed(apply(deployment("default", "api", "plant-1", "nginx:1", 0)));
+    assert_eq!(
+        indexed_devices(&second),
+        vec![id("pi-1")],
+        "one index write for both keys"
+    );
+    let index = h.core.indexes.wanted(&id("pi-1")).expect("an index");
+    assert_eq!(index.deployments.len(), 2);
+
+    // A queue that never empties holds an index no longer than INDEX_COALESCE.
+    h.core.set_backlog(true);
+    let held = h.feed(apply(deployment("default", "db", "plant-1", "nginx:1", 0)));
+    assert!(indexed_devices(&held).is_empty());
+    h.advance(INDEX_COALESCE.as_secs_f64());
+    let due = h.feed(Input::Wake);
+    assert_eq!(indexed_devices(&due), vec![id("pi-1")]);
+}
