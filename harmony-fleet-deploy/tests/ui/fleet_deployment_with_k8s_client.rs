@@ -5,7 +5,7 @@ use harmony::topologies::{K8sAnywhereTopology, LocalTopology};
 use harmony_fleet_contracts::payload::{PodmanV0, ReconcileScore, Service};
 use harmony_fleet_deploy::FleetDeploymentScore;
 
-fn main() {
+pub fn main() {
     let payload = ReconcileScore::PodmanV0(PodmanV0 {
         services: vec![Service::new("web", "docker.io/library/nginx:1.27")],
         init_containers: Vec::new(),

@@ -1,5 +1,5 @@
-// The same Score against a topology that offers `K8sClient` compiles (and this binary runs,
-// without touching any cluster).
+// The same Score against a topology that offers `K8sClient` compiles (and the test that
+// includes this file runs it, without touching any cluster).
 
 use async_trait::async_trait;
 use harmony::capability::K8sClient;
@@ -26,11 +26,13 @@ impl Topology for Cluster {
 #[async_trait]
 impl K8sClient for Cluster {
     async fn k8s_client(&self) -> Result<kube::Client, InterpretError> {
-        Err(InterpretError::failed("this topology only exists to be type-checked"))
+        Err(InterpretError::failed(
+            "this topology only exists to be type-checked",
+        ))
     }
 }
 
-fn main() {
+pub fn main() {
     let _scores: Vec<Box<dyn Score<Cluster>>> = vec![
         Box::new(K8sResourceScore::new(Namespace::default())),
         Box::new(K8sResourceScore::new(ConfigMap::default())),
