@@ -161,7 +161,7 @@ pub async fn start(
     tasks.push((
         "device-info watch",
         kv::forward(
-            kv::watch_from_start(&fleet_kv.info).await?,
+            fleet_kv.watch(&fleet_kv.info).await?,
             tx.clone(),
             Input::Info,
             "device-info",
@@ -172,7 +172,7 @@ pub async fn start(
     tasks.push((
         "device-state watch",
         kv::forward(
-            kv::watch_from_start(&fleet_kv.state).await?,
+            fleet_kv.watch(&fleet_kv.state).await?,
             tx.clone(),
             Input::State,
             "device-state",
@@ -183,7 +183,7 @@ pub async fn start(
     tasks.push((
         "device-heartbeat watch",
         kv::forward(
-            kv::watch_from_start(&fleet_kv.heartbeat).await?,
+            fleet_kv.watch(&fleet_kv.heartbeat).await?,
             tx.clone(),
             Input::Heartbeat,
             "device-heartbeat",
@@ -254,7 +254,7 @@ async fn load_desired(
     fleet_kv: &FleetKv,
     core: &mut Reconciler,
 ) -> Result<impl futures::Stream<Item = Result<kv::KvEvent>> + Send + 'static> {
-    let mut events = Box::pin(kv::watch_from_start(&fleet_kv.desired).await?);
+    let mut events = Box::pin(fleet_kv.watch(&fleet_kv.desired).await?);
     while let Some(event) = events.next().await {
         if core.load_desired(event?) {
             return Ok(events);

@@ -38,7 +38,7 @@ use crate::crd::deployment::{Deployment, RolloutStrategy};
 use crate::crd::device::{BLACKLIST_ANNOTATION, Device};
 use crate::crd::{ToIndex, ToPolicy};
 use crate::fleet;
-use crate::kv::{self, FleetKv, KvEvent};
+use crate::kv::{FleetKv, KvEvent};
 use harmony_fleet_types::crd::deployment::RolloutPhase;
 
 /// Field manager of the dashboard's writes (only the blacklist annotation).
@@ -108,13 +108,13 @@ impl RealFleetService {
             (&fleet_kv.state, "device-state"),
             (&fleet_kv.heartbeat, "device-heartbeat"),
         ] {
-            let events =
-                kv::watch_from_start(store)
-                    .await
-                    .map_err(|source| ServiceError::Nats {
-                        context: format!("watching {bucket}"),
-                        source,
-                    })?;
+            let events = fleet_kv
+                .watch(store)
+                .await
+                .map_err(|source| ServiceError::Nats {
+                    context: format!("watching {bucket}"),
+                    source,
+                })?;
             let view = view.clone();
             let caught_tx = caught_tx.clone();
             tasks.push(tokio::spawn(async move {

@@ -15,6 +15,10 @@ use harmony_fleet_contracts::buckets::{self, BucketSpec};
 use jiff::Timestamp;
 use tokio::sync::mpsc;
 
+mod watch;
+
+pub use watch::watch_from_start;
+
 use crate::config::NatsConfig;
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -91,6 +95,8 @@ pub fn with_creds_file(
 /// The four fleet buckets.
 #[derive(Clone, Debug)]
 pub struct FleetKv {
+    /// The connection the buckets were opened on.
+    pub client: async_nats::Client,
     /// `desired-state` (written by the operator).
     pub desired: kv::Store,
     /// `device-info`.
@@ -131,8 +137,9 @@ impl FleetKv {
         client: async_nats::Client,
         create: Option<BucketLayout>,
     ) -> Result<Self> {
-        let js = jetstream::new(client);
+        let js = jetstream::new(client.clone());
         let kv = Self {
+            client,
             desired: open_bucket(&js, &buckets::DESIRED_STATE_SPEC, create).await?,
             info: open_bucket(&js, &buckets::DEVICE_INFO_SPEC, create).await?,
             state: open_bucket(&js, &buckets::DEVICE_STATE_SPEC, create).await?,
@@ -146,6 +153,14 @@ impl FleetKv {
             tracing::warn!(bucket = binaries::AGENT_BINARIES, error = %e, "cannot create the agent builds' object store; self-upgrades will fail until it exists");
         }
         Ok(kv)
+    }
+
+    /// Watches every key of `store`, one of these buckets ([`watch_from_start`]).
+    pub async fn watch(
+        &self,
+        store: &kv::Store,
+    ) -> Result<impl Stream<Item = Result<KvEvent>> + Send + 'static + use<>> {
+        watch_from_start(&self.client, store).await
     }
 }
 
@@ -379,52 +394,6 @@ pub fn spawn_stray_remover(
     (tx, task)
 }
 
-/// Watches every key of `store` from its latest values on, as a stream of [`KvEvent`]s with
-/// exactly one [`KvEvent::CaughtUp`] after the backlog.
-pub async fn watch_from_start(
-    store: &kv::Store,
-) -> Result<impl Stream<Item = Result<KvEvent>> + Send + 'static + use<>> {
-    let bucket = store.name.clone();
-    let status = store
-        .status()
-        .await
-        .map_err(|e| Error::nats(format!("reading status of bucket {bucket}"), e))?;
-    let last = status.info.state.last_sequence;
-    let empty = status.info.state.messages == 0;
-    let watch = store
-        .watch_with_history(">")
-        .await
-        .map_err(|e| Error::nats(format!("watching bucket {bucket}"), e))?;
-    let head = stream::iter(empty.then_some(Ok(KvEvent::CaughtUp)));
-    let mut caught_up = empty;
-    let body = watch.flat_map(move |entry| {
-        let mut out = Vec::with_capacity(2);
-        match entry {
-            Ok(entry) => {
-                let seen_current = entry.seen_current || entry.revision >= last;
-                out.push(Ok(match entry.operation {
-                    kv::Operation::Put => KvEvent::Put {
-                        at: Timestamp::from_nanosecond(entry.created.unix_timestamp_nanos())
-                            .unwrap_or(Timestamp::UNIX_EPOCH),
-                        key: entry.key,
-                        value: entry.value,
-                    },
-                    kv::Operation::Delete | kv::Operation::Purge => {
-                        KvEvent::Delete { key: entry.key }
-                    }
-                }));
-                if !caught_up && seen_current {
-                    caught_up = true;
-                    out.push(Ok(KvEvent::CaughtUp));
-                }
-            }
-            Err(e) => out.push(Err(Error::nats(format!("watch on bucket {bucket}"), e))),
-        }
-        stream::iter(out)
-    });
-    Ok(head.chain(body))
-}
-
 /// Spawns a task that forwards a watch (a KV bucket's, or a Kubernetes watcher's) into `tx`,
 /// mapped by `wrap`. Transient errors are logged and counted as `errors_total{kind}`: both
 /// watches resume by themselves. The task ends when the receiver is gone or the watch ends.
@@ -487,7 +456,8 @@ impl DesiredWriter {
             client,
             metrics,
             // Puts wait for their JetStream ack; a fan-out to 100k devices is bound by how
-            // many are in flight (128 → 1024: adr/0045).
+            // many are in flight (128 → 1024: the server acks faster than one round trip per
+            // eighth of a batch).
             concurrency: 1024,
         }
     }
