@@ -103,8 +103,22 @@ pub struct ScaleArgs {
     #[arg(long, default_value_t = 900)]
     pub phase_timeout_secs: u64,
     /// Let the operator write `Device` resources too (off: 100k of them load the apiserver).
+    /// The row then also has the time until every device's `Device` is written, the writes
+    /// and what kube-apiserver and etcd spent.
     #[arg(long)]
     pub device_resources: bool,
+    /// With `--device-resources`: after the fan-out, measure the steady `Device` write rate
+    /// (heartbeats only) and the control plane's CPU over this many seconds; 0: skip.
+    #[arg(long, default_value_t = 0)]
+    pub steady_secs: u64,
+    /// The operator's `--last-seen-refresh-secs` (how stale `lastHeartbeat` may get; its
+    /// default when not given).
+    #[arg(long)]
+    pub last_seen_refresh_secs: Option<u64>,
+    /// nats-servers: 1, or 3 or more joined into a cluster (buckets with three replicas, the
+    /// simulated connections spread over the members, the operator given every URL).
+    #[arg(long, default_value_t = 1)]
+    pub nats_servers: usize,
     /// Keep the rows of an earlier `scale.csv` in the output directory and add to them.
     #[arg(long)]
     pub append: bool,
@@ -251,6 +265,9 @@ impl ScaleArgs {
             heartbeat_interval: Duration::from_secs(self.heartbeat_secs.max(1)),
             phase_timeout: Duration::from_secs(self.phase_timeout_secs),
             device_resources: self.device_resources,
+            last_seen_refresh: self.last_seen_refresh_secs.map(Duration::from_secs),
+            steady_window: Duration::from_secs(self.steady_secs),
+            nats_servers: self.nats_servers,
             operator_exe: std::env::current_exe()
                 .map_err(|e| Error::io("locating this executable", e))?,
             out_dir: out.to_owned(),

@@ -37,6 +37,7 @@ pub mod reconciler;
 pub mod reconnect;
 pub mod report;
 pub mod scale;
+pub mod servers;
 pub mod sim;
 pub mod stats;
 pub mod writes;

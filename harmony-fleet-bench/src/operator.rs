@@ -120,19 +120,55 @@ impl OperatorProcess {
 
     /// `desired-state` writes (puts and deletes, successful) this process made, from `/metrics`.
     pub async fn kv_writes(&self) -> Result<u64> {
-        let r = probe::http_get(self.addr, "/metrics", Duration::from_secs(5))
-            .await
-            .map_err(|e| Error::Config(format!("scraping the operator: {e}")))?;
+        let body = scrape(self.addr).await?;
         Ok(sum_metric(
-            &r.body,
+            &body,
             "fleet_operator_kv_writes_total",
             "result=\"ok\"",
         ))
     }
 
+    /// Successful `Device` writes (one device's spec and/or status) this process made.
+    pub async fn device_writes(&self) -> Result<u64> {
+        device_writes(self.addr).await
+    }
+
+    /// Where its HTTP endpoints listen.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// Stops it (SIGTERM, then SIGKILL).
     pub async fn stop(&mut self) {
         self.process.stop().await;
+    }
+}
+
+async fn scrape(addr: SocketAddr) -> Result<String> {
+    let r = probe::http_get(addr, "/metrics", Duration::from_secs(5))
+        .await
+        .map_err(|e| Error::Config(format!("scraping the operator at {addr}: {e}")))?;
+    Ok(r.body)
+}
+
+async fn device_writes(addr: SocketAddr) -> Result<u64> {
+    let body = scrape(addr).await?;
+    Ok(sum_metric(
+        &body,
+        "fleet_operator_status_patches_total",
+        "kind=\"device\",result=\"ok\"",
+    ))
+}
+
+/// Time from now until the operator at `addr` has written `devices` `Device`s (polled every
+/// 250 ms; runs until then, so give it a deadline).
+pub async fn devices_written(addr: SocketAddr, devices: usize) -> Duration {
+    let started = Instant::now();
+    loop {
+        if device_writes(addr).await.is_ok_and(|w| w >= devices as u64) {
+            return started.elapsed();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

@@ -45,6 +45,19 @@ pub fn sample(pid: u32) -> Result<ProcSample> {
     })
 }
 
+/// The sum over `pids` (CPU seconds, RSS and peak RSS each added up): what a group of servers
+/// (a NATS cluster, etcd + kube-apiserver) costs together.
+pub fn sample_all(pids: &[u32]) -> Result<ProcSample> {
+    pids.iter().try_fold(ProcSample::default(), |sum, &pid| {
+        let s = sample(pid)?;
+        Ok(ProcSample {
+            cpu_seconds: sum.cpu_seconds + s.cpu_seconds,
+            rss_bytes: sum.rss_bytes + s.rss_bytes,
+            peak_rss_bytes: sum.peak_rss_bytes + s.peak_rss_bytes,
+        })
+    })
+}
+
 /// `utime + stime` (fields 14 and 15) of a `/proc/<pid>/stat` line, in seconds. The command
 /// name (field 2) may hold spaces and parentheses, so fields are counted after the last `)`.
 pub fn parse_cpu_seconds(stat: &str) -> Option<f64> {

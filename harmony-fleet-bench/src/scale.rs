@@ -12,6 +12,11 @@
 //! 6. stop the operator and start a new one: time to `Converged` and how many keys it wrote
 //!    (zero expected: same bytes, nothing rewritten).
 //!
+//! With `Device` resources on, the row also says when every device's `Device` was written,
+//! how many writes that took, the steady write rate over a quiet window (heartbeats only) and
+//! what kube-apiserver and etcd spent. With `--nats-servers 3` the servers are a cluster and
+//! the buckets have three replicas (issue 20 parts 5 and 6).
+//!
 //! A step that does not finish within the phase deadline ends the pair; the row keeps what
 //! was measured up to there and says what timed out.
 
@@ -20,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
-use harmony::local::{ControlPlaneOptions, LocalControlPlane, LocalNats};
+use harmony::local::{ControlPlaneOptions, LocalControlPlane};
 use harmony_fleet_contracts::payload::{PodmanV0, ReconcileScore, Service};
 use harmony_fleet_operator::crd::{self, Deployment};
 use k8s_openapi::api::core::v1::Namespace;
@@ -31,8 +36,9 @@ use serde_json::{Value, json};
 use crate::error::{Error, Result};
 use crate::operator::{OperatorProcess, OperatorSpec};
 use crate::plot::{self, Series};
-use crate::procstat;
+use crate::procstat::{self, ProcSample};
 use crate::report::{Table, num};
+use crate::servers::NatsServers;
 use crate::sim::{FLEET_LABEL, Fleet, SITE_LABEL, SimConfig, WatchMode};
 
 const FIELD_MANAGER: &str = "fleet-bench";
@@ -59,6 +65,13 @@ pub struct ScaleOptions {
     pub phase_timeout: Duration,
     /// Whether the operator writes `Device` resources (100k of them load the apiserver).
     pub device_resources: bool,
+    /// The operator's `--last-seen-refresh-secs`; `None`: its default.
+    pub last_seen_refresh: Option<Duration>,
+    /// Quiet window after the fan-out over which the steady `Device` write rate and the
+    /// control plane's CPU are measured; zero: not measured.
+    pub steady_window: Duration,
+    /// nats-servers: 1, or a cluster of 3 or more.
+    pub nats_servers: usize,
     /// Executable with the `operator` subcommand.
     pub operator_exe: PathBuf,
     /// Where results go.
@@ -106,10 +119,31 @@ pub struct ScaleRow {
     pub cold_start_peak_mib: Option<f64>,
     /// `ok` or what stopped the run.
     pub outcome: String,
+    /// nats-servers in the run.
+    pub nats_servers: usize,
+    /// Operator start → a `Device` written for every device.
+    pub devices_written_s: Option<f64>,
+    /// `Device` writes (spec and/or status of one device) by the first operator.
+    pub device_writes: Option<u64>,
+    /// `Device` writes a second over the quiet window.
+    pub steady_device_writes_per_s: Option<f64>,
+    /// kube-apiserver + etcd CPU over the quiet window, in % of one core.
+    pub steady_control_plane_cpu_pct: Option<f64>,
+    /// kube-apiserver CPU seconds while the first operator ran.
+    pub apiserver_cpu_s: Option<f64>,
+    /// kube-apiserver peak RSS (since the control plane started).
+    pub apiserver_peak_mib: Option<f64>,
+    /// etcd CPU seconds while the first operator ran.
+    pub etcd_cpu_s: Option<f64>,
+    /// etcd peak RSS (since the control plane started).
+    pub etcd_peak_mib: Option<f64>,
 }
 
+/// Columns of rows written before the `Device` and cluster columns were added.
+const FIRST_COLUMNS: usize = 19;
+
 /// Column names of the result table.
-pub const COLUMNS: [&str; 19] = [
+pub const COLUMNS: [&str; 28] = [
     "devices",
     "deployments",
     "connections",
@@ -129,6 +163,15 @@ pub const COLUMNS: [&str; 19] = [
     "cold start writes",
     "cold start peak MiB",
     "outcome",
+    "nats servers",
+    "Devices written s",
+    "Device writes",
+    "steady Device writes/s",
+    "steady apiserver+etcd CPU %",
+    "apiserver CPU s",
+    "apiserver peak MiB",
+    "etcd CPU s",
+    "etcd peak MiB",
 ];
 
 impl ScaleRow {
@@ -154,6 +197,16 @@ impl ScaleRow {
                 .map_or_else(|| "-".to_owned(), |w| w.to_string()),
             num(self.cold_start_peak_mib, 0),
             self.outcome.clone(),
+            self.nats_servers.to_string(),
+            num(self.devices_written_s, 2),
+            self.device_writes
+                .map_or_else(|| "-".to_owned(), |w| w.to_string()),
+            num(self.steady_device_writes_per_s, 1),
+            num(self.steady_control_plane_cpu_pct, 1),
+            num(self.apiserver_cpu_s, 1),
+            num(self.apiserver_peak_mib, 0),
+            num(self.etcd_cpu_s, 1),
+            num(self.etcd_peak_mib, 0),
         ]
     }
 }
@@ -213,6 +266,38 @@ impl ControlPlane {
     /// A client.
     pub fn client(&self) -> &kube::Client {
         &self.client
+    }
+
+    /// What kube-apiserver and etcd have used so far.
+    pub fn sample(&self) -> Result<ControlPlaneSample> {
+        let pid = |name: &str| {
+            self.plane
+                .pids()
+                .into_iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, pid)| pid)
+                .ok_or_else(|| Error::Config(format!("the control plane has no {name} running")))
+        };
+        Ok(ControlPlaneSample {
+            apiserver: procstat::sample(pid("kube-apiserver")?)?,
+            etcd: procstat::sample(pid("etcd")?)?,
+        })
+    }
+}
+
+/// kube-apiserver's and etcd's resource use at one moment.
+#[derive(Clone, Copy, Debug)]
+pub struct ControlPlaneSample {
+    /// kube-apiserver.
+    pub apiserver: ProcSample,
+    /// etcd.
+    pub etcd: ProcSample,
+}
+
+impl ControlPlaneSample {
+    /// CPU seconds of both.
+    pub fn cpu_seconds(&self) -> f64 {
+        self.apiserver.cpu_seconds + self.etcd.cpu_seconds
     }
 }
 
@@ -276,12 +361,13 @@ pub async fn run_pair(
     row: &mut ScaleRow,
 ) -> Result<()> {
     let deadline = opts.phase_timeout;
-    let nats = LocalNats::start(crate::sim::nats_options(n)).await?;
-    let nats_pid = nats.pid().unwrap_or(0);
-    let client = async_nats::connect(nats.url())
+    let nats = NatsServers::start(opts.nats_servers, n).await?;
+    row.nats_servers = nats.len();
+    let nats_pids = nats.pids();
+    let client = async_nats::connect(nats.first_url())
         .await
         .map_err(|e| Error::nats("connecting the bench client", e))?;
-    crate::sim::fleet_buckets(client.clone(), n).await?;
+    crate::sim::fleet_buckets_replicated(client.clone(), n, nats.replicas()).await?;
 
     let tag = format!("{:08x}", rand::random::<u32>());
     let ns = format!("bench-{n}-{m}-{tag}");
@@ -296,7 +382,7 @@ pub async fn run_pair(
         .map_err(|e| Error::kube(format!("creating namespace {ns}"), e))?;
     let api: Api<Deployment> = Api::namespaced(cp.client().clone(), &ns);
 
-    let mut config = SimConfig::new(nats.url(), n);
+    let mut config = SimConfig::new(nats.urls(), n);
     config.devices_per_connection = opts.devices_per_connection;
     config.sites = opts.sites;
     config.heartbeat_interval = Some(opts.heartbeat_interval);
@@ -312,13 +398,25 @@ pub async fn run_pair(
     let spec = OperatorSpec {
         exe: opts.operator_exe.clone(),
         kubeconfig: cp.kubeconfig().to_owned(),
-        nats_url: nats.url(),
+        nats_url: nats.urls(),
         namespace: ns.clone(),
         log_file: opts.out_dir.join("logs").join(format!("operator-{ns}.log")),
         device_resources: opts.device_resources,
-        extra_args: Vec::new(),
+        extra_args: opts
+            .last_seen_refresh
+            .map(|r| {
+                vec![
+                    "--last-seen-refresh-secs".to_owned(),
+                    r.as_secs().max(1).to_string(),
+                ]
+            })
+            .unwrap_or_default(),
     };
+    let plane_before = cp.sample()?;
     let mut operator = OperatorProcess::spawn(&spec)?;
+    let devices_written = opts
+        .device_resources
+        .then(|| tokio::spawn(crate::operator::devices_written(operator.addr(), n)));
     row.first_start_s = secs(operator.wait_converged(deadline).await?);
 
     // M Deployments, one site each.
@@ -443,10 +541,18 @@ pub async fn run_pair(
     .await?;
     row.status_lag_s = secs(last_report.elapsed());
 
+    if opts.device_resources {
+        device_load(cp, opts, &operator, n, devices_written, row).await?;
+    }
     let op = operator.sample()?;
     row.operator_cpu_s = Some(op.cpu_seconds);
     row.operator_peak_mib = Some(op.peak_rss_mib());
-    if let Ok(s) = procstat::sample(nats_pid) {
+    let plane = cp.sample()?;
+    row.apiserver_cpu_s = Some(plane.apiserver.cpu_seconds - plane_before.apiserver.cpu_seconds);
+    row.apiserver_peak_mib = Some(plane.apiserver.peak_rss_mib());
+    row.etcd_cpu_s = Some(plane.etcd.cpu_seconds - plane_before.etcd.cpu_seconds);
+    row.etcd_peak_mib = Some(plane.etcd.peak_rss_mib());
+    if let Ok(s) = procstat::sample_all(&nats_pids) {
         row.nats_rss_mib = Some(s.rss_mib());
         row.nats_peak_mib = Some(s.peak_rss_mib());
         row.nats_cpu_s = Some(s.cpu_seconds);
@@ -465,6 +571,44 @@ pub async fn run_pair(
     Ok(())
 }
 
+/// With `Device` resources on: waits until every device's `Device` is written (timed from the
+/// operator's start by `devices_written`), then measures the steady write rate and the
+/// control plane's CPU over the quiet window (heartbeats arrive, nothing else changes).
+async fn device_load(
+    cp: &ControlPlane,
+    opts: &ScaleOptions,
+    operator: &OperatorProcess,
+    n: usize,
+    devices_written: Option<tokio::task::JoinHandle<Duration>>,
+    row: &mut ScaleRow,
+) -> Result<()> {
+    if let Some(task) = devices_written {
+        let took = tokio::time::timeout(opts.phase_timeout, task)
+            .await
+            .map_err(|_| Error::Timeout {
+                what: format!("a Device written for each of {n} devices"),
+                after: opts.phase_timeout,
+            })?
+            .map_err(|e| Error::Config(format!("the Device write counter stopped: {e}")))?;
+        row.devices_written_s = secs(took);
+    }
+    row.device_writes = Some(operator.device_writes().await?);
+    if opts.steady_window.is_zero() {
+        return Ok(());
+    }
+    let (writes, plane) = (operator.device_writes().await?, cp.sample()?);
+    let started = Instant::now();
+    // A measurement window, not a wait for a state: the rate is what happens during it.
+    tokio::time::sleep(opts.steady_window).await;
+    let (writes_after, plane_after) = (operator.device_writes().await?, cp.sample()?);
+    let window = started.elapsed().as_secs_f64();
+    row.steady_device_writes_per_s = Some(writes_after.saturating_sub(writes) as f64 / window);
+    row.steady_control_plane_cpu_pct =
+        Some(100.0 * (plane_after.cpu_seconds() - plane.cpu_seconds()) / window);
+    row.device_writes = Some(writes_after);
+    Ok(())
+}
+
 /// Rows of an earlier `scale.csv` in `dir` (the columns the plot needs), to append to.
 pub fn earlier_rows(dir: &Path) -> (Vec<Vec<String>>, Vec<ScaleRow>) {
     let Ok(text) = std::fs::read_to_string(dir.join("scale.csv")) else {
@@ -473,9 +617,14 @@ pub fn earlier_rows(dir: &Path) -> (Vec<Vec<String>>, Vec<ScaleRow>) {
     let mut cells = Vec::new();
     let mut rows = Vec::new();
     for line in text.lines().skip(1) {
-        let row = crate::report::parse_csv_line(line);
-        if row.len() != COLUMNS.len() {
+        let mut row = crate::report::parse_csv_line(line);
+        if row.len() != COLUMNS.len() && row.len() != FIRST_COLUMNS {
             continue;
+        }
+        // Rows from before the `Device` and cluster columns: one server, nothing measured.
+        if row.len() == FIRST_COLUMNS {
+            row.push("1".to_owned());
+            row.resize(COLUMNS.len(), "-".to_owned());
         }
         let f = |i: usize| row[i].parse::<f64>().ok();
         rows.push(ScaleRow {

@@ -62,7 +62,8 @@ pub enum WatchMode {
 /// What to simulate.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
-    /// `nats://` URL of the server.
+    /// `nats://` URL of the server; comma separated for the members of a cluster (connections
+    /// are spread over them round-robin).
     pub nats_url: String,
     /// Number of devices.
     pub devices: usize,
@@ -154,8 +155,17 @@ pub async fn fleet_buckets(
     client: async_nats::Client,
     devices: usize,
 ) -> Result<harmony_fleet_operator::kv::FleetKv> {
+    fleet_buckets_replicated(client, devices, 1).await
+}
+
+/// [`fleet_buckets`] with `replicas` replicas of each bucket (3 on a cluster).
+pub async fn fleet_buckets_replicated(
+    client: async_nats::Client,
+    devices: usize,
+    replicas: usize,
+) -> Result<harmony_fleet_operator::kv::FleetKv> {
     let js = jetstream::new(client.clone());
-    harmony_fleet_operator::kv::ensure_buckets(&js, 1, capacity_for(devices)).await?;
+    harmony_fleet_operator::kv::ensure_buckets(&js, replicas, capacity_for(devices)).await?;
     Ok(harmony_fleet_operator::kv::FleetKv::open(client, false).await?)
 }
 
@@ -486,7 +496,8 @@ impl Fleet {
         let mut js = Vec::new();
         for k in 0..config.connections() {
             if config.watch == WatchMode::PerDevice {
-                let agent = agent_config(&config.nats_url, &format!("{}-conn-{k}", config.prefix))?;
+                let url = crate::servers::url_for_connection(&config.nats_url, k);
+                let agent = agent_config(url, &format!("{}-conn-{k}", config.prefix))?;
                 let connection = harmony_fleet_agent::connection::Connection::connect(
                     &agent,
                     &format!("_INBOX_{}_{k}", config.prefix),
@@ -509,11 +520,12 @@ impl Fleet {
                 js.push(connection.jetstream().clone());
                 agent_connections.push(connection);
             } else {
+                let url = crate::servers::url_for_connection(&config.nats_url, k);
                 let client = async_nats::ConnectOptions::new()
                     .name(format!("fleet-sim {} conn {k}", config.prefix))
-                    .connect(config.nats_url.as_str())
+                    .connect(url)
                     .await
-                    .map_err(|e| Error::nats(format!("connecting to {}", config.nats_url), e))?;
+                    .map_err(|e| Error::nats(format!("connecting to {url}"), e))?;
                 js.push(jetstream::new(client.clone()));
                 clients.push(client);
             }

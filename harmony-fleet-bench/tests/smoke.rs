@@ -22,6 +22,9 @@ async fn fifty_devices_and_one_deployment_converge_through_the_operator() -> any
         heartbeat_interval: Duration::from_secs(1),
         phase_timeout: Duration::from_secs(60),
         device_resources: false,
+        last_seen_refresh: None,
+        steady_window: Duration::ZERO,
+        nats_servers: 1,
         operator_exe: PathBuf::from(env!("CARGO_BIN_EXE_fleet-bench")),
         out_dir: out.path().to_owned(),
     };
@@ -40,6 +43,45 @@ async fn fifty_devices_and_one_deployment_converge_through_the_operator() -> any
     let png = out.path().join("latency.png");
     scale::plot_rows(&[row], &png)?;
     assert!(std::fs::metadata(&png)?.len() > 1000);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_cluster_of_three_with_device_resources_measures_the_control_plane() -> anyhow::Result<()>
+{
+    let out = tempfile::tempdir()?;
+    let cp = ControlPlane::start().await?;
+    let opts = ScaleOptions {
+        devices: vec![30],
+        deployments: vec![1],
+        devices_per_connection: 10,
+        sites: 3,
+        answer_delay: Duration::from_millis(50),
+        failure_rate: 0.0,
+        heartbeat_interval: Duration::from_secs(1),
+        phase_timeout: Duration::from_secs(90),
+        device_resources: true,
+        last_seen_refresh: Some(Duration::from_secs(1)),
+        steady_window: Duration::from_secs(3),
+        nats_servers: 3,
+        operator_exe: PathBuf::from(env!("CARGO_BIN_EXE_fleet-bench")),
+        out_dir: out.path().to_owned(),
+    };
+    let mut row = ScaleRow {
+        devices: 30,
+        deployments: 1,
+        ..ScaleRow::default()
+    };
+    scale::run_pair(&cp, &opts, 30, 1, &mut row).await?;
+    assert_eq!(row.outcome, "ok");
+    assert_eq!(row.nats_servers, 3);
+    assert_eq!(row.keys, 10 + 30, "one site of three, then the fan-out");
+    assert!(row.devices_written_s.is_some(), "{row:?}");
+    assert!(row.device_writes.unwrap_or_default() >= 30, "{row:?}");
+    assert!(row.steady_device_writes_per_s.is_some(), "{row:?}");
+    assert!(row.apiserver_cpu_s.unwrap_or_default() > 0.0, "{row:?}");
+    assert!(row.nats_cpu_s.unwrap_or_default() > 0.0, "{row:?}");
+    assert_eq!(row.cold_start_writes, Some(0), "a restart rewrites nothing");
     Ok(())
 }
 
