@@ -111,10 +111,14 @@ pub struct ScaleArgs {
     /// (heartbeats only) and the control plane's CPU over this many seconds; 0: skip.
     #[arg(long, default_value_t = 0)]
     pub steady_secs: u64,
-    /// The operator's `--last-seen-refresh-secs` (how stale `lastHeartbeat` may get; its
-    /// default when not given).
+    /// The operator's `--last-seen-refresh-secs` (how often `lastHeartbeat` is refreshed when
+    /// the budget allows; its default when not given).
     #[arg(long)]
     pub last_seen_refresh_secs: Option<u64>,
+    /// The operator's `--device-writes-per-sec` (the refresh budget; its default when not
+    /// given).
+    #[arg(long)]
+    pub device_writes_per_sec: Option<u32>,
     /// nats-servers: 1, or 3 or more joined into a cluster (buckets with three replicas, the
     /// simulated connections spread over the members, the operator given every URL).
     #[arg(long, default_value_t = 1)]
@@ -266,6 +270,7 @@ impl ScaleArgs {
             phase_timeout: Duration::from_secs(self.phase_timeout_secs),
             device_resources: self.device_resources,
             last_seen_refresh: self.last_seen_refresh_secs.map(Duration::from_secs),
+            device_writes_per_sec: self.device_writes_per_sec,
             steady_window: Duration::from_secs(self.steady_secs),
             nats_servers: self.nats_servers,
             operator_exe: std::env::current_exe()

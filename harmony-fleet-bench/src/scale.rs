@@ -67,6 +67,8 @@ pub struct ScaleOptions {
     pub device_resources: bool,
     /// The operator's `--last-seen-refresh-secs`; `None`: its default.
     pub last_seen_refresh: Option<Duration>,
+    /// The operator's `--device-writes-per-sec`; `None`: its default.
+    pub device_writes_per_sec: Option<u32>,
     /// Quiet window after the fan-out over which the steady `Device` write rate and the
     /// control plane's CPU are measured; zero: not measured.
     pub steady_window: Duration,
@@ -402,15 +404,7 @@ pub async fn run_pair(
         namespace: ns.clone(),
         log_file: opts.out_dir.join("logs").join(format!("operator-{ns}.log")),
         device_resources: opts.device_resources,
-        extra_args: opts
-            .last_seen_refresh
-            .map(|r| {
-                vec![
-                    "--last-seen-refresh-secs".to_owned(),
-                    r.as_secs().max(1).to_string(),
-                ]
-            })
-            .unwrap_or_default(),
+        extra_args: operator_args(opts),
     };
     let plane_before = cp.sample()?;
     let mut operator = OperatorProcess::spawn(&spec)?;
@@ -569,6 +563,20 @@ pub async fn run_pair(
     drop(fleet);
     row.outcome = "ok".to_owned();
     Ok(())
+}
+
+/// The operator flags a run sets beyond the defaults.
+fn operator_args(opts: &ScaleOptions) -> Vec<String> {
+    let mut args = Vec::new();
+    if let Some(r) = opts.last_seen_refresh {
+        args.push("--last-seen-refresh-secs".to_owned());
+        args.push(r.as_secs().max(1).to_string());
+    }
+    if let Some(w) = opts.device_writes_per_sec {
+        args.push("--device-writes-per-sec".to_owned());
+        args.push(w.to_string());
+    }
+    args
 }
 
 /// With `Device` resources on: waits until every device's `Device` is written (timed from the

@@ -168,11 +168,16 @@ pub struct RunArgs {
     /// A device is offline when its last heartbeat is older than this many seconds.
     #[arg(long, env = "FLEET_HEARTBEAT_TIMEOUT_SECS", default_value_t = 90)]
     pub heartbeat_timeout_secs: u64,
-    /// The longest `Device.status.lastHeartbeat` of an online device may go unrefreshed
-    /// (seconds). Small fleets are refreshed every 15 s; larger ones less often, so that
-    /// refreshes stay within 20 writes a second, up to this.
-    #[arg(long, env = "FLEET_LAST_SEEN_REFRESH_SECS", default_value_t = 300)]
+    /// How often an online device's `Device.status.lastHeartbeat` (`LAST SEEN`) is refreshed,
+    /// in seconds, while the fleet's refreshes fit `--device-writes-per-sec`; a larger fleet is
+    /// refreshed less often (every devices / budget seconds). Heartbeats are never a write each.
+    #[arg(long, env = "FLEET_LAST_SEEN_REFRESH_SECS", default_value_t = 15)]
     pub last_seen_refresh_secs: u64,
+    /// `lastHeartbeat` refreshes written to the API server a second, at most, whatever the
+    /// fleet's size (online/offline flips, labels and inventory are written at once). Raise it
+    /// for a fresher `LAST SEEN` on a large fleet; each write costs the API server and etcd.
+    #[arg(long, env = "FLEET_DEVICE_WRITES_PER_SEC", default_value_t = 50)]
+    pub device_writes_per_sec: u32,
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "FLEET_OPERATOR_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: SocketAddr,
@@ -261,8 +266,8 @@ pub struct Config {
     pub namespace: Option<String>,
     /// Heartbeat age after which a device is offline.
     pub heartbeat_timeout: Duration,
-    /// Minimum interval between `lastHeartbeat` refreshes of an online device.
-    pub last_seen_refresh: Duration,
+    /// `lastHeartbeat` refreshes: the interval wanted and the write budget.
+    pub last_seen: crate::registry::RefreshPolicy,
     /// Listen address of the HTTP endpoints.
     pub listen: SocketAddr,
     /// Whether to create missing buckets, and how.
@@ -300,7 +305,10 @@ impl Config {
             },
             namespace: None,
             heartbeat_timeout: Duration::from_secs(90),
-            last_seen_refresh: Duration::from_secs(300),
+            last_seen: crate::registry::RefreshPolicy {
+                wanted: Duration::from_secs(15),
+                per_sec: 50,
+            },
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             create_buckets: None,
             device_resources: true,
@@ -329,6 +337,7 @@ impl TryFrom<RunArgs> for Config {
             namespace,
             heartbeat_timeout_secs,
             last_seen_refresh_secs,
+            device_writes_per_sec,
             listen,
             create_buckets,
             bucket_replicas,
@@ -440,7 +449,10 @@ impl TryFrom<RunArgs> for Config {
             },
             namespace: namespace.filter(|n| !n.is_empty()),
             heartbeat_timeout: Duration::from_secs(heartbeat_timeout_secs),
-            last_seen_refresh: Duration::from_secs(last_seen_refresh_secs.max(1)),
+            last_seen: crate::registry::RefreshPolicy {
+                wanted: Duration::from_secs(last_seen_refresh_secs.max(1)),
+                per_sec: device_writes_per_sec.max(1),
+            },
             listen,
             create_buckets: create_buckets.then_some(crate::kv::BucketLayout {
                 replicas: usize::from(bucket_replicas),

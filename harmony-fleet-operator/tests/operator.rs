@@ -75,7 +75,7 @@ impl Env {
         let mut config = Config::for_nats(self.nats.url());
         config.namespace = Some(self.ns.clone());
         config.heartbeat_timeout = Duration::from_secs(3);
-        config.last_seen_refresh = Duration::from_secs(1);
+        config.last_seen.wanted = Duration::from_secs(1);
         let handle = harmony_fleet_operator::start(
             config,
             self.client.clone(),

@@ -210,7 +210,7 @@ pub async fn start(
         let (registry_tx, task) = registry::spawn(
             client.clone(),
             metrics.clone(),
-            config.last_seen_refresh,
+            config.last_seen,
             events.clone(),
         );
         tasks.push(("device registry", task));

@@ -4,12 +4,9 @@
 //! The reconcile loop sends [`DeviceUpdate`]s; this task coalesces them per device (latest
 //! wins), compares with what it last wrote (seeded from a LIST at start, so a restart writes
 //! nothing that is already there) and writes by server-side apply with bounded concurrency.
-//! `lastHeartbeat` of a device that stays online is refreshed at most every
-//! [`refresh_interval`]: every [`MIN_REFRESH`] while the fleet is small, less often as it
-//! grows so that refreshes stay within [`REFRESH_BUDGET_PER_SEC`] writes a second, but never
-//! less often than `last_seen_refresh` (which bounds the staleness, and so caps the interval on
-//! a large fleet). `LAST SEEN` shows seconds on a small fleet instead of minutes; heartbeats
-//! never become one write each; `online` flips are written at once.
+//! `lastHeartbeat` of a device that stays online is refreshed as [`refresh`] decides: as
+//! often as wanted on a small fleet (`LAST SEEN` shows seconds), within a write budget on a
+//! large one; heartbeats never become one write each; `online` flips are written at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -27,6 +24,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use crate::crd::device::{Device, DeviceStatus, Inventory, LABELS_ACCEPTED};
 use crate::crd::{FIELD_MANAGER, GROUP};
 use crate::metrics::Metrics;
+
+pub mod refresh;
+
+pub use refresh::{RefreshBudget, refresh_interval};
 
 /// What the reconcile loop tells the registry.
 #[derive(Clone, Debug, PartialEq)]
@@ -99,50 +100,40 @@ struct Pending {
     removed: bool,
 }
 
-/// `lastHeartbeat` refreshes of online devices a second, at most, whatever the fleet size.
-pub const REFRESH_BUDGET_PER_SEC: u64 = 20;
-
-/// The shortest refresh interval (a heartbeat is typically every 10 s).
-pub const MIN_REFRESH: Duration = Duration::from_secs(15);
-
-/// How often an online device's `lastHeartbeat` is refreshed in a fleet of `devices`: spread
-/// so that all of them fit in [`REFRESH_BUDGET_PER_SEC`], no more often than [`MIN_REFRESH`],
-/// and at least every `longest` (`--last-seen-refresh-secs`: it wins over both).
-pub fn refresh_interval(devices: usize, longest: Duration) -> Duration {
-    let spread = Duration::from_secs((devices as u64).div_ceil(REFRESH_BUDGET_PER_SEC));
-    spread.max(MIN_REFRESH).min(longest)
-}
-
 /// Spawns the registry task; returns the sender the reconcile loop uses. Online/offline
 /// flips it writes become Events on the `Device` through `events`.
 pub fn spawn(
     client: kube::Client,
     metrics: Metrics,
-    last_seen_refresh: Duration,
+    policy: RefreshPolicy,
     events: crate::events::Sender,
 ) -> (
     mpsc::UnboundedSender<DeviceUpdate>,
     tokio::task::JoinHandle<()>,
 ) {
     let (tx, rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(run(
-        Api::all(client),
-        metrics,
-        last_seen_refresh,
-        rx,
-        events,
-    ));
+    let task = tokio::spawn(run(Api::all(client), metrics, policy, rx, events));
     (tx, task)
+}
+
+/// How often `lastHeartbeat` is refreshed ([`refresh`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RefreshPolicy {
+    /// `--last-seen-refresh-secs`: the interval wanted.
+    pub wanted: Duration,
+    /// `--device-writes-per-sec`: refreshes a second, at most.
+    pub per_sec: u32,
 }
 
 async fn run(
     api: Api<Device>,
     metrics: Metrics,
-    last_seen_refresh: Duration,
+    policy: RefreshPolicy,
     mut rx: mpsc::UnboundedReceiver<DeviceUpdate>,
     events: crate::events::Sender,
 ) {
     let mut written = seed(&api).await;
+    let mut budget = RefreshBudget::new(policy.per_sec, std::time::Instant::now());
     let mut pending: HashMap<DeviceId, Pending> = HashMap::new();
     loop {
         if pending.is_empty() {
@@ -155,12 +146,15 @@ async fn run(
             queue(&mut pending, update);
         }
         let batch: Vec<(DeviceId, Pending)> = pending.drain().collect();
-        let refresh = refresh_interval(written.len(), last_seen_refresh);
+        let refresh = refresh_interval(written.len(), policy.wanted, policy.per_sec);
+        let now = std::time::Instant::now();
         let work: Vec<(DeviceId, Pending, Written)> = batch
             .into_iter()
             .filter_map(|(id, p)| {
                 let before = written.get(&id).cloned().unwrap_or_default();
-                plan(&before, &p, refresh).map(|after| (id, p, after))
+                let after = plan(&before, &p, refresh)?;
+                // Over the budget a refresh is skipped: the next heartbeat asks again.
+                (!only_refreshes(&before, &after) || budget.take(now)).then_some((id, p, after))
             })
             .collect();
         let results: Vec<(DeviceId, Pending, Option<Written>)> = stream::iter(work)
@@ -351,6 +345,18 @@ fn plan(before: &Written, p: &Pending, last_seen_refresh: Duration) -> Option<Wr
     (after != *before).then_some(after)
 }
 
+/// Whether `after` only moves `lastHeartbeat` forward (what the refresh budget bounds).
+fn only_refreshes(before: &Written, after: &Written) -> bool {
+    before.status.last_heartbeat != after.status.last_heartbeat
+        && Written {
+            status: DeviceStatus {
+                last_heartbeat: before.status.last_heartbeat.clone(),
+                ..after.status.clone()
+            },
+            ..after.clone()
+        } == *before
+}
+
 /// `LabelsAccepted`: `True`, or `False` naming the ignored keys and how to set them. Keeps
 /// the previous transition time while the status stays the same.
 fn labels_condition(ignored: &[String], before: &[Condition], at: Timestamp) -> Condition {
@@ -521,20 +527,17 @@ mod tests {
     const REFRESH: Duration = Duration::from_secs(300);
 
     #[test]
-    fn last_seen_is_refreshed_often_in_a_small_fleet_and_within_the_budget_in_a_large_one() {
-        let longest = Duration::from_secs(300);
-        assert_eq!(refresh_interval(1, longest), MIN_REFRESH);
-        assert_eq!(refresh_interval(300, longest), MIN_REFRESH);
-        // 2,000 devices over 20 writes/s: each refreshed every 100 s.
-        assert_eq!(refresh_interval(2_000, longest), Duration::from_secs(100));
-        // 100k devices would need 5,000 s to fit the budget: --last-seen-refresh-secs caps the
-        // staleness (then up to 100k / 300 s = 333 refreshes/s, as before this rule).
-        assert_eq!(refresh_interval(100_000, longest), longest);
-        // A shorter setting always wins (tests use 1 s).
-        assert_eq!(
-            refresh_interval(100_000, Duration::from_secs(1)),
-            Duration::from_secs(1)
+    fn only_a_moved_last_heartbeat_counts_against_the_refresh_budget() {
+        let before = existing(true, 1000);
+        let refreshed = plan(&before, &liveness(true, 1300), REFRESH).expect("write");
+        assert!(only_refreshes(&before, &refreshed));
+        let offline = plan(&before, &liveness(false, 1300), REFRESH).expect("write");
+        assert!(
+            !only_refreshes(&before, &offline),
+            "a flip is written at once"
         );
+        let relabelled = plan(&before, &info(&[("site", "b")], &[]), REFRESH).expect("write");
+        assert!(!only_refreshes(&before, &relabelled));
     }
 
     #[test]
