@@ -108,7 +108,8 @@ pub struct ScaleArgs {
     #[arg(long)]
     pub device_resources: bool,
     /// With `--device-resources`: after the fan-out, measure the steady `Device` write rate
-    /// (heartbeats only) and the control plane's CPU over this many seconds; 0: skip.
+    /// (heartbeats only) and the control plane's CPU over this many seconds, from one
+    /// heartbeat interval after every `Device` was created; 0: skip.
     #[arg(long, default_value_t = 0)]
     pub steady_secs: u64,
     /// The operator's `--last-seen-refresh-secs` (how often `lastHeartbeat` is refreshed when

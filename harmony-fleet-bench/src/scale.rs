@@ -604,9 +604,14 @@ async fn device_load(
     if opts.steady_window.is_zero() {
         return Ok(());
     }
+    // The window opens one heartbeat interval after the last `Device` was created: a device
+    // whose info was read before its heartbeat is created offline and flipped online at its
+    // next heartbeat, and that tail of the creation is not the steady state. Both waits are
+    // the measurement's protocol (what happens during them is the result), not a wait for a
+    // state.
+    tokio::time::sleep(opts.heartbeat_interval).await;
     let (writes, plane) = (operator.device_writes().await?, cp.sample()?);
     let started = Instant::now();
-    // A measurement window, not a wait for a state: the rate is what happens during it.
     tokio::time::sleep(opts.steady_window).await;
     let (writes_after, plane_after) = (operator.device_writes().await?, cp.sample()?);
     let window = started.elapsed().as_secs_f64();

@@ -83,7 +83,10 @@ async fn a_cluster_of_three_with_device_resources_measures_the_control_plane() -
     // Heartbeats every second, a refresh wanted every second, a budget of 5 a second: over
     // the 3 s window at most one second's burst plus 5/s (6.7/s), never one write a heartbeat.
     let steady = row.steady_device_writes_per_s.unwrap_or(f64::MAX);
-    assert!(steady <= 7.0, "{steady} Device writes/s over a budget of 5: {row:?}");
+    assert!(
+        steady <= 7.0,
+        "{steady} Device writes/s over a budget of 5: {row:?}"
+    );
     assert!(row.apiserver_cpu_s.unwrap_or_default() > 0.0, "{row:?}");
     assert!(row.nats_cpu_s.unwrap_or_default() > 0.0, "{row:?}");
     assert_eq!(row.cold_start_writes, Some(0), "a restart rewrites nothing");

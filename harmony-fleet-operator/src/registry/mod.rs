@@ -153,8 +153,10 @@ async fn run(
             .filter_map(|(id, p)| {
                 let before = written.get(&id).cloned().unwrap_or_default();
                 let after = plan(&before, &p, refresh)?;
+                let refresh_only = only_refreshes(&before, &after);
+                tracing::trace!(device = %id, created = !before.exists, refresh_only, online = after.status.online, "Device write planned");
                 // Over the budget a refresh is skipped: the next heartbeat asks again.
-                (!only_refreshes(&before, &after) || budget.take(now)).then_some((id, p, after))
+                (!refresh_only || budget.take(now)).then_some((id, p, after))
             })
             .collect();
         let results: Vec<(DeviceId, Pending, Option<Written>)> = stream::iter(work)
