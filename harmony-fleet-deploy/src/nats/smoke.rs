@@ -68,6 +68,9 @@ pub async fn connect(
         .map_err(|e| DeployError::nats(format!("connecting to {joined} as {}", identity.name()), e))
 }
 
+/// How long the round trip asks for the bucket before giving up.
+const OPEN_BUCKET_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Puts, reads back and deletes a key in `desired-state` as `operator`.
 pub async fn kv_round_trip(
     endpoint: &NatsEndpoint,
@@ -75,10 +78,24 @@ pub async fn kv_round_trip(
 ) -> Result<(), DeployError> {
     let client = connect(endpoint, operator, ConnectOptions::new()).await?;
     let js = jetstream::new(client);
-    let kv = js
-        .get_key_value(DESIRED_STATE)
-        .await
-        .map_err(|e| DeployError::nats(format!("opening bucket {DESIRED_STATE}"), e))?;
+    // Right after a cluster created the bucket, its stream may still be electing a leader and
+    // the JetStream API times out (seen in CI with three servers): ask until it answers.
+    let deadline = tokio::time::Instant::now() + OPEN_BUCKET_TIMEOUT;
+    let kv = loop {
+        match js.get_key_value(DESIRED_STATE).await {
+            Ok(kv) => break kv,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(bucket = DESIRED_STATE, error = %e, "bucket not answering yet");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => {
+                return Err(DeployError::nats(
+                    format!("opening bucket {DESIRED_STATE} (for {OPEN_BUCKET_TIMEOUT:?})"),
+                    e,
+                ));
+            }
+        }
+    };
     let key = "harmony-smoke.round-trip";
     let value = Bytes::from(format!("{}", jiff::Timestamp::now()));
     kv.put(key, value.clone())
