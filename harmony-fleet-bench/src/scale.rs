@@ -364,7 +364,7 @@ pub async fn run_pair(
 ) -> Result<()> {
     let deadline = opts.phase_timeout;
     let nats = NatsServers::start(opts.nats_servers, n).await?;
-    row.nats_servers = nats.len();
+    row.nats_servers = nats.count();
     let nats_pids = nats.pids();
     let client = async_nats::connect(nats.first_url())
         .await

@@ -54,16 +54,11 @@ impl NatsServers {
     }
 
     /// How many servers.
-    pub fn len(&self) -> usize {
+    pub fn count(&self) -> usize {
         match self {
             Self::One(_) => 1,
             Self::Cluster(cluster) => cluster.nodes().len(),
         }
-    }
-
-    /// Always false (a run has at least one server).
-    pub fn is_empty(&self) -> bool {
-        false
     }
 
     /// Process ids of the running members.

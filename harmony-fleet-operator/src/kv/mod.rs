@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 mod watch;
 
-pub use watch::watch_from_start;
+use watch::watch_from_start;
 
 use crate::config::NatsConfig;
 use crate::error::{Error, Result};
@@ -155,7 +155,8 @@ impl FleetKv {
         Ok(kv)
     }
 
-    /// Watches every key of `store`, one of these buckets ([`watch_from_start`]).
+    /// Watches every key of `store`, one of these buckets: its latest values, one
+    /// [`KvEvent::CaughtUp`], then live changes (`kv/watch.rs`, adr/0046).
     pub async fn watch(
         &self,
         store: &kv::Store,

@@ -36,7 +36,7 @@ const KV_OPERATION: &str = "KV-Operation";
 
 /// Watches every key of `store` (opened on `client`) from its latest values on, as a stream of
 /// [`KvEvent`]s with exactly one [`KvEvent::CaughtUp`] after the backlog.
-pub async fn watch_from_start(
+pub(super) async fn watch_from_start(
     client: &async_nats::Client,
     store: &kv::Store,
 ) -> Result<impl Stream<Item = Result<KvEvent>> + Send + 'static + use<>> {
@@ -110,19 +110,19 @@ struct PullWatch {
 impl PullWatch {
     async fn next(&mut self) -> Result<jetstream::Message> {
         loop {
-            if self.messages.is_none() {
-                self.opened_at_connect = self.stats.connects.load(Ordering::Relaxed);
-                match open(&self.stream, &self.filter, &self.bucket, self.delivered).await {
-                    Ok(messages) => self.messages = Some(messages),
-                    Err(e) => {
-                        // The server is away: the caller logs it; the next try waits a bit.
-                        tokio::time::sleep(REOPEN_DELAY).await;
-                        return Err(e);
+            let messages = match &mut self.messages {
+                Some(messages) => messages,
+                None => {
+                    self.opened_at_connect = self.stats.connects.load(Ordering::Relaxed);
+                    match open(&self.stream, &self.filter, &self.bucket, self.delivered).await {
+                        Ok(messages) => self.messages.insert(messages),
+                        Err(e) => {
+                            // The server is away: the caller logs it; the next try waits a bit.
+                            tokio::time::sleep(REOPEN_DELAY).await;
+                            return Err(e);
+                        }
                     }
                 }
-            }
-            let Some(messages) = self.messages.as_mut() else {
-                continue;
             };
             tokio::select! {
                 biased;
