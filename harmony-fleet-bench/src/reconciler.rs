@@ -21,6 +21,7 @@ use harmony_fleet_contracts::state::{DeploymentState, Phase};
 use harmony_fleet_contracts::{AgentVersion, ContentHash, DeviceInfo, Inventory, keys, notice};
 use harmony_fleet_operator::controller::{Effect, Input, Now, PatchOutcome, Reconciler, Settings};
 use harmony_fleet_operator::crd::deployment::Deployment;
+use harmony_fleet_operator::fleet::decode_desired;
 use harmony_fleet_operator::kv::{KvEvent, KvOp};
 use harmony_fleet_operator::metrics::Metrics;
 use jiff::Timestamp;
@@ -160,7 +161,7 @@ impl Shape {
             boot_time: None,
             observed_at: Timestamp::now(),
         };
-        Ok(Input::Info(KvEvent::Put {
+        Ok(Input::info(KvEvent::Put {
             key: keys::info_key(id),
             value: Bytes::from(serde_json::to_vec(&info).map_err(|e| Error::json("info", e))?),
             at: Timestamp::now(),
@@ -172,7 +173,7 @@ impl Shape {
         let at = Timestamp::now();
         let mut state = DeploymentState::new(Phase::Running, at);
         state.payload_hash = Some(hash);
-        Ok(Input::State(KvEvent::Put {
+        Ok(Input::state(KvEvent::Put {
             key: keys::state_key(&self.ids[i], deployment),
             value: Bytes::from(serde_json::to_vec(&state).map_err(|e| Error::json("state", e))?),
             at,
@@ -394,29 +395,29 @@ fn start(driver: &mut Driver, shape: &Shape, payloads: &[Bytes], full: bool) -> 
             let mut index = DesiredIndex::default();
             for j in shape.site_deployments(i) {
                 let name = &shape.names[j];
-                driver.core.load_desired(KvEvent::Put {
+                driver.core.load_desired(decode_desired(KvEvent::Put {
                     key: keys::desired_key(id, name),
                     value: payloads[j].clone(),
                     at,
-                });
+                }));
                 index.deployments.insert(name.clone(), hashes[j]);
                 loaded += 1;
             }
-            driver.core.load_desired(KvEvent::Put {
+            driver.core.load_desired(decode_desired(KvEvent::Put {
                 key: keys::desired_key(id, &shape.fanout),
                 value: fanout.clone(),
                 at,
-            });
+            }));
             index.deployments.insert(shape.fanout.clone(), fanout_hash);
             loaded += 1;
-            driver.core.load_desired(KvEvent::Put {
+            driver.core.load_desired(decode_desired(KvEvent::Put {
                 key: notice::index_key(id),
                 value: Bytes::from(index.to_bytes()),
                 at,
-            });
+            }));
         }
     }
-    driver.core.load_desired(KvEvent::CaughtUp);
+    driver.core.load_desired(decode_desired(KvEvent::CaughtUp));
     driver.feed(Input::Cr(Box::new(watcher::Event::Init)));
     if full {
         for j in (0..shape.opts.deployments).map(Some).chain([None]) {
@@ -429,7 +430,7 @@ fn start(driver: &mut Driver, shape: &Shape, payloads: &[Bytes], full: bool) -> 
     for i in 0..shape.ids.len() {
         driver.feed(shape.info(i)?);
     }
-    driver.feed(Input::Info(KvEvent::CaughtUp));
+    driver.feed(Input::info(KvEvent::CaughtUp));
     if full {
         for i in 0..shape.ids.len() {
             for j in shape.site_deployments(i) {
@@ -438,8 +439,8 @@ fn start(driver: &mut Driver, shape: &Shape, payloads: &[Bytes], full: bool) -> 
             driver.feed(shape.report(i, &shape.fanout, fanout_hash)?);
         }
     }
-    driver.feed(Input::State(KvEvent::CaughtUp));
-    driver.feed(Input::Heartbeat(KvEvent::CaughtUp));
+    driver.feed(Input::state(KvEvent::CaughtUp));
+    driver.feed(Input::heartbeat(KvEvent::CaughtUp));
     driver.feed(Input::Devices(Box::new(watcher::Event::Init)));
     driver.feed(Input::Devices(Box::new(watcher::Event::InitDone)));
     driver.keys += loaded;

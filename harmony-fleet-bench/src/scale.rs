@@ -139,13 +139,22 @@ pub struct ScaleRow {
     pub etcd_cpu_s: Option<f64>,
     /// etcd peak RSS (since the control plane started).
     pub etcd_peak_mib: Option<f64>,
+    /// Restarted operator: CPU seconds from its start to Converged.
+    pub cold_start_cpu_s: Option<f64>,
+    /// nats-server(s): CPU seconds over the cold start.
+    pub cold_start_nats_cpu_s: Option<f64>,
+    /// This process (the simulated fleet): CPU seconds over the cold start.
+    pub cold_start_sim_cpu_s: Option<f64>,
 }
 
 /// Columns of rows written before the `Device` and cluster columns were added.
 const FIRST_COLUMNS: usize = 19;
 
+/// Columns of rows written before the cold start's CPU columns were added.
+const DEVICE_COLUMNS: usize = 28;
+
 /// Column names of the result table.
-pub const COLUMNS: [&str; 28] = [
+pub const COLUMNS: [&str; 31] = [
     "devices",
     "deployments",
     "connections",
@@ -174,6 +183,9 @@ pub const COLUMNS: [&str; 28] = [
     "apiserver peak MiB",
     "etcd CPU s",
     "etcd peak MiB",
+    "cold start operator CPU s",
+    "cold start nats CPU s",
+    "cold start sim CPU s",
 ];
 
 impl ScaleRow {
@@ -209,6 +221,9 @@ impl ScaleRow {
             num(self.apiserver_peak_mib, 0),
             num(self.etcd_cpu_s, 1),
             num(self.etcd_peak_mib, 0),
+            num(self.cold_start_cpu_s, 1),
+            num(self.cold_start_nats_cpu_s, 1),
+            num(self.cold_start_sim_cpu_s, 1),
         ]
     }
 }
@@ -555,10 +570,19 @@ pub async fn run_pair(
     // Cold start: a new operator process on the same KV and CRs.
     operator.stop().await;
     drop(operator);
+    let nats_before = procstat::sample_all(&nats_pids).ok();
+    let sim_before = procstat::sample(std::process::id()).ok();
     let mut restarted = OperatorProcess::spawn(&spec)?;
     row.cold_start_s = secs(restarted.wait_converged(deadline).await?);
+    let cold = restarted.sample().ok();
+    let spent = |before: Option<ProcSample>, after: Result<ProcSample>| {
+        Some(after.ok()?.cpu_seconds - before?.cpu_seconds)
+    };
+    row.cold_start_nats_cpu_s = spent(nats_before, procstat::sample_all(&nats_pids));
+    row.cold_start_sim_cpu_s = spent(sim_before, procstat::sample(std::process::id()));
+    row.cold_start_cpu_s = cold.as_ref().map(|s| s.cpu_seconds);
     row.cold_start_writes = restarted.kv_writes().await.ok();
-    row.cold_start_peak_mib = restarted.sample().ok().map(|s| s.peak_rss_mib());
+    row.cold_start_peak_mib = cold.map(|s| s.peak_rss_mib());
     restarted.stop().await;
     drop(fleet);
     row.outcome = "ok".to_owned();
@@ -631,14 +655,15 @@ pub fn earlier_rows(dir: &Path) -> (Vec<Vec<String>>, Vec<ScaleRow>) {
     let mut rows = Vec::new();
     for line in text.lines().skip(1) {
         let mut row = crate::report::parse_csv_line(line);
-        if row.len() != COLUMNS.len() && row.len() != FIRST_COLUMNS {
+        if ![FIRST_COLUMNS, DEVICE_COLUMNS, COLUMNS.len()].contains(&row.len()) {
             continue;
         }
         // Rows from before the `Device` and cluster columns: one server, nothing measured.
         if row.len() == FIRST_COLUMNS {
             row.push("1".to_owned());
-            row.resize(COLUMNS.len(), "-".to_owned());
         }
+        // Older rows: what they did not measure is `-`.
+        row.resize(COLUMNS.len(), "-".to_owned());
         let f = |i: usize| row[i].parse::<f64>().ok();
         rows.push(ScaleRow {
             devices: row[0].parse().unwrap_or(0),
@@ -737,5 +762,41 @@ mod tests {
         assert_eq!(total, n);
         assert_eq!(site_count(n, 100, 4), 11);
         assert_eq!(site_count(n, 100, 5), 10);
+    }
+
+    #[test]
+    fn rows_of_earlier_layouts_are_read_with_what_they_did_not_measure_as_dashes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let row = |cells: usize| {
+            (0..cells)
+                .map(|i| {
+                    if i < 2 {
+                        "7".to_owned()
+                    } else {
+                        "1.5".to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let text = format!(
+            "{}\n{}\n{}\n{}\n{}\n",
+            COLUMNS.join(","),
+            row(FIRST_COLUMNS),
+            row(DEVICE_COLUMNS),
+            row(COLUMNS.len()),
+            row(5),
+        );
+        std::fs::write(dir.path().join("scale.csv"), text).expect("written");
+        let (cells, rows) = earlier_rows(dir.path());
+        assert_eq!(rows.len(), 3, "the malformed row is skipped");
+        assert!(cells.iter().all(|r| r.len() == COLUMNS.len()));
+        assert_eq!(
+            cells[0][FIRST_COLUMNS], "1",
+            "one server before the cluster column"
+        );
+        assert_eq!(cells[1][DEVICE_COLUMNS], "-");
+        assert_eq!(cells[2][DEVICE_COLUMNS], "1.5");
+        assert_eq!(rows[0].fanout_keys_s, Some(1.5));
     }
 }

@@ -246,12 +246,50 @@ macro_rules! validated_string {
         $(#[$meta])*
         ///
         /// Held as a shared `Arc<str>`: a clone is a reference count, so the operator's many
-        /// copies of one id (in its indexes, per `(deployment, device)` pair) share one string.
-        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+        /// copies of one id (in its indexes, per `(deployment, device)` pair) share one string,
+        /// and two copies of one string compare equal without reading it.
+        #[derive(Debug, Clone, Deserialize)]
         #[serde(try_from = "String")]
         pub struct $name(Arc<str>);
 
+        impl PartialEq for $name {
+            fn eq(&self, other: &Self) -> bool {
+                Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+            }
+        }
+
+        impl Eq for $name {}
+
+        impl Ord for $name {
+            fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+                if Arc::ptr_eq(&self.0, &other.0) {
+                    std::cmp::Ordering::Equal
+                } else {
+                    self.0.cmp(&other.0)
+                }
+            }
+        }
+
+        impl PartialOrd for $name {
+            fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+
+        impl std::hash::Hash for $name {
+            /// The string's hash, as `str` hashes (so maps keyed by it are searched by `&str`).
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                self.0.hash(state)
+            }
+        }
+
         impl $name {
+            /// Whether another copy of this value shares its string (an interner drops the
+            /// ids nothing else holds).
+            pub fn is_shared(&self) -> bool {
+                Arc::strong_count(&self.0) > 1
+            }
+
             /// Validates `value` and wraps it.
             pub fn new(value: impl Into<String>) -> Result<Self, IdError> {
                 let value = value.into();

@@ -11,11 +11,9 @@
 //! deployments; [`DeviceIndexes::take_writes`] is O(dirty devices × d) and skips every device
 //! whose index bytes already sit in KV, so a cold start that changes nothing writes nothing.
 
-use std::collections::BTreeSet;
-
 // The core's maps hash device ids and names a few million times a second: foldhash
 // (seeded per process) instead of SipHash (adr/0044).
-use foldhash::HashMap;
+use foldhash::{HashMap, HashSet};
 
 use bytes::Bytes;
 use harmony_fleet_contracts::canonical::ContentHash;
@@ -39,8 +37,9 @@ pub struct DeviceIndexes {
     wanted: HashMap<DeviceId, Vec<(DeploymentName, ContentHash)>>,
     /// Hash of the index bytes KV holds (absent: no index key).
     stored: HashMap<DeviceId, ContentHash>,
-    /// Devices whose wanted index may differ from the stored one.
-    dirty: BTreeSet<DeviceId>,
+    /// Devices whose wanted index may differ from the stored one (a hash set: a cold start
+    /// marks a device once per key it loads; sorted only when taken).
+    dirty: HashSet<DeviceId>,
 }
 
 impl DeviceIndexes {
@@ -106,7 +105,9 @@ impl DeviceIndexes {
     /// [`failed`](Self::failed) for a write that did not go through).
     pub fn take_writes(&mut self) -> Vec<IndexWrite> {
         let mut writes = Vec::new();
-        for device in std::mem::take(&mut self.dirty) {
+        let mut dirty: Vec<DeviceId> = self.dirty.drain().collect();
+        dirty.sort_unstable();
+        for device in dirty {
             let bytes = Bytes::from(self.wanted(&device).unwrap_or_default().to_bytes());
             let hash = ContentHash::of_bytes(&bytes);
             if self.stored.get(&device) == Some(&hash) {

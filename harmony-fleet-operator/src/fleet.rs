@@ -2,12 +2,18 @@
 //! dashboard alike. One decoder per bucket (key checked, value parsed and validated), one
 //! liveness rule ([`is_online`]) and one blacklist check ([`is_blacklisted`]), so the two
 //! never disagree about what a device said, whether it is online, or whether it is barred.
+//!
+//! The decoders run in each watch's own task (adr/0049): parsing keys and values, and hashing
+//! payloads, happens next to the reconcile loop instead of in it.
 
 use std::time::Duration;
 
+use bytes::Bytes;
+use harmony_fleet_contracts::canonical::ContentHash;
 use harmony_fleet_contracts::device::DeviceInfo;
 use harmony_fleet_contracts::ids::DeviceId;
-use harmony_fleet_contracts::keys::{self, HeartbeatKey, InfoKey, StateKey};
+use harmony_fleet_contracts::keys::{self, DesiredKey, HeartbeatKey, InfoKey, StateKey};
+use harmony_fleet_contracts::notice;
 use harmony_fleet_contracts::state::DeploymentState;
 use jiff::Timestamp;
 use kube::core::ObjectMeta;
@@ -193,6 +199,65 @@ pub fn decode_heartbeat(event: KvEvent) -> HeartbeatEvent {
     }
 }
 
+/// One `desired-state` event, decoded: the operator's own writes, read back at a cold start
+/// and followed by a standby.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DesiredEvent {
+    /// A deployment's key on a device: its payload and the payload's [`ContentHash`]
+    /// (`None`: deleted).
+    Key {
+        /// Device and deployment.
+        key: DesiredKey,
+        /// The payload and its hash.
+        value: Option<(ContentHash, Bytes)>,
+    },
+    /// A device's index (adr/0014) as stored (`None`: deleted).
+    Index {
+        /// The device.
+        device: DeviceId,
+        /// The stored bytes.
+        value: Option<Bytes>,
+    },
+    /// The backlog is read.
+    CaughtUp,
+    /// A key the operator does not write, and why it is not one.
+    Foreign {
+        /// The key.
+        key: String,
+        /// Why it is not a fleet key.
+        reason: String,
+    },
+}
+
+/// Decodes a `desired-state` event (hashing a payload is the costly part: done here, in the
+/// watch's task, rather than in the reconcile loop).
+pub fn decode_desired(event: KvEvent) -> DesiredEvent {
+    let (key, value) = match event {
+        KvEvent::CaughtUp => return DesiredEvent::CaughtUp,
+        KvEvent::Put { key, value, .. } => (key, Some(value)),
+        KvEvent::Delete { key } => (key, None),
+    };
+    if notice::is_index_key(&key) {
+        return match key.parse::<DeviceId>() {
+            Ok(device) => DesiredEvent::Index { device, value },
+            Err(e) => DesiredEvent::Foreign {
+                key,
+                reason: e.to_string(),
+            },
+        };
+    }
+    match DesiredKey::parse(&key) {
+        Ok(key) => DesiredEvent::Key {
+            key,
+            value: value.map(|v| (ContentHash::of_bytes(&v), v)),
+        },
+        Err(e) => DesiredEvent::Foreign {
+            key,
+            reason: e.to_string(),
+        },
+    }
+}
+
 /// The liveness rule: a device is online while its last heartbeat is younger than `timeout`
 /// at `now` (server times; a heartbeat from the future counts as fresh).
 pub fn is_online(last_heartbeat: Option<Timestamp>, now: Timestamp, timeout: Duration) -> bool {
@@ -307,6 +372,50 @@ mod tests {
                 at: ts(0)
             }
         );
+    }
+
+    #[test]
+    fn desired_state_keys_are_decoded_with_their_payload_hash() {
+        let put = |key: &str, value: &'static [u8]| {
+            decode_desired(KvEvent::Put {
+                key: key.to_owned(),
+                value: Bytes::from_static(value),
+                at: ts(0),
+            })
+        };
+        let key = DesiredKey::parse("pi-1.web").expect("key");
+        assert_eq!(
+            put("pi-1.web", b"payload"),
+            DesiredEvent::Key {
+                key: key.clone(),
+                value: Some((
+                    ContentHash::of_bytes(b"payload"),
+                    Bytes::from_static(b"payload")
+                )),
+            }
+        );
+        assert_eq!(
+            decode_desired(KvEvent::Delete {
+                key: "pi-1.web".into()
+            }),
+            DesiredEvent::Key { key, value: None }
+        );
+        assert_eq!(
+            put("pi-1", b"{}"),
+            DesiredEvent::Index {
+                device: "pi-1".parse().expect("id"),
+                value: Some(Bytes::from_static(b"{}")),
+            }
+        );
+        assert!(matches!(
+            put("Not_A_Device", b"{}"),
+            DesiredEvent::Foreign { key, .. } if key == "Not_A_Device"
+        ));
+        assert!(matches!(
+            put("pi-1.web.extra", b"{}"),
+            DesiredEvent::Foreign { .. }
+        ));
+        assert_eq!(decode_desired(KvEvent::CaughtUp), DesiredEvent::CaughtUp);
     }
 
     #[test]

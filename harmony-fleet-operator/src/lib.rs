@@ -38,6 +38,7 @@ pub mod fleet;
 pub mod http;
 pub mod identity;
 pub mod index;
+pub mod intern;
 pub mod kv;
 pub mod labels;
 pub mod leader;

@@ -66,6 +66,7 @@ impl Reconciler {
         let Some(id) = d.metadata.name.clone().and_then(|n| DeviceId::new(n).ok()) else {
             return;
         };
+        let id = self.ids.device(id);
         let admin = labels::set_by_others(&d.metadata, FIELD_MANAGER);
         self.set_admin_labels(&id, Some(admin));
     }

@@ -1,22 +1,23 @@
-//! Cold start: `desired-state` is loaded first (the baseline every write is compared with),
-//! then the CRs and the other buckets from the beginning. Nothing is written until all of them
-//! caught up; then one pass writes what is missing and deletes orphaned keys, and once those
-//! writes are done `/readyz` says `Converged`.
+//! Cold start: `desired-state` (the baseline every write is compared with), the CRs and the
+//! other buckets are read from the beginning side by side, in whatever order their events
+//! arrive (adr/0049). Nothing is written until all of them caught up; then one pass writes
+//! what is missing and deletes orphaned keys, and once those writes are done `/readyz` says
+//! `Converged`.
 
 use std::time::Instant;
 
-use harmony_fleet_contracts::canonical::ContentHash;
 use harmony_fleet_contracts::ids::{DeploymentName, DeviceId};
 use harmony_fleet_contracts::keys::{self, DesiredKey};
-use harmony_fleet_contracts::notice;
 
 use super::reconciler::Reconciler;
 use super::{CrKey, Effect};
-use crate::kv::KvEvent;
+use crate::fleet::DesiredEvent;
 
 /// Which sources have delivered their backlog.
 #[derive(Debug, Default)]
 pub(super) struct CaughtUp {
+    /// `desired-state`'s backlog is loaded.
+    pub(super) desired: bool,
     pub(super) crs: bool,
     pub(super) info: bool,
     pub(super) state: bool,
@@ -28,7 +29,7 @@ pub(super) struct CaughtUp {
 
 impl CaughtUp {
     fn all(&self) -> bool {
-        self.crs && self.info && self.state && self.heartbeat && self.blacklist
+        self.desired && self.crs && self.info && self.state && self.heartbeat && self.blacklist
     }
 }
 
@@ -41,40 +42,36 @@ pub(super) struct ConvergeReport {
 }
 
 impl Reconciler {
-    /// Loads one event of the `desired-state` backlog (assignments, revisions, the per-device
-    /// indexes stored); `true` once the backlog is read.
-    pub fn load_desired(&mut self, event: KvEvent) -> bool {
-        let index_device = |key: &str| {
-            notice::is_index_key(key)
-                .then(|| key.parse::<DeviceId>().ok())
-                .flatten()
-        };
+    /// Loads one `desired-state` event (assignments, revisions, the per-device indexes
+    /// stored): the backlog at a cold start, then a standby's view of the leader's writes;
+    /// `true` once the backlog is read.
+    pub fn load_desired(&mut self, event: DesiredEvent) -> bool {
         match event {
-            KvEvent::Put { key, value, .. } if notice::is_index_key(&key) => {
-                match index_device(&key) {
-                    Some(device) => self.indexes.load_stored(device, Some(&value)),
-                    None => tracing::warn!(key, "ignoring foreign key in desired-state"),
-                }
+            DesiredEvent::Index { device, value } => {
+                let device = self.ids.device(device);
+                self.indexes.load_stored(device, value.as_deref());
             }
-            KvEvent::Put { key, value, .. } => match DesiredKey::parse(&key) {
-                Ok(k) => {
-                    let rev = ContentHash::of_bytes(&value);
-                    self.indexes.set(&k.device, &k.deployment, Some(&rev));
-                    self.revisions.entry(rev).or_insert(value);
-                    self.fleet.set_assigned(&k.deployment, &k.device, Some(rev));
-                    self.caught_up.desired_keys += 1;
-                }
-                Err(e) => tracing::warn!(key, error = %e, "ignoring foreign key in desired-state"),
-            },
-            KvEvent::Delete { key } => {
-                if let Some(device) = index_device(&key) {
-                    self.indexes.load_stored(device, None);
-                } else if let Ok(k) = DesiredKey::parse(&key) {
-                    self.indexes.set(&k.device, &k.deployment, None);
-                    self.fleet.set_assigned(&k.deployment, &k.device, None);
-                }
+            DesiredEvent::Key {
+                key,
+                value: Some((rev, bytes)),
+            } => {
+                let key = self.intern_desired(key);
+                self.indexes.set(&key.device, &key.deployment, Some(&rev));
+                self.revisions.entry(rev).or_insert(bytes);
+                self.fleet
+                    .set_assigned(&key.deployment, &key.device, Some(rev));
+                self.caught_up.desired_keys += 1;
             }
-            KvEvent::CaughtUp => {
+            DesiredEvent::Key { key, value: None } => {
+                let key = self.intern_desired(key);
+                self.indexes.set(&key.device, &key.deployment, None);
+                self.fleet.set_assigned(&key.deployment, &key.device, None);
+            }
+            DesiredEvent::Foreign { key, reason } => {
+                tracing::warn!(key, reason, "ignoring foreign key in desired-state");
+            }
+            DesiredEvent::CaughtUp => {
+                self.caught_up.desired = true;
                 self.fleet.take_dirty();
                 self.indexes.mark_all_dirty();
                 tracing::info!(keys = self.caught_up.desired_keys, "loaded desired-state");
@@ -82,6 +79,13 @@ impl Reconciler {
             }
         }
         false
+    }
+
+    fn intern_desired(&mut self, key: DesiredKey) -> DesiredKey {
+        DesiredKey {
+            device: self.ids.device(key.device),
+            deployment: self.ids.deployment(key.deployment),
+        }
     }
 
     /// The full pass, once every source caught up: rollouts stepped, orphaned keys deleted,

@@ -4,7 +4,6 @@ use jiff::Timestamp;
 
 use super::reconciler::Reconciler;
 use crate::fleet::{self, HeartbeatEvent};
-use crate::kv::KvEvent;
 use crate::registry::DeviceUpdate;
 
 /// What the core knows of a device's liveness.
@@ -15,11 +14,15 @@ pub(super) struct DeviceLive {
 }
 
 impl Reconciler {
-    pub(super) fn on_heartbeat(&mut self, event: KvEvent) {
-        match fleet::decode_heartbeat(event) {
-            HeartbeatEvent::CaughtUp => self.caught_up.heartbeat = true,
+    pub(super) fn on_heartbeat(&mut self, event: HeartbeatEvent) {
+        match event {
+            HeartbeatEvent::CaughtUp => {
+                self.caught_up.heartbeat = true;
+                tracing::info!(devices = self.devices.len(), "read device-heartbeat");
+            }
             HeartbeatEvent::Foreign(_) => {}
             HeartbeatEvent::Beat { device, at } => {
+                let device = self.ids.device(device);
                 let fresh =
                     fleet::is_online(Some(at), self.now.wall, self.settings.heartbeat_timeout);
                 let live = self.devices.entry(device.clone()).or_default();
@@ -42,6 +45,7 @@ impl Reconciler {
                 });
             }
             HeartbeatEvent::Gone(device) => {
+                let device = self.ids.device(device);
                 if let Some(live) = self.devices.remove(&device) {
                     if let Some(at) = live.last_heartbeat {
                         self.expiry.remove(&(at, device.clone()));

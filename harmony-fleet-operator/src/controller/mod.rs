@@ -19,8 +19,8 @@
 //! * [`liveness`]: heartbeats → online / offline.
 //! * [`blacklist`]: `Device` resources annotated [`BLACKLIST_ANNOTATION`]`=true` leave the
 //!   targeting index (their keys are deleted) and come back with their latest labels.
-//! * [`cold_start`]: load `desired-state` (what KV holds), then the CRs and the other buckets
-//!   from the beginning; nothing is written until all of them caught up. Then one full pass
+//! * [`cold_start`]: `desired-state` (what KV holds), the CRs and the other buckets read
+//!   from the beginning, side by side; nothing is written until all of them caught up. Then one full pass
 //!   writes what is missing, deletes orphaned keys, and `/readyz` says `Converged`.
 //! * [`status`]: what a `Deployment`'s status says.
 //!
@@ -56,6 +56,7 @@ use kube::runtime::watcher;
 use crate::crd::deployment::{Deployment, DeploymentStatus};
 use crate::crd::device::Device;
 use crate::events::{FleetEvent, Regarding};
+use crate::fleet::{self, DesiredEvent, HeartbeatEvent, InfoEvent, StateEvent};
 use crate::kv::{KvEvent, KvOp};
 use crate::registry::DeviceUpdate;
 
@@ -99,20 +100,21 @@ impl Now {
 pub enum Input {
     /// The `Deployment` watch.
     Cr(Box<watcher::Event<Deployment>>),
-    /// The `device-info` bucket.
-    Info(KvEvent),
-    /// The `device-state` bucket.
-    State(KvEvent),
-    /// The `device-heartbeat` bucket.
-    Heartbeat(KvEvent),
+    /// The `device-info` bucket, decoded in the watch's task ([`Input::info`]).
+    Info(InfoEvent),
+    /// The `device-state` bucket, decoded in the watch's task ([`Input::state`]).
+    State(StateEvent),
+    /// The `device-heartbeat` bucket, decoded in the watch's task ([`Input::heartbeat`]).
+    Heartbeat(HeartbeatEvent),
     /// The `Device` watch (metadata only: blacklist annotation, labels set by people).
     Devices(Box<watcher::Event<PartialObjectMeta<Device>>>),
     /// Once a second: expiry, retries, rollout steps, statuses.
     Tick,
     /// A status or rollout step held back by the pace is due ([`Reconciler::next_wake`]).
     Wake,
-    /// `desired-state` after the initial load, followed by a standby (the leader's writes).
-    Desired(KvEvent),
+    /// `desired-state`, decoded in the watch's task ([`Input::desired`]): its backlog at a
+    /// cold start, then (for a standby) the leader's writes.
+    Desired(DesiredEvent),
     /// This replica now holds the leader Lease: it takes over.
     Elected,
     /// Outcome of [`Effect::WriteKeys`]: each key with whether its write succeeded.
@@ -129,6 +131,26 @@ pub enum Input {
 }
 
 impl Input {
+    /// A `device-info` event, decoded.
+    pub fn info(event: KvEvent) -> Self {
+        Input::Info(fleet::decode_info(event))
+    }
+
+    /// A `device-state` event, decoded.
+    pub fn state(event: KvEvent) -> Self {
+        Input::State(fleet::decode_state(event))
+    }
+
+    /// A `device-heartbeat` event, decoded.
+    pub fn heartbeat(event: KvEvent) -> Self {
+        Input::Heartbeat(fleet::decode_heartbeat(event))
+    }
+
+    /// A `desired-state` event, decoded (its payload hashed).
+    pub fn desired(event: KvEvent) -> Self {
+        Input::Desired(fleet::decode_desired(event))
+    }
+
     /// The metrics label of this input.
     pub fn trigger(&self) -> &'static str {
         match self {

@@ -93,7 +93,7 @@ impl Reconciler {
         } else {
             d.status.clone()
         };
-        let name = DeploymentName::new(key.name.clone());
+        let name = DeploymentName::new(key.name.clone()).map(|n| self.ids.deployment(n));
         let problem = match &name {
             Err(e) => Some((
                 "InvalidName".to_owned(),

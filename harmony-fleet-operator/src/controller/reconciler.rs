@@ -19,8 +19,10 @@ use super::status::{Headline, PACE, Pacer};
 use super::{CrKey, Effect, Input, Now, Rev};
 use crate::aggregate::FleetState;
 use crate::device_index::DeviceIndexes;
+use crate::fleet::DesiredEvent;
 use crate::index::{LabelSets, Labels, TargetIndex};
-use crate::kv::{KvEvent, KvOp};
+use crate::intern::Ids;
+use crate::kv::KvOp;
 use crate::metrics::Metrics;
 use crate::write_quota::{self, StrayWrites};
 
@@ -53,6 +55,8 @@ pub struct Reconciler {
     pub(super) now: Now,
     /// Effects decided while handling the current input.
     pub(super) effects: Vec<Effect>,
+    /// One shared copy of each id (every input's ids are swapped for it first).
+    pub(super) ids: Ids,
     pub(super) index: TargetIndex<DeviceId, DeploymentName>,
     pub(super) fleet: FleetState<DeviceId, DeploymentName, Rev>,
     /// Per-device desired-state indexes (adr/0014), kept with every key written.
@@ -134,6 +138,7 @@ impl Reconciler {
             metrics,
             now: Now::system(),
             effects: Vec::new(),
+            ids: Ids::default(),
             index: TargetIndex::with_identity_label(DEVICE_ID_LABEL),
             fleet: FleetState::new(),
             indexes: DeviceIndexes::new(),
@@ -195,6 +200,10 @@ impl Reconciler {
             Input::Desired(event) => self.on_desired(event),
             Input::Elected => self.on_elected(),
         }
+        // The last source to catch up converges the cold start at once, not on the tick.
+        if !self.converged {
+            self.maybe_converge();
+        }
         if self.leader {
             self.finish();
         } else {
@@ -236,9 +245,10 @@ impl Reconciler {
         }
     }
 
-    /// A standby follows the leader's writes to `desired-state`; a leader knows its own.
-    fn on_desired(&mut self, event: KvEvent) {
-        if !self.leader {
+    /// `desired-state`'s backlog is loaded by every replica; after it, a standby follows the
+    /// leader's writes and a leader knows its own.
+    fn on_desired(&mut self, event: DesiredEvent) {
+        if !self.leader || !self.caught_up.desired {
             self.load_desired(event);
         }
     }
@@ -456,6 +466,7 @@ impl Reconciler {
         }
         self.expire_heartbeats();
         self.stray_writes.expire(self.now.mono);
+        self.ids.prune();
         let retry: Vec<((DeploymentName, DeviceId), Option<Rev>)> = self.retry.drain().collect();
         for ((deployment, device), rev) in retry {
             let rev = if self.index.is_matched(&deployment, &device) {

@@ -10,16 +10,16 @@ use super::Effect;
 use super::reconciler::Reconciler;
 use crate::aggregate::Report;
 use crate::crd::device::BLACKLIST_ANNOTATION;
-use crate::fleet::{self, StateEvent};
-use crate::kv::KvEvent;
+use crate::fleet::StateEvent;
 use crate::rollout::Outcome;
 use crate::write_quota::Verdict;
 
 impl Reconciler {
-    pub(super) fn on_state(&mut self, event: KvEvent) {
-        let (k, report) = match fleet::decode_state(event) {
+    pub(super) fn on_state(&mut self, event: StateEvent) {
+        let (k, report) = match event {
             StateEvent::CaughtUp => {
                 self.caught_up.state = true;
+                tracing::info!("read device-state");
                 return;
             }
             StateEvent::Foreign(key) => {
@@ -58,6 +58,10 @@ impl Reconciler {
                 (key, report)
             }
             StateEvent::Delete(key) => (key, None),
+        };
+        let k = keys::StateKey {
+            device: self.ids.device(k.device),
+            deployment: self.ids.deployment(k.deployment),
         };
         let reported = report.is_some();
         self.fleet.set_report(&k.deployment, &k.device, report);

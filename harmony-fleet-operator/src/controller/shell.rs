@@ -99,10 +99,11 @@ pub async fn start(
 ) -> Result<OperatorHandle> {
     let nats_client = nats.clone();
     let fleet_kv = FleetKv::open_or_create(nats, config.create_buckets).await?;
-    let (tx, rx) = mpsc::channel::<Input>(8192);
+    // Batches of inputs ([`kv::FORWARD_BATCH`] at most): up to 8,192 inputs queued.
+    let (tx, rx) = mpsc::channel::<Vec<Input>>(8192 / kv::FORWARD_BATCH);
     let mut tasks: Vec<Named<()>> = Vec::new();
 
-    let mut core = Reconciler::new(
+    let core = Reconciler::new(
         Settings {
             heartbeat_timeout: config.heartbeat_timeout,
             device_resources: config.device_resources,
@@ -111,32 +112,31 @@ pub async fn start(
         },
         metrics.clone(),
     );
-    // What desired-state holds, before anything else: the baseline writes are compared with.
-    let desired = load_desired(&fleet_kv, &mut core).await?;
     let mut fallible: Vec<Named<Result<()>>> = Vec::new();
     let elector = config
         .leader
         .clone()
         .map(|leader| Elector::new(client.clone(), leader, metrics.clone()));
+    // What desired-state holds: the baseline writes are compared with, read side by side with
+    // the other sources (nothing is written before all of them caught up). A replica that may
+    // be a standby follows the leader's writes after it, so that it takes over without a
+    // reload; a lone leader knows its own.
+    tasks.push((
+        "desired-state watch",
+        forward_desired(
+            fleet_kv.watch(&fleet_kv.desired).await?,
+            tx.clone(),
+            elector.is_some(),
+            metrics.clone(),
+        ),
+    ));
     if let Some(elector) = &elector {
-        // A standby follows the leader's writes, so that it takes over without a reload.
-        tasks.push((
-            "desired-state watch",
-            kv::forward(
-                desired,
-                tx.clone(),
-                Input::Desired,
-                "desired-state",
-                "kv_watch",
-                metrics.clone(),
-            ),
-        ));
         let (elector, tx) = (elector.clone(), tx.clone());
         fallible.push((
             "leader election",
             tokio::spawn(async move {
                 let lease = elector.campaign().await;
-                if tx.send(Input::Elected).await.is_err() {
+                if tx.send(vec![Input::Elected]).await.is_err() {
                     return Ok(());
                 }
                 elector.hold(lease).await
@@ -163,7 +163,7 @@ pub async fn start(
         kv::forward(
             fleet_kv.watch(&fleet_kv.info).await?,
             tx.clone(),
-            Input::Info,
+            Input::info,
             "device-info",
             "kv_watch",
             metrics.clone(),
@@ -174,7 +174,7 @@ pub async fn start(
         kv::forward(
             fleet_kv.watch(&fleet_kv.state).await?,
             tx.clone(),
-            Input::State,
+            Input::state,
             "device-state",
             "kv_watch",
             metrics.clone(),
@@ -185,7 +185,7 @@ pub async fn start(
         kv::forward(
             fleet_kv.watch(&fleet_kv.heartbeat).await?,
             tx.clone(),
-            Input::Heartbeat,
+            Input::heartbeat,
             "device-heartbeat",
             "kv_watch",
             metrics.clone(),
@@ -249,27 +249,43 @@ pub async fn start(
     })
 }
 
-/// Reads `desired-state` up to its current end into the core; returns the rest of the watch.
-async fn load_desired(
-    fleet_kv: &FleetKv,
-    core: &mut Reconciler,
-) -> Result<impl futures::Stream<Item = Result<kv::KvEvent>> + Send + 'static> {
-    let mut events = Box::pin(fleet_kv.watch(&fleet_kv.desired).await?);
-    while let Some(event) = events.next().await {
-        if core.load_desired(event?) {
-            return Ok(events);
-        }
-    }
-    Err(Error::WatchEnded {
-        bucket: "desired-state".into(),
-        message: "ended before the backlog was read".into(),
-    })
+/// Forwards `desired-state` into the loop's channel: its backlog, then (with `follow`) every
+/// later write. Without `follow` the watch is closed after the backlog and the task idles (it
+/// must not end: the supervisor takes an ended task for a failure).
+fn forward_desired(
+    events: impl futures::Stream<Item = Result<kv::KvEvent>> + Send + 'static,
+    tx: mpsc::Sender<Vec<Input>>,
+    follow: bool,
+    metrics: Metrics,
+) -> tokio::task::JoinHandle<()> {
+    let events = if follow {
+        events.boxed()
+    } else {
+        let backlog =
+            futures::stream::unfold((Box::pin(events), false), |(mut events, read)| async move {
+                if read {
+                    return None;
+                }
+                let event = events.next().await?;
+                let read = matches!(event, Ok(kv::KvEvent::CaughtUp));
+                Some((event, (events, read)))
+            });
+        backlog.chain(futures::stream::pending()).boxed()
+    };
+    kv::forward(
+        events,
+        tx,
+        Input::desired,
+        "desired-state",
+        "kv_watch",
+        metrics,
+    )
 }
 
 /// Forwards a Kubernetes watch (with the default backoff) into the loop's channel.
 fn forward_watch<K>(
     api: Api<K>,
-    tx: mpsc::Sender<Input>,
+    tx: mpsc::Sender<Vec<Input>>,
     wrap: fn(watcher::Event<K>) -> Input,
     what: &'static str,
     metrics: Metrics,
@@ -283,24 +299,33 @@ where
 }
 
 /// The loop: one input at a time, each with every outcome of its effects, then the next.
-async fn run(mut core: Reconciler, shell: Shell, mut rx: mpsc::Receiver<Input>) -> Result<()> {
+async fn run(mut core: Reconciler, shell: Shell, mut rx: mpsc::Receiver<Vec<Input>>) -> Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut inputs: VecDeque<Input> = VecDeque::with_capacity(kv::FORWARD_BATCH);
     loop {
-        let wake = core.next_wake();
-        let input = tokio::select! {
-            input = rx.recv() => input.ok_or_else(|| Error::WatchEnded {
-                bucket: "all".into(),
-                message: "every watch ended".into(),
-            })?,
-            _ = tick.tick() => Input::Tick,
-            _ = sleep_until(wake) => Input::Wake,
+        if inputs.is_empty() {
+            let wake = core.next_wake();
+            tokio::select! {
+                batch = rx.recv() => match batch {
+                    Some(batch) => inputs.extend(batch),
+                    None => return Err(Error::WatchEnded {
+                        bucket: "all".into(),
+                        message: "every watch ended".into(),
+                    }),
+                },
+                _ = tick.tick() => inputs.push_back(Input::Tick),
+                _ = sleep_until(wake) => inputs.push_back(Input::Wake),
+            }
+        }
+        let Some(input) = inputs.pop_front() else {
+            continue;
         };
         let started = Instant::now();
         let trigger = input.trigger();
         let mut queue = VecDeque::from([input]);
         while let Some(input) = queue.pop_front() {
-            core.set_backlog(!rx.is_empty());
+            core.set_backlog(!inputs.is_empty() || !rx.is_empty());
             for effect in core.handle(input, Now::system()) {
                 if let Some(outcome) = shell.carry_out(effect).await {
                     queue.push_back(outcome);

@@ -8,17 +8,19 @@ use harmony_fleet_contracts::ids::{DeploymentName, DeviceId};
 use super::Effect;
 use super::reconciler::Reconciler;
 use crate::events as fleet_events;
-use crate::fleet::{self, InfoEvent};
+use crate::fleet::InfoEvent;
 use crate::index::{Change, DeviceLabels, Labels};
-use crate::kv::KvEvent;
 use crate::labels;
 use crate::registry::DeviceUpdate;
 use crate::rollout::DeviceView;
 
 impl Reconciler {
-    pub(super) fn on_info(&mut self, event: KvEvent) {
-        match fleet::decode_info(event) {
-            InfoEvent::CaughtUp => self.caught_up.info = true,
+    pub(super) fn on_info(&mut self, event: InfoEvent) {
+        match event {
+            InfoEvent::CaughtUp => {
+                self.caught_up.info = true;
+                tracing::info!(devices = self.index.device_count(), "read device-info");
+            }
             InfoEvent::Foreign(key) => tracing::warn!(key, "ignoring foreign key in device-info"),
             InfoEvent::Rejected { key, reason } => {
                 tracing::warn!(
@@ -28,7 +30,7 @@ impl Reconciler {
                 )
             }
             InfoEvent::Put(info) => {
-                let device = info.device_id.clone();
+                let device = self.ids.device(info.device_id.clone());
                 let reported = labels::split_reported(&device, &info.labels);
                 if !reported.ignored.is_empty() {
                     tracing::warn!(%device, ignored = ?reported.ignored, "ignoring reported labels under a protected prefix");
@@ -57,6 +59,7 @@ impl Reconciler {
                 });
             }
             InfoEvent::Delete(device) => {
+                let device = self.ids.device(device);
                 self.held_labels.remove(&device);
                 if let Some(old) = self.reported_labels.remove(&device) {
                     self.reported_sets.release(old);

@@ -15,7 +15,10 @@ use harmony_fleet_contracts::buckets::{self, BucketSpec};
 use jiff::Timestamp;
 use tokio::sync::mpsc;
 
+mod forward;
 mod watch;
+
+pub use forward::{FORWARD_BATCH, forward};
 
 use watch::watch_from_start;
 
@@ -393,41 +396,6 @@ pub fn spawn_stray_remover(
             .await;
     });
     (tx, task)
-}
-
-/// Spawns a task that forwards a watch (a KV bucket's, or a Kubernetes watcher's) into `tx`,
-/// mapped by `wrap`. Transient errors are logged and counted as `errors_total{kind}`: both
-/// watches resume by themselves. The task ends when the receiver is gone or the watch ends.
-pub fn forward<I, E, T>(
-    events: impl Stream<Item = std::result::Result<I, E>> + Send + 'static,
-    tx: mpsc::Sender<T>,
-    wrap: impl Fn(I) -> T + Send + 'static,
-    what: &'static str,
-    error_kind: &'static str,
-    metrics: Metrics,
-) -> tokio::task::JoinHandle<()>
-where
-    I: Send + 'static,
-    E: std::fmt::Display + Send + 'static,
-    T: Send + 'static,
-{
-    tokio::spawn(async move {
-        let mut events = std::pin::pin!(events);
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(event) => {
-                    if tx.send(wrap(event)).await.is_err() {
-                        return;
-                    }
-                }
-                Err(e) => {
-                    metrics.error(error_kind);
-                    tracing::warn!(watch = what, error = %e, "watch error; it resumes by itself")
-                }
-            }
-        }
-        tracing::error!(watch = what, "watch ended");
-    })
 }
 
 /// One `desired-state` operation.

@@ -20,10 +20,10 @@ fn a_device_relabelled_out_of_the_selector_loses_its_key_and_an_inconsistent_inf
     );
 
     // A value whose deviceId is not its key's changes nothing.
-    let Input::Info(KvEvent::Put { value, at, .. }) = info("pi-3", "plant-1") else {
+    let KvEvent::Put { value, at, .. } = info_event("pi-3", "plant-1") else {
         unreachable!()
     };
-    let forged = h.feed(Input::Info(KvEvent::Put {
+    let forged = h.feed(Input::info(KvEvent::Put {
         key: keys::info_key(&id("pi-1")),
         value,
         at,

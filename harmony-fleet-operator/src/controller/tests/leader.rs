@@ -20,10 +20,10 @@ fn as_watched(effects: &[Effect]) -> Vec<Input> {
         match e {
             Effect::WriteKeys(ops) => out.extend(
                 ops.iter()
-                    .map(|(k, op)| Input::Desired(event(k.clone(), op))),
+                    .map(|(k, op)| Input::desired(event(k.clone(), op))),
             ),
             Effect::WriteIndexes(ops) => out.extend(ops.iter().map(|(d, op)| {
-                Input::Desired(event(harmony_fleet_contracts::notice::index_key(d), op))
+                Input::desired(event(harmony_fleet_contracts::notice::index_key(d), op))
             })),
             _ => {}
         }

@@ -17,7 +17,7 @@ use serde_json::json;
 use super::*;
 use crate::crd::FINALIZER;
 use crate::crd::device::BLACKLIST_ANNOTATION;
-use crate::fleet::stray_state_device;
+use crate::fleet::{DesiredEvent, decode_desired, stray_state_device};
 use crate::metrics::Metrics;
 use crate::registry::DeviceUpdate;
 
@@ -112,16 +112,16 @@ impl Harness {
 
     /// Every source caught up; the `Deployment` watch lists `crs`.
     fn cold_start_with(&mut self, crs: Vec<Deployment>) -> Vec<Effect> {
-        assert!(self.core.load_desired(KvEvent::CaughtUp));
+        assert!(self.core.load_desired(DesiredEvent::CaughtUp));
         let mut effects = self.feed(Input::Cr(Box::new(watcher::Event::Init)));
         for d in crs {
             effects.extend(self.feed(Input::Cr(Box::new(watcher::Event::InitApply(d)))));
         }
         for input in [
             Input::Cr(Box::new(watcher::Event::InitDone)),
-            Input::Info(KvEvent::CaughtUp),
-            Input::State(KvEvent::CaughtUp),
-            Input::Heartbeat(KvEvent::CaughtUp),
+            Input::info(KvEvent::CaughtUp),
+            Input::state(KvEvent::CaughtUp),
+            Input::heartbeat(KvEvent::CaughtUp),
             Input::Devices(Box::new(watcher::Event::Init)),
         ] {
             effects.extend(self.feed(input));
@@ -171,6 +171,11 @@ fn apply(d: Deployment) -> Input {
 }
 
 fn info(device: &str, site: &str) -> Input {
+    Input::info(info_event(device, site))
+}
+
+/// The `device-info` event of `device` on `site`, as the watch delivers it.
+fn info_event(device: &str, site: &str) -> KvEvent {
     let info = DeviceInfo {
         device_id: id(device),
         labels: [("site".to_owned(), site.to_owned())].into(),
@@ -187,11 +192,11 @@ fn info(device: &str, site: &str) -> Input {
         boot_time: None,
         observed_at: Timestamp::from_second(T0).expect("valid"),
     };
-    Input::Info(KvEvent::Put {
+    KvEvent::Put {
         key: keys::info_key(&id(device)),
         value: Bytes::from(serde_json::to_vec(&info).expect("serialises")),
         at: Timestamp::from_second(T0).expect("valid"),
-    })
+    }
 }
 
 fn report(device: &str, deployment: &str, image: &str, phase: StatePhase) -> Input {
@@ -203,7 +208,7 @@ fn report(device: &str, deployment: &str, image: &str, phase: StatePhase) -> Inp
         container_ids: Default::default(),
         last_change: Timestamp::from_second(T0).expect("valid"),
     };
-    Input::State(KvEvent::Put {
+    Input::state(KvEvent::Put {
         key: keys::state_key(&id(device), &name(deployment)),
         value: Bytes::from(serde_json::to_vec(&state).expect("serialises")),
         at: Timestamp::from_second(T0).expect("valid"),
@@ -211,7 +216,7 @@ fn report(device: &str, deployment: &str, image: &str, phase: StatePhase) -> Inp
 }
 
 fn heartbeat(device: &str, at: Timestamp) -> Input {
-    Input::Heartbeat(KvEvent::Put {
+    Input::heartbeat(KvEvent::Put {
         key: keys::heartbeat_key(&id(device)),
         value: Bytes::new(),
         at,

@@ -11,11 +11,11 @@ fn cold_start_writes_nothing_until_every_source_caught_up_then_fills_gaps_and_de
     let mut h = Harness::new();
     // KV holds a key for pi-1 (still wanted) and one of a deployment nobody owns any more.
     for (device, deployment) in [("pi-1", "web"), ("pi-1", "gone")] {
-        h.core.load_desired(KvEvent::Put {
+        h.core.load_desired(decode_desired(KvEvent::Put {
             key: keys::desired_key(&id(device), &name(deployment)),
             value: payload("nginx:1"),
             at: h.wall(),
-        });
+        }));
     }
     let mut before = Vec::new();
     before.extend(h.feed(info("pi-1", "plant-1")));
@@ -52,15 +52,61 @@ fn cold_start_writes_nothing_until_every_source_caught_up_then_fills_gaps_and_de
 #[test]
 fn a_restart_with_everything_in_place_rewrites_nothing() {
     let mut h = Harness::new();
-    h.core.load_desired(KvEvent::Put {
+    h.core.load_desired(decode_desired(KvEvent::Put {
         key: keys::desired_key(&id("pi-1"), &name("web")),
         value: payload("nginx:1"),
         at: h.wall(),
-    });
+    }));
     h.feed(info("pi-1", "plant-1"));
     let effects = h.cold_start_with(vec![deployment("default", "web", "plant-1", "nginx:1", 0)]);
     assert_eq!(writes(&effects), (vec![], vec![]));
     assert!(effects.contains(&Effect::Converged));
+}
+
+#[test]
+fn desired_state_read_side_by_side_with_the_other_sources_converges_when_it_catches_up_last() {
+    let mut h = Harness::new();
+    let web = || deployment("default", "web", "plant-1", "nginx:1", 0);
+    let key = |device: &str| {
+        Input::desired(KvEvent::Put {
+            key: keys::desired_key(&id(device), &name("web")),
+            value: payload("nginx:1"),
+            at: Timestamp::from_second(T0).expect("valid"),
+        })
+    };
+    // The sources arrive interleaved, as the watches deliver them side by side: pi-1's key,
+    // the Deployment, both infos and a report, pi-2's key, and desired-state's end last.
+    let mut effects = h.feed(key("pi-1"));
+    for input in [
+        Input::Cr(Box::new(watcher::Event::Init)),
+        Input::Cr(Box::new(watcher::Event::InitApply(web()))),
+        Input::Cr(Box::new(watcher::Event::InitDone)),
+        info("pi-1", "plant-1"),
+        report("pi-1", "web", "nginx:1", StatePhase::Running),
+        info("pi-2", "plant-1"),
+        Input::info(KvEvent::CaughtUp),
+        Input::state(KvEvent::CaughtUp),
+        Input::heartbeat(KvEvent::CaughtUp),
+        Input::Devices(Box::new(watcher::Event::Init)),
+        Input::Devices(Box::new(watcher::Event::InitDone)),
+        key("pi-2"),
+    ] {
+        effects.extend(h.feed(input));
+    }
+    assert!(!h.core.is_converged(), "not before desired-state caught up");
+    assert_eq!(writes(&effects), (vec![], vec![]), "nothing written before");
+    let effects = h.feed(Input::desired(KvEvent::CaughtUp));
+    assert!(h.core.is_converged(), "at once, not on the next tick");
+    // Both keys were there: nothing to rewrite, and pi-1's report counts.
+    assert_eq!(writes(&effects), (vec![], vec![]));
+    assert!(effects.contains(&Effect::Converged));
+    let status = statuses(&effects).pop().expect("a status once converged");
+    assert_eq!(status.aggregate.succeeded, 1, "{status:?}");
+    // A leader ignores its own writes read back after the backlog.
+    let later = h.feed(Input::desired(KvEvent::Delete {
+        key: keys::desired_key(&id("pi-1"), &name("web")),
+    }));
+    assert_eq!(writes(&later), (vec![], vec![]));
 }
 
 // ----- Deployment resources -----
