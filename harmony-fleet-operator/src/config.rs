@@ -171,12 +171,14 @@ pub struct RunArgs {
     /// How often an online device's `Device.status.lastHeartbeat` (`LAST SEEN`) is refreshed,
     /// in seconds, while the fleet's refreshes fit `--device-writes-per-sec`; a larger fleet is
     /// refreshed less often (every devices / budget seconds). Heartbeats are never a write each.
-    #[arg(long, env = "FLEET_LAST_SEEN_REFRESH_SECS", default_value_t = 15)]
+    #[arg(long, env = "FLEET_LAST_SEEN_REFRESH_SECS", default_value_t = 15,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub last_seen_refresh_secs: u64,
     /// `lastHeartbeat` refreshes written to the API server a second, at most, whatever the
     /// fleet's size (online/offline flips, labels and inventory are written at once). Raise it
     /// for a fresher `LAST SEEN` on a large fleet; each write costs the API server and etcd.
-    #[arg(long, env = "FLEET_DEVICE_WRITES_PER_SEC", default_value_t = 50)]
+    #[arg(long, env = "FLEET_DEVICE_WRITES_PER_SEC", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(1..))]
     pub device_writes_per_sec: u32,
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     #[arg(long, env = "FLEET_OPERATOR_LISTEN", default_value = "0.0.0.0:8080")]
@@ -450,8 +452,8 @@ impl TryFrom<RunArgs> for Config {
             namespace: namespace.filter(|n| !n.is_empty()),
             heartbeat_timeout: Duration::from_secs(heartbeat_timeout_secs),
             last_seen: crate::registry::RefreshPolicy {
-                wanted: Duration::from_secs(last_seen_refresh_secs.max(1)),
-                per_sec: device_writes_per_sec.max(1),
+                wanted: Duration::from_secs(last_seen_refresh_secs),
+                per_sec: device_writes_per_sec,
             },
             listen,
             create_buckets: create_buckets.then_some(crate::kv::BucketLayout {
@@ -496,6 +498,17 @@ mod tests {
         let config = Config::try_from(cli.run).expect("valid");
         assert_eq!(config.nats.urls, ["nats://a:4222", "nats://b:4222"]);
         assert_eq!(config.heartbeat_timeout, Duration::from_secs(90));
+    }
+
+    #[test]
+    fn a_write_budget_or_refresh_interval_of_zero_is_refused_naming_the_flag() {
+        for flag in ["--device-writes-per-sec", "--last-seen-refresh-secs"] {
+            let err = Cli::try_parse_from(["harmony-fleet-operator", "run", flag, "0"])
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(err.contains(flag) && err.contains("1.."), "{flag}: {err}");
+        }
     }
 
     #[test]

@@ -71,7 +71,7 @@ pub(super) async fn watch_from_start(
     let body = messages.flat_map(move |message| {
         let mut out = Vec::with_capacity(2);
         match message {
-            Ok(message) => match decode_entry(&prefix, message) {
+            Ok((message, meta)) => match decode_entry(&prefix, message, meta) {
                 Ok((event, sequence, pending)) => {
                     out.push(Ok(event));
                     if !caught_up && (pending == 0 || sequence >= last) {
@@ -107,8 +107,19 @@ struct PullWatch {
     delivered: u64,
 }
 
+/// What a watch reads of a message's JetStream metadata (parsed once, from its reply subject).
+#[derive(Clone, Copy, Debug)]
+struct Meta {
+    /// Stream sequence.
+    sequence: u64,
+    /// Messages still pending behind it.
+    pending: u64,
+    /// Server time of the write.
+    at: Timestamp,
+}
+
 impl PullWatch {
-    async fn next(&mut self) -> Result<jetstream::Message> {
+    async fn next(&mut self) -> Result<(jetstream::Message, Meta)> {
         loop {
             let messages = match &mut self.messages {
                 Some(messages) => messages,
@@ -142,13 +153,25 @@ impl PullWatch {
         item: Option<
             std::result::Result<jetstream::Message, jetstream::consumer::pull::OrderedError>,
         >,
-    ) -> Result<jetstream::Message> {
+    ) -> Result<(jetstream::Message, Meta)> {
         match item {
             Some(Ok(message)) => {
-                if let Ok(info) = message.info() {
-                    self.delivered = info.stream_sequence;
-                }
-                Ok(message)
+                let meta = match message.info() {
+                    Ok(info) => Meta {
+                        sequence: info.stream_sequence,
+                        pending: info.pending,
+                        at: Timestamp::from_nanosecond(info.published.unix_timestamp_nanos())
+                            .unwrap_or(Timestamp::UNIX_EPOCH),
+                    },
+                    Err(e) => {
+                        return Err(Error::WatchEnded {
+                            bucket: self.bucket.clone(),
+                            message: format!("a message without JetStream metadata: {e}"),
+                        });
+                    }
+                };
+                self.delivered = meta.sequence;
+                Ok((message, meta))
             }
             Some(Err(e)) => {
                 self.messages = None;
@@ -201,13 +224,13 @@ async fn open(
 fn decode_entry(
     prefix: &str,
     message: jetstream::Message,
+    meta: Meta,
 ) -> std::result::Result<(KvEvent, u64, u64), String> {
-    let info = message
-        .info()
-        .map_err(|e| format!("a message without JetStream metadata: {e}"))?;
-    let (sequence, pending) = (info.stream_sequence, info.pending);
-    let at = Timestamp::from_nanosecond(info.published.unix_timestamp_nanos())
-        .unwrap_or(Timestamp::UNIX_EPOCH);
+    let Meta {
+        sequence,
+        pending,
+        at,
+    } = meta;
     let key = message
         .subject
         .strip_prefix(prefix)
