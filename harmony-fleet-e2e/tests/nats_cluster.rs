@@ -61,6 +61,16 @@ async fn node_with_operator_and_an_agent(stack: &Stack) -> anyhow::Result<(usize
         let device = &devices[attempt % devices.len()];
         stack.stop_agent(device).await?;
         stack.start_agent(device, None).await?;
+        // Its new connection, wherever it landed, before the next look: a look taken before
+        // it connected would count it nowhere and spend a try.
+        eventually("the restarted agent on a NATS node", CONVERGE, || async {
+            stack
+                .nats_member_of(&agent(device))
+                .await
+                .map_err(|e| format!("{e:#}"))?
+                .ok_or_else(|| "not connected yet".to_owned())
+        })
+        .await?;
     }
     anyhow::bail!("no agent connected to the operator's node after {PLACEMENT_TRIES} restarts")
 }
