@@ -29,7 +29,8 @@ cargo clippy --workspace --all-targets --all-features --locked -- -D warnings
 
 step "cargo doc (warnings are errors)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked \
-  -p harmony -p harmony_cli -p harmony-fleet-contracts -p harmony-fleet-deploy
+  -p harmony -p harmony_cli -p harmony-fleet-contracts -p harmony-fleet-deploy \
+  -p harmony-fleet-operator -p harmony-fleet-agent -p harmony-fleet-types
 
 step "cargo test"
 cargo test --workspace --all-features --locked --no-fail-fast

@@ -5,7 +5,7 @@
 //! `CommandReply`: a result or a typed error, never silence.
 //!
 //! Session requests are long polls: they do not take one of the
-//! [`MAX_CONCURRENT_COMMANDS`] slots (a few open tails must not starve `exec`); the number of
+//! `MAX_CONCURRENT_COMMANDS` slots (a few open tails must not starve `exec`); the number of
 //! sessions is capped instead.
 
 use std::sync::{Arc, Mutex};

@@ -5,7 +5,7 @@
 //! Without a credential the agent enrolls: it connects as the shared bootstrap user, sends a
 //! signed [`EnrollRequest`] and waits — the operator holds the request until an admin approves
 //! the key, so approval reaches the device at once. With a credential it connects as itself;
-//! [`renew_loop`] asks for a fresh one once two thirds of its lifetime have passed and
+//! [`maintain`] asks for a fresh one once two thirds of its lifetime have passed and
 //! reconnects with it before the old one expires.
 
 use std::io::Write as _;

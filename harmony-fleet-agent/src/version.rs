@@ -2,7 +2,7 @@
 //!
 //! Builds published for self-upgrade may carry a version that is not the crate's (a CI build
 //! number, a release candidate). Rather than rebuilding, deploy tooling *stamps* the finished
-//! binary: [`STAMP`] is a fixed-size byte array starting with a unique marker, kept in the
+//! binary: `STAMP` is a fixed-size byte array starting with a unique marker, kept in the
 //! binary by `#[used]`, and [`stamp`] writes the version after the marker in the file's bytes.
 //! [`current`] reads the array with volatile reads, so the compiler cannot fold the
 //! (unstamped, all-NUL) contents into a constant.

@@ -10,8 +10,8 @@
 //! # Memory
 //!
 //! A fleet of 100k devices with 1,000 Deployments holds 1.1M pairs, so a pair is kept in
-//! 16 bytes ([`Entry`]): its revisions are 4-byte ids into one reference-counted table of the
-//! revisions in use ([`Revisions`]; a fleet has about as many as it has Deployment versions),
+//! 16 bytes (`Entry`): its revisions are 4-byte ids into one reference-counted table of the
+//! revisions in use (`Revisions`; a fleet has about as many as it has Deployment versions),
 //! and the error text and time of a failed report live beside it, only for failed reports.
 
 use std::collections::BTreeMap;

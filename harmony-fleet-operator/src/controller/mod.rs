@@ -1,5 +1,5 @@
 //! The reconcile loop, as a pure decision core ([`Reconciler`]) and a thin async shell
-//! ([`shell`]).
+//! (`shell`).
 //!
 //! The core owns the whole in-memory fleet state. [`Reconciler::handle`] takes one [`Input`]
 //! (a watch event, a tick, or the outcome of an effect it asked for) and returns the
@@ -11,22 +11,22 @@
 //! a key.
 //!
 //! What the core does, by module:
-//! * [`ownership`]: `Deployment` resources → ownership of the fleet-wide name, revision,
+//! * `ownership`: `Deployment` resources → ownership of the fleet-wide name, revision,
 //!   rollout, finalizer.
-//! * [`targeting`]: `device-info` and labels set by people → targeting index → exactly the
+//! * `targeting`: `device-info` and labels set by people → targeting index → exactly the
 //!   affected `desired-state` keys (the write plan), rollout steps.
-//! * [`reports`]: `device-state` → aggregate; stray keys removed, a flooding device blacklisted.
-//! * [`liveness`]: heartbeats → online / offline.
-//! * [`blacklist`]: `Device` resources annotated [`BLACKLIST_ANNOTATION`]`=true` leave the
+//! * `reports`: `device-state` → aggregate; stray keys removed, a flooding device blacklisted.
+//! * `liveness`: heartbeats → online / offline.
+//! * `blacklist`: `Device` resources annotated [`BLACKLIST_ANNOTATION`]`=true` leave the
 //!   targeting index (their keys are deleted) and come back with their latest labels.
-//! * [`cold_start`]: `desired-state` (what KV holds), the CRs and the other buckets read
+//! * `cold_start`: `desired-state` (what KV holds), the CRs and the other buckets read
 //!   from the beginning, side by side; nothing is written until all of them caught up. Then one full pass
 //!   writes what is missing, deletes orphaned keys, and `/readyz` says `Converged`.
-//! * [`status`]: what a `Deployment`'s status says.
+//! * `status`: what a `Deployment`'s status says.
 //!
 //! **Deployment names are fleet-wide.** A `desired-state` key carries the CR name, not its
 //! namespace, so two namespaces cannot both own `web`. The oldest claimant (creation time; on a
-//! same-second tie the current owner, see [`ownership::pick_owner`]) owns the name; others get
+//! same-second tie the current owner, see `ownership::pick_owner`) owns the name; others get
 //! `Ready=False, reason NameConflict` and write no keys. When the owner is deleted, the next
 //! claimant takes over its keys.
 //!
