@@ -6,8 +6,9 @@
 //! looked-up keys are then the same string, compared by address ([`DeviceId`]'s equality
 //! checks that first), and the fleet holds one string per device instead of one per pair.
 
-use std::collections::HashSet;
 use std::hash::Hash;
+
+use foldhash::HashSet;
 
 use harmony_fleet_contracts::ids::{DeploymentName, DeviceId};
 
@@ -35,7 +36,7 @@ const PRUNE_FLOOR: usize = 1024;
 /// The shared copy of each id seen, kept while anything else holds it.
 #[derive(Debug)]
 pub struct Interner<T> {
-    ids: HashSet<T, foldhash::fast::RandomState>,
+    ids: HashSet<T>,
     /// Size after the last prune: the next one waits until the set doubled.
     kept: usize,
 }

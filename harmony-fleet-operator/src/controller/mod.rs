@@ -19,9 +19,9 @@
 //! * `liveness`: heartbeats → online / offline.
 //! * `blacklist`: `Device` resources annotated [`BLACKLIST_ANNOTATION`]`=true` leave the
 //!   targeting index (their keys are deleted) and come back with their latest labels.
-//! * `cold_start`: `desired-state` (what KV holds), the CRs and the other buckets read
-//!   from the beginning, side by side; nothing is written until all of them caught up. Then one full pass
-//!   writes what is missing, deletes orphaned keys, and `/readyz` says `Converged`.
+//! * `cold_start`: `desired-state` (what KV holds), the CRs and the other buckets read from
+//!   the beginning, side by side; nothing is written until all of them caught up. Then one
+//!   full pass writes what is missing, deletes orphaned keys, and `/readyz` says `Converged`.
 //! * `status`: what a `Deployment`'s status says.
 //!
 //! **Deployment names are fleet-wide.** A `desired-state` key carries the CR name, not its

@@ -1,6 +1,6 @@
 //! Forwarding a watch into the reconcile loop's channel, in batches.
 
-use futures::{FutureExt, Stream, StreamExt};
+use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
@@ -10,8 +10,8 @@ pub const FORWARD_BATCH: usize = 256;
 
 /// Spawns a task that forwards a watch (a KV bucket's, or a Kubernetes watcher's) into `tx`,
 /// mapped by `wrap` (in this task: decoding happens next to the receiver, not in it), in
-/// batches of what the watch has ready, up to [`FORWARD_BATCH`]: one channel operation and at
-/// most one wake-up per batch instead of per event. Transient errors are logged and counted as
+/// batches of what the watch has ready, up to [`FORWARD_BATCH`] (`ready_chunks`): one channel
+/// operation and at most one wake-up per batch instead of per event. Transient errors are logged and counted as
 /// `errors_total{kind}`: both watches resume by themselves. The task ends when the receiver is
 /// gone or the watch ends.
 pub fn forward<I, E, T>(
@@ -28,36 +28,20 @@ where
     T: Send + 'static,
 {
     tokio::spawn(async move {
-        let mut events = std::pin::pin!(events);
-        let mut batch = Vec::with_capacity(FORWARD_BATCH);
-        let mut next = events.next().await;
-        while let Some(event) = next {
-            match event {
-                Ok(event) => batch.push(wrap(event)),
-                Err(e) => {
-                    metrics.error(error_kind);
-                    tracing::warn!(watch = what, error = %e, "watch error; it resumes by itself")
-                }
-            }
-            // More of the batch only if it is ready now; otherwise send what there is.
-            let mut ended = false;
-            next = None;
-            if batch.len() < FORWARD_BATCH
-                && let Some(ready) = events.next().now_or_never()
-            {
-                ended = ready.is_none();
-                next = ready;
-            }
-            if next.is_none() {
-                if !batch.is_empty() {
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(FORWARD_BATCH));
-                    if tx.send(full).await.is_err() {
-                        return;
+        let mut chunks = std::pin::pin!(events.ready_chunks(FORWARD_BATCH));
+        while let Some(chunk) = chunks.next().await {
+            let mut batch = Vec::with_capacity(chunk.len());
+            for event in chunk {
+                match event {
+                    Ok(event) => batch.push(wrap(event)),
+                    Err(e) => {
+                        metrics.error(error_kind);
+                        tracing::warn!(watch = what, error = %e, "watch error; it resumes by itself")
                     }
                 }
-                if !ended {
-                    next = events.next().await;
-                }
+            }
+            if !batch.is_empty() && tx.send(batch).await.is_err() {
+                return;
             }
         }
         tracing::error!(watch = what, "watch ended");

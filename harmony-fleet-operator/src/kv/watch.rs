@@ -71,10 +71,10 @@ pub(super) async fn watch_from_start(
     let body = messages.flat_map(move |message| {
         let mut out = Vec::with_capacity(2);
         match message {
-            Ok((message, meta)) => match decode_entry(&prefix, message, meta) {
-                Ok((event, sequence, pending)) => {
+            Ok((message, meta)) => match decode_entry(&prefix, message, meta.at) {
+                Ok(event) => {
                     out.push(Ok(event));
-                    if !caught_up && (pending == 0 || sequence >= last) {
+                    if !caught_up && (meta.pending == 0 || meta.sequence >= last) {
                         caught_up = true;
                         out.push(Ok(KvEvent::CaughtUp));
                     }
@@ -219,18 +219,12 @@ async fn open(
         .map_err(|e| Error::nats(what(), e))
 }
 
-/// A bucket's message as a [`KvEvent`], with its stream sequence and the messages still
-/// pending behind it.
+/// A bucket's message, written at `at`, as a [`KvEvent`].
 fn decode_entry(
     prefix: &str,
     message: jetstream::Message,
-    meta: Meta,
-) -> std::result::Result<(KvEvent, u64, u64), String> {
-    let Meta {
-        sequence,
-        pending,
-        at,
-    } = meta;
+    at: Timestamp,
+) -> std::result::Result<KvEvent, String> {
     let key = message
         .subject
         .strip_prefix(prefix)
@@ -251,5 +245,5 @@ fn decode_entry(
             at,
         }
     };
-    Ok((event, sequence, pending))
+    Ok(event)
 }
