@@ -10,7 +10,7 @@ use std::time::Duration;
 use harmony::interpret::{InterpretError, Outcome};
 use harmony::scores::{ApplyScope, Change, apply_object};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::ListParams;
 use kube::{Api, Resource};
@@ -107,35 +107,121 @@ async fn pod_report(client: &kube::Client, namespace: &str, selector: &str) -> S
         Ok(list) if list.items.is_empty() => {
             "no pods yet (is a controller-manager with the workload controllers running?)".into()
         }
-        Ok(list) => list
-            .items
-            .iter()
-            .map(|pod| {
-                let name = pod.metadata.name.as_deref().unwrap_or("?");
-                let status = pod.status.as_ref();
-                let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("Unknown");
-                let reason = status
-                    .and_then(|s| s.conditions.as_ref())
-                    .and_then(|c| c.iter().find(|c| c.status != "True"))
-                    .and_then(|c| c.message.clone().or_else(|| c.reason.clone()))
-                    .unwrap_or_else(|| {
-                        if pod
-                            .spec
-                            .as_ref()
-                            .and_then(|s| s.node_name.as_ref())
-                            .is_none()
-                        {
-                            "not scheduled to any node".into()
-                        } else {
-                            String::new()
-                        }
+        Ok(list) => {
+            let mut lines = Vec::with_capacity(list.items.len());
+            for pod in &list.items {
+                let line = pod_line(pod);
+                let pending =
+                    pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Pending");
+                if pending {
+                    let claims = claims_report(client, namespace, pod).await;
+                    lines.push(if claims.is_empty() {
+                        line
+                    } else {
+                        format!("{line} ({claims})")
                     });
-                format!("{name} {phase} {reason}").trim().to_owned()
-            })
-            .collect::<Vec<_>>()
-            .join("; "),
+                } else {
+                    lines.push(line);
+                }
+            }
+            lines.join("; ")
+        }
         Err(e) => format!("pods could not be listed: {e}"),
     }
+}
+
+/// A pod's name, phase and the message of its first condition that does not hold.
+fn pod_line(pod: &Pod) -> String {
+    let name = pod.metadata.name.as_deref().unwrap_or("?");
+    let status = pod.status.as_ref();
+    let phase = status.and_then(|s| s.phase.as_deref()).unwrap_or("Unknown");
+    let reason = status
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.status != "True"))
+        .and_then(|c| c.message.clone().or_else(|| c.reason.clone()))
+        .unwrap_or_else(|| {
+            if pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_ref())
+                .is_none()
+            {
+                "not scheduled to any node".into()
+            } else {
+                String::new()
+            }
+        });
+    format!("{name} {phase} {reason}").trim().to_owned()
+}
+
+/// For a pending pod: each claim it mounts, its phase and, when not bound, the latest event
+/// about it (a failed provisioning names its cause there). A bound claim under a pod still
+/// reported as waiting for it says the scheduler has not looked again yet.
+async fn claims_report(client: &kube::Client, namespace: &str, pod: &Pod) -> String {
+    let claims: Vec<&str> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .filter_map(|v| v.persistent_volume_claim.as_ref())
+        .map(|c| c.claim_name.as_str())
+        .collect();
+    let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
+    let mut parts = Vec::with_capacity(claims.len());
+    for claim in claims {
+        let part = match api.get_opt(claim).await {
+            Ok(Some(pvc)) => {
+                let phase = pvc
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.phase.as_deref())
+                    .unwrap_or("Unknown");
+                let class = pvc
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.storage_class_name.as_deref())
+                    .unwrap_or("no storage class");
+                if phase == "Bound" {
+                    format!("claim {claim} Bound")
+                } else {
+                    let event = latest_event(client, namespace, "PersistentVolumeClaim", claim)
+                        .await
+                        .map(|e| format!(": {e}"))
+                        .unwrap_or_default();
+                    format!("claim {claim} {phase}, class {class}{event}")
+                }
+            }
+            Ok(None) => format!("claim {claim} does not exist"),
+            Err(e) => format!("claim {claim} could not be read: {e}"),
+        };
+        parts.push(part);
+    }
+    parts.join(", ")
+}
+
+/// The message of the most recent event about `kind`/`name`, if any can be read.
+async fn latest_event(
+    client: &kube::Client,
+    namespace: &str,
+    kind: &str,
+    name: &str,
+) -> Option<String> {
+    let api: Api<Event> = Api::namespaced(client.clone(), namespace);
+    let fields = format!("involvedObject.kind={kind},involvedObject.name={name}");
+    let events = api
+        .list(&ListParams::default().fields(&fields))
+        .await
+        .ok()?;
+    events
+        .items
+        .into_iter()
+        .max_by_key(|e| e.last_timestamp.as_ref().map(|t| t.0))
+        .and_then(|e| {
+            let message = e.message?;
+            Some(match e.reason {
+                Some(reason) => format!("{reason} {message}"),
+                None => message,
+            })
+        })
 }
 
 /// Waits until the StatefulSet has `replicas` ready pods.

@@ -255,12 +255,43 @@ mod local_node {
         harmony::score::Score::<K8sAnywhereTopology>::create_interpret(&nats)
             .execute(&Inventory::new("e2e"), &topology)
             .await
-            .unwrap_or_else(|e| panic!("NATS with three servers failed: {}", e.chain()));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "NATS with three servers failed: {}\n{}",
+                    e.chain(),
+                    control_plane_log_about(&local, "fleet-nats")
+                )
+            });
         eprintln!(
             "NATS with 3 servers ready on the local node in {:.1}s",
             t.elapsed().as_secs_f64()
         );
         helm_round_trip(&local, &operator_image).await;
+    }
+
+    /// The last lines of the scheduler's and the controller-manager's logs that mention
+    /// `needle` (claims, volumes and scheduling of the pods named after it): what a failed wait
+    /// needs to say which of them stalled, printed before the test's directory is removed.
+    fn control_plane_log_about(local: &LocalTopology, needle: &str) -> String {
+        let Some(logs) = local.kubeconfig_path().parent().map(|d| d.join("logs")) else {
+            return String::new();
+        };
+        let mut out = String::new();
+        for process in ["kube-scheduler", "kube-controller-manager"] {
+            let path = logs.join(format!("{process}.log"));
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().filter(|l| l.contains(needle)).collect();
+            out.push_str(&format!(
+                "--- {} ({} line(s) about {needle}, last 40)\n",
+                path.display(),
+                lines.len()
+            ));
+            for line in &lines[lines.len().saturating_sub(40)..] {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
     }
 
     /// `helm lint`, `helm install --wait` (the operator becomes ready against the fleet's NATS),

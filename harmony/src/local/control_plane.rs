@@ -410,6 +410,9 @@ impl LocalControlPlane {
                 options.node_access.is_some()
             ),
             "--use-service-account-credentials=false".to_owned(),
+            // Level 2 logs provisioning and binding of volumes and the workload controllers'
+            // decisions: what a claim or a pod that never comes needs.
+            "--v=2".to_owned(),
             format!(
                 "--service-account-private-key-file={}",
                 pki.service_account_key.display()
@@ -449,6 +452,14 @@ impl LocalControlPlane {
             "--secure-port=0".to_owned(),
             "--feature-gates=WatchListClient=false".to_owned(),
             "--profiling=false".to_owned(),
+            // Level 2 says why each pod waits and when it is bound: what a stuck rollout needs.
+            "--v=2".to_owned(),
+            // A pod set aside as unschedulable waits for an event that may make it fit (its claim
+            // bound, a node added); if that event is missed it is tried again only after this
+            // long. Upstream's 5 min suits a large cluster; on one local node a retry costs
+            // nothing and a StatefulSet's pod waiting minutes for an already bound claim fails
+            // the bring-up's deadline. (Deprecated flag, still read by 1.34.)
+            "--pod-max-in-unschedulable-pods-duration=20s".to_owned(),
         ])
         .detached(options.detached);
         self.scheduler = Some(SupervisedProcess::spawn(spec)?);
