@@ -145,6 +145,46 @@ pub struct ScaleRow {
     pub cold_start_nats_cpu_s: Option<f64>,
     /// This process (the simulated fleet): CPU seconds over the cold start.
     pub cold_start_sim_cpu_s: Option<f64>,
+    /// Where the CPU went while the M Deployments were turned into keys.
+    pub keys_cpu: Option<CpuSplit>,
+    /// Where the CPU went from the fan-out's apply to its correct status.
+    pub fanout_cpu: Option<CpuSplit>,
+}
+
+/// CPU seconds each process spent over one phase: with the phase's length, whether the
+/// machine's cores were the bound (their sum near cores × seconds) and whose share to cut.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct CpuSplit {
+    /// The operator.
+    pub operator: f64,
+    /// The nats-server(s).
+    pub nats: f64,
+    /// This process: the simulated fleet.
+    pub sim: f64,
+    /// kube-apiserver and etcd.
+    pub control_plane: f64,
+}
+
+impl CpuSplit {
+    /// `after - before`, field by field.
+    fn since(after: Self, before: Self) -> Self {
+        Self {
+            operator: after.operator - before.operator,
+            nats: after.nats - before.nats,
+            sim: after.sim - before.sim,
+            control_plane: after.control_plane - before.control_plane,
+        }
+    }
+
+    fn cells(split: Option<Self>) -> [String; 4] {
+        let f = |get: fn(&Self) -> f64| num(split.as_ref().map(get), 1);
+        [
+            f(|s| s.operator),
+            f(|s| s.nats),
+            f(|s| s.sim),
+            f(|s| s.control_plane),
+        ]
+    }
 }
 
 /// Columns of rows written before the `Device` and cluster columns were added.
@@ -153,8 +193,11 @@ const FIRST_COLUMNS: usize = 19;
 /// Columns of rows written before the cold start's CPU columns were added.
 const DEVICE_COLUMNS: usize = 28;
 
+/// Columns of rows written before the other phases' CPU columns were added.
+const COLD_CPU_COLUMNS: usize = 31;
+
 /// Column names of the result table.
-pub const COLUMNS: [&str; 31] = [
+pub const COLUMNS: [&str; 39] = [
     "devices",
     "deployments",
     "connections",
@@ -186,6 +229,14 @@ pub const COLUMNS: [&str; 31] = [
     "cold start operator CPU s",
     "cold start nats CPU s",
     "cold start sim CPU s",
+    "M → keys operator CPU s",
+    "M → keys nats CPU s",
+    "M → keys sim CPU s",
+    "M → keys apiserver+etcd CPU s",
+    "fan-out → status operator CPU s",
+    "fan-out → status nats CPU s",
+    "fan-out → status sim CPU s",
+    "fan-out → status apiserver+etcd CPU s",
 ];
 
 impl ScaleRow {
@@ -225,6 +276,10 @@ impl ScaleRow {
             num(self.cold_start_nats_cpu_s, 1),
             num(self.cold_start_sim_cpu_s, 1),
         ]
+        .into_iter()
+        .chain(CpuSplit::cells(self.keys_cpu))
+        .chain(CpuSplit::cells(self.fanout_cpu))
+        .collect()
     }
 }
 
@@ -435,6 +490,19 @@ pub async fn run_pair(
         .collect();
     let seed_keys: usize = expected.values().sum();
     row.keys = seed_keys;
+    let cpu = |operator: &OperatorProcess| -> Option<CpuSplit> {
+        Some(CpuSplit {
+            operator: operator.sample().ok()?.cpu_seconds,
+            nats: procstat::sample_all(&nats_pids).ok()?.cpu_seconds,
+            sim: procstat::sample(std::process::id()).ok()?.cpu_seconds,
+            control_plane: cp.sample().ok()?.cpu_seconds(),
+        })
+    };
+    let phase_cpu = |before: Option<CpuSplit>, operator: &OperatorProcess| {
+        Some(CpuSplit::since(cpu(operator)?, before?))
+    };
+    let keys_cpu_before = cpu(&operator);
+    tracing::info!(phase = "deployments", "phase started");
     let started = Instant::now();
     let bodies: Vec<Value> = (0..m)
         .map(|j| {
@@ -470,6 +538,8 @@ pub async fn run_pair(
     )
     .await?;
     row.seed_keys_s = secs(started.elapsed());
+    row.keys_cpu = phase_cpu(keys_cpu_before, &operator);
+    tracing::info!(phase = "deployments", "phase ended: all keys delivered");
     crate::poll_until(
         &format!("{seed_keys} reports written"),
         deadline,
@@ -505,6 +575,8 @@ pub async fn run_pair(
     row.seed_status_s = secs(started.elapsed());
 
     // Fan-out: one Deployment on every device.
+    let fanout_cpu_before = cpu(&operator);
+    tracing::info!(phase = "fan-out", "phase started");
     let started = Instant::now();
     apply(
         &api,
@@ -538,6 +610,11 @@ pub async fn run_pair(
     )
     .await?;
     let last_report = done.last_answer.unwrap_or_else(Instant::now);
+    tracing::info!(
+        phase = "fan-out",
+        ago_ms = last_report.elapsed().as_millis() as u64,
+        "last fan-out report written"
+    );
     crate::poll_until(
         "fan-out status correct",
         deadline,
@@ -549,6 +626,8 @@ pub async fn run_pair(
     )
     .await?;
     row.status_lag_s = secs(last_report.elapsed());
+    row.fanout_cpu = phase_cpu(fanout_cpu_before, &operator);
+    tracing::info!(phase = "fan-out", "phase ended: status correct");
 
     if opts.device_resources {
         device_load(cp, opts, &operator, n, devices_written, row).await?;
@@ -572,9 +651,11 @@ pub async fn run_pair(
     drop(operator);
     let nats_before = procstat::sample_all(&nats_pids).ok();
     let sim_before = procstat::sample(std::process::id()).ok();
+    tracing::info!(phase = "cold start", "phase started");
     let mut restarted = OperatorProcess::spawn(&spec)?;
     row.cold_start_s = secs(restarted.wait_converged(deadline).await?);
     let cold = restarted.sample().ok();
+    tracing::info!(phase = "cold start", "phase ended: converged");
     let spent = |before: Option<ProcSample>, after: Result<ProcSample>| {
         Some(after.ok()?.cpu_seconds - before?.cpu_seconds)
     };
@@ -655,7 +736,14 @@ pub fn earlier_rows(dir: &Path) -> (Vec<Vec<String>>, Vec<ScaleRow>) {
     let mut rows = Vec::new();
     for line in text.lines().skip(1) {
         let mut row = crate::report::parse_csv_line(line);
-        if ![FIRST_COLUMNS, DEVICE_COLUMNS, COLUMNS.len()].contains(&row.len()) {
+        if ![
+            FIRST_COLUMNS,
+            DEVICE_COLUMNS,
+            COLD_CPU_COLUMNS,
+            COLUMNS.len(),
+        ]
+        .contains(&row.len())
+        {
             continue;
         }
         // Rows from before the `Device` and cluster columns: one server, nothing measured.
@@ -780,16 +868,17 @@ mod tests {
                 .join(",")
         };
         let text = format!(
-            "{}\n{}\n{}\n{}\n{}\n",
+            "{}\n{}\n{}\n{}\n{}\n{}\n",
             COLUMNS.join(","),
             row(FIRST_COLUMNS),
             row(DEVICE_COLUMNS),
             row(COLUMNS.len()),
             row(5),
+            row(COLD_CPU_COLUMNS),
         );
         std::fs::write(dir.path().join("scale.csv"), text).expect("written");
         let (cells, rows) = earlier_rows(dir.path());
-        assert_eq!(rows.len(), 3, "the malformed row is skipped");
+        assert_eq!(rows.len(), 4, "the malformed row is skipped");
         assert!(cells.iter().all(|r| r.len() == COLUMNS.len()));
         assert_eq!(
             cells[0][FIRST_COLUMNS], "1",
@@ -797,6 +886,11 @@ mod tests {
         );
         assert_eq!(cells[1][DEVICE_COLUMNS], "-");
         assert_eq!(cells[2][DEVICE_COLUMNS], "1.5");
+        assert_eq!(cells[3][COLD_CPU_COLUMNS - 1], "1.5");
+        assert_eq!(
+            cells[3][COLD_CPU_COLUMNS], "-",
+            "the phases' CPU, not measured then"
+        );
         assert_eq!(rows[0].fanout_keys_s, Some(1.5));
     }
 }
