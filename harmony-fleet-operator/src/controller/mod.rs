@@ -44,6 +44,7 @@ mod supervise;
 mod targeting;
 #[cfg(test)]
 mod tests;
+mod writer;
 
 use std::time::Instant;
 
@@ -60,7 +61,9 @@ use crate::fleet::{self, DesiredEvent, HeartbeatEvent, InfoEvent, StateEvent};
 use crate::kv::{KvEvent, KvOp};
 use crate::registry::DeviceUpdate;
 
-pub use reconciler::{INDEX_COALESCE, Reconciler, Settings};
+pub use reconciler::{
+    INDEX_COALESCE, INDEX_MAX_HOLD, KEY_BATCH, MAX_PENDING_WRITES, Reconciler, Settings,
+};
 pub use shell::{OperatorHandle, start};
 
 /// A payload revision: the content hash of its canonical bytes.

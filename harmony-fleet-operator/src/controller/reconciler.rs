@@ -2,7 +2,7 @@
 //! turning the writes decided while handling an input into effects, and their outcomes back
 //! into state.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,21 @@ use crate::write_quota::{self, StrayWrites};
 /// queued, so that a device whose keys several queued inputs change gets one index write and
 /// one notice instead of one per input. Nothing is held when the queue is empty.
 pub const INDEX_COALESCE: Duration = Duration::from_millis(100);
+
+/// How long indexes wait at most while keys keep being decided and written: then they go
+/// before the next keys, so that devices hear of their keys under a steady stream of changes.
+/// Longer than [`INDEX_COALESCE`]: on a busy server every round of index writes rewrites the
+/// index of each device touched since the last one.
+pub const INDEX_MAX_HOLD: Duration = Duration::from_secs(1);
+
+/// The most keys one [`Effect::WriteKeys`] carries: a fan-out to 100k devices is two batches,
+/// then their indexes, then the notices.
+pub const KEY_BATCH: usize = 65_536;
+
+/// Keys decided and not acknowledged beyond which the shell waits for the writer before it
+/// reads more inputs ([`Reconciler::writes_pending`]): what waits in memory is bounded (at 1.1M
+/// keys twice this cost the 512 MiB goal its margin).
+pub const MAX_PENDING_WRITES: usize = KEY_BATCH;
 
 /// What the core is configured with.
 #[derive(Clone, Debug)]
@@ -71,9 +86,10 @@ pub struct Reconciler {
     pub(super) converged: bool,
     /// The cold start's summary, reported once its writes are done.
     pub(super) converging: Option<ConvergeReport>,
-    /// Writes decided while handling the current input, by key.
-    pub(super) ops: HashMap<String, (DeploymentName, DeviceId, Option<Rev>)>,
-    /// Writes handed to the shell, awaiting [`Input::KeysWritten`].
+    /// Writes decided and not handed over yet, by key: while a write is in flight the next
+    /// ones gather here (adr/0050). Ordered, so that batches go out in key order.
+    pub(super) ops: BTreeMap<String, (DeploymentName, DeviceId, Option<Rev>)>,
+    /// Writes handed to the shell, awaiting [`Input::KeysWritten`]: one batch at a time.
     pub(super) in_flight: HashMap<String, (DeploymentName, DeviceId, Option<Rev>)>,
     /// Whether indexes were handed to the shell, awaiting [`Input::IndexesWritten`].
     pub(super) indexes_in_flight: bool,
@@ -151,7 +167,7 @@ impl Reconciler {
             caught_up: CaughtUp::default(),
             converged: false,
             converging: None,
-            ops: HashMap::new(),
+            ops: BTreeMap::new(),
             in_flight: HashMap::new(),
             indexes_in_flight: false,
             backlog: false,
@@ -179,9 +195,11 @@ impl Reconciler {
         }
     }
 
-    /// Handles one input at `now` and returns what to do. Outcomes of [`Effect::WriteKeys`],
-    /// [`Effect::WriteIndexes`] and [`Effect::ReleaseFinalizer`] must come back before the
-    /// next watch event.
+    /// Handles one input at `now` and returns what to do. The outcome of
+    /// [`Effect::ReleaseFinalizer`] must come back before the next watch event; those of
+    /// [`Effect::WriteKeys`] and [`Effect::WriteIndexes`] may come back after later inputs
+    /// (the shell writes while the loop goes on, adr/0050): the core hands over one write at a
+    /// time, keys or indexes, and gathers the next one meanwhile.
     pub fn handle(&mut self, input: Input, now: Now) -> Vec<Effect> {
         self.now = now;
         self.full_scan = matches!(input, Input::Tick | Input::Wake);
@@ -220,6 +238,18 @@ impl Reconciler {
     /// Whether this replica writes.
     pub fn is_leader(&self) -> bool {
         self.leader
+    }
+
+    /// Keys decided and not acknowledged yet (gathering or in flight): above
+    /// [`MAX_PENDING_WRITES`], while a write is in flight, the shell reads only write outcomes,
+    /// which bounds what waits in memory.
+    pub fn writes_pending(&self) -> usize {
+        self.ops.len() + self.in_flight.len()
+    }
+
+    /// Whether a write (keys or indexes) is in flight.
+    pub fn writing(&self) -> bool {
+        !self.in_flight.is_empty() || self.indexes_in_flight
     }
 
     /// Tells the core whether more inputs are queued behind the next one: index writes are
@@ -309,13 +339,23 @@ impl Reconciler {
         self.publish_due_statuses();
     }
 
-    /// The writes decided so far, as one [`Effect::WriteKeys`].
+    /// The writes decided so far, as one [`Effect::WriteKeys`] — once the write in flight (keys
+    /// or indexes) is answered, so that writes of one key land in the order decided and an
+    /// index is stored only after the keys it names.
     fn flush_keys(&mut self) {
-        if self.ops.is_empty() {
+        if self.ops.is_empty() || !self.in_flight.is_empty() || self.indexes_in_flight {
             return;
         }
-        let mut batch = Vec::with_capacity(self.ops.len());
-        for (key, (deployment, device, rev)) in std::mem::take(&mut self.ops) {
+        // Indexes held for [`INDEX_MAX_HOLD`] go before more keys, so that devices hear of
+        // their keys while more are being decided.
+        if self.converged && self.indexes_overdue() {
+            return;
+        }
+        let mut batch = Vec::with_capacity(self.ops.len().min(KEY_BATCH));
+        while batch.len() < KEY_BATCH {
+            let Some((key, (deployment, device, rev))) = self.ops.pop_first() else {
+                break;
+            };
             let op = match &rev {
                 Some(r) => match self.revisions.get(r) {
                     Some(bytes) => KvOp::Put(bytes.clone()),
@@ -330,8 +370,7 @@ impl Reconciler {
             self.in_flight.insert(key, (deployment, device, rev));
         }
         if !batch.is_empty() {
-            // Deterministic order: the same input gives the same effects.
-            batch.sort_by(|a, b| a.0.cmp(&b.0));
+            // In key order (`ops` is ordered): the same input gives the same effects.
             self.emit(Effect::WriteKeys(batch));
         }
     }
@@ -340,7 +379,7 @@ impl Reconciler {
     /// the cold start converged the picture is incomplete (orphans not collected yet): an index
     /// written then could name a key about to be deleted.
     fn flush_indexes(&mut self) {
-        if !self.converged {
+        if !self.converged || self.indexes_in_flight {
             return;
         }
         if self.backlog && self.indexes.has_pending() {
@@ -382,6 +421,18 @@ impl Reconciler {
         for (_, (deployment, device, rev)) in std::mem::take(&mut self.in_flight) {
             self.retry.insert((deployment, device), rev);
         }
+        // The coalescing time of the indexes naming these keys starts now.
+        if self.indexes.has_pending() && self.indexes_held_since.is_none() {
+            self.indexes_held_since = Some(self.mono());
+        }
+    }
+
+    /// Indexes pending for at least [`INDEX_MAX_HOLD`].
+    fn indexes_overdue(&self) -> bool {
+        self.indexes.has_pending()
+            && self
+                .indexes_held_since
+                .is_some_and(|since| self.mono().saturating_duration_since(since) >= INDEX_MAX_HOLD)
     }
 
     /// Notices go out only for the indexes stored, so a device that lists on a notice reads
@@ -409,7 +460,12 @@ impl Reconciler {
         rev: Option<Rev>,
     ) {
         let key = keys::desired_key(device, deployment);
-        if self.fleet.assigned(deployment, device) == rev.as_ref() {
+        // What KV holds once the write in flight (if any) lands.
+        let holds = match self.in_flight.get(&key) {
+            Some((_, _, in_flight)) => in_flight.as_ref(),
+            None => self.fleet.assigned(deployment, device),
+        };
+        if holds == rev.as_ref() {
             if self.ops.remove(&key).is_none() {
                 self.metrics.kv_writes_skipped.inc();
             }
@@ -419,19 +475,26 @@ impl Reconciler {
             .insert(key, (deployment.clone(), device.clone(), rev));
     }
 
-    /// Whether the pair has (or is about to get) a `desired-state` key.
+    /// Whether the pair has (or is about to get) a `desired-state` key. A write in flight
+    /// counts: the device may read the key before its acknowledgement reaches the core.
     pub(super) fn is_assigned(&self, deployment: &DeploymentName, device: &DeviceId) -> bool {
+        let key = keys::desired_key(device, deployment);
         self.fleet.assigned(deployment, device).is_some()
-            || self
-                .ops
-                .get(&keys::desired_key(device, deployment))
-                .is_some_and(|(_, _, rev)| rev.is_some())
+            || [self.ops.get(&key), self.in_flight.get(&key)]
+                .into_iter()
+                .flatten()
+                .any(|(_, _, rev)| rev.is_some())
     }
 
     /// When the shell should wake the core (with [`Input::Wake`]) for a status or rollout step
     /// held back by the pace; `None` when nothing is waiting.
     pub fn next_wake(&self) -> Option<Instant> {
-        let held = self.indexes_held_since.map(|since| since + INDEX_COALESCE);
+        // While a write is in flight its answer wakes the core; an index held past its time
+        // must not wake it again and again meanwhile.
+        let held = self
+            .indexes_held_since
+            .filter(|_| !self.writing())
+            .map(|since| since + INDEX_COALESCE);
         let wake = match (self.wake, held) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

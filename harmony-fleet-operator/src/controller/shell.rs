@@ -1,12 +1,13 @@
 //! The async shell around the core: starts the watches, feeds the [`Reconciler`] in arrival
-//! order, carries out its [`Effect`]s, and feeds their outcomes back before the next event.
+//! order, carries out its [`Effect`]s and feeds their outcomes back. `desired-state` writes go
+//! to the writer task ([`super::writer`]) and their outcomes come back on a channel the loop
+//! reads first; every other effect is carried out before the next input.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use harmony_fleet_contracts::ids::DeviceId;
-use harmony_fleet_contracts::notice;
 use kube::api::{Api, Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
@@ -14,8 +15,10 @@ use kube::runtime::watcher;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+use super::MAX_PENDING_WRITES;
 use super::reconciler::{Reconciler, Settings};
 use super::supervise::{Named, supervise};
+use super::writer::{self, WriteJob};
 use super::{CrKey, Effect, Input, Now, PatchOutcome};
 use crate::config::Config;
 use crate::crd::deployment::{Deployment, DeploymentStatus};
@@ -223,8 +226,14 @@ pub async fn start(
     let (stray_tx, task) = kv::spawn_stray_remover(fleet_kv.state.clone(), metrics.clone());
     tasks.push(("stray remover", task));
 
+    let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
+    let (writes, task) = writer::spawn(
+        DesiredWriter::new(fleet_kv.desired.clone(), nats_client, metrics.clone()),
+        outcomes_tx,
+    );
+    tasks.push(("desired-state writer", task));
     let shell = Shell {
-        writer: DesiredWriter::new(fleet_kv.desired.clone(), nats_client, metrics.clone()),
+        writes,
         client,
         registry,
         status_tx,
@@ -233,7 +242,7 @@ pub async fn start(
         readiness: readiness.clone(),
         metrics: metrics.clone(),
     };
-    let main = tokio::spawn(run(core, shell, rx));
+    let main = tokio::spawn(run(core, shell, rx, outcomes));
     fallible.push(("reconcile loop", main));
     let supervisor = tokio::spawn(supervise(
         fallible,
@@ -298,15 +307,35 @@ where
     kv::forward(events, tx, wrap, what, "kube_watch", metrics)
 }
 
-/// The loop: one input at a time, each with every outcome of its effects, then the next.
-async fn run(mut core: Reconciler, shell: Shell, mut rx: mpsc::Receiver<Vec<Input>>) -> Result<()> {
+/// The loop: one input at a time, each with the outcomes of its effects other than writes,
+/// then the next. A write's outcome goes before any queued input: it unblocks the next write
+/// and the statuses held while writes are in flight.
+async fn run(
+    mut core: Reconciler,
+    shell: Shell,
+    mut rx: mpsc::Receiver<Vec<Input>>,
+    mut outcomes: mpsc::UnboundedReceiver<Input>,
+) -> Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut inputs: VecDeque<Input> = VecDeque::with_capacity(kv::FORWARD_BATCH);
     loop {
-        if inputs.is_empty() {
+        if let Ok(outcome) = outcomes.try_recv() {
+            inputs.push_front(outcome);
+        } else if core.writing() && core.writes_pending() >= MAX_PENDING_WRITES {
+            // Enough decided and unwritten: let the writer catch up before reading more.
+            match outcomes.recv().await {
+                Some(outcome) => inputs.push_front(outcome),
+                None => return Err(writer_ended()),
+            }
+        } else if inputs.is_empty() {
             let wake = core.next_wake();
             tokio::select! {
+                biased;
+                outcome = outcomes.recv() => match outcome {
+                    Some(outcome) => inputs.push_back(outcome),
+                    None => return Err(writer_ended()),
+                },
                 batch = rx.recv() => match batch {
                     Some(batch) => inputs.extend(batch),
                     None => return Err(Error::WatchEnded {
@@ -336,6 +365,13 @@ async fn run(mut core: Reconciler, shell: Shell, mut rx: mpsc::Receiver<Vec<Inpu
     }
 }
 
+fn writer_ended() -> Error {
+    Error::WatchEnded {
+        bucket: "desired-state".into(),
+        message: "the writer task ended".into(),
+    }
+}
+
 /// Resolves at `at`, or never.
 async fn sleep_until(at: Option<Instant>) {
     match at {
@@ -346,7 +382,8 @@ async fn sleep_until(at: Option<Instant>) {
 
 /// Where the effects go.
 struct Shell {
-    writer: DesiredWriter,
+    /// Jobs for the writer task.
+    writes: mpsc::UnboundedSender<WriteJob>,
     client: kube::Client,
     registry: Option<mpsc::UnboundedSender<DeviceUpdate>>,
     status_tx: mpsc::UnboundedSender<(CrKey, DeploymentStatus)>,
@@ -357,42 +394,27 @@ struct Shell {
 }
 
 impl Shell {
+    /// Hands a write to the writer task. If that task is gone the write is lost here; the
+    /// supervisor stops the operator for the ended task.
+    fn send_write(&self, job: WriteJob) {
+        if self.writes.send(job).is_err() {
+            tracing::error!("desired-state writer task is gone; write dropped");
+        }
+    }
+
     /// Carries out one effect; returns the input that reports its outcome, if it has one.
     async fn carry_out(&self, effect: Effect) -> Option<Input> {
         match effect {
             Effect::WriteKeys(ops) => {
-                let (count, started) = (ops.len(), Instant::now());
-                let results = self.writer.apply(ops).await;
-                tracing::debug!(
-                    keys = count,
-                    took_us = started.elapsed().as_micros() as u64,
-                    "desired-state written"
-                );
-                Some(Input::KeysWritten(
-                    results.into_iter().map(|(key, _, ok)| (key, ok)).collect(),
-                ))
+                self.send_write(WriteJob::Keys(ops));
+                None
             }
             Effect::WriteIndexes(ops) => {
-                let mut devices: HashMap<String, DeviceId> = HashMap::with_capacity(ops.len());
-                let ops = ops
-                    .into_iter()
-                    .map(|(device, op)| {
-                        let key = notice::index_key(&device);
-                        devices.insert(key.clone(), device);
-                        (key, op)
-                    })
-                    .collect();
-                let results = self.writer.apply(ops).await;
-                Some(Input::IndexesWritten(
-                    results
-                        .into_iter()
-                        .filter_map(|(key, _, ok)| devices.remove(&key).map(|d| (d, ok)))
-                        .collect(),
-                ))
+                self.send_write(WriteJob::Indexes(ops));
+                None
             }
             Effect::Notify(devices) => {
-                self.writer.notify(&devices).await;
-                tracing::debug!(devices = devices.len(), "change notices sent");
+                self.send_write(WriteJob::Notify(devices));
                 None
             }
             Effect::AddFinalizer {

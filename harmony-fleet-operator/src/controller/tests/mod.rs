@@ -294,3 +294,4 @@ fn fleet_with_web() -> (Harness, Vec<Effect>) {
 mod devices;
 mod leader;
 mod resources;
+mod writes;
