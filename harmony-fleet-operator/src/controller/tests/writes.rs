@@ -149,3 +149,27 @@ fn a_failed_write_answered_late_is_retried_with_the_latest_revision() {
     h.advance(1.0);
     assert!(key_writes(&h.feed(Input::Tick)).is_empty());
 }
+
+#[test]
+fn a_decision_larger_than_a_batch_goes_out_in_batches_in_key_order() {
+    let mut h = Harness::new();
+    h.cold_start();
+    let devices = KEY_BATCH + 1;
+    for i in 0..devices {
+        h.feed(info(&format!("pi-{i}"), "plant-1"));
+    }
+    let first = handle(&mut h, web("nginx:1", 1));
+    let batches = key_writes(&first);
+    assert_eq!(batches.len(), 1);
+    let batch = batches[0].clone();
+    assert_eq!(batch.len(), KEY_BATCH, "at most one batch in flight");
+    assert!(batch.windows(2).all(|w| w[0].0 < w[1].0), "in key order");
+    assert_eq!(h.core.writes_pending(), devices);
+    assert!(h.core.writing());
+    // The answer releases the rest: the one key left, after every key of the first batch.
+    let after = handle(&mut h, answered(&batch, true));
+    let rest = key_writes(&after);
+    assert_eq!(rest.len(), 1, "{} effects", after.len());
+    assert_eq!(rest[0].len(), 1);
+    assert!(rest[0][0].0 > batch[KEY_BATCH - 1].0);
+}
