@@ -118,14 +118,11 @@ impl OperatorProcess {
         procstat::sample(self.process.pid())
     }
 
-    /// `desired-state` writes (puts and deletes, successful) this process made, from `/metrics`.
+    /// `desired-state` key and index writes (puts and deletes, successful) this process made,
+    /// from `/metrics`; not its checkpoint (adr/0051).
     pub async fn kv_writes(&self) -> Result<u64> {
         let body = scrape(self.addr).await?;
-        Ok(sum_metric(
-            &body,
-            "fleet_operator_kv_writes_total",
-            "result=\"ok\"",
-        ))
+        Ok(key_writes(&body))
     }
 
     /// Successful `Device` writes (one device's spec and/or status) this process made.
@@ -172,6 +169,19 @@ pub async fn devices_written(addr: SocketAddr, devices: usize) -> Duration {
     }
 }
 
+/// Successful `desired-state` puts and deletes in a `/metrics` body.
+fn key_writes(body: &str) -> u64 {
+    ["op=\"put\"", "op=\"delete\""]
+        .iter()
+        .map(|op| {
+            let lines = body.lines().filter(|l| l.contains(op));
+            lines
+                .map(|l| sum_metric(l, "fleet_operator_kv_writes_total", "result=\"ok\""))
+                .sum::<u64>()
+        })
+        .sum()
+}
+
 /// Sum of the samples of `name` whose labels contain `label` (OpenMetrics text).
 pub fn sum_metric(text: &str, name: &str, label: &str) -> u64 {
     text.lines()
@@ -192,5 +202,12 @@ mod tests {
             15
         );
         assert_eq!(sum_metric("", "x", "y"), 0);
+        let with_checkpoint =
+            format!("{text}fleet_operator_kv_writes_total{{op=\"checkpoint\",result=\"ok\"}} 1\n");
+        assert_eq!(
+            key_writes(&with_checkpoint),
+            15,
+            "the checkpoint is not a key"
+        );
     }
 }

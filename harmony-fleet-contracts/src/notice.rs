@@ -6,6 +6,7 @@
 //! |---|---|---|---|
 //! | index | `desired-state` key `<device>` ([`index_key`]) | operator | [`DesiredIndex`]: every deployment of the device and the content hash of its payload |
 //! | notice | subject `desired-notify.<device>` ([`notify_subject`]) | operator | empty payload: "list again" |
+//! | checkpoint | `desired-state` key `_operator.checkpoint` ([`CHECKPOINT_KEY`]) | operator | the operator's own: up to its stream sequence every key is named by its device's latest index (adr/0051); devices cannot read it |
 //!
 //! The index key is a single token, so it can never collide with a deployment key
 //! `<device>.<deployment>`, and agents that still watch `<device>.>` never see it. A device
@@ -42,6 +43,12 @@ pub fn notify_subject(device: &DeviceId) -> String {
 pub fn index_key(device: &DeviceId) -> String {
     device.to_string()
 }
+
+/// The `desired-state` key of the operator's checkpoint (adr/0051): every deployment key
+/// written before it is named, with its hash, by the latest index of its device, so a
+/// restarted operator reads the indexes and only the keys written after it. `_` is not
+/// allowed in device ids, so no device's key or permission can name it.
+pub const CHECKPOINT_KEY: &str = "_operator.checkpoint";
 
 /// Whether a `desired-state` key is an index key (one token) rather than a deployment key
 /// (`<device>.<deployment>`).

@@ -90,6 +90,11 @@ impl DeviceIndexes {
         self.dirty.insert(device);
     }
 
+    /// Devices with an index stored.
+    pub fn stored_count(&self) -> usize {
+        self.stored.len()
+    }
+
     /// Compares every known device (after a cold start, once all keys are loaded).
     pub fn mark_all_dirty(&mut self) {
         let all: Vec<DeviceId> = self

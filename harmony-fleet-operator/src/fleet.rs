@@ -13,7 +13,7 @@ use harmony_fleet_contracts::canonical::ContentHash;
 use harmony_fleet_contracts::device::DeviceInfo;
 use harmony_fleet_contracts::ids::DeviceId;
 use harmony_fleet_contracts::keys::{self, DesiredKey, HeartbeatKey, InfoKey, StateKey};
-use harmony_fleet_contracts::notice;
+use harmony_fleet_contracts::notice::{self, DesiredIndex};
 use harmony_fleet_contracts::state::DeploymentState;
 use jiff::Timestamp;
 use kube::core::ObjectMeta;
@@ -218,6 +218,18 @@ pub enum DesiredEvent {
         /// The stored bytes.
         value: Option<Bytes>,
     },
+    /// A device's index read from a checkpoint (adr/0051): the keys it names, with their
+    /// hashes, are what `desired-state` holds for every pair no later event changes.
+    Listed {
+        /// The device.
+        device: DeviceId,
+        /// The stored bytes.
+        value: Bytes,
+        /// What they say (or why they do not decode).
+        index: Result<DesiredIndex, String>,
+    },
+    /// The operator's checkpoint (adr/0051): read before the rest, nothing to load.
+    Checkpoint,
     /// The backlog is read.
     CaughtUp,
     /// A key the operator does not write, and why it is not one.
@@ -237,6 +249,9 @@ pub fn decode_desired(event: KvEvent) -> DesiredEvent {
         KvEvent::Put { key, value, .. } => (key, Some(value)),
         KvEvent::Delete { key } => (key, None),
     };
+    if key == notice::CHECKPOINT_KEY {
+        return DesiredEvent::Checkpoint;
+    }
     if notice::is_index_key(&key) {
         return match key.parse::<DeviceId>() {
             Ok(device) => DesiredEvent::Index { device, value },
@@ -255,6 +270,24 @@ pub fn decode_desired(event: KvEvent) -> DesiredEvent {
             key,
             reason: e.to_string(),
         },
+    }
+}
+
+/// Decodes an index read from a checkpoint (adr/0051); anything else as [`decode_desired`].
+pub fn decode_listed(event: KvEvent) -> DesiredEvent {
+    match decode_desired(event) {
+        DesiredEvent::Index {
+            device,
+            value: Some(value),
+        } => {
+            let index = DesiredIndex::from_bytes(&value).map_err(|e| e.to_string());
+            DesiredEvent::Listed {
+                device,
+                value,
+                index,
+            }
+        }
+        other => other,
     }
 }
 

@@ -695,6 +695,90 @@ async fn restart_rewrites_nothing_and_collects_orphans() -> Result<()> {
 }
 
 #[tokio::test]
+async fn restart_from_the_checkpoint_reads_the_indexes_and_the_keys_after_it() -> Result<()> {
+    let mut env = Env::new().await?;
+    let (a, b) = (env.device(1), env.device(2));
+    env.put_info(&a, &[("x", "y")]).await?;
+    env.put_info(&b, &[("x", "y")]).await?;
+    let name = env.deployment_name("keep");
+    env.apply(deployment(
+        &name,
+        json!({"matchLabels": {"x": "y"}}),
+        "nginx:1",
+        json!({}),
+    ))
+    .await?;
+    let wanted = bytes::Bytes::from(score("nginx:1").to_canonical_json()?);
+    // Once both keys and both indexes are acknowledged, a checkpoint after them.
+    let checkpoint = eventually("a checkpoint after the keys and indexes", || async {
+        let entry = env.kv.desired.entry(notice::CHECKPOINT_KEY).await.ok()??;
+        let mut newest = 0;
+        for k in [key(&a, &name), key(&b, &name), a.to_string(), b.to_string()] {
+            newest = newest.max(env.kv.desired.entry(&k).await.ok()??.revision);
+        }
+        (entry.revision > newest).then_some(entry)
+    })
+    .await?;
+    env.operator = None;
+
+    // A key no index names, then the same checkpoint again: to a read from the checkpoint it
+    // is one of the keys before it, which the indexes account for.
+    let hidden = key(&a, &env.deployment_name("hidden"));
+    env.kv
+        .desired
+        .put(&hidden, bytes::Bytes::from_static(b"{}"))
+        .await?;
+    env.kv
+        .desired
+        .put(notice::CHECKPOINT_KEY, checkpoint.value.clone())
+        .await?;
+    // After it: an orphan, and b's key changed as by a crash between a key and its index.
+    let orphan = key(&a, &env.deployment_name("ghost"));
+    env.kv
+        .desired
+        .put(&orphan, bytes::Bytes::from_static(b"{}"))
+        .await?;
+    let stale = bytes::Bytes::from(score("nginx:0").to_canonical_json()?);
+    env.kv.desired.put(key(&b, &name), stale).await?;
+
+    env.start_operator().await?;
+    let after = env.desired().await?;
+    assert!(
+        !after.contains_key(&orphan),
+        "keys after the checkpoint are read"
+    );
+    assert_eq!(
+        after.get(&key(&b, &name)),
+        Some(&wanted),
+        "b's key written back"
+    );
+    assert_eq!(after.get(&key(&a, &name)), Some(&wanted));
+    assert!(
+        after.contains_key(&hidden),
+        "a key before the checkpoint that no index names is not read"
+    );
+    assert_eq!(
+        env.metrics().kv_writes_ok(),
+        2,
+        "the orphan's delete and b's key; the indexes already say what they hold"
+    );
+
+    // Without a checkpoint the whole bucket is read: the hidden key is collected too.
+    env.operator = None;
+    env.kv.desired.delete(notice::CHECKPOINT_KEY).await?;
+    env.start_operator().await?;
+    let full = env.desired().await?;
+    assert!(!full.contains_key(&hidden), "a full read collects it");
+    assert_eq!(full.get(&key(&a, &name)), Some(&wanted));
+    eventually("a new checkpoint", || async {
+        let entry = env.kv.desired.entry(notice::CHECKPOINT_KEY).await.ok()??;
+        (entry.operation == async_nats::jetstream::kv::Operation::Put).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn malformed_deployments_are_rejected_naming_the_field() -> Result<()> {
     let env = Env::new().await?;
     let ok_score = serde_json::to_value(score("nginx:1"))?;

@@ -23,8 +23,10 @@ pub(super) struct CaughtUp {
     pub(super) state: bool,
     pub(super) heartbeat: bool,
     pub(super) blacklist: bool,
-    /// `desired-state` keys loaded.
+    /// `desired-state` keys loaded (from indexes read at a checkpoint, or read themselves).
     pub(super) desired_keys: usize,
+    /// Indexes read at a checkpoint (adr/0051).
+    pub(super) listed: usize,
 }
 
 impl CaughtUp {
@@ -51,6 +53,31 @@ impl Reconciler {
                 let device = self.ids.device(device);
                 self.indexes.load_stored(device, value.as_deref());
             }
+            DesiredEvent::Listed {
+                device,
+                value,
+                index,
+            } => {
+                let device = self.ids.device(device);
+                self.indexes.load_stored(device.clone(), Some(&value));
+                self.caught_up.listed += 1;
+                match index {
+                    Ok(index) => {
+                        for (deployment, rev) in index.deployments {
+                            let deployment = self.ids.deployment(deployment);
+                            self.indexes.set(&device, &deployment, Some(&rev));
+                            self.fleet.set_assigned(&deployment, &device, Some(rev));
+                            self.caught_up.desired_keys += 1;
+                        }
+                    }
+                    // Only a hand-written index can be unreadable: its device's keys from
+                    // before the checkpoint stay unknown (adr/0051).
+                    Err(reason) => {
+                        tracing::warn!(%device, reason, "index at the checkpoint does not decode; this device's earlier keys are not known")
+                    }
+                }
+            }
+            DesiredEvent::Checkpoint => {}
             DesiredEvent::Key {
                 key,
                 value: Some((rev, bytes)),
@@ -74,7 +101,11 @@ impl Reconciler {
                 self.caught_up.desired = true;
                 self.fleet.take_dirty();
                 self.indexes.mark_all_dirty();
-                tracing::info!(keys = self.caught_up.desired_keys, "loaded desired-state");
+                tracing::info!(
+                    keys = self.caught_up.desired_keys,
+                    indexes_listed = self.caught_up.listed,
+                    "loaded desired-state"
+                );
                 return true;
             }
         }
@@ -143,6 +174,8 @@ impl Reconciler {
     /// The cold start's writes are done: ready.
     pub(super) fn report_converged(&mut self, report: ConvergeReport) {
         self.emit(Effect::Converged);
+        // The next start reads from here (adr/0051).
+        self.checkpoint_due = true;
         tracing::info!(
             deployments = self.owned.len(),
             devices = self.index.device_count(),

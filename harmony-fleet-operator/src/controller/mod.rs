@@ -22,6 +22,10 @@
 //! * `cold_start`: `desired-state` (what KV holds), the CRs and the other buckets read from
 //!   the beginning, side by side; nothing is written until all of them caught up. Then one
 //!   full pass writes what is missing, deletes orphaned keys, and `/readyz` says `Converged`.
+//! * `checkpoint`: once every write is acknowledged and indexed, a checkpoint that lets the
+//!   next cold start read the indexes instead of every key (adr/0051).
+//! * `payloads`: the bytes of revisions no CR produces any more, read back from a key that
+//!   holds them when a write needs them.
 //! * `status`: what a `Deployment`'s status says.
 //!
 //! **Deployment names are fleet-wide.** A `desired-state` key carries the CR name, not its
@@ -33,9 +37,11 @@
 //! [`BLACKLIST_ANNOTATION`]: crate::crd::device::BLACKLIST_ANNOTATION
 
 mod blacklist;
+mod checkpoint;
 mod cold_start;
 mod liveness;
 mod ownership;
+mod payloads;
 mod reconciler;
 mod reports;
 mod shell;
@@ -48,6 +54,7 @@ mod writer;
 
 use std::time::Instant;
 
+use bytes::Bytes;
 use harmony_fleet_contracts::canonical::ContentHash;
 use harmony_fleet_contracts::ids::DeviceId;
 use jiff::Timestamp;
@@ -58,7 +65,7 @@ use crate::crd::deployment::{Deployment, DeploymentStatus};
 use crate::crd::device::Device;
 use crate::events::{FleetEvent, Regarding};
 use crate::fleet::{self, DesiredEvent, HeartbeatEvent, InfoEvent, StateEvent};
-use crate::kv::{KvEvent, KvOp};
+use crate::kv::{Checkpoint, KvEvent, KvOp};
 use crate::registry::DeviceUpdate;
 
 pub use reconciler::{
@@ -124,6 +131,14 @@ pub enum Input {
     KeysWritten(Vec<(String, bool)>),
     /// Outcome of [`Effect::WriteIndexes`]: each device with whether its index was stored.
     IndexesWritten(Vec<(DeviceId, bool)>),
+    /// Outcome of [`Effect::FetchRevision`]: the bytes read (`None`: no key, or the read
+    /// failed).
+    RevisionFetched {
+        /// The revision asked for.
+        rev: Rev,
+        /// What the key held.
+        bytes: Option<Bytes>,
+    },
     /// Outcome of [`Effect::ReleaseFinalizer`].
     FinalizerReleased {
         /// The resource.
@@ -167,6 +182,7 @@ impl Input {
             Input::Desired(_) => "desired-state",
             Input::Elected => "elected",
             Input::KeysWritten(_) | Input::IndexesWritten(_) => "kv-written",
+            Input::RevisionFetched { .. } => "kv-read",
             Input::FinalizerReleased { .. } => "finalizer",
         }
     }
@@ -192,6 +208,18 @@ pub enum Effect {
     WriteIndexes(Vec<(DeviceId, KvOp)>),
     /// Publish one change notice per device (after their indexes were stored).
     Notify(Vec<DeviceId>),
+    /// Write the checkpoint (adr/0051): every write so far is acknowledged and named by an
+    /// index. After the writes handed over before it, before any handed over after it; no
+    /// answer.
+    WriteCheckpoint(Checkpoint),
+    /// Read the payload bytes of a revision no CR produces any more from a key that holds it
+    /// (after a cold start from a checkpoint, adr/0051); answer with [`Input::RevisionFetched`].
+    FetchRevision {
+        /// The revision.
+        rev: Rev,
+        /// A `desired-state` key holding it.
+        key: String,
+    },
     /// Set the finalizers of a `Deployment` (adding ours), conditional on its resourceVersion.
     AddFinalizer {
         /// The resource.

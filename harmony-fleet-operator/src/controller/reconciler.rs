@@ -99,6 +99,15 @@ pub struct Reconciler {
     pub(super) indexes_held_since: Option<Instant>,
     /// Writes that failed, retried on the next tick.
     pub(super) retry: HashMap<(DeploymentName, DeviceId), Option<Rev>>,
+    /// Keys whose last write failed: it may have landed all the same, so until a later write
+    /// of the key succeeds the core does not know what KV holds (`checkpoint`).
+    pub(super) uncertain: HashSet<String>,
+    /// Writes waiting for the payload bytes of their revision (`payloads`), by key.
+    pub(super) parked: BTreeMap<String, (DeploymentName, DeviceId, Option<Rev>)>,
+    /// Revisions whose bytes are being read back.
+    pub(super) fetching: HashSet<Rev>,
+    /// A write was acknowledged since the last checkpoint (`checkpoint`, adr/0051).
+    pub(super) checkpoint_due: bool,
     /// Deployments whose rollout may step (held back by the pace until due).
     pub(super) rollout_dirty: HashSet<DeploymentName>,
     /// Resources whose status may have changed (held back by the pace until due).
@@ -173,6 +182,10 @@ impl Reconciler {
             backlog: false,
             indexes_held_since: None,
             retry: HashMap::new(),
+            uncertain: HashSet::new(),
+            parked: BTreeMap::new(),
+            fetching: HashSet::new(),
+            checkpoint_due: false,
             rollout_dirty: HashSet::new(),
             status_dirty: HashSet::new(),
             touched_rollouts: Vec::new(),
@@ -214,6 +227,7 @@ impl Reconciler {
             Input::Wake => {}
             Input::KeysWritten(results) => self.on_keys_written(results),
             Input::IndexesWritten(results) => self.on_indexes_written(results),
+            Input::RevisionFetched { rev, bytes } => self.on_revision_fetched(rev, bytes),
             Input::FinalizerReleased { key, outcome } => self.on_finalizer_released(key, outcome),
             Input::Desired(event) => self.on_desired(event),
             Input::Elected => self.on_elected(),
@@ -265,6 +279,8 @@ impl Reconciler {
         self.effects.clear();
         self.ops.clear();
         self.retry.clear();
+        self.uncertain.clear();
+        self.parked.clear();
         self.status_dirty.clear();
         self.rollout_dirty.clear();
         self.touched_rollouts.clear();
@@ -304,6 +320,7 @@ impl Reconciler {
             }
         }
         self.indexes.mark_all_dirty();
+        self.checkpoint_due = true;
         if self.converged {
             self.converged = false;
             self.maybe_converge();
@@ -321,6 +338,8 @@ impl Reconciler {
         if self.converged {
             self.step_due_rollouts();
         }
+        // Before the next keys: the checkpoint vouches for what is acknowledged and indexed.
+        self.maybe_checkpoint();
         self.flush_keys();
         if !self.in_flight.is_empty() {
             return;
@@ -336,6 +355,7 @@ impl Reconciler {
         if let Some(report) = self.converging.take() {
             self.report_converged(report);
         }
+        self.maybe_checkpoint();
         self.publish_due_statuses();
     }
 
@@ -360,7 +380,9 @@ impl Reconciler {
                 Some(r) => match self.revisions.get(r) {
                     Some(bytes) => KvOp::Put(bytes.clone()),
                     None => {
-                        tracing::error!(key, revision = %r, "payload bytes of revision unknown; not writing");
+                        if !self.park(key.clone(), deployment, device, *r) {
+                            tracing::error!(key, revision = %r, "payload bytes of revision unknown and no key holds them; not writing");
+                        }
                         continue;
                     }
                 },
@@ -413,13 +435,19 @@ impl Reconciler {
                 self.indexes.set(&device, &deployment, rev.as_ref());
                 self.fleet.set_assigned(&deployment, &device, rev);
                 self.retry.remove(&(deployment, device));
+                if !self.uncertain.is_empty() {
+                    self.uncertain.remove(&key);
+                }
+                self.checkpoint_due = true;
             } else {
                 self.retry.insert((deployment, device), rev);
+                self.uncertain.insert(key);
             }
         }
         // A write the shell did not answer for counts as failed.
-        for (_, (deployment, device, rev)) in std::mem::take(&mut self.in_flight) {
+        for (key, (deployment, device, rev)) in std::mem::take(&mut self.in_flight) {
             self.retry.insert((deployment, device), rev);
+            self.uncertain.insert(key);
         }
         // The coalescing time of the indexes naming these keys starts now.
         if self.indexes.has_pending() && self.indexes_held_since.is_none() {
@@ -442,6 +470,7 @@ impl Reconciler {
         let mut notify = Vec::new();
         for (device, ok) in results {
             if ok {
+                self.checkpoint_due = true;
                 notify.push(device);
             } else {
                 self.indexes.failed(&device);
@@ -452,7 +481,9 @@ impl Reconciler {
         }
     }
 
-    /// Records that the pair should hold `rev` (`None`: no key). Skipped when KV holds it.
+    /// Records that the pair should hold `rev` (`None`: no key). Skipped when KV holds it —
+    /// and known to: after a failed write of the key the decision is written whatever the
+    /// core holds.
     pub(super) fn want(
         &mut self,
         deployment: &DeploymentName,
@@ -460,12 +491,15 @@ impl Reconciler {
         rev: Option<Rev>,
     ) {
         let key = keys::desired_key(device, deployment);
+        if !self.parked.is_empty() {
+            self.parked.remove(&key);
+        }
         // What KV holds once the write in flight (if any) lands.
         let holds = match self.in_flight.get(&key) {
             Some((_, _, in_flight)) => in_flight.as_ref(),
             None => self.fleet.assigned(deployment, device),
         };
-        if holds == rev.as_ref() {
+        if holds == rev.as_ref() && (self.uncertain.is_empty() || !self.uncertain.contains(&key)) {
             if self.ops.remove(&key).is_none() {
                 self.metrics.kv_writes_skipped.inc();
             }
@@ -480,10 +514,14 @@ impl Reconciler {
     pub(super) fn is_assigned(&self, deployment: &DeploymentName, device: &DeviceId) -> bool {
         let key = keys::desired_key(device, deployment);
         self.fleet.assigned(deployment, device).is_some()
-            || [self.ops.get(&key), self.in_flight.get(&key)]
-                .into_iter()
-                .flatten()
-                .any(|(_, _, rev)| rev.is_some())
+            || [
+                self.ops.get(&key),
+                self.in_flight.get(&key),
+                self.parked.get(&key),
+            ]
+            .into_iter()
+            .flatten()
+            .any(|(_, _, rev)| rev.is_some())
     }
 
     /// When the shell should wake the core (with [`Input::Wake`]) for a status or rollout step

@@ -26,8 +26,9 @@ use crate::crd::device::{BLACKLIST_ANNOTATION, BLACKLIST_REASON_ANNOTATION, Devi
 use crate::crd::{FIELD_MANAGER, GROUP};
 use crate::error::{Error, Result};
 use crate::events as fleet_events;
+use crate::fleet;
 use crate::http::Readiness;
-use crate::kv::{self, DesiredWriter, FleetKv};
+use crate::kv::{self, DesiredRead, DesiredWriter, FleetKv};
 use crate::leader::Elector;
 use crate::metrics::Metrics;
 use crate::registry::{self, DeviceUpdate};
@@ -121,15 +122,21 @@ pub async fn start(
         .clone()
         .map(|leader| Elector::new(client.clone(), leader, metrics.clone()));
     // What desired-state holds: the baseline writes are compared with, read side by side with
-    // the other sources (nothing is written before all of them caught up). A replica that may
-    // be a standby follows the leader's writes after it, so that it takes over without a
-    // reload; a lone leader knows its own.
+    // the other sources (nothing is written before all of them caught up); from a checkpoint,
+    // the indexes and the keys written after it (adr/0051). A replica that may be a standby
+    // follows the leader's writes after it, so that it takes over without a reload; a lone
+    // leader knows its own.
     tasks.push((
         "desired-state watch",
-        forward_desired(
-            fleet_kv.watch(&fleet_kv.desired).await?,
+        kv::forward(
+            fleet_kv.watch_desired(elector.is_some()).await?,
             tx.clone(),
-            elector.is_some(),
+            |read| match read {
+                DesiredRead::Listed(event) => Input::Desired(fleet::decode_listed(event)),
+                DesiredRead::Event(event) => Input::desired(event),
+            },
+            "desired-state",
+            "kv_watch",
             metrics.clone(),
         ),
     ));
@@ -258,39 +265,6 @@ pub async fn start(
     })
 }
 
-/// Forwards `desired-state` into the loop's channel: its backlog, then (with `follow`) every
-/// later write. Without `follow` the watch is closed after the backlog and the task idles (it
-/// must not end: the supervisor takes an ended task for a failure).
-fn forward_desired(
-    events: impl futures::Stream<Item = Result<kv::KvEvent>> + Send + 'static,
-    tx: mpsc::Sender<Vec<Input>>,
-    follow: bool,
-    metrics: Metrics,
-) -> tokio::task::JoinHandle<()> {
-    let events = if follow {
-        events.boxed()
-    } else {
-        let backlog =
-            futures::stream::unfold((Box::pin(events), false), |(mut events, read)| async move {
-                if read {
-                    return None;
-                }
-                let event = events.next().await?;
-                let read = matches!(event, Ok(kv::KvEvent::CaughtUp));
-                Some((event, (events, read)))
-            });
-        backlog.chain(futures::stream::pending()).boxed()
-    };
-    kv::forward(
-        events,
-        tx,
-        Input::desired,
-        "desired-state",
-        "kv_watch",
-        metrics,
-    )
-}
-
 /// Forwards a Kubernetes watch (with the default backoff) into the loop's channel.
 fn forward_watch<K>(
     api: Api<K>,
@@ -415,6 +389,14 @@ impl Shell {
             }
             Effect::Notify(devices) => {
                 self.send_write(WriteJob::Notify(devices));
+                None
+            }
+            Effect::WriteCheckpoint(checkpoint) => {
+                self.send_write(WriteJob::Checkpoint(checkpoint));
+                None
+            }
+            Effect::FetchRevision { rev, key } => {
+                self.send_write(WriteJob::Fetch { rev, key });
                 None
             }
             Effect::AddFinalizer {

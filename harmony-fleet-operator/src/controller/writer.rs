@@ -1,4 +1,5 @@
-//! The writer task: carries out the core's `desired-state` writes and change notices while the
+//! The writer task: carries out the core's `desired-state` writes, change notices, the
+//! checkpoint and the reads of payload bytes while the
 //! loop goes on with its inputs (adr/0050), and hands each write's outcome back on a channel of
 //! its own, which the loop reads before anything else.
 //!
@@ -13,8 +14,8 @@ use harmony_fleet_contracts::ids::DeviceId;
 use harmony_fleet_contracts::notice;
 use tokio::sync::mpsc;
 
-use super::Input;
-use crate::kv::{DesiredWriter, KvOp};
+use super::{Input, Rev};
+use crate::kv::{Checkpoint, DesiredWriter, KvOp};
 
 /// One job for the writer task.
 #[derive(Debug)]
@@ -25,6 +26,16 @@ pub(super) enum WriteJob {
     Indexes(Vec<(DeviceId, KvOp)>),
     /// Change notices (no answer).
     Notify(Vec<DeviceId>),
+    /// The checkpoint (adr/0051; no answer): after the jobs before it, so after the writes it
+    /// vouches for.
+    Checkpoint(Checkpoint),
+    /// Read a revision's payload bytes from a key; answered with [`Input::RevisionFetched`].
+    Fetch {
+        /// The revision.
+        rev: Rev,
+        /// A key holding it.
+        key: String,
+    },
 }
 
 /// Starts the writer task. It ends when the loop drops the job sender, or when the loop no
@@ -86,5 +97,13 @@ async fn carry_out(writer: &DesiredWriter, job: WriteJob) -> Option<Input> {
             tracing::debug!(devices = devices.len(), "change notices sent");
             None
         }
+        WriteJob::Checkpoint(checkpoint) => {
+            writer.put_checkpoint(&checkpoint).await;
+            None
+        }
+        WriteJob::Fetch { rev, key } => Some(Input::RevisionFetched {
+            rev,
+            bytes: writer.fetch(&key).await,
+        }),
     }
 }

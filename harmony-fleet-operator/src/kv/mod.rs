@@ -15,12 +15,15 @@ use harmony_fleet_contracts::buckets::{self, BucketSpec};
 use jiff::Timestamp;
 use tokio::sync::mpsc;
 
+mod checkpoint;
 mod forward;
 mod watch;
 
+pub use checkpoint::{CHECKPOINT_FORMAT, Checkpoint, DesiredRead, read_checkpoint};
 pub use forward::{FORWARD_BATCH, forward};
 
-use watch::watch_from_start;
+pub use watch::Split;
+use watch::Start;
 
 use crate::config::NatsConfig;
 use crate::error::{Error, Result};
@@ -164,7 +167,27 @@ impl FleetKv {
         &self,
         store: &kv::Store,
     ) -> Result<impl Stream<Item = Result<KvEvent>> + Send + 'static + use<>> {
-        watch_from_start(&self.client, store).await
+        self.watch_with(store, Split::DEFAULT).await
+    }
+
+    /// [`FleetKv::watch`], with a backlog larger than `split.above` read by several consumers
+    /// side by side (`kv/watch.rs`).
+    pub async fn watch_with(
+        &self,
+        store: &kv::Store,
+        split: Split,
+    ) -> Result<impl Stream<Item = Result<KvEvent>> + Send + 'static + use<>> {
+        watch::watch(&self.client, store, ">", Start::Latest, split).await
+    }
+
+    /// Reads `desired-state` for a cold start (`kv/checkpoint.rs`, adr/0051): with a
+    /// checkpoint, its indexes and the messages after it; without, every key. With `follow`,
+    /// live changes after the backlog.
+    pub async fn watch_desired(
+        &self,
+        follow: bool,
+    ) -> Result<impl Stream<Item = Result<DesiredRead>> + Send + 'static + use<>> {
+        checkpoint::watch_desired(&self.client, &self.desired, follow).await
     }
 }
 
@@ -449,6 +472,37 @@ impl DesiredWriter {
             tracing::warn!(error = %e, "flushing change notices failed");
         }
         self.metrics.notices_sent.inc_by(devices.len() as u64);
+    }
+
+    /// Writes the checkpoint (adr/0051); whether it was stored. A lost one only means the next
+    /// cold start reads from the one before.
+    pub async fn put_checkpoint(&self, checkpoint: &Checkpoint) -> bool {
+        let key = harmony_fleet_contracts::notice::CHECKPOINT_KEY;
+        let result = self.store.put(key, checkpoint.to_bytes()).await;
+        self.metrics.kv_write("checkpoint", result.is_ok());
+        match result {
+            Ok(sequence) => {
+                tracing::debug!(sequence, devices = checkpoint.devices, "checkpoint written");
+                true
+            }
+            Err(e) => {
+                self.metrics.error("kv_write");
+                tracing::warn!(error = %e, "writing the checkpoint failed; the next settled moment writes it");
+                false
+            }
+        }
+    }
+
+    /// The bytes `key` holds (`None`: no key, or the read failed, which is logged).
+    pub async fn fetch(&self, key: &str) -> Option<Bytes> {
+        match self.store.get(key).await {
+            Ok(value) => value,
+            Err(e) => {
+                self.metrics.error("kv_read");
+                tracing::warn!(key, error = %e, "reading a desired-state key failed");
+                None
+            }
+        }
     }
 
     /// Applies every operation (in parallel, at most one per key is expected) and returns,

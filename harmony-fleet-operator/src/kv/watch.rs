@@ -16,6 +16,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv};
+use futures::stream::BoxStream;
 use futures::{Stream, StreamExt, stream};
 use jiff::Timestamp;
 
@@ -34,61 +35,161 @@ const RECONNECT_CHECK: Duration = Duration::from_millis(200);
 /// The header a KV delete or purge carries (`DEL`, `PURGE`).
 const KV_OPERATION: &str = "KV-Operation";
 
-/// Watches every key of `store` (opened on `client`) from its latest values on, as a stream of
-/// [`KvEvent`]s with exactly one [`KvEvent::CaughtUp`] after the backlog.
-pub(super) async fn watch_from_start(
+/// Where a watch starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Start {
+    /// The latest value of every key it selects, then live changes.
+    Latest,
+    /// Every message after this stream sequence, in order, then live changes.
+    After(u64),
+}
+
+/// When a backlog is read by several consumers side by side, each from its own stretch of
+/// stream sequences (`kv/watch.rs`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Split {
+    /// A backlog of more messages than this is split.
+    pub above: u64,
+    /// Messages per consumer.
+    pub per_part: u64,
+    /// Most consumers.
+    pub max_parts: u64,
+}
+
+impl Split {
+    /// What the operator uses: above 200k messages, a consumer per 250k, at most four.
+    pub const DEFAULT: Split = Split {
+        above: 200_000,
+        per_part: 250_000,
+        max_parts: 4,
+    };
+}
+
+/// Watches the keys of `store` (opened on `client`) that `filter` selects (a subject pattern
+/// relative to the bucket, `>` for every key), from `from` on, as a stream of [`KvEvent`]s
+/// with exactly one [`KvEvent::CaughtUp`] after the backlog.
+pub(super) async fn watch(
     client: &async_nats::Client,
     store: &kv::Store,
-) -> Result<impl Stream<Item = Result<KvEvent>> + Send + 'static + use<>> {
-    let bucket = store.name.clone();
+    filter: &str,
+    from: Start,
+    split_at: Split,
+) -> Result<BoxStream<'static, Result<KvEvent>>> {
     // Asked now: `Store::status` answers what the stream held when the store was opened.
     let info = store
         .stream
         .get_info()
         .await
-        .map_err(|e| Error::nats(format!("reading status of bucket {bucket}"), e))?;
+        .map_err(|e| Error::nats(format!("reading status of bucket {}", store.name), e))?;
+    if from == Start::Latest && info.state.messages > split_at.above {
+        return split(client, store, filter, &info.state, split_at).await;
+    }
     let last = info.state.last_sequence;
-    let empty = info.state.messages == 0;
-    let mut reconnect_check = tokio::time::interval(RECONNECT_CHECK);
-    reconnect_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let watch = PullWatch {
-        stream: store.stream.clone(),
-        filter: format!("{}>", store.prefix),
-        bucket: bucket.clone(),
-        stats: client.statistics(),
-        reconnect_check,
-        messages: None,
-        opened_at_connect: 0,
-        delivered: 0,
-    };
-    let messages = stream::unfold(watch, |mut watch| async move {
-        let item = watch.next().await;
-        Some((item, watch))
-    });
-    let prefix = store.prefix.clone();
+    let mut watch = PullWatch::new(client, store, filter, from);
+    // Opened now, so that what it selects is known: nothing means caught up at once.
+    let empty = watch.open().await? == 0;
     let head = stream::iter(empty.then_some(Ok(KvEvent::CaughtUp)));
     let mut caught_up = empty;
-    let body = messages.flat_map(move |message| {
+    let body = decoded(watch, store.prefix.clone(), None).flat_map(move |item| {
         let mut out = Vec::with_capacity(2);
-        match message {
-            Ok((message, meta)) => match decode_entry(&prefix, message, meta.at) {
-                Ok(event) => {
-                    out.push(Ok(event));
-                    if !caught_up && (meta.pending == 0 || meta.sequence >= last) {
-                        caught_up = true;
-                        out.push(Ok(KvEvent::CaughtUp));
-                    }
+        match item {
+            Ok((event, meta)) => {
+                out.push(Ok(event));
+                if !caught_up && (meta.pending == 0 || meta.sequence >= last) {
+                    caught_up = true;
+                    out.push(Ok(KvEvent::CaughtUp));
                 }
-                Err(e) => out.push(Err(Error::WatchEnded {
-                    bucket: bucket.clone(),
-                    message: e,
-                })),
-            },
+            }
             Err(e) => out.push(Err(e)),
         }
         stream::iter(out)
     });
-    Ok(head.chain(body))
+    Ok(head.chain(body).boxed())
+}
+
+/// A large backlog read by several ordered consumers side by side, each from its own stretch
+/// of stream sequences up to where the next one starts: one consumer is read at the pace of
+/// one server goroutine and one pull at a time (at 1.1M `device-state` keys about 75k
+/// messages a second here), and the reader has room for more.
+///
+/// Sound for the fleet buckets because each keeps one message per key (history 1): at the
+/// start every key is in exactly one stretch, a key written meanwhile is removed from its
+/// stretch (read or not) and lands after the last one, and what lands there is read only once
+/// every stretch is done, in order. So no key's events can come out of order. One
+/// [`KvEvent::CaughtUp`] follows the stretches; live changes follow it.
+async fn split(
+    client: &async_nats::Client,
+    store: &kv::Store,
+    filter: &str,
+    state: &jetstream::stream::State,
+    split_at: Split,
+) -> Result<BoxStream<'static, Result<KvEvent>>> {
+    let (first, last) = (state.first_sequence, state.last_sequence);
+    let parts = state
+        .messages
+        .div_ceil(split_at.per_part.max(1))
+        .clamp(2, split_at.max_parts.max(2));
+    let span = last.saturating_sub(first) + 1;
+    let mut stretches = Vec::new();
+    for i in 0..parts {
+        let start = first + span * i / parts;
+        let end = first + span * (i + 1) / parts;
+        let mut watch = PullWatch::new(client, store, filter, Start::After(start - 1));
+        if watch.open().await? == 0 {
+            continue;
+        }
+        stretches.push(
+            decoded(watch, store.prefix.clone(), Some(end))
+                .map(|item| item.map(|(event, _)| event))
+                .boxed(),
+        );
+    }
+    tracing::debug!(bucket = %store.name, messages = state.messages, consumers = stretches.len(), "reading the backlog side by side");
+    let live = decoded(
+        PullWatch::new(client, store, filter, Start::After(last)),
+        store.prefix.clone(),
+        None,
+    )
+    .map(|item| item.map(|(event, _)| event));
+    Ok(stream::select_all(stretches)
+        .chain(stream::once(async { Ok(KvEvent::CaughtUp) }))
+        .chain(live)
+        .boxed())
+}
+
+/// `watch`'s messages as [`KvEvent`]s with their metadata; with `end`, the events of the
+/// messages before that stream sequence (ending at the first message past it, or when none is
+/// left).
+fn decoded(
+    watch: PullWatch,
+    prefix: String,
+    end: Option<u64>,
+) -> impl Stream<Item = Result<(KvEvent, Meta)>> + Send + 'static {
+    stream::unfold((watch, false), move |(mut watch, done)| {
+        let prefix = prefix.clone();
+        async move {
+            if done {
+                return None;
+            }
+            let (message, meta) = match watch.next().await {
+                Ok(next) => next,
+                Err(e) => return Some((Err(e), (watch, false))),
+            };
+            if end.is_some_and(|end| meta.sequence >= end) {
+                return None;
+            }
+            // Nothing left behind it: a stretch ends here.
+            let done = end.is_some() && meta.pending == 0;
+            let item = match decode_entry(&prefix, message, meta.at) {
+                Ok(event) => Ok((event, meta)),
+                Err(e) => Err(Error::WatchEnded {
+                    bucket: watch.bucket.clone(),
+                    message: e,
+                }),
+            };
+            Some((item, (watch, done)))
+        }
+    })
 }
 
 /// An ordered pull consumer on a bucket that reopens itself right after the last message it
@@ -119,21 +220,36 @@ struct Meta {
 }
 
 impl PullWatch {
+    /// A watch of the keys `filter` selects, not opened yet.
+    fn new(client: &async_nats::Client, store: &kv::Store, filter: &str, from: Start) -> Self {
+        let mut reconnect_check = tokio::time::interval(RECONNECT_CHECK);
+        reconnect_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        Self {
+            stream: store.stream.clone(),
+            filter: format!("{}{filter}", store.prefix),
+            bucket: store.name.clone(),
+            stats: client.statistics(),
+            reconnect_check,
+            messages: None,
+            opened_at_connect: 0,
+            delivered: match from {
+                Start::Latest => 0,
+                Start::After(sequence) => sequence,
+            },
+        }
+    }
+
     async fn next(&mut self) -> Result<(jetstream::Message, Meta)> {
         loop {
-            let messages = match &mut self.messages {
-                Some(messages) => messages,
-                None => {
-                    self.opened_at_connect = self.stats.connects.load(Ordering::Relaxed);
-                    match open(&self.stream, &self.filter, &self.bucket, self.delivered).await {
-                        Ok(messages) => self.messages.insert(messages),
-                        Err(e) => {
-                            // The server is away: the caller logs it; the next try waits a bit.
-                            tokio::time::sleep(REOPEN_DELAY).await;
-                            return Err(e);
-                        }
-                    }
-                }
+            if self.messages.is_none()
+                && let Err(e) = self.open().await
+            {
+                // The server is away: the caller logs it; the next try waits a bit.
+                tokio::time::sleep(REOPEN_DELAY).await;
+                return Err(e);
+            }
+            let Some(messages) = &mut self.messages else {
+                continue;
             };
             tokio::select! {
                 biased;
@@ -146,6 +262,16 @@ impl PullWatch {
                 }
             }
         }
+    }
+
+    /// Opens the consumer right after the last message delivered (from the start: the latest
+    /// value of each key); returns how many messages it selects at that moment.
+    async fn open(&mut self) -> Result<u64> {
+        self.opened_at_connect = self.stats.connects.load(Ordering::Relaxed);
+        let (messages, pending) =
+            open(&self.stream, &self.filter, &self.bucket, self.delivered).await?;
+        self.messages = Some(messages);
+        Ok(pending)
     }
 
     fn delivered(
@@ -189,13 +315,13 @@ impl PullWatch {
 }
 
 /// A bucket's ordered pull consumer from the start (the latest value of every key), or right
-/// after stream sequence `delivered`.
+/// after stream sequence `delivered`, and how many messages it selects.
 async fn open(
     stream: &jetstream::stream::Stream,
     filter: &str,
     bucket: &str,
     delivered: u64,
-) -> Result<jetstream::consumer::pull::Ordered> {
+) -> Result<(jetstream::consumer::pull::Ordered, u64)> {
     let deliver_policy = match delivered {
         0 => jetstream::consumer::DeliverPolicy::LastPerSubject,
         n => jetstream::consumer::DeliverPolicy::ByStartSequence {
@@ -203,7 +329,7 @@ async fn open(
         },
     };
     let what = || format!("watching bucket {bucket}");
-    stream
+    let consumer = stream
         .create_consumer(jetstream::consumer::pull::OrderedConfig {
             description: Some(format!("operator watch of {bucket}")),
             filter_subject: filter.to_owned(),
@@ -213,10 +339,13 @@ async fn open(
             ..Default::default()
         })
         .await
-        .map_err(|e| Error::nats(what(), e))?
+        .map_err(|e| Error::nats(what(), e))?;
+    let pending = consumer.cached_info().num_pending;
+    let messages = consumer
         .messages()
         .await
-        .map_err(|e| Error::nats(what(), e))
+        .map_err(|e| Error::nats(what(), e))?;
+    Ok((messages, pending))
 }
 
 /// A bucket's message, written at `at`, as a [`KvEvent`].

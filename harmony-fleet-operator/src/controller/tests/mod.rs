@@ -291,6 +291,7 @@ fn fleet_with_web() -> (Harness, Vec<Effect>) {
     (h, effects)
 }
 
+mod checkpoint;
 mod devices;
 mod leader;
 mod resources;
