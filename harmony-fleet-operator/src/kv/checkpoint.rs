@@ -59,8 +59,8 @@ pub enum DesiredRead {
     Event(KvEvent),
 }
 
-/// The stream sequence of the checkpoint in `store`, when there is one this build trusts.
-pub async fn read_checkpoint(store: &kv::Store) -> Result<Option<u64>> {
+/// The checkpoint in `store` and its stream sequence, when there is one this build trusts.
+pub async fn read_checkpoint(store: &kv::Store) -> Result<Option<(u64, Checkpoint)>> {
     let entry = store
         .entry(CHECKPOINT_KEY)
         .await
@@ -69,7 +69,7 @@ pub async fn read_checkpoint(store: &kv::Store) -> Result<Option<u64>> {
         return Ok(None);
     };
     match serde_json::from_slice::<Checkpoint>(&entry.value) {
-        Ok(c) if c.format == CHECKPOINT_FORMAT => Ok(Some(entry.revision)),
+        Ok(c) if c.format == CHECKPOINT_FORMAT => Ok(Some((entry.revision, c))),
         Ok(c) => {
             tracing::info!(
                 format = c.format,
@@ -85,7 +85,8 @@ pub async fn read_checkpoint(store: &kv::Store) -> Result<Option<u64>> {
 }
 
 /// Reads `desired-state` for a cold start: with a checkpoint, the indexes (the latest of each
-/// device) then every message after the checkpoint; without one, every key. One
+/// device) then every message after the checkpoint; without one, or when that would be more
+/// messages than the bucket holds (a checkpoint far behind: [`reads_less`]), every key. One
 /// [`KvEvent::CaughtUp`] ends the backlog; then, with `follow`, live changes come, and without
 /// it the stream stays pending.
 pub async fn watch_desired(
@@ -93,9 +94,28 @@ pub async fn watch_desired(
     store: &kv::Store,
     follow: bool,
 ) -> Result<impl Stream<Item = Result<DesiredRead>> + Send + 'static + use<>> {
-    let rest = match read_checkpoint(store).await? {
+    let checkpoint = read_checkpoint(store).await?;
+    let state = store
+        .stream
+        .get_info()
+        .await
+        .map_err(|e| Error::nats(format!("reading status of bucket {}", store.name), e))?
+        .state;
+    let from_checkpoint = checkpoint.filter(|(sequence, c)| {
+        let less = reads_less(c.devices, *sequence, state.last_sequence, state.messages);
+        if !less {
+            tracing::info!(
+                checkpoint = sequence,
+                last = state.last_sequence,
+                messages = state.messages,
+                "the checkpoint is far behind; reading every key"
+            );
+        }
+        less
+    });
+    let rest = match from_checkpoint.map(|(sequence, _)| sequence) {
         None => {
-            tracing::info!("no checkpoint in desired-state; reading every key");
+            tracing::info!("reading every key of desired-state");
             let all = watch(client, store, ">", Start::Latest, Split::DEFAULT).await?;
             return Ok(backlog_or_all(all, follow)
                 .map(|e| e.map(DesiredRead::Event))
@@ -117,6 +137,13 @@ pub async fn watch_desired(
     Ok(rest.boxed())
 }
 
+/// Whether reading from a checkpoint at stream sequence `checkpoint` (the indexes of about
+/// `devices` devices, then at most every message after it up to `last`) reads fewer messages
+/// than the bucket's `messages`.
+pub fn reads_less(devices: u64, checkpoint: u64, last: u64, messages: u64) -> bool {
+    devices.saturating_add(last.saturating_sub(checkpoint)) < messages
+}
+
 /// `events` whole (`follow`), or up to its [`KvEvent::CaughtUp`] and then pending: a watch
 /// whose caller must not see it end (a supervised task that ends counts as failed).
 fn backlog_or_all(
@@ -136,4 +163,29 @@ fn backlog_or_all(
             Some((event, (events, read)))
         });
     backlog.chain(futures::stream::pending()).boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_is_used_only_when_it_reads_less() {
+        // 1.1M keys and 100k indexes; the checkpoint 200k messages behind the end.
+        assert!(reads_less(100_000, 1_000_000, 1_200_000, 1_200_000));
+        // 110k keys: the indexes and the messages after it are more than the whole bucket.
+        assert!(!reads_less(100_000, 20_000, 220_000, 210_000));
+        assert!(
+            !reads_less(0, 0, 10, 10),
+            "an empty tail is still no saving"
+        );
+    }
+
+    #[test]
+    fn checkpoint_bytes_round_trip() {
+        let c = Checkpoint::new(7);
+        let back: Checkpoint = serde_json::from_slice(&c.to_bytes()).expect("decodes");
+        assert_eq!(back, c);
+        assert_eq!(c.to_bytes().as_ref(), br#"{"format":1,"devices":7}"#);
+    }
 }
