@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use harmony::local::{LocalNats, NatsOptions};
-use harmony_fleet_operator::kv::{FleetKv, KvEvent, Split};
+use harmony_fleet_operator::kv::{FleetKv, KvEvent};
 
 /// The next event that is not an error (errors while the server is away are expected and
 /// logged by the operator), within `within`.
@@ -91,83 +91,6 @@ async fn a_watch_delivers_the_backlog_then_changes_and_resumes_after_a_server_re
         key_of(&after),
         Some("c"),
         "the first event after the restart: {after:?}"
-    );
-    Ok(())
-}
-
-/// A backlog read by several consumers side by side: every key's latest value once, one
-/// `CaughtUp`, and a key written while the stretches are read comes after them, so no key's
-/// events are out of order.
-#[tokio::test]
-async fn a_large_backlog_read_side_by_side_keeps_each_key_in_order() -> Result<()> {
-    let nats = LocalNats::start(NatsOptions::default()).await?;
-    let kv = FleetKv::open(async_nats::connect(nats.url()).await?, true).await?;
-    let within = Duration::from_secs(10);
-    let keys: Vec<String> = (0..40).map(|i| format!("k{i:02}")).collect();
-    for key in &keys {
-        kv.desired.put(key, Bytes::from_static(b"1")).await?;
-    }
-    // Rewritten and deleted keys leave gaps in the stream's sequences.
-    for key in &keys[..5] {
-        kv.desired.put(key, Bytes::from_static(b"2")).await?;
-    }
-    kv.desired.delete(&keys[5]).await?;
-    let split = Split {
-        above: 10,
-        per_part: 10,
-        max_parts: 4,
-    };
-    let mut events = Box::pin(kv.watch_with(&kv.desired, split).await?);
-    let consumers = kv.desired.stream.get_info().await?.state.consumer_count;
-    assert_eq!(
-        consumers, 4,
-        "45 messages over stretches of 10, at most four"
-    );
-    // Written after the watch started: in no stretch, read after all of them.
-    kv.desired.put(&keys[39], Bytes::from_static(b"3")).await?;
-
-    let mut seen: Vec<KvEvent> = Vec::new();
-    let mut caught_up = None;
-    while !seen
-        .iter()
-        .any(|e| matches!(e, KvEvent::Put { key, value, .. } if key == &keys[39] && value.as_ref() == b"3"))
-    {
-        let event = next_event(&mut events, within).await?;
-        if event == KvEvent::CaughtUp {
-            assert!(caught_up.is_none(), "one CaughtUp");
-            caught_up = Some(seen.len());
-        }
-        seen.push(event);
-    }
-    let caught_up = caught_up.context("CaughtUp before the live write")?;
-    let mut latest = std::collections::BTreeMap::new();
-    for (i, event) in seen[..caught_up].iter().enumerate() {
-        let key = key_of(event).context("one CaughtUp")?.to_owned();
-        assert!(
-            latest.insert(key.clone(), i).is_none(),
-            "{key} twice in the backlog"
-        );
-    }
-    // k39 is in the backlog only if its stretch was read before the write removed it.
-    assert!(
-        keys[..39].iter().all(|k| latest.contains_key(k)),
-        "every other key once, the deleted one as a delete: {latest:?}"
-    );
-    for (i, event) in seen[..caught_up].iter().enumerate() {
-        match event {
-            KvEvent::Put { key, value, .. } if keys[..5].contains(key) => {
-                assert_eq!(value.as_ref(), b"2", "{key}: its latest value")
-            }
-            KvEvent::Delete { key } => assert_eq!(key, &keys[5], "event {i}"),
-            KvEvent::Put { value, .. } => assert_eq!(value.as_ref(), b"1"),
-            KvEvent::CaughtUp => bail!("CaughtUp inside the backlog"),
-        }
-    }
-    assert_eq!(
-        seen.len(),
-        caught_up + 2,
-        "after CaughtUp only the live write: {:?}",
-        &seen[caught_up..]
     );
     Ok(())
 }

@@ -17,7 +17,7 @@ use harmony_fleet_contracts::notice::CHECKPOINT_KEY;
 use serde::{Deserialize, Serialize};
 
 use super::KvEvent;
-use super::watch::{Split, Start, watch};
+use super::watch::{Start, watch};
 use crate::error::{Error, Result};
 
 /// The checkpoint format this build writes and trusts.
@@ -116,7 +116,7 @@ pub async fn watch_desired(
     let rest = match from_checkpoint.map(|(sequence, _)| sequence) {
         None => {
             tracing::info!("reading every key of desired-state");
-            let all = watch(client, store, ">", Start::Latest, Split::DEFAULT).await?;
+            let all = watch(client, store, ">", Start::Latest).await?;
             return Ok(backlog_or_all(all, follow)
                 .map(|e| e.map(DesiredRead::Event))
                 .boxed());
@@ -126,8 +126,8 @@ pub async fn watch_desired(
                 after = sequence,
                 "checkpoint in desired-state; reading the indexes and the keys written after it"
             );
-            let indexes = watch(client, store, "*", Start::Latest, Split::DEFAULT).await?;
-            let after = watch(client, store, ">", Start::After(sequence), Split::DEFAULT).await?;
+            let indexes = watch(client, store, "*", Start::Latest).await?;
+            let after = watch(client, store, ">", Start::After(sequence)).await?;
             indexes
                 .take_while(|e| futures::future::ready(!matches!(e, Ok(KvEvent::CaughtUp))))
                 .map(|e| e.map(DesiredRead::Listed))
@@ -137,11 +137,13 @@ pub async fn watch_desired(
     Ok(rest.boxed())
 }
 
-/// Whether reading from a checkpoint at stream sequence `checkpoint` (the indexes of about
-/// `devices` devices, then at most every message after it up to `last`) reads fewer messages
-/// than the bucket's `messages`.
+/// Whether reading from a checkpoint at stream sequence `checkpoint` surely reads fewer
+/// messages than the bucket's `messages`: at most the indexes of the `devices` it counted and
+/// one more per message since (a new device's first index), then every message since, up to
+/// `last`.
 pub fn reads_less(devices: u64, checkpoint: u64, last: u64, messages: u64) -> bool {
-    devices.saturating_add(last.saturating_sub(checkpoint)) < messages
+    let since = last.saturating_sub(checkpoint);
+    devices.saturating_add(since.saturating_mul(2)) < messages
 }
 
 /// `events` whole (`follow`), or up to its [`KvEvent::CaughtUp`] and then pending: a watch
@@ -173,8 +175,9 @@ mod tests {
     fn a_checkpoint_is_used_only_when_it_reads_less() {
         // 1.1M keys and 100k indexes; the checkpoint 200k messages behind the end.
         assert!(reads_less(100_000, 1_000_000, 1_200_000, 1_200_000));
-        // 110k keys: the indexes and the messages after it are more than the whole bucket.
-        assert!(!reads_less(100_000, 20_000, 220_000, 210_000));
+        // 110k keys, the checkpoint before a fan-out to 100k devices: its 10k indexes, up to
+        // 200k new ones and the 200k messages since are more than the whole bucket.
+        assert!(!reads_less(10_000, 20_000, 220_000, 210_000));
         assert!(
             !reads_less(0, 0, 10, 10),
             "an empty tail is still no saving"

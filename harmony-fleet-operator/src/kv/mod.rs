@@ -22,7 +22,6 @@ mod watch;
 pub use checkpoint::{CHECKPOINT_FORMAT, Checkpoint, DesiredRead, read_checkpoint};
 pub use forward::{FORWARD_BATCH, forward};
 
-pub use watch::Split;
 use watch::Start;
 
 use crate::config::NatsConfig;
@@ -167,17 +166,7 @@ impl FleetKv {
         &self,
         store: &kv::Store,
     ) -> Result<impl Stream<Item = Result<KvEvent>> + Send + 'static + use<>> {
-        self.watch_with(store, Split::DEFAULT).await
-    }
-
-    /// [`FleetKv::watch`], with a backlog larger than `split.above` read by several consumers
-    /// side by side (`kv/watch.rs`).
-    pub async fn watch_with(
-        &self,
-        store: &kv::Store,
-        split: Split,
-    ) -> Result<impl Stream<Item = Result<KvEvent>> + Send + 'static + use<>> {
-        watch::watch(&self.client, store, ">", Start::Latest, split).await
+        watch::watch(&self.client, store, ">", Start::Latest).await
     }
 
     /// Reads `desired-state` for a cold start (`kv/checkpoint.rs`, adr/0051): with a

@@ -44,27 +44,6 @@ pub(super) enum Start {
     After(u64),
 }
 
-/// When a backlog is read by several consumers side by side, each from its own stretch of
-/// stream sequences (`kv/watch.rs`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Split {
-    /// A backlog of more messages than this is split.
-    pub above: u64,
-    /// Messages per consumer.
-    pub per_part: u64,
-    /// Most consumers.
-    pub max_parts: u64,
-}
-
-impl Split {
-    /// What the operator uses: above 200k messages, a consumer per 250k, at most four.
-    pub const DEFAULT: Split = Split {
-        above: 200_000,
-        per_part: 250_000,
-        max_parts: 4,
-    };
-}
-
 /// Watches the keys of `store` (opened on `client`) that `filter` selects (a subject pattern
 /// relative to the bucket, `>` for every key), from `from` on, as a stream of [`KvEvent`]s
 /// with exactly one [`KvEvent::CaughtUp`] after the backlog.
@@ -73,7 +52,6 @@ pub(super) async fn watch(
     store: &kv::Store,
     filter: &str,
     from: Start,
-    split_at: Split,
 ) -> Result<BoxStream<'static, Result<KvEvent>>> {
     // Asked now: `Store::status` answers what the stream held when the store was opened.
     let info = store
@@ -81,16 +59,13 @@ pub(super) async fn watch(
         .get_info()
         .await
         .map_err(|e| Error::nats(format!("reading status of bucket {}", store.name), e))?;
-    if from == Start::Latest && info.state.messages > split_at.above {
-        return split(client, store, filter, &info.state, split_at).await;
-    }
     let last = info.state.last_sequence;
     let mut watch = PullWatch::new(client, store, filter, from);
     // Opened now, so that what it selects is known: nothing means caught up at once.
     let empty = watch.open().await? == 0;
     let head = stream::iter(empty.then_some(Ok(KvEvent::CaughtUp)));
     let mut caught_up = empty;
-    let body = decoded(watch, store.prefix.clone(), None).flat_map(move |item| {
+    let body = decoded(watch, store.prefix.clone()).flat_map(move |item| {
         let mut out = Vec::with_capacity(2);
         match item {
             Ok((event, meta)) => {
@@ -107,87 +82,25 @@ pub(super) async fn watch(
     Ok(head.chain(body).boxed())
 }
 
-/// A large backlog read by several ordered consumers side by side, each from its own stretch
-/// of stream sequences up to where the next one starts: one consumer is read at the pace of
-/// one server goroutine and one pull at a time (at 1.1M `device-state` keys about 75k
-/// messages a second here), and the reader has room for more.
-///
-/// Sound for the fleet buckets because each keeps one message per key (history 1): at the
-/// start every key is in exactly one stretch, a key written meanwhile is removed from its
-/// stretch (read or not) and lands after the last one, and what lands there is read only once
-/// every stretch is done, in order. So no key's events can come out of order. One
-/// [`KvEvent::CaughtUp`] follows the stretches; live changes follow it.
-async fn split(
-    client: &async_nats::Client,
-    store: &kv::Store,
-    filter: &str,
-    state: &jetstream::stream::State,
-    split_at: Split,
-) -> Result<BoxStream<'static, Result<KvEvent>>> {
-    let (first, last) = (state.first_sequence, state.last_sequence);
-    let parts = state
-        .messages
-        .div_ceil(split_at.per_part.max(1))
-        .clamp(2, split_at.max_parts.max(2));
-    let span = last.saturating_sub(first) + 1;
-    let mut stretches = Vec::new();
-    for i in 0..parts {
-        let start = first + span * i / parts;
-        let end = first + span * (i + 1) / parts;
-        let mut watch = PullWatch::new(client, store, filter, Start::After(start - 1));
-        if watch.open().await? == 0 {
-            continue;
-        }
-        stretches.push(
-            decoded(watch, store.prefix.clone(), Some(end))
-                .map(|item| item.map(|(event, _)| event))
-                .boxed(),
-        );
-    }
-    tracing::debug!(bucket = %store.name, messages = state.messages, consumers = stretches.len(), "reading the backlog side by side");
-    let live = decoded(
-        PullWatch::new(client, store, filter, Start::After(last)),
-        store.prefix.clone(),
-        None,
-    )
-    .map(|item| item.map(|(event, _)| event));
-    Ok(stream::select_all(stretches)
-        .chain(stream::once(async { Ok(KvEvent::CaughtUp) }))
-        .chain(live)
-        .boxed())
-}
-
-/// `watch`'s messages as [`KvEvent`]s with their metadata; with `end`, the events of the
-/// messages before that stream sequence (ending at the first message past it, or when none is
-/// left).
+/// `watch`'s messages as [`KvEvent`]s with their metadata.
 fn decoded(
     watch: PullWatch,
     prefix: String,
-    end: Option<u64>,
 ) -> impl Stream<Item = Result<(KvEvent, Meta)>> + Send + 'static {
-    stream::unfold((watch, false), move |(mut watch, done)| {
+    stream::unfold(watch, move |mut watch| {
         let prefix = prefix.clone();
         async move {
-            if done {
-                return None;
-            }
-            let (message, meta) = match watch.next().await {
-                Ok(next) => next,
-                Err(e) => return Some((Err(e), (watch, false))),
+            let item = match watch.next().await {
+                Ok((message, meta)) => match decode_entry(&prefix, message, meta.at) {
+                    Ok(event) => Ok((event, meta)),
+                    Err(e) => Err(Error::WatchEnded {
+                        bucket: watch.bucket.clone(),
+                        message: e,
+                    }),
+                },
+                Err(e) => Err(e),
             };
-            if end.is_some_and(|end| meta.sequence >= end) {
-                return None;
-            }
-            // Nothing left behind it: a stretch ends here.
-            let done = end.is_some() && meta.pending == 0;
-            let item = match decode_entry(&prefix, message, meta.at) {
-                Ok(event) => Ok((event, meta)),
-                Err(e) => Err(Error::WatchEnded {
-                    bucket: watch.bucket.clone(),
-                    message: e,
-                }),
-            };
-            Some((item, (watch, done)))
+            Some((item, watch))
         }
     })
 }
