@@ -452,6 +452,36 @@ mod tests {
     }
 
     #[test]
+    fn the_checkpoint_is_not_a_foreign_key_and_listed_indexes_decode() {
+        let event = |key: &str, value: &'static [u8]| KvEvent::Put {
+            key: key.into(),
+            value: Bytes::from_static(value),
+            at: ts(0),
+        };
+        assert_eq!(
+            decode_desired(event(notice::CHECKPOINT_KEY, b"{}")),
+            DesiredEvent::Checkpoint
+        );
+        let listed = decode_listed(event("pi-1", br#"{"deployments":{}}"#));
+        assert!(
+            matches!(&listed, DesiredEvent::Listed { device, index: Ok(i), .. } if device.as_str() == "pi-1" && i.is_empty()),
+            "{listed:?}"
+        );
+        let unreadable = decode_listed(event("pi-1", b"not json"));
+        assert!(
+            matches!(unreadable, DesiredEvent::Listed { index: Err(_), .. }),
+            "kept, with why"
+        );
+        assert!(
+            matches!(
+                decode_listed(event("pi-1.web", b"x")),
+                DesiredEvent::Key { .. }
+            ),
+            "a deployment key decodes as one"
+        );
+    }
+
+    #[test]
     fn online_means_a_heartbeat_younger_than_the_timeout() {
         let timeout = Duration::from_secs(30);
         assert!(is_online(Some(ts(0)), ts(29), timeout));

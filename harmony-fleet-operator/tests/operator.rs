@@ -779,6 +779,52 @@ async fn restart_from_the_checkpoint_reads_the_indexes_and_the_keys_after_it() -
 }
 
 #[tokio::test]
+async fn a_stopping_operator_writes_what_it_decided_then_a_checkpoint() -> Result<()> {
+    let mut env = Env::new().await?;
+    let devices: Vec<DeviceId> = (1..=20).map(|i| env.device(i)).collect();
+    for device in &devices {
+        env.put_info(device, &[("x", "y")]).await?;
+    }
+    let name = env.deployment_name("drain");
+    env.apply(deployment(
+        &name,
+        json!({"matchLabels": {"x": "y"}}),
+        "nginx:1",
+        json!({}),
+    ))
+    .await?;
+    // Stopped as soon as one key is there: the rest, the indexes and the checkpoint after
+    // them are written on the way out.
+    eventually("a first key", || async {
+        (!env.desired().await.ok()?.is_empty()).then_some(())
+    })
+    .await?;
+    env.operator.take().context("running")?.shutdown().await;
+    assert_eq!(env.desired().await?.len(), devices.len());
+    let checkpoint = env
+        .kv
+        .desired
+        .entry(notice::CHECKPOINT_KEY)
+        .await?
+        .context("a checkpoint")?;
+    for device in &devices {
+        let index = env
+            .kv
+            .desired
+            .entry(notice::index_key(device))
+            .await?
+            .context("an index")?;
+        assert!(
+            index.revision < checkpoint.revision,
+            "{device}'s index before the checkpoint"
+        );
+        let listed = DesiredIndex::from_bytes(&index.value)?;
+        assert_eq!(listed.deployments.len(), 1, "{device}: {listed:?}");
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn malformed_deployments_are_rejected_naming_the_field() -> Result<()> {
     let env = Env::new().await?;
     let ok_score = serde_json::to_value(score("nginx:1"))?;

@@ -40,4 +40,19 @@ impl Reconciler {
         let checkpoint = Checkpoint::new(self.indexes.stored_count() as u64);
         self.emit(Effect::WriteCheckpoint(checkpoint));
     }
+
+    /// After [`Input::Drain`](super::Input::Drain): whether everything decided is written and
+    /// the checkpoint after it handed over (a standby, or a cold start not converged yet, has
+    /// nothing to write). A failed write keeps it false: the shell stops waiting at its
+    /// deadline.
+    pub fn drained(&self) -> bool {
+        if !self.leader || !self.converged {
+            return true;
+        }
+        !self.writing()
+            && self.ops.is_empty()
+            && self.parked.is_empty()
+            && !self.indexes.has_pending()
+            && !self.checkpoint_due
+    }
 }

@@ -71,7 +71,7 @@ use crate::registry::DeviceUpdate;
 pub use reconciler::{
     INDEX_COALESCE, INDEX_MAX_HOLD, KEY_BATCH, MAX_PENDING_WRITES, Reconciler, Settings,
 };
-pub use shell::{OperatorHandle, start};
+pub use shell::{DRAIN_TIMEOUT, OperatorHandle, start};
 
 /// A payload revision: the content hash of its canonical bytes.
 pub type Rev = ContentHash;
@@ -127,6 +127,9 @@ pub enum Input {
     Desired(DesiredEvent),
     /// This replica now holds the leader Lease: it takes over.
     Elected,
+    /// The operator is stopping: write what is decided now, without holding indexes back, and
+    /// the checkpoint after it ([`Reconciler::drained`] says when that is done).
+    Drain,
     /// Outcome of [`Effect::WriteKeys`]: each key with whether its write succeeded.
     KeysWritten(Vec<(String, bool)>),
     /// Outcome of [`Effect::WriteIndexes`]: each device with whether its index was stored.
@@ -181,6 +184,7 @@ impl Input {
             Input::Wake => "wake",
             Input::Desired(_) => "desired-state",
             Input::Elected => "elected",
+            Input::Drain => "drain",
             Input::KeysWritten(_) | Input::IndexesWritten(_) => "kv-written",
             Input::RevisionFetched { .. } => "kv-read",
             Input::FinalizerReleased { .. } => "finalizer",

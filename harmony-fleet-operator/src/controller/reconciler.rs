@@ -108,6 +108,8 @@ pub struct Reconciler {
     pub(super) fetching: HashSet<Rev>,
     /// A write was acknowledged since the last checkpoint (`checkpoint`, adr/0051).
     pub(super) checkpoint_due: bool,
+    /// The operator is stopping ([`Input::Drain`]): indexes are not held back.
+    pub(super) draining: bool,
     /// Deployments whose rollout may step (held back by the pace until due).
     pub(super) rollout_dirty: HashSet<DeploymentName>,
     /// Resources whose status may have changed (held back by the pace until due).
@@ -186,6 +188,7 @@ impl Reconciler {
             parked: BTreeMap::new(),
             fetching: HashSet::new(),
             checkpoint_due: false,
+            draining: false,
             rollout_dirty: HashSet::new(),
             status_dirty: HashSet::new(),
             touched_rollouts: Vec::new(),
@@ -231,6 +234,7 @@ impl Reconciler {
             Input::FinalizerReleased { key, outcome } => self.on_finalizer_released(key, outcome),
             Input::Desired(event) => self.on_desired(event),
             Input::Elected => self.on_elected(),
+            Input::Drain => self.draining = true,
         }
         // The last source to catch up converges the cold start at once, not on the tick.
         if !self.converged {
@@ -404,7 +408,7 @@ impl Reconciler {
         if !self.converged || self.indexes_in_flight {
             return;
         }
-        if self.backlog && self.indexes.has_pending() {
+        if self.backlog && !self.draining && self.indexes.has_pending() {
             let now = self.mono();
             let since = *self.indexes_held_since.get_or_insert(now);
             if now.saturating_duration_since(since) < INDEX_COALESCE {

@@ -13,7 +13,7 @@ use kube::core::PartialObjectMeta;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::MAX_PENDING_WRITES;
 use super::reconciler::{Reconciler, Settings};
@@ -42,7 +42,13 @@ pub struct OperatorHandle {
     pub metrics: Metrics,
     supervisor: Option<tokio::task::JoinHandle<Result<()>>>,
     elector: Option<Elector>,
+    /// Asks the loop to write what it decided, and says when that is done.
+    drain: mpsc::Sender<oneshot::Sender<()>>,
 }
+
+/// How long a stopping operator waits for its decided writes and their checkpoint
+/// ([`OperatorHandle::shutdown`]); well inside Kubernetes' default 30 s grace period.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl OperatorHandle {
     /// Waits until the operator stops: the first of its tasks to end or panic, as an error
@@ -71,9 +77,22 @@ impl OperatorHandle {
 }
 
 impl OperatorHandle {
-    /// Stops the operator: every task first (no write after this), then the leader Lease is
-    /// released so that a standby takes over at once.
+    /// Stops the operator: the loop first writes what it decided and the checkpoint after it
+    /// (at most [`DRAIN_TIMEOUT`], so that the next start reads from there, adr/0051), then
+    /// every task stops (no write after this), then the leader Lease is released so that a
+    /// standby takes over at once.
     pub async fn shutdown(mut self) {
+        let (done_tx, done) = oneshot::channel();
+        if self.supervisor.is_some() && self.drain.send(done_tx).await.is_ok() {
+            match tokio::time::timeout(DRAIN_TIMEOUT, done).await {
+                Ok(Ok(())) => tracing::info!("decided writes and the checkpoint are written"),
+                Ok(Err(_)) => {}
+                Err(_) => tracing::warn!(
+                    timeout_s = DRAIN_TIMEOUT.as_secs(),
+                    "stopping with writes unfinished; the next start reads from the last checkpoint"
+                ),
+            }
+        }
         if let Some(supervisor) = self.supervisor.take() {
             supervisor.abort();
             let _ = supervisor.await;
@@ -249,7 +268,8 @@ pub async fn start(
         readiness: readiness.clone(),
         metrics: metrics.clone(),
     };
-    let main = tokio::spawn(run(core, shell, rx, outcomes));
+    let (drain, drain_rx) = mpsc::channel(1);
+    let main = tokio::spawn(run(core, shell, rx, outcomes, drain_rx));
     fallible.push(("reconcile loop", main));
     let supervisor = tokio::spawn(supervise(
         fallible,
@@ -262,6 +282,7 @@ pub async fn start(
         metrics,
         supervisor: Some(supervisor),
         elector,
+        drain,
     })
 }
 
@@ -289,7 +310,12 @@ async fn run(
     shell: Shell,
     mut rx: mpsc::Receiver<Vec<Input>>,
     mut outcomes: mpsc::UnboundedReceiver<Input>,
+    mut drain: mpsc::Receiver<oneshot::Sender<()>>,
 ) -> Result<()> {
+    // Once stopping, no more watch inputs; `draining` is told when the decided writes are done.
+    let mut stopping = false;
+    let mut draining: Option<oneshot::Sender<()>> = None;
+    let mut drain_open = true;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut inputs: VecDeque<Input> = VecDeque::with_capacity(kv::FORWARD_BATCH);
@@ -310,7 +336,15 @@ async fn run(
                     Some(outcome) => inputs.push_back(outcome),
                     None => return Err(writer_ended()),
                 },
-                batch = rx.recv() => match batch {
+                asked = drain.recv(), if !stopping && drain_open => match asked {
+                    Some(done) => {
+                        stopping = true;
+                        draining = Some(done);
+                        inputs.push_back(Input::Drain);
+                    }
+                    None => drain_open = false,
+                },
+                batch = rx.recv(), if !stopping => match batch {
                     Some(batch) => inputs.extend(batch),
                     None => return Err(Error::WatchEnded {
                         bucket: "all".into(),
@@ -336,6 +370,16 @@ async fn run(
             }
         }
         shell.metrics.observe_reconcile(trigger, started.elapsed());
+        if draining.is_some() && core.drained() {
+            // The writer carries out its jobs in order: once it answers, the checkpoint and
+            // the notices before it are written.
+            let (written, barrier) = oneshot::channel();
+            shell.send_write(WriteJob::Barrier(written));
+            let _ = barrier.await;
+            if let Some(done) = draining.take() {
+                let _ = done.send(());
+            }
+        }
     }
 }
 

@@ -29,6 +29,8 @@ pub(super) enum WriteJob {
     /// The checkpoint (adr/0051; no answer): after the jobs before it, so after the writes it
     /// vouches for.
     Checkpoint(Checkpoint),
+    /// Answered once every job before it is done (a stopping operator waits for it).
+    Barrier(tokio::sync::oneshot::Sender<()>),
     /// Read a revision's payload bytes from a key; answered with [`Input::RevisionFetched`].
     Fetch {
         /// The revision.
@@ -99,6 +101,10 @@ async fn carry_out(writer: &DesiredWriter, job: WriteJob) -> Option<Input> {
         }
         WriteJob::Checkpoint(checkpoint) => {
             writer.put_checkpoint(&checkpoint).await;
+            None
+        }
+        WriteJob::Barrier(done) => {
+            let _ = done.send(());
             None
         }
         WriteJob::Fetch { rev, key } => Some(Input::RevisionFetched {

@@ -1,7 +1,8 @@
 //! The operator's checkpoint in `desired-state` (adr/0051), and the cold-start read it allows.
 //!
 //! The leader writes key [`CHECKPOINT_KEY`] whenever its writes have settled: every key and
-//! index write acknowledged, none to retry, no index pending. At that moment each deployment
+//! index write acknowledged, no failed write unresolved, no index pending (the rule is in
+//! `controller/checkpoint.rs`). At that moment each deployment
 //! key is named, with the hash of its bytes, by the latest index of its device; a key the
 //! operator writes later is in the stream after the checkpoint's sequence. So a restarted
 //! operator reads the ~100k indexes and the messages after the checkpoint, instead of the

@@ -82,26 +82,24 @@ pub(super) async fn watch(
     Ok(head.chain(body).boxed())
 }
 
-/// `watch`'s messages as [`KvEvent`]s with their metadata.
+/// `watch`'s messages as [`KvEvent`]s with their metadata (`prefix`: the bucket's subject
+/// prefix, taken off each key).
 fn decoded(
     watch: PullWatch,
     prefix: String,
 ) -> impl Stream<Item = Result<(KvEvent, Meta)>> + Send + 'static {
-    stream::unfold(watch, move |mut watch| {
-        let prefix = prefix.clone();
-        async move {
-            let item = match watch.next().await {
-                Ok((message, meta)) => match decode_entry(&prefix, message, meta.at) {
-                    Ok(event) => Ok((event, meta)),
-                    Err(e) => Err(Error::WatchEnded {
-                        bucket: watch.bucket.clone(),
-                        message: e,
-                    }),
-                },
-                Err(e) => Err(e),
-            };
-            Some((item, watch))
-        }
+    stream::unfold((watch, prefix), |(mut watch, prefix)| async move {
+        let item = match watch.next().await {
+            Ok((message, meta)) => match decode_entry(&prefix, message, meta.at) {
+                Ok(event) => Ok((event, meta)),
+                Err(e) => Err(Error::WatchEnded {
+                    bucket: watch.bucket.clone(),
+                    message: e,
+                }),
+            },
+            Err(e) => Err(e),
+        };
+        Some((item, (watch, prefix)))
     })
 }
 

@@ -178,3 +178,29 @@ fn a_rollback_after_a_checkpoint_start_reads_the_old_payload_back() {
     assert_eq!(put.1, KvOp::Put(payload("nginx:0")));
     assert_eq!(checkpoints(&back), 1);
 }
+
+#[test]
+fn a_drain_writes_held_indexes_and_then_the_checkpoint() {
+    let mut h = Harness::new();
+    h.cold_start();
+    h.feed(info("pi-1", "plant-1"));
+    // More inputs queued: the index is held back to coalesce it with theirs.
+    h.core.set_backlog(true);
+    let applied = h.feed(apply(deployment("default", "web", "plant-1", "nginx:1", 0)));
+    assert_eq!(writes(&applied).0, vec!["pi-1.web".to_owned()]);
+    assert!(
+        !applied.iter().any(|e| matches!(e, Effect::WriteIndexes(_))),
+        "held: {applied:?}"
+    );
+    assert!(!h.core.drained());
+
+    let drained = h.feed(Input::Drain);
+    let index = position(&drained, |e| matches!(e, Effect::WriteIndexes(_)));
+    let checkpoint = position(&drained, |e| matches!(e, Effect::WriteCheckpoint(_)));
+    assert!(index < checkpoint, "{drained:?}");
+    assert!(h.core.drained());
+
+    let mut standby = Harness::standby();
+    standby.feed(Input::Drain);
+    assert!(standby.core.drained(), "a standby writes nothing");
+}
