@@ -92,6 +92,21 @@ impl Env {
         .await
     }
 
+    /// `devices` labelled `x=y`, and Deployment `name` (nginx:1) selecting them.
+    async fn targeted(&self, devices: &[&DeviceId], name: &str) -> Result<()> {
+        for device in devices {
+            self.put_info(device, &[("x", "y")]).await?;
+        }
+        self.apply(deployment(
+            name,
+            json!({"matchLabels": {"x": "y"}}),
+            "nginx:1",
+            json!({}),
+        ))
+        .await?;
+        Ok(())
+    }
+
     fn metrics(&self) -> &Metrics {
         &self.operator.as_ref().expect("operator running").metrics
     }
@@ -649,16 +664,8 @@ async fn batches_roll_back_past_the_failure_criteria() -> Result<()> {
 async fn restart_rewrites_nothing_and_collects_orphans() -> Result<()> {
     let mut env = Env::new().await?;
     let (a, b) = (env.device(1), env.device(2));
-    env.put_info(&a, &[("x", "y")]).await?;
-    env.put_info(&b, &[("x", "y")]).await?;
     let name = env.deployment_name("keep");
-    env.apply(deployment(
-        &name,
-        json!({"matchLabels": {"x": "y"}}),
-        "nginx:1",
-        json!({}),
-    ))
-    .await?;
+    env.targeted(&[&a, &b], &name).await?;
     let before = eventually("two keys", || async {
         let keys = env.desired().await.ok()?;
         (keys.len() == 2).then_some(keys)
@@ -698,16 +705,8 @@ async fn restart_rewrites_nothing_and_collects_orphans() -> Result<()> {
 async fn restart_from_the_checkpoint_reads_the_indexes_and_the_keys_after_it() -> Result<()> {
     let mut env = Env::new().await?;
     let (a, b) = (env.device(1), env.device(2));
-    env.put_info(&a, &[("x", "y")]).await?;
-    env.put_info(&b, &[("x", "y")]).await?;
     let name = env.deployment_name("keep");
-    env.apply(deployment(
-        &name,
-        json!({"matchLabels": {"x": "y"}}),
-        "nginx:1",
-        json!({}),
-    ))
-    .await?;
+    env.targeted(&[&a, &b], &name).await?;
     let wanted = bytes::Bytes::from(score("nginx:1").to_canonical_json()?);
     // Once both keys and both indexes are acknowledged, a checkpoint after them.
     let checkpoint = eventually("a checkpoint after the keys and indexes", || async {
@@ -782,17 +781,9 @@ async fn restart_from_the_checkpoint_reads_the_indexes_and_the_keys_after_it() -
 async fn a_stopping_operator_writes_what_it_decided_then_a_checkpoint() -> Result<()> {
     let mut env = Env::new().await?;
     let devices: Vec<DeviceId> = (1..=20).map(|i| env.device(i)).collect();
-    for device in &devices {
-        env.put_info(device, &[("x", "y")]).await?;
-    }
     let name = env.deployment_name("drain");
-    env.apply(deployment(
-        &name,
-        json!({"matchLabels": {"x": "y"}}),
-        "nginx:1",
-        json!({}),
-    ))
-    .await?;
+    env.targeted(&devices.iter().collect::<Vec<_>>(), &name)
+        .await?;
     // Stopped as soon as one key is there: the rest, the indexes and the checkpoint after
     // them are written on the way out.
     eventually("a first key", || async {

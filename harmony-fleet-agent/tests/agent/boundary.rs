@@ -127,6 +127,7 @@ async fn a_device_reaches_nothing_of_another_device_and_no_jetstream_api() -> Re
         "",
     );
     add(js::direct_get(DESIRED_STATE, ">"), "");
+    add(js::direct_get(DESIRED_STATE, notice::CHECKPOINT_KEY), "");
     add(
         format!("$JS.API.DIRECT.GET.{}", stream(DESIRED_STATE)),
         r#"{"multi_last":["$KV.desired-state.>"],"batch":100}"#,
@@ -195,6 +196,11 @@ async fn a_device_reaches_nothing_of_another_device_and_no_jetstream_api() -> Re
     add(
         buckets::kv_subject(DESIRED_STATE, &keys::desired_key(&b, &web)),
         "{}",
+    );
+    // The operator's checkpoint: a forged one would hide keys from its next start.
+    add(
+        buckets::kv_subject(DESIRED_STATE, notice::CHECKPOINT_KEY),
+        r#"{"format":1,"devices":0}"#,
     );
     // Commands and notices: B's, and spoofed ones of its own.
     add(

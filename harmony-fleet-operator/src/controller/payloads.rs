@@ -65,16 +65,11 @@ impl Reconciler {
                 tracing::warn!(revision = %rev, "payload bytes of a revision could not be read back; retrying on the tick");
             }
         }
-        let waiting: Vec<String> = self
+        let waiting: Vec<_> = self
             .parked
-            .iter()
-            .filter(|(_, (_, _, r))| r.as_ref() == Some(&rev))
-            .map(|(key, _)| key.clone())
+            .extract_if(.., |_, (_, _, r)| r.as_ref() == Some(&rev))
             .collect();
-        for key in waiting {
-            let Some((deployment, device, rev)) = self.parked.remove(&key) else {
-                continue;
-            };
+        for (key, (deployment, device, rev)) in waiting {
             if found {
                 self.ops.entry(key).or_insert((deployment, device, rev));
             } else {

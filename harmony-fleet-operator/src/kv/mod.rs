@@ -19,7 +19,7 @@ mod checkpoint;
 mod forward;
 mod watch;
 
-pub use checkpoint::{CHECKPOINT_FORMAT, Checkpoint, DesiredRead, read_checkpoint};
+pub use checkpoint::{Checkpoint, DesiredRead};
 pub use forward::{FORWARD_BATCH, forward};
 
 use watch::Start;
