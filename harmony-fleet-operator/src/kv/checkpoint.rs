@@ -29,7 +29,7 @@ pub const CHECKPOINT_FORMAT: u32 = 1;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Checkpoint {
-    /// [`CHECKPOINT_FORMAT`] when written; another format is not trusted.
+    /// The format of this build (1) when written; another format is not trusted.
     pub format: u32,
     /// Devices with an index when it was written.
     pub devices: u64,
