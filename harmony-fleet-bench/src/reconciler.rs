@@ -173,11 +173,16 @@ impl Shape {
         let at = Timestamp::now();
         let mut state = DeploymentState::new(Phase::Running, at);
         state.payload_hash = Some(hash);
-        Ok(Input::state(KvEvent::Put {
-            key: keys::state_key(&self.ids[i], deployment),
-            value: Bytes::from(serde_json::to_vec(&state).map_err(|e| Error::json("state", e))?),
-            at,
-        }))
+        Ok(Input::state(
+            KvEvent::Put {
+                key: keys::state_key(&self.ids[i], deployment),
+                value: Bytes::from(
+                    serde_json::to_vec(&state).map_err(|e| Error::json("state", e))?,
+                ),
+                at,
+            },
+            0,
+        ))
     }
 }
 
@@ -439,7 +444,7 @@ fn start(driver: &mut Driver, shape: &Shape, payloads: &[Bytes], full: bool) -> 
             driver.feed(shape.report(i, &shape.fanout, fanout_hash)?);
         }
     }
-    driver.feed(Input::state(KvEvent::CaughtUp));
+    driver.feed(Input::state(KvEvent::CaughtUp, 0));
     driver.feed(Input::heartbeat(KvEvent::CaughtUp));
     driver.feed(Input::Devices(Box::new(watcher::Event::Init)));
     driver.feed(Input::Devices(Box::new(watcher::Event::InitDone)));

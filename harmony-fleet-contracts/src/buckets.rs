@@ -20,6 +20,17 @@ pub const DEVICE_STATE: &str = "device-state";
 /// [`Heartbeat`](crate::heartbeat::Heartbeat). Written by the agent.
 pub const DEVICE_HEARTBEAT: &str = "device-heartbeat";
 
+/// The operator's own object store (stream `OBJ_fleet-operator`): what it saves to start
+/// faster, the snapshot of the reports it holds (adr/0052). Written and read by the operator
+/// only; no device permission names it. No byte limit, like the other operator-written
+/// streams: it holds one object, replaced as a whole.
+pub const OPERATOR_STORE: &str = "fleet-operator";
+
+/// The stream behind [`OPERATOR_STORE`].
+pub fn operator_store_stream() -> String {
+    format!("OBJ_{OPERATOR_STORE}")
+}
+
 /// Who writes a bucket. The other side only reads it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Writer {

@@ -119,6 +119,11 @@ impl ContentHash {
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
+
+    /// A digest from its 32 bytes (as [`Self::as_bytes`] gives them).
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";

@@ -157,19 +157,15 @@ pub fn operator_permissions() -> Permissions {
         publish.push(jetstream::ack(bucket));
     }
     // The agent-binaries object store: publish builds, read them back (adr/0043).
-    let objects = binaries::stream_name();
-    for op in ["CREATE", "UPDATE", "INFO", "PURGE"] {
-        publish.push(format!("{}.STREAM.{op}.{objects}", jetstream::API_PREFIX));
-    }
-    publish.extend([
-        format!("$O.{}.>", binaries::AGENT_BINARIES),
-        binaries::chunk_direct_get(),
-        format!("{}.>", binaries::chunk_direct_get()),
-        format!("{}.CONSUMER.CREATE.{objects}", jetstream::API_PREFIX),
-        format!("{}.CONSUMER.CREATE.{objects}.>", jetstream::API_PREFIX),
-        format!("{}.CONSUMER.DELETE.{objects}.*", jetstream::API_PREFIX),
-        format!("$JS.FC.{objects}.>"),
-    ]);
+    publish.extend(object_store_publish(
+        binaries::AGENT_BINARIES,
+        &binaries::stream_name(),
+    ));
+    // Its own object store: the reports snapshot (adr/0052).
+    publish.extend(object_store_publish(
+        buckets::OPERATOR_STORE,
+        &buckets::operator_store_stream(),
+    ));
     publish.extend([
         format!("{}.INFO", jetstream::API_PREFIX),
         format!("{}.STREAM.NAMES", jetstream::API_PREFIX),
@@ -190,6 +186,27 @@ pub fn operator_permissions() -> Permissions {
         // inboxes, which the operator may not publish to otherwise).
         allow_responses: true,
     }
+}
+
+/// What the operator publishes to create, write and read the object store `bucket` (stream
+/// `stream`): its stream's management, its chunk and metadata subjects, direct gets, and the
+/// ordered consumer an object read uses.
+fn object_store_publish(bucket: &str, stream: &str) -> Vec<String> {
+    let api = jetstream::API_PREFIX;
+    let mut publish: Vec<String> = ["CREATE", "UPDATE", "INFO", "PURGE", "MSG.GET"]
+        .iter()
+        .map(|op| format!("{api}.STREAM.{op}.{stream}"))
+        .collect();
+    publish.extend([
+        format!("$O.{bucket}.>"),
+        format!("{api}.DIRECT.GET.{stream}"),
+        format!("{api}.DIRECT.GET.{stream}.>"),
+        format!("{api}.CONSUMER.CREATE.{stream}"),
+        format!("{api}.CONSUMER.CREATE.{stream}.>"),
+        format!("{api}.CONSUMER.DELETE.{stream}.*"),
+        format!("$JS.FC.{stream}.>"),
+    ]);
+    publish
 }
 
 /// Publish or subscribe.

@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use harmony::local::LocalNats;
+use harmony_fleet_contracts::buckets::OPERATOR_STORE;
 use harmony_fleet_contracts::commands::{CommandReply, ExecRequest, PingReply};
 use harmony_fleet_contracts::device::{AgentVersion, DeviceInfo, Inventory};
 use harmony_fleet_contracts::ids::DeviceId;
@@ -20,11 +21,13 @@ use harmony_fleet_contracts::payload::{PodmanV0, ReconcileScore, Service};
 use harmony_fleet_contracts::state::{DeploymentState, Phase};
 use harmony_fleet_contracts::{ContentHash, keys};
 use harmony_fleet_operator::OperatorHandle;
+use harmony_fleet_operator::aggregate::Report;
 use harmony_fleet_operator::commands::{CommandError, CommandsClient};
 use harmony_fleet_operator::config::Config;
 use harmony_fleet_operator::crd::{self, Deployment, Device};
 use harmony_fleet_operator::http::Readiness;
-use harmony_fleet_operator::kv::FleetKv;
+use harmony_fleet_operator::kv::operator_store::REPORTS_OBJECT;
+use harmony_fleet_operator::kv::{FleetKv, ReportsSnapshot, snapshot};
 use harmony_fleet_operator::metrics::Metrics;
 use jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
@@ -812,6 +815,99 @@ async fn a_stopping_operator_writes_what_it_decided_then_a_checkpoint() -> Resul
         let listed = DesiredIndex::from_bytes(&index.value)?;
         assert_eq!(listed.deployments.len(), 1, "{device}: {listed:?}");
     }
+    Ok(())
+}
+
+/// The reports snapshot in the operator's store, decoded.
+async fn reports_snapshot(
+    store: &async_nats::jetstream::object_store::ObjectStore,
+) -> Result<ReportsSnapshot> {
+    use tokio::io::AsyncReadExt;
+    let mut bytes = Vec::new();
+    store
+        .get(REPORTS_OBJECT)
+        .await?
+        .read_to_end(&mut bytes)
+        .await?;
+    Ok(snapshot::decode(&bytes)?)
+}
+
+/// `Some` once `name`'s status counts `[succeeded, failed, pending]` devices.
+async fn counted(env: &Env, name: &str, [succeeded, failed, pending]: [u64; 3]) -> Option<()> {
+    let s = env.status(name).await?.aggregate;
+    (s.succeeded == succeeded && s.failed == failed && s.pending == pending).then_some(())
+}
+
+/// `snapshot` without the reports of `device`, encoded with the same mark.
+fn without(snapshot: &ReportsSnapshot, device: &DeviceId) -> Vec<u8> {
+    let reports = snapshot.groups.iter().flat_map(|(name, reports)| {
+        reports.iter().filter_map(move |r| {
+            let d = &snapshot.devices[r.device as usize];
+            (d != device).then(|| {
+                let report = Report {
+                    rev: &snapshot.revisions[r.rev as usize],
+                    outcome: r.outcome,
+                    error: r.detail.as_ref().and_then(|d| d.error.clone()),
+                    at: r.detail.as_ref().and_then(|d| d.at),
+                };
+                (name, d, report)
+            })
+        })
+    });
+    snapshot::encode(snapshot.mark, reports)
+}
+
+#[tokio::test]
+async fn restart_reads_the_reports_snapshot_and_the_reports_after_it() -> Result<()> {
+    let mut env = Env::new().await?;
+    let (a, b, c) = (env.device(1), env.device(2), env.device(3));
+    let name = env.deployment_name("snap");
+    env.targeted(&[&a, &b, &c], &name).await?;
+    let hash = score("nginx:1").content_hash()?;
+    env.put_state(&a, &name, Phase::Running, &hash, None)
+        .await?;
+    env.put_state(&b, &name, Phase::Running, &hash, None)
+        .await?;
+    env.put_state(&c, &name, Phase::Failed, &hash, Some("pull failed"))
+        .await?;
+    eventually("2 succeeded, 1 failed", || counted(&env, &name, [2, 1, 0])).await?;
+
+    // Stopping saves every report read, up to the last message of device-state.
+    env.operator.take().context("running")?.shutdown().await;
+    let store = async_nats::jetstream::new(env.nats_client.clone())
+        .get_object_store(OPERATOR_STORE)
+        .await?;
+    let saved = reports_snapshot(&store).await?;
+    let last = env.kv.state.stream.get_info().await?.state.last_sequence;
+    assert_eq!(saved.mark.seq, last);
+    assert_eq!(saved.len(), 3);
+
+    // The same snapshot without a's report: to a start from it, a's report is one of the
+    // messages before it, which the snapshot accounts for. After it, c recovers (one message
+    // after the snapshot, of three in the bucket: less than half, so it is read).
+    store
+        .put(REPORTS_OBJECT, &mut without(&saved, &a).as_slice())
+        .await?;
+    env.put_state(&c, &name, Phase::Running, &hash, None)
+        .await?;
+    env.start_operator().await?;
+    eventually("b and c succeeded, a not known", || {
+        counted(&env, &name, [2, 0, 1])
+    })
+    .await?;
+
+    // Without the snapshot every report is read, and a new snapshot follows. (Stopped first:
+    // a stopping operator saves what it holds, a's report still unknown.)
+    env.operator.take().context("running")?.shutdown().await;
+    store.delete(REPORTS_OBJECT).await?;
+    env.start_operator().await?;
+    eventually("all 3 succeeded", || counted(&env, &name, [3, 0, 0])).await?;
+    let last = env.kv.state.stream.get_info().await?.state.last_sequence;
+    let fresh = eventually("a snapshot after the full read", || async {
+        reports_snapshot(&store).await.ok()
+    })
+    .await?;
+    assert_eq!((fresh.mark.seq, fresh.len()), (last, 3));
     Ok(())
 }
 

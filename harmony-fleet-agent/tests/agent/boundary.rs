@@ -202,6 +202,19 @@ async fn a_device_reaches_nothing_of_another_device_and_no_jetstream_api() -> Re
         buckets::kv_subject(DESIRED_STATE, notice::CHECKPOINT_KEY),
         r#"{"format":1,"devices":0}"#,
     );
+    // The operator's own store (adr/0052): a forged reports snapshot would hide reports from
+    // its next start, and reading it would list every device.
+    let operator_store = buckets::operator_store_stream();
+    add(
+        format!("$O.{}.M.cmVwb3J0cw==", buckets::OPERATOR_STORE),
+        "{}",
+    );
+    add(format!("$O.{}.C.x", buckets::OPERATOR_STORE), "HFRS");
+    add(
+        format!("$JS.API.DIRECT.GET.{operator_store}"),
+        r#"{"seq":1}"#,
+    );
+    add(format!("$JS.API.CONSUMER.CREATE.{operator_store}"), "{}");
     // Commands and notices: B's, and spoofed ones of its own.
     add(
         keys::command_subject(&b, Verb::Exec),

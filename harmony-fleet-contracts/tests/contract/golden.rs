@@ -684,6 +684,18 @@ fn operator_permission_template_covers_buckets_and_commands() {
         }
         assert!(!op.allows_publish(&format!("$JS.API.STREAM.DELETE.KV_{bucket}")));
     }
+    // Its own object store (adr/0052): write, read back, replace.
+    for subject in [
+        "$O.fleet-operator.C.abc",
+        "$O.fleet-operator.M.cmVwb3J0cw==",
+        "$JS.API.STREAM.CREATE.OBJ_fleet-operator",
+        "$JS.API.STREAM.PURGE.OBJ_fleet-operator",
+        "$JS.API.DIRECT.GET.OBJ_fleet-operator.$O.fleet-operator.M.cmVwb3J0cw==",
+        "$JS.API.CONSUMER.CREATE.OBJ_fleet-operator",
+        "$JS.FC.OBJ_fleet-operator.x.y",
+    ] {
+        assert!(op.allows_publish(subject), "{subject}");
+    }
     assert!(op.allows_publish("device-commands.pi-1.exec"));
     assert!(op.allows_subscribe("_INBOX.abc.*"));
     assert!(!op.allows_subscribe("_INBOX_pi-1.>"));

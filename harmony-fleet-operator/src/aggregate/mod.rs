@@ -186,6 +186,8 @@ pub struct FleetState<D, K, R> {
     failing: HashMap<K, BTreeMap<D, ()>>,
     offline: HashSet<D>,
     dirty: HashSet<K>,
+    /// Pairs with a report.
+    reported: usize,
 }
 
 impl<D, K, R> Default for FleetState<D, K, R> {
@@ -198,6 +200,7 @@ impl<D, K, R> Default for FleetState<D, K, R> {
             failing: HashMap::new(),
             offline: HashSet::new(),
             dirty: HashSet::new(),
+            reported: 0,
         }
     }
 }
@@ -294,6 +297,11 @@ where
             .get(self.entry(deployment, device)?.last_good?)
     }
 
+    /// Pairs with a report.
+    pub fn reported_count(&self) -> usize {
+        self.reported
+    }
+
     /// Distinct revisions the pairs refer to.
     pub fn revisions_in_use(&self) -> usize {
         self.revisions.len()
@@ -338,6 +346,29 @@ where
                 .iter()
                 .filter(|(_, e)| e.reported.is_some() && e.assigned.is_none())
                 .map(move |(d, _)| (k, d))
+        })
+    }
+
+    /// Every report held, grouped by deployment, with the error and time of failed ones: what
+    /// the reports snapshot saves (adr/0052).
+    pub fn reports(&self) -> impl Iterator<Item = (&K, &D, Report<&R>)> {
+        self.entries.iter().flat_map(move |(k, devices)| {
+            devices.iter().filter_map(move |(d, e)| {
+                let rev = self.revisions.get(e.reported?)?;
+                let detail = (e.outcome == Outcome::Failed)
+                    .then(|| self.detail(k, d))
+                    .flatten();
+                Some((
+                    k,
+                    d,
+                    Report {
+                        rev,
+                        outcome: e.outcome,
+                        error: detail.and_then(|d| d.error.clone()),
+                        at: detail.and_then(|d| d.at),
+                    },
+                ))
+            })
         })
     }
 
@@ -457,6 +488,11 @@ where
         }
         for id in dropped.into_iter().flatten() {
             self.revisions.release(id);
+        }
+        match (old.reported.is_some(), new.reported.is_some()) {
+            (false, true) => self.reported += 1,
+            (true, false) => self.reported -= 1,
+            _ => {}
         }
         let after = new.class();
         let devices = self.entries.entry(deployment.clone()).or_default();

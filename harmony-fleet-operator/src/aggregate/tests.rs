@@ -219,3 +219,37 @@ fn empty_entries_are_forgotten() {
     assert_eq!(f.assigned_pairs().count(), 0);
     assert!(f.entries.is_empty());
 }
+
+#[test]
+fn reports_lists_each_report_with_the_detail_of_failed_ones_and_counts_them() {
+    let mut f = Fleet::new();
+    let (web, db) = (k("web"), k("db"));
+    f.set_assigned(&web, &k("a"), Some(1));
+    f.set_report(&web, &k("a"), report(1, Outcome::Succeeded, None, 10));
+    f.set_report(&web, &k("b"), report(2, Outcome::Failed, Some("pull"), 20));
+    f.set_report(&db, &k("a"), report(3, Outcome::InProgress, None, 30));
+    f.set_report(&db, &k("c"), report(3, Outcome::InProgress, None, 30));
+    f.set_report(&db, &k("c"), None);
+    assert_eq!(f.reported_count(), 3);
+    let mut listed: Vec<_> = f
+        .reports()
+        .map(|(k, d, r)| (k.clone(), d.clone(), *r.rev, r.outcome, r.error, r.at))
+        .collect();
+    listed.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    let at = |secs| Timestamp::from_second(secs).ok();
+    assert_eq!(
+        listed,
+        vec![
+            (db.clone(), k("a"), 3, Outcome::InProgress, None, None),
+            (web.clone(), k("a"), 1, Outcome::Succeeded, None, None),
+            (
+                web.clone(),
+                k("b"),
+                2,
+                Outcome::Failed,
+                Some("pull".into()),
+                at(20)
+            ),
+        ]
+    );
+}

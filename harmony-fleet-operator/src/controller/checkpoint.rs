@@ -41,8 +41,8 @@ impl Reconciler {
         self.emit(Effect::WriteCheckpoint(checkpoint));
     }
 
-    /// After [`Input::Drain`](super::Input::Drain): whether everything decided is written and
-    /// the checkpoint after it handed over (a standby, or a cold start not converged yet, has
+    /// After [`Input::Drain`](super::Input::Drain): whether everything decided is written, the
+    /// checkpoint after it handed over and the reports snapshot saved (a standby, or a cold start not converged yet, has
     /// nothing to write). A failed write keeps it false: the shell stops waiting at its
     /// deadline.
     pub fn drained(&self) -> bool {
@@ -54,5 +54,6 @@ impl Reconciler {
             && self.parked.is_empty()
             && !self.indexes.has_pending()
             && !self.checkpoint_due
+            && self.reports_saved()
     }
 }

@@ -24,6 +24,9 @@
 //!   full pass writes what is missing, deletes orphaned keys, and `/readyz` says `Converged`.
 //! * `checkpoint`: once every write is acknowledged and indexed, a checkpoint that lets the
 //!   next cold start read the indexes instead of every key (adr/0051).
+//! * `reports_snapshot`: every report held, saved now and then with the `device-state`
+//!   sequence it holds them up to, so that the next cold start reads the messages after it
+//!   instead of every report (adr/0052).
 //! * `payloads`: the bytes of revisions no CR produces any more, read back from a key that
 //!   holds them when a write needs them.
 //! * `status`: what a `Deployment`'s status says.
@@ -44,6 +47,8 @@ mod ownership;
 mod payloads;
 mod reconciler;
 mod reports;
+mod reports_io;
+mod reports_snapshot;
 mod shell;
 mod status;
 mod supervise;
@@ -65,7 +70,7 @@ use crate::crd::deployment::{Deployment, DeploymentStatus};
 use crate::crd::device::Device;
 use crate::events::{FleetEvent, Regarding};
 use crate::fleet::{self, DesiredEvent, HeartbeatEvent, InfoEvent, StateEvent};
-use crate::kv::{Checkpoint, KvEvent, KvOp};
+use crate::kv::{Checkpoint, KvEvent, KvOp, ReportsSnapshot};
 use crate::registry::DeviceUpdate;
 
 pub use reconciler::{
@@ -112,8 +117,11 @@ pub enum Input {
     Cr(Box<watcher::Event<Deployment>>),
     /// The `device-info` bucket, decoded in the watch's task ([`Input::info`]).
     Info(InfoEvent),
-    /// The `device-state` bucket, decoded in the watch's task ([`Input::state`]).
-    State(StateEvent),
+    /// Where the `device-state` read starts: sent once, before its first event.
+    ReportsStart(ReportsStart),
+    /// The `device-state` bucket, decoded in the watch's task ([`Input::state`]), with the
+    /// stream sequence of its message (0 when it has none).
+    State(StateEvent, u64),
     /// The `device-heartbeat` bucket, decoded in the watch's task ([`Input::heartbeat`]).
     Heartbeat(HeartbeatEvent),
     /// The `Device` watch (metadata only: blacklist annotation, labels set by people).
@@ -142,6 +150,13 @@ pub enum Input {
         /// What the key held.
         bytes: Option<Bytes>,
     },
+    /// Outcome of [`Effect::SaveReports`].
+    ReportsSaved {
+        /// The sequence the snapshot holds reports up to.
+        seq: u64,
+        /// Whether it was stored.
+        ok: bool,
+    },
     /// Outcome of [`Effect::ReleaseFinalizer`].
     FinalizerReleased {
         /// The resource.
@@ -157,9 +172,9 @@ impl Input {
         Input::Info(fleet::decode_info(event))
     }
 
-    /// A `device-state` event, decoded.
-    pub fn state(event: KvEvent) -> Self {
-        Input::State(fleet::decode_state(event))
+    /// A `device-state` event at stream sequence `seq`, decoded.
+    pub fn state(event: KvEvent, seq: u64) -> Self {
+        Input::State(fleet::decode_state(event), seq)
     }
 
     /// A `device-heartbeat` event, decoded.
@@ -177,7 +192,7 @@ impl Input {
         match self {
             Input::Cr(_) => "deployment",
             Input::Info(_) => "device-info",
-            Input::State(_) => "device-state",
+            Input::State(..) | Input::ReportsStart(_) => "device-state",
             Input::Heartbeat(_) => "heartbeat",
             Input::Devices(_) => "blacklist",
             Input::Tick => "tick",
@@ -187,9 +202,22 @@ impl Input {
             Input::Drain => "drain",
             Input::KeysWritten(_) | Input::IndexesWritten(_) => "kv-written",
             Input::RevisionFetched { .. } => "kv-read",
+            Input::ReportsSaved { .. } => "snapshot",
             Input::FinalizerReleased { .. } => "finalizer",
         }
     }
+}
+
+/// Where the `device-state` read starts (adr/0052).
+#[derive(Debug)]
+pub struct ReportsStart {
+    /// When the `device-state` stream was created (Unix nanoseconds): saved snapshots name it.
+    pub stream_created: u64,
+    /// The snapshot the read starts after (its messages after the snapshot's sequence
+    /// follow); `None`: every report follows.
+    pub snapshot: Option<Box<ReportsSnapshot>>,
+    /// Whether snapshots can be saved (the operator's store is open).
+    pub save: bool,
 }
 
 /// What became of a patch the core asked for.
@@ -216,6 +244,14 @@ pub enum Effect {
     /// index. After the writes handed over before it, before any handed over after it; no
     /// answer.
     WriteCheckpoint(Checkpoint),
+    /// Save the reports snapshot (adr/0052), replacing the last one; answer with
+    /// [`Input::ReportsSaved`].
+    SaveReports {
+        /// The `device-state` sequence it holds reports up to.
+        seq: u64,
+        /// The encoded snapshot.
+        bytes: Bytes,
+    },
     /// Read the payload bytes of a revision no CR produces any more from a key that holds it
     /// (after a cold start from a checkpoint, adr/0051); answer with [`Input::RevisionFetched`].
     FetchRevision {

@@ -15,6 +15,7 @@ use jiff::Timestamp;
 use super::cold_start::{CaughtUp, ConvergeReport};
 use super::liveness::DeviceLive;
 use super::ownership::{Cr, Owned};
+use super::reports_snapshot::Snapshots;
 use super::status::{Headline, PACE, Pacer};
 use super::{CrKey, Effect, Input, Now, Rev};
 use crate::aggregate::FleetState;
@@ -110,6 +111,8 @@ pub struct Reconciler {
     pub(super) checkpoint_due: bool,
     /// The operator is stopping ([`Input::Drain`]): indexes are not held back.
     pub(super) draining: bool,
+    /// Where the reports snapshots stand (adr/0052).
+    pub(super) snapshots: Snapshots,
     /// Deployments whose rollout may step (held back by the pace until due).
     pub(super) rollout_dirty: HashSet<DeploymentName>,
     /// Resources whose status may have changed (held back by the pace until due).
@@ -189,6 +192,7 @@ impl Reconciler {
             fetching: HashSet::new(),
             checkpoint_due: false,
             draining: false,
+            snapshots: Snapshots::default(),
             rollout_dirty: HashSet::new(),
             status_dirty: HashSet::new(),
             touched_rollouts: Vec::new(),
@@ -222,7 +226,11 @@ impl Reconciler {
         match input {
             Input::Cr(event) => self.on_cr(*event),
             Input::Info(event) => self.on_info(event),
-            Input::State(event) => self.on_state(event),
+            Input::ReportsStart(start) => self.on_reports_start(start),
+            Input::State(event, seq) => {
+                self.on_state(event);
+                self.applied_report(seq);
+            }
             Input::Heartbeat(event) => self.on_heartbeat(event),
             Input::Devices(event) => self.on_devices(*event),
             Input::Tick => self.on_tick(),
@@ -231,10 +239,14 @@ impl Reconciler {
             Input::KeysWritten(results) => self.on_keys_written(results),
             Input::IndexesWritten(results) => self.on_indexes_written(results),
             Input::RevisionFetched { rev, bytes } => self.on_revision_fetched(rev, bytes),
+            Input::ReportsSaved { seq, ok } => self.on_reports_saved(seq, ok),
             Input::FinalizerReleased { key, outcome } => self.on_finalizer_released(key, outcome),
             Input::Desired(event) => self.on_desired(event),
             Input::Elected => self.on_elected(),
-            Input::Drain => self.draining = true,
+            Input::Drain => {
+                self.draining = true;
+                self.maybe_save_reports();
+            }
         }
         // The last source to catch up converges the cold start at once, not on the tick.
         if !self.converged {
@@ -570,6 +582,7 @@ impl Reconciler {
             }
         }
         self.expire_heartbeats();
+        self.maybe_save_reports();
         self.stray_writes.expire(self.now.mono);
         self.ids.prune();
         let retry: Vec<((DeploymentName, DeviceId), Option<Rev>)> = self.retry.drain().collect();

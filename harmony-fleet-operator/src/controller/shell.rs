@@ -6,6 +6,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::{self, object_store::ObjectStore};
 use futures::StreamExt;
 use harmony_fleet_contracts::ids::DeviceId;
 use kube::api::{Api, Patch, PatchParams};
@@ -14,9 +15,11 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinSet;
 
 use super::MAX_PENDING_WRITES;
 use super::reconciler::{Reconciler, Settings};
+use super::reports_io;
 use super::supervise::{Named, supervise};
 use super::writer::{self, WriteJob};
 use super::{CrKey, Effect, Input, Now, PatchOutcome};
@@ -198,16 +201,17 @@ pub async fn start(
             metrics.clone(),
         ),
     ));
-    tasks.push((
+    // The reports snapshot and the messages after it, or every report (adr/0052).
+    let snapshots =
+        kv::operator_store::open(&jetstream::new(nats_client.clone()), config.create_buckets).await;
+    fallible.push((
         "device-state watch",
-        kv::forward(
-            fleet_kv.watch(&fleet_kv.state).await?,
+        tokio::spawn(reports_io::watch(
+            fleet_kv.clone(),
+            snapshots.clone(),
             tx.clone(),
-            Input::state,
-            "device-state",
-            "kv_watch",
             metrics.clone(),
-        ),
+        )),
     ));
     tasks.push((
         "device-heartbeat watch",
@@ -255,11 +259,14 @@ pub async fn start(
     let (outcomes_tx, outcomes) = mpsc::unbounded_channel();
     let (writes, task) = writer::spawn(
         DesiredWriter::new(fleet_kv.desired.clone(), nats_client, metrics.clone()),
-        outcomes_tx,
+        outcomes_tx.clone(),
     );
     tasks.push(("desired-state writer", task));
     let shell = Shell {
         writes,
+        // Weak: the loop learns that the writer ended from its outcomes channel closing.
+        snapshots: snapshots.map(|store| (store, outcomes_tx.downgrade())),
+        saves: JoinSet::new(),
         client,
         registry,
         status_tx,
@@ -307,7 +314,7 @@ where
 /// and the statuses held while writes are in flight.
 async fn run(
     mut core: Reconciler,
-    shell: Shell,
+    mut shell: Shell,
     mut rx: mpsc::Receiver<Vec<Input>>,
     mut outcomes: mpsc::UnboundedReceiver<Input>,
     mut drain: mpsc::Receiver<oneshot::Sender<()>>,
@@ -402,6 +409,10 @@ async fn sleep_until(at: Option<Instant>) {
 struct Shell {
     /// Jobs for the writer task.
     writes: mpsc::UnboundedSender<WriteJob>,
+    /// The operator's store, and where a snapshot's outcome goes (adr/0052).
+    snapshots: Option<(ObjectStore, mpsc::WeakUnboundedSender<Input>)>,
+    /// The snapshot save under way, stopped with the loop.
+    saves: JoinSet<()>,
     client: kube::Client,
     registry: Option<mpsc::UnboundedSender<DeviceUpdate>>,
     status_tx: mpsc::UnboundedSender<(CrKey, DeploymentStatus)>,
@@ -421,7 +432,7 @@ impl Shell {
     }
 
     /// Carries out one effect; returns the input that reports its outcome, if it has one.
-    async fn carry_out(&self, effect: Effect) -> Option<Input> {
+    async fn carry_out(&mut self, effect: Effect) -> Option<Input> {
         match effect {
             Effect::WriteKeys(ops) => {
                 self.send_write(WriteJob::Keys(ops));
@@ -437,6 +448,20 @@ impl Shell {
             }
             Effect::WriteCheckpoint(checkpoint) => {
                 self.send_write(WriteJob::Checkpoint(checkpoint));
+                None
+            }
+            Effect::SaveReports { seq, bytes } => {
+                if let Some((store, outcomes)) = &self.snapshots {
+                    // Reaps the last save (one at a time: the core waits for its outcome).
+                    while self.saves.try_join_next().is_some() {}
+                    self.saves.spawn(reports_io::save(
+                        store.clone(),
+                        outcomes.clone(),
+                        self.metrics.clone(),
+                        seq,
+                        bytes,
+                    ));
+                }
                 None
             }
             Effect::FetchRevision { rev, key } => {

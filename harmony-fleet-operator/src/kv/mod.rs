@@ -17,10 +17,13 @@ use tokio::sync::mpsc;
 
 mod checkpoint;
 mod forward;
+pub mod operator_store;
+pub mod snapshot;
 mod watch;
 
 pub use checkpoint::{Checkpoint, DesiredRead};
 pub use forward::{FORWARD_BATCH, forward};
+pub use snapshot::{ReportsMark, ReportsSnapshot};
 
 use watch::Start;
 
@@ -151,11 +154,12 @@ impl FleetKv {
             heartbeat: open_bucket(&js, &buckets::DEVICE_HEARTBEAT_SPEC, create).await?,
         };
         // The operator only creates the agent builds' store (deploy tooling fills it); a
-        // missing one is no reason not to run.
-        if let Some(layout) = create
-            && let Err(e) = ensure_binaries(&js, layout.replicas).await
-        {
-            tracing::warn!(bucket = binaries::AGENT_BINARIES, error = %e, "cannot create the agent builds' object store; self-upgrades will fail until it exists");
+        // missing one is no reason not to run. Its own store is opened where it is used.
+        if let Some(layout) = create {
+            if let Err(e) = ensure_binaries(&js, layout.replicas).await {
+                tracing::warn!(bucket = binaries::AGENT_BINARIES, error = %e, "cannot create the agent builds' object store; self-upgrades will fail until it exists");
+            }
+            operator_store::open(&js, Some(layout)).await;
         }
         Ok(kv)
     }
@@ -167,6 +171,17 @@ impl FleetKv {
         store: &kv::Store,
     ) -> Result<impl Stream<Item = Result<KvEvent>> + Send + 'static + use<>> {
         watch::watch(&self.client, store, ">", Start::Latest).await
+    }
+
+    /// Watches `device-state` as [`FleetKv::watch`] does, each event with its stream sequence;
+    /// with `after`, from the message after that sequence (what a reports snapshot does not
+    /// hold, adr/0052) instead of the latest value of every key.
+    pub async fn watch_reports(
+        &self,
+        after: Option<u64>,
+    ) -> Result<impl Stream<Item = Result<(KvEvent, u64)>> + Send + 'static + use<>> {
+        let from = after.map_or(Start::Latest, Start::After);
+        watch::watch_sequenced(&self.client, &self.state, ">", from).await
     }
 
     /// Reads `desired-state` for a cold start (`kv/checkpoint.rs`, adr/0051): with a
@@ -356,7 +371,8 @@ fn stream_error(
     }
 }
 
-/// [`ensure_bucket`] for the four fleet buckets, in contract order, then [`ensure_binaries`].
+/// [`ensure_bucket`] for the four fleet buckets, in contract order, then [`ensure_binaries`]
+/// and the operator's own store ([`operator_store`]).
 pub async fn ensure_buckets(
     js: &jetstream::Context,
     replicas: usize,
@@ -372,6 +388,16 @@ pub async fn ensure_buckets(
     changes.push((
         binaries::AGENT_BINARIES,
         ensure_binaries(js, replicas).await?,
+    ));
+    changes.push((
+        buckets::OPERATOR_STORE,
+        ensure_stream(
+            js,
+            &operator_store::operator_store_config(replicas),
+            buckets::OPERATOR_STORE,
+            0,
+        )
+        .await?,
     ));
     Ok(changes)
 }

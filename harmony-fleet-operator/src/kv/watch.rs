@@ -53,6 +53,20 @@ pub(super) async fn watch(
     filter: &str,
     from: Start,
 ) -> Result<BoxStream<'static, Result<KvEvent>>> {
+    Ok(watch_sequenced(client, store, filter, from)
+        .await?
+        .map(|item| item.map(|(event, _)| event))
+        .boxed())
+}
+
+/// [`watch`], each event with the stream sequence of its message ([`KvEvent::CaughtUp`]:
+/// that of the message before it, 0 when there is none).
+pub(super) async fn watch_sequenced(
+    client: &async_nats::Client,
+    store: &kv::Store,
+    filter: &str,
+    from: Start,
+) -> Result<BoxStream<'static, Result<(KvEvent, u64)>>> {
     // Asked now: `Store::status` answers what the stream held when the store was opened.
     let info = store
         .stream
@@ -63,16 +77,16 @@ pub(super) async fn watch(
     let mut watch = PullWatch::new(client, store, filter, from);
     // Opened now, so that what it selects is known: nothing means caught up at once.
     let empty = watch.open().await? == 0;
-    let head = stream::iter(empty.then_some(Ok(KvEvent::CaughtUp)));
+    let head = stream::iter(empty.then_some(Ok((KvEvent::CaughtUp, 0))));
     let mut caught_up = empty;
     let body = decoded(watch, store.prefix.clone()).flat_map(move |item| {
         let mut out = Vec::with_capacity(2);
         match item {
             Ok((event, meta)) => {
-                out.push(Ok(event));
+                out.push(Ok((event, meta.sequence)));
                 if !caught_up && (meta.pending == 0 || meta.sequence >= last) {
                     caught_up = true;
-                    out.push(Ok(KvEvent::CaughtUp));
+                    out.push(Ok((KvEvent::CaughtUp, meta.sequence)));
                 }
             }
             Err(e) => out.push(Err(e)),

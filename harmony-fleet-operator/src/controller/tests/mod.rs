@@ -23,6 +23,9 @@ use crate::registry::DeviceUpdate;
 
 const T0: i64 = 1_800_000_000;
 
+/// In [`Harness::failing`]: the next reports snapshot is not saved.
+const SNAPSHOT: &str = "reports snapshot";
+
 /// A core and a clock; answers the effects that expect an outcome as the shell would.
 struct Harness {
     core: Reconciler,
@@ -91,6 +94,10 @@ impl Harness {
                     Effect::WriteIndexes(ops) => queue.push_back(Input::IndexesWritten(
                         ops.iter().map(|(d, _)| (d.clone(), true)).collect(),
                     )),
+                    Effect::SaveReports { seq, .. } => queue.push_back(Input::ReportsSaved {
+                        seq: *seq,
+                        ok: !self.failing.remove(SNAPSHOT),
+                    }),
                     Effect::ReleaseFinalizer { key, .. } => {
                         queue.push_back(Input::FinalizerReleased {
                             key: key.clone(),
@@ -120,7 +127,7 @@ impl Harness {
         for input in [
             Input::Cr(Box::new(watcher::Event::InitDone)),
             Input::info(KvEvent::CaughtUp),
-            Input::state(KvEvent::CaughtUp),
+            Input::state(KvEvent::CaughtUp, 0),
             Input::heartbeat(KvEvent::CaughtUp),
             Input::Devices(Box::new(watcher::Event::Init)),
         ] {
@@ -208,11 +215,14 @@ fn report(device: &str, deployment: &str, image: &str, phase: StatePhase) -> Inp
         container_ids: Default::default(),
         last_change: Timestamp::from_second(T0).expect("valid"),
     };
-    Input::state(KvEvent::Put {
-        key: keys::state_key(&id(device), &name(deployment)),
-        value: Bytes::from(serde_json::to_vec(&state).expect("serialises")),
-        at: Timestamp::from_second(T0).expect("valid"),
-    })
+    Input::state(
+        KvEvent::Put {
+            key: keys::state_key(&id(device), &name(deployment)),
+            value: Bytes::from(serde_json::to_vec(&state).expect("serialises")),
+            at: Timestamp::from_second(T0).expect("valid"),
+        },
+        0,
+    )
 }
 
 fn heartbeat(device: &str, at: Timestamp) -> Input {
@@ -294,5 +304,6 @@ fn fleet_with_web() -> (Harness, Vec<Effect>) {
 mod checkpoint;
 mod devices;
 mod leader;
+mod reports_snapshot;
 mod resources;
 mod writes;

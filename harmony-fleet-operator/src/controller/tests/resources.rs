@@ -85,7 +85,7 @@ fn desired_state_read_side_by_side_with_the_other_sources_converges_when_it_catc
         report("pi-1", "web", "nginx:1", StatePhase::Running),
         info("pi-2", "plant-1"),
         Input::info(KvEvent::CaughtUp),
-        Input::state(KvEvent::CaughtUp),
+        Input::state(KvEvent::CaughtUp, 0),
         Input::heartbeat(KvEvent::CaughtUp),
         Input::Devices(Box::new(watcher::Event::Init)),
         Input::Devices(Box::new(watcher::Event::InitDone)),
