@@ -267,21 +267,30 @@ pub async fn ensure_bucket(
     ensure_stream(js, &wanted, spec.name, capacity).await
 }
 
-/// The stream of the `agent-binaries` object store ([`binaries`]): what `async_nats`'
-/// `create_object_store` makes (chunk and metadata subjects, rollups for the metadata, direct
-/// get), with the contract's byte limit.
+/// The stream of the `agent-binaries` object store ([`binaries`]), with the contract's byte
+/// limit.
 pub fn binaries_stream_config(replicas: usize) -> jetstream::stream::Config {
+    object_store_config(
+        binaries::AGENT_BINARIES,
+        "harmony fleet: agent builds by SHA-256, for self-upgrade (written by deploy tooling, read by devices)",
+        binaries::BUCKET_MAX_BYTES,
+        replicas,
+    )
+}
+
+/// The stream of object store `bucket` as `async_nats`' `create_object_store` makes it: chunk
+/// and metadata subjects, rollups for the metadata, direct get; `max_bytes` -1 for no limit.
+pub(crate) fn object_store_config(
+    bucket: &str,
+    description: &str,
+    max_bytes: i64,
+    replicas: usize,
+) -> jetstream::stream::Config {
     jetstream::stream::Config {
-        name: binaries::stream_name(),
-        description: Some(
-            "harmony fleet: agent builds by SHA-256, for self-upgrade (written by deploy tooling, read by devices)"
-                .to_owned(),
-        ),
-        subjects: vec![
-            format!("$O.{}.C.>", binaries::AGENT_BINARIES),
-            format!("$O.{}.M.>", binaries::AGENT_BINARIES),
-        ],
-        max_bytes: binaries::BUCKET_MAX_BYTES,
+        name: format!("OBJ_{bucket}"),
+        description: Some(description.to_owned()),
+        subjects: vec![format!("$O.{bucket}.C.>"), format!("$O.{bucket}.M.>")],
+        max_bytes,
         // Unlimited, as the server stores "unset": compared on every run.
         max_messages_per_subject: -1,
         max_message_size: -1,

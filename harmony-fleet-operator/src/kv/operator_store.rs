@@ -9,11 +9,11 @@
 //! the bucket) forces that full read once.
 
 use async_nats::jetstream::{self, kv, object_store::ObjectStore};
-use harmony_fleet_contracts::buckets::{self, OPERATOR_STORE};
+use harmony_fleet_contracts::buckets::OPERATOR_STORE;
 use tokio::io::AsyncReadExt;
 
 use super::snapshot::{self, ReportsMark, ReportsSnapshot};
-use super::{BucketLayout, ensure_stream};
+use super::{BucketLayout, ensure_stream, object_store_config};
 use crate::error::{Error, Result};
 
 /// The object holding the reports snapshot.
@@ -23,29 +23,15 @@ pub const REPORTS_OBJECT: &str = "reports";
 /// above the ~8 MB of 1.1M reports.
 pub const MAX_SNAPSHOT_BYTES: usize = 256 * 1024 * 1024;
 
-/// The stream of [`OPERATOR_STORE`]: an object store as `async_nats` makes one, without a
-/// byte limit (operator-written, like `desired-state`; it holds one object, replaced whole).
+/// The stream of [`OPERATOR_STORE`], without a byte limit (operator-written, like
+/// `desired-state`; it holds one object, replaced whole).
 pub fn operator_store_config(replicas: usize) -> jetstream::stream::Config {
-    jetstream::stream::Config {
-        name: buckets::operator_store_stream(),
-        description: Some(
-            "harmony fleet: the operator's snapshot of device reports, for a faster start (written and read by the operator)"
-                .to_owned(),
-        ),
-        subjects: vec![
-            format!("$O.{OPERATOR_STORE}.C.>"),
-            format!("$O.{OPERATOR_STORE}.M.>"),
-        ],
-        max_bytes: -1,
-        max_messages_per_subject: -1,
-        max_message_size: -1,
-        storage: jetstream::stream::StorageType::File,
-        allow_rollup: true,
-        allow_direct: true,
-        num_replicas: replicas.max(1),
-        discard: jetstream::stream::DiscardPolicy::New,
-        ..Default::default()
-    }
+    object_store_config(
+        OPERATOR_STORE,
+        "harmony fleet: the operator's snapshot of device reports, for a faster start (written and read by the operator)",
+        -1,
+        replicas,
+    )
 }
 
 /// Opens the operator's store, creating it first with `create`'s layout when given. `None`

@@ -331,11 +331,7 @@ impl<'a> Reader<'a> {
     /// A count of items of at least `min_size` bytes each: no more than the bytes left hold.
     fn count(&mut self, min_size: usize) -> Result<usize, SnapshotError> {
         let n = self.varint()?;
-        let left = (self.bytes.len() - self.at) / min_size.max(1);
-        usize::try_from(n)
-            .ok()
-            .filter(|n| *n <= left)
-            .ok_or_else(|| self.error(&format!("{n} items, more than the bytes left hold")))
+        self.bounded(n, min_size)
     }
 
     /// [`Self::count`], written as 4 bytes (little-endian).
@@ -344,7 +340,10 @@ impl<'a> Reader<'a> {
             .take(4)?
             .try_into()
             .map_err(|_| self.error("a count is not 4 bytes"))?;
-        let n = u32::from_le_bytes(bytes);
+        self.bounded(u64::from(u32::from_le_bytes(bytes)), min_size)
+    }
+
+    fn bounded(&self, n: u64, min_size: usize) -> Result<usize, SnapshotError> {
         let left = (self.bytes.len() - self.at) / min_size.max(1);
         usize::try_from(n)
             .ok()
