@@ -42,9 +42,9 @@ impl Reconciler {
     }
 
     /// After [`Input::Drain`](super::Input::Drain): whether everything decided is written, the
-    /// checkpoint after it handed over and the reports snapshot saved (a standby, or a cold start not converged yet, has
-    /// nothing to write). A failed write keeps it false: the shell stops waiting at its
-    /// deadline.
+    /// checkpoint after it handed over and the reports snapshot saved (a standby, or a cold
+    /// start not converged yet, has nothing to write). A failed write keeps it false: the
+    /// shell stops waiting at its deadline.
     pub fn drained(&self) -> bool {
         if !self.leader || !self.converged {
             return true;

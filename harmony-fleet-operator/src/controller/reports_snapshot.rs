@@ -18,8 +18,8 @@ use crate::aggregate::Report;
 use crate::kv::operator_store::MAX_SNAPSHOT_BYTES;
 use crate::kv::snapshot::{self, ReportsMark};
 
-/// The shortest time between two snapshots while reports keep coming (a snapshot at 1.1M
-/// reports costs the loop ~0.1 s and nats-server ~8 MB of writes).
+/// The shortest time between two snapshots while reports keep coming (a snapshot of 1.1M
+/// reports costs the loop 0.3–0.4 s of encoding and nats-server 7.9 MB of writes).
 pub const SNAPSHOT_MIN_INTERVAL: Duration = Duration::from_secs(30);
 
 /// The longest a snapshot goes without a newer one while anything changed.
@@ -71,7 +71,6 @@ impl Reconciler {
         let Some(snapshot) = start.snapshot else {
             return;
         };
-        let started = Instant::now();
         let devices: Vec<_> = snapshot
             .devices
             .into_iter()
@@ -105,7 +104,6 @@ impl Reconciler {
             reports = loaded,
             devices = devices.len(),
             seq = snapshot.mark.seq,
-            took_ms = started.elapsed().as_millis() as u64,
             "loaded the reports snapshot; reading device-state after it"
         );
     }
@@ -128,7 +126,6 @@ impl Reconciler {
             return;
         };
         let seq = self.snapshots.applied;
-        let started = Instant::now();
         let bytes = snapshot::encode(
             ReportsMark {
                 stream_created,
@@ -149,7 +146,6 @@ impl Reconciler {
             reports = held,
             bytes = bytes.len(),
             seq,
-            took_ms = started.elapsed().as_millis() as u64,
             "saving the reports snapshot"
         );
         self.snapshots.saving = Some(seq);

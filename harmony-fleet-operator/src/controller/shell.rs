@@ -49,6 +49,9 @@ pub struct OperatorHandle {
     drain: mpsc::Sender<oneshot::Sender<()>>,
 }
 
+/// An input whose handling takes longer is logged (its trigger and time).
+const SLOW_INPUT: Duration = Duration::from_millis(200);
+
 /// How long a stopping operator waits for its decided writes and their checkpoint
 /// ([`OperatorHandle::shutdown`]); well inside Kubernetes' default 30 s grace period.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -376,7 +379,16 @@ async fn run(
                 }
             }
         }
-        shell.metrics.observe_reconcile(trigger, started.elapsed());
+        let took = started.elapsed();
+        shell.metrics.observe_reconcile(trigger, took);
+        if took >= SLOW_INPUT {
+            // Rare and worth knowing: a snapshot loaded or saved, a large list.
+            tracing::info!(
+                trigger,
+                took_ms = took.as_millis() as u64,
+                "an input held the loop"
+            );
+        }
         if draining.is_some() && core.drained() {
             // The writer carries out its jobs in order: once it answers, the checkpoint and
             // the notices before it are written.
