@@ -54,6 +54,6 @@ impl Reconciler {
             && self.parked.is_empty()
             && !self.indexes.has_pending()
             && !self.checkpoint_due
-            && self.reports_saved()
+            && self.snapshots.settled()
     }
 }

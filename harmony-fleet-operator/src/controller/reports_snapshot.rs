@@ -57,7 +57,7 @@ impl Snapshots {
     }
 
     /// Whether everything applied is saved, or no snapshot can be (the drain waits for it).
-    fn settled(&self) -> bool {
+    pub(super) fn settled(&self) -> bool {
         self.origin.is_none() || (self.saving.is_none() && self.applied <= self.saved)
     }
 }
@@ -71,12 +71,12 @@ impl Reconciler {
         let Some(snapshot) = start.snapshot else {
             return;
         };
+        let (loaded, seq) = (snapshot.len(), snapshot.mark.seq);
         let devices: Vec<_> = snapshot
             .devices
             .into_iter()
             .map(|d| self.ids.device(d))
             .collect();
-        let mut loaded = 0usize;
         for (name, reports) in snapshot.groups {
             let name = self.ids.deployment(name);
             for saved in reports {
@@ -94,16 +94,15 @@ impl Reconciler {
                     at,
                 };
                 self.fleet.set_report(&name, device, Some(report));
-                loaded += 1;
             }
         }
-        self.snapshots.applied = snapshot.mark.seq;
-        self.snapshots.saved = snapshot.mark.seq;
+        self.snapshots.applied = seq;
+        self.snapshots.saved = seq;
         self.snapshots.saved_at = Some(now);
         tracing::info!(
             reports = loaded,
             devices = devices.len(),
-            seq = snapshot.mark.seq,
+            seq,
             "loaded the reports snapshot; reading device-state after it"
         );
     }
@@ -162,11 +161,6 @@ impl Reconciler {
         if ok {
             self.snapshots.saved = self.snapshots.saved.max(seq);
         }
-    }
-
-    /// Whether the reports applied are saved (or cannot be): part of [`Reconciler::drained`].
-    pub(super) fn reports_saved(&self) -> bool {
-        !self.leader || self.snapshots.settled()
     }
 }
 

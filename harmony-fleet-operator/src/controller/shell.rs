@@ -205,8 +205,7 @@ pub async fn start(
         ),
     ));
     // The reports snapshot and the messages after it, or every report (adr/0052).
-    let snapshots =
-        kv::operator_store::open(&jetstream::new(nats_client.clone()), config.create_buckets).await;
+    let snapshots = kv::operator_store::open(&jetstream::new(nats_client.clone())).await;
     fallible.push((
         "device-state watch",
         tokio::spawn(reports_io::watch(

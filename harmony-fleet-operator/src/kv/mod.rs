@@ -159,7 +159,9 @@ impl FleetKv {
             if let Err(e) = ensure_binaries(&js, layout.replicas).await {
                 tracing::warn!(bucket = binaries::AGENT_BINARIES, error = %e, "cannot create the agent builds' object store; self-upgrades will fail until it exists");
             }
-            operator_store::open(&js, Some(layout)).await;
+            if let Err(e) = operator_store::ensure(&js, layout.replicas).await {
+                tracing::warn!(bucket = buckets::OPERATOR_STORE, error = %e, "cannot create the operator's object store; every cold start reads every report");
+            }
         }
         Ok(kv)
     }
@@ -400,13 +402,7 @@ pub async fn ensure_buckets(
     ));
     changes.push((
         buckets::OPERATOR_STORE,
-        ensure_stream(
-            js,
-            &operator_store::operator_store_config(replicas),
-            buckets::OPERATOR_STORE,
-            0,
-        )
-        .await?,
+        operator_store::ensure(js, replicas).await?,
     ));
     Ok(changes)
 }

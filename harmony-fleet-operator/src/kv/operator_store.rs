@@ -13,7 +13,7 @@ use harmony_fleet_contracts::buckets::OPERATOR_STORE;
 use tokio::io::AsyncReadExt;
 
 use super::snapshot::{self, ReportsMark, ReportsSnapshot};
-use super::{BucketLayout, ensure_stream, object_store_config};
+use super::{BucketChange, ensure_stream, object_store_config};
 use crate::error::{Error, Result};
 
 /// The object holding the reports snapshot.
@@ -34,21 +34,14 @@ pub fn operator_store_config(replicas: usize) -> jetstream::stream::Config {
     )
 }
 
-/// Opens the operator's store, creating it first with `create`'s layout when given. `None`
-/// (logged) when it is missing or cannot be made: the operator then runs without snapshots.
-pub async fn open(js: &jetstream::Context, create: Option<BucketLayout>) -> Option<ObjectStore> {
-    if let Some(layout) = create
-        && let Err(e) = ensure_stream(
-            js,
-            &operator_store_config(layout.replicas),
-            OPERATOR_STORE,
-            0,
-        )
-        .await
-    {
-        tracing::warn!(bucket = OPERATOR_STORE, error = %e, "cannot create the operator's object store; every cold start reads every report");
-        return None;
-    }
+/// Creates the operator's store, or updates its stream to these settings.
+pub async fn ensure(js: &jetstream::Context, replicas: usize) -> Result<BucketChange> {
+    ensure_stream(js, &operator_store_config(replicas), OPERATOR_STORE, 0).await
+}
+
+/// Opens the operator's store (created with the fleet's buckets). `None` (logged) when it is
+/// missing: the operator then runs without snapshots.
+pub async fn open(js: &jetstream::Context) -> Option<ObjectStore> {
     match js.get_object_store(OPERATOR_STORE).await {
         Ok(store) => Some(store),
         Err(e) => {

@@ -220,19 +220,12 @@ pub fn decode(bytes: &[u8]) -> Result<ReportsSnapshot, SnapshotError> {
     let count = r.count(2)?;
     let mut devices = Vec::with_capacity(count);
     for _ in 0..count {
-        let text = r.str()?;
-        let device = text
-            .parse::<DeviceId>()
-            .map_err(|e| r.error(&format!("device id `{text}`: {e}")))?;
-        devices.push(device);
+        devices.push(r.parsed::<DeviceId>("device id")?);
     }
     let count = r.count(2)?;
     let mut groups = Vec::with_capacity(count);
     for _ in 0..count {
-        let text = r.str()?;
-        let name = text
-            .parse::<DeploymentName>()
-            .map_err(|e| r.error(&format!("deployment name `{text}`: {e}")))?;
+        let name = r.parsed::<DeploymentName>("deployment name")?;
         let count = r.fixed_count(3)?;
         let mut reports = Vec::with_capacity(count);
         for _ in 0..count {
@@ -360,6 +353,17 @@ impl<'a> Reader<'a> {
             at,
             what: "a string that is not UTF-8".to_owned(),
         })
+    }
+
+    /// A string parsed as `T` (a device id, a deployment name), named `what` in its error.
+    fn parsed<T>(&mut self, what: &str) -> Result<T, SnapshotError>
+    where
+        T: std::str::FromStr,
+        T::Err: std::fmt::Display,
+    {
+        let text = self.str()?;
+        text.parse()
+            .map_err(|e| self.error(&format!("{what} `{text}`: {e}")))
     }
 
     fn index(&mut self, len: usize, what: &str) -> Result<u32, SnapshotError> {
