@@ -20,6 +20,8 @@ use harmony_fleet_contracts::canonical::ContentHash;
 use harmony_fleet_contracts::notice::DesiredIndex;
 use harmony_fleet_contracts::{DeploymentName, DeviceId};
 
+use crate::revisions::{RevId, Revisions};
+
 /// One index write.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IndexWrite {
@@ -33,13 +35,19 @@ pub struct IndexWrite {
 #[derive(Debug, Default)]
 pub struct DeviceIndexes {
     /// Deployment → payload hash, sorted by deployment: a vector, not a `BTreeMap`, whose
-    /// smallest node costs 544 bytes whatever a device holds.
-    wanted: HashMap<DeviceId, Vec<(DeploymentName, ContentHash)>>,
+    /// smallest node costs 544 bytes whatever a device holds; the hash is an id into
+    /// `revisions` (24 bytes a pair instead of 48: a fleet holds 1.1M pairs).
+    wanted: HashMap<DeviceId, Vec<(DeploymentName, RevId)>>,
+    /// The payload hashes `wanted` refers to.
+    revisions: Revisions<ContentHash>,
     /// Hash of the index bytes KV holds (absent: no index key).
     stored: HashMap<DeviceId, ContentHash>,
     /// Devices whose wanted index may differ from the stored one (a hash set: a cold start
     /// marks a device once per key it loads; sorted only when taken).
     dirty: HashSet<DeviceId>,
+    /// Dirty devices taken in one round and not yet compared, in reverse device order (the
+    /// next is last): a round larger than one batch goes out in several.
+    queue: Vec<DeviceId>,
 }
 
 impl DeviceIndexes {
@@ -55,39 +63,77 @@ impl DeviceIndexes {
         deployment: &DeploymentName,
         hash: Option<&ContentHash>,
     ) {
+        let revisions = &mut self.revisions;
         let index = self.wanted.entry(device.clone()).or_default();
         let at = index.binary_search_by(|(d, _)| d.cmp(deployment));
         let changed = match (hash, at) {
-            (Some(h), Ok(i)) => std::mem::replace(&mut index[i].1, *h) != *h,
+            (Some(h), Ok(i)) => {
+                let same = revisions.get(index[i].1) == Some(h);
+                if !same {
+                    let id = revisions.acquire(h);
+                    revisions.release(std::mem::replace(&mut index[i].1, id));
+                }
+                !same
+            }
             (Some(h), Err(i)) => {
-                index.insert(i, (deployment.clone(), *h));
+                // Exactly as long as needed: a fleet holds 100k of these.
+                index.reserve_exact(1);
+                index.insert(i, (deployment.clone(), revisions.acquire(h)));
                 true
             }
             (None, Ok(i)) => {
-                index.remove(i);
+                let (_, id) = index.remove(i);
+                revisions.release(id);
                 true
             }
             (None, Err(_)) => false,
         };
         if index.is_empty() {
             self.wanted.remove(device);
-        } else if changed {
-            // Exactly as long as needed: a fleet holds 100k of these.
-            index.shrink_to_fit();
         }
         if changed {
             self.dirty.insert(device.clone());
         }
     }
 
-    /// KV holds `bytes` as `device`'s index (read at cold start). Marks the device for a
-    /// comparison on the next [`take_writes`](Self::take_writes).
-    pub fn load_stored(&mut self, device: DeviceId, bytes: Option<&[u8]>) {
-        match bytes {
-            Some(b) => self.stored.insert(device.clone(), ContentHash::of_bytes(b)),
+    /// KV holds an index whose bytes hash to `stored` as `device`'s index (`None`: no index
+    /// key), read at a cold start or followed by a standby. Marks the device for a comparison
+    /// on the next [`take_writes`](Self::take_writes).
+    pub fn load_stored(&mut self, device: DeviceId, stored: Option<ContentHash>) {
+        match stored {
+            Some(hash) => self.stored.insert(device.clone(), hash),
             None => self.stored.remove(&device),
         };
         self.dirty.insert(device);
+    }
+
+    /// KV holds an index naming `deployments` (sorted by name, as an index lists them), whose
+    /// bytes hash to `stored`: read at a checkpoint (adr/0051), it is what `desired-state`
+    /// holds for the device. Taken whole and not marked for a comparison: what the device
+    /// should hold is what it holds until a key of it changes. O(its deployments).
+    pub fn load_listed(
+        &mut self,
+        device: DeviceId,
+        stored: ContentHash,
+        deployments: Vec<(DeploymentName, ContentHash)>,
+    ) {
+        if self.wanted.contains_key(&device) {
+            // Keys of the device came first: merge, and compare.
+            for (deployment, hash) in &deployments {
+                self.set(&device, deployment, Some(hash));
+            }
+            self.load_stored(device, Some(stored));
+            return;
+        }
+        debug_assert!(deployments.is_sorted_by(|a, b| a.0 < b.0));
+        self.stored.insert(device.clone(), stored);
+        if !deployments.is_empty() {
+            let mut index = Vec::with_capacity(deployments.len());
+            for (deployment, hash) in deployments {
+                index.push((deployment, self.revisions.acquire(&hash)));
+            }
+            self.wanted.insert(device, index);
+        }
     }
 
     /// Devices with an index stored.
@@ -106,13 +152,20 @@ impl DeviceIndexes {
         self.dirty.extend(all);
     }
 
-    /// The index writes needed now, in device order; each is recorded as stored (call
-    /// [`failed`](Self::failed) for a write that did not go through).
-    pub fn take_writes(&mut self) -> Vec<IndexWrite> {
+    /// Up to `limit` index writes needed now, in device order; each is recorded as stored
+    /// (call [`failed`](Self::failed) for a write that did not go through). The dirty devices
+    /// are taken in rounds: each call goes on with the round under way, so a device marked
+    /// again meanwhile waits for the next round (and is skipped there when unchanged).
+    pub fn take_writes(&mut self, limit: usize) -> Vec<IndexWrite> {
+        if self.queue.is_empty() {
+            self.queue = self.dirty.drain().collect();
+            self.queue.sort_unstable_by(|a, b| b.cmp(a));
+        }
         let mut writes = Vec::new();
-        let mut dirty: Vec<DeviceId> = self.dirty.drain().collect();
-        dirty.sort_unstable();
-        for device in dirty {
+        while writes.len() < limit {
+            let Some(device) = self.queue.pop() else {
+                break;
+            };
             let bytes = Bytes::from(self.wanted(&device).unwrap_or_default().to_bytes());
             let hash = ContentHash::of_bytes(&bytes);
             if self.stored.get(&device) == Some(&hash) {
@@ -133,13 +186,18 @@ impl DeviceIndexes {
 
     /// Whether some device's index may need writing.
     pub fn has_pending(&self) -> bool {
-        !self.dirty.is_empty()
+        !self.dirty.is_empty() || !self.queue.is_empty()
     }
 
     /// The index `device` should hold.
     pub fn wanted(&self, device: &DeviceId) -> Option<DesiredIndex> {
         self.wanted.get(device).map(|index| DesiredIndex {
-            deployments: index.iter().cloned().collect(),
+            deployments: index
+                .iter()
+                .filter_map(|(deployment, id)| {
+                    Some((deployment.clone(), *self.revisions.get(*id)?))
+                })
+                .collect(),
         })
     }
 }
@@ -161,17 +219,17 @@ mod tests {
         let mut idx = DeviceIndexes::new();
         let h = ContentHash::of_bytes(b"v1");
         idx.set(&dev("pi-1"), &dep("web"), Some(&h));
-        let writes = idx.take_writes();
+        let writes = idx.take_writes(usize::MAX);
         assert_eq!(writes.len(), 1);
         assert_eq!(writes[0].device, dev("pi-1"));
         let bytes = writes[0].bytes.clone();
         let index = DesiredIndex::from_bytes(&bytes).expect("decodes");
         assert_eq!(index.deployments.get(&dep("web")), Some(&h));
         // Nothing changed since: nothing to write, even when marked again.
-        assert!(idx.take_writes().is_empty());
+        assert!(idx.take_writes(usize::MAX).is_empty());
         idx.set(&dev("pi-1"), &dep("web"), Some(&h));
         idx.mark_all_dirty();
-        assert!(idx.take_writes().is_empty());
+        assert!(idx.take_writes(usize::MAX).is_empty());
     }
 
     #[test]
@@ -179,17 +237,17 @@ mod tests {
         let mut idx = DeviceIndexes::new();
         let h = ContentHash::of_bytes(b"v1");
         idx.set(&dev("pi-1"), &dep("web"), Some(&h));
-        idx.take_writes();
+        idx.take_writes(usize::MAX);
         idx.set(&dev("pi-1"), &dep("web"), None);
         assert_eq!(
-            idx.take_writes(),
+            idx.take_writes(usize::MAX),
             vec![IndexWrite {
                 device: dev("pi-1"),
                 bytes: Bytes::from_static(br#"{"deployments":{}}"#)
             }]
         );
         assert!(idx.wanted(&dev("pi-1")).is_none());
-        assert!(idx.take_writes().is_empty());
+        assert!(idx.take_writes(usize::MAX).is_empty());
     }
 
     #[test]
@@ -199,24 +257,27 @@ mod tests {
         let h2 = ContentHash::of_bytes(b"b");
         before.set(&dev("pi-1"), &dep("web"), Some(&h1));
         before.set(&dev("pi-1"), &dep("api"), Some(&h2));
-        let stored = before.take_writes()[0].bytes.clone();
+        let stored = before.take_writes(usize::MAX)[0].bytes.clone();
 
         // A restarted operator loads keys in another order, and the stored index.
         let mut after = DeviceIndexes::new();
         after.set(&dev("pi-1"), &dep("api"), Some(&h2));
-        after.load_stored(dev("pi-1"), Some(&stored));
+        after.load_stored(dev("pi-1"), Some(ContentHash::of_bytes(&stored)));
         after.set(&dev("pi-1"), &dep("web"), Some(&h1));
         after.mark_all_dirty();
-        assert!(after.take_writes().is_empty());
+        assert!(after.take_writes(usize::MAX).is_empty());
 
         // A stale index in KV (written by an older operator) is rewritten, and the index of a
         // device with no keys left becomes the empty index.
         let mut stale = DeviceIndexes::new();
         stale.set(&dev("pi-1"), &dep("web"), Some(&h1));
-        stale.load_stored(dev("pi-1"), Some(b"{\"deployments\":{}}"));
-        stale.load_stored(dev("pi-2"), Some(&stored));
+        stale.load_stored(
+            dev("pi-1"),
+            Some(ContentHash::of_bytes(b"{\"deployments\":{}}")),
+        );
+        stale.load_stored(dev("pi-2"), Some(ContentHash::of_bytes(&stored)));
         stale.mark_all_dirty();
-        let writes = stale.take_writes();
+        let writes = stale.take_writes(usize::MAX);
         assert_eq!(writes.len(), 2);
         assert_ne!(
             writes[0].bytes,
@@ -229,17 +290,72 @@ mod tests {
     }
 
     #[test]
+    fn an_index_read_at_a_checkpoint_is_taken_whole_and_written_only_once_changed() {
+        let (h1, h2) = (ContentHash::of_bytes(b"a"), ContentHash::of_bytes(b"b"));
+        let mut before = DeviceIndexes::new();
+        before.set(&dev("pi-1"), &dep("api"), Some(&h2));
+        before.set(&dev("pi-1"), &dep("web"), Some(&h1));
+        let stored = before.take_writes(usize::MAX)[0].bytes.clone();
+
+        let mut after = DeviceIndexes::new();
+        after.load_listed(
+            dev("pi-1"),
+            ContentHash::of_bytes(&stored),
+            vec![(dep("api"), h2), (dep("web"), h1)],
+        );
+        assert!(!after.has_pending(), "nothing to compare");
+        assert_eq!(after.wanted(&dev("pi-1")), before.wanted(&dev("pi-1")));
+        after.set(&dev("pi-1"), &dep("web"), Some(&h2));
+        let writes = after.take_writes(usize::MAX);
+        assert_eq!(writes.len(), 1);
+        let index = DesiredIndex::from_bytes(&writes[0].bytes).expect("decodes");
+        assert_eq!(index.deployments.len(), 2, "the listed api is kept");
+
+        // Keys of the device loaded before its index: merged and compared.
+        let mut merged = DeviceIndexes::new();
+        merged.set(&dev("pi-1"), &dep("web"), Some(&h1));
+        merged.load_listed(
+            dev("pi-1"),
+            ContentHash::of_bytes(&stored),
+            vec![(dep("api"), h2)],
+        );
+        assert!(merged.take_writes(usize::MAX).is_empty(), "same bytes");
+        assert_eq!(merged.wanted(&dev("pi-1")), before.wanted(&dev("pi-1")));
+    }
+
+    #[test]
+    fn a_round_goes_out_in_batches_in_device_order() {
+        let h = ContentHash::of_bytes(b"v1");
+        let mut idx = DeviceIndexes::new();
+        for d in ["pi-5", "pi-3", "pi-1", "pi-4", "pi-2"] {
+            idx.set(&dev(d), &dep("web"), Some(&h));
+        }
+        let devices = |writes: Vec<IndexWrite>| -> Vec<String> {
+            writes.into_iter().map(|w| w.device.to_string()).collect()
+        };
+        assert_eq!(devices(idx.take_writes(2)), ["pi-1", "pi-2"]);
+        // Marked during the round: waits for the next one.
+        idx.set(&dev("pi-1"), &dep("api"), Some(&h));
+        assert_eq!(devices(idx.take_writes(2)), ["pi-3", "pi-4"]);
+        assert_eq!(devices(idx.take_writes(2)), ["pi-5"]);
+        assert!(idx.has_pending());
+        assert_eq!(devices(idx.take_writes(2)), ["pi-1"]);
+        assert!(!idx.has_pending());
+        assert!(idx.take_writes(2).is_empty());
+    }
+
+    #[test]
     fn a_failed_write_is_retried() {
         let mut idx = DeviceIndexes::new();
         let h = ContentHash::of_bytes(b"v1");
         idx.set(&dev("pi-1"), &dep("web"), Some(&h));
-        let first = idx.take_writes();
+        let first = idx.take_writes(usize::MAX);
         idx.failed(&dev("pi-1"));
-        assert_eq!(idx.take_writes(), first);
+        assert_eq!(idx.take_writes(usize::MAX), first);
         // A failed empty index is retried too.
         idx.set(&dev("pi-1"), &dep("web"), None);
-        let empty = idx.take_writes();
+        let empty = idx.take_writes(usize::MAX);
         idx.failed(&dev("pi-1"));
-        assert_eq!(idx.take_writes(), empty);
+        assert_eq!(idx.take_writes(usize::MAX), empty);
     }
 }

@@ -215,16 +215,16 @@ pub enum DesiredEvent {
     Index {
         /// The device.
         device: DeviceId,
-        /// The stored bytes.
-        value: Option<Bytes>,
+        /// Hash of the stored bytes.
+        stored: Option<ContentHash>,
     },
     /// A device's index read from a checkpoint (adr/0051): the keys it names, with their
     /// hashes, are what `desired-state` holds for every pair no later event changes.
     Listed {
         /// The device.
         device: DeviceId,
-        /// The stored bytes.
-        value: Bytes,
+        /// Hash of the stored bytes.
+        stored: ContentHash,
         /// What they say (or why they do not decode).
         index: Result<DesiredIndex, String>,
     },
@@ -241,8 +241,8 @@ pub enum DesiredEvent {
     },
 }
 
-/// Decodes a `desired-state` event (hashing a payload is the costly part: done here, in the
-/// watch's task, rather than in the reconcile loop).
+/// Decodes a `desired-state` event (hashing a payload or an index is the costly part: done
+/// here, in the watch's task, rather than in the reconcile loop).
 pub fn decode_desired(event: KvEvent) -> DesiredEvent {
     let (key, value) = match event {
         KvEvent::CaughtUp => return DesiredEvent::CaughtUp,
@@ -254,7 +254,10 @@ pub fn decode_desired(event: KvEvent) -> DesiredEvent {
     }
     if notice::is_index_key(&key) {
         return match key.parse::<DeviceId>() {
-            Ok(device) => DesiredEvent::Index { device, value },
+            Ok(device) => DesiredEvent::Index {
+                device,
+                stored: value.map(|v| ContentHash::of_bytes(&v)),
+            },
             Err(e) => DesiredEvent::Foreign {
                 key,
                 reason: e.to_string(),
@@ -275,20 +278,18 @@ pub fn decode_desired(event: KvEvent) -> DesiredEvent {
 
 /// Decodes an index read from a checkpoint (adr/0051); anything else as [`decode_desired`].
 pub fn decode_listed(event: KvEvent) -> DesiredEvent {
-    match decode_desired(event) {
-        DesiredEvent::Index {
+    if let KvEvent::Put { key, value, .. } = &event
+        && key != notice::CHECKPOINT_KEY
+        && notice::is_index_key(key)
+        && let Ok(device) = key.parse::<DeviceId>()
+    {
+        return DesiredEvent::Listed {
             device,
-            value: Some(value),
-        } => {
-            let index = DesiredIndex::from_bytes(&value).map_err(|e| e.to_string());
-            DesiredEvent::Listed {
-                device,
-                value,
-                index,
-            }
-        }
-        other => other,
+            stored: ContentHash::of_bytes(value),
+            index: DesiredIndex::from_bytes(value).map_err(|e| e.to_string()),
+        };
     }
+    decode_desired(event)
 }
 
 /// The liveness rule: a device is online while its last heartbeat is younger than `timeout`
@@ -437,7 +438,7 @@ mod tests {
             put("pi-1", b"{}"),
             DesiredEvent::Index {
                 device: "pi-1".parse().expect("id"),
-                value: Some(Bytes::from_static(b"{}")),
+                stored: Some(ContentHash::of_bytes(b"{}")),
             }
         );
         assert!(matches!(

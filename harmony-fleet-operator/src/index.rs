@@ -239,11 +239,14 @@ pub struct TargetIndex<D, K> {
     devices_by_pair: HashMap<(String, String), HashSet<D>>,
     devices_by_key: HashMap<String, HashSet<D>>,
     selectors: HashMap<K, (Selector, Anchor)>,
-    selectors_by_pair: HashMap<(String, String), HashSet<K>>,
+    /// Selectors anchored on `key=value`, by key then value: looked up by borrowed strings.
+    selectors_by_pair: HashMap<String, HashMap<String, HashSet<K>>>,
     selectors_by_key: HashMap<String, HashSet<K>>,
     broad_selectors: HashSet<K>,
     matched: HashMap<K, BTreeSet<D>>,
-    matched_by_device: HashMap<D, HashSet<K>>,
+    /// Deployments matching each device, sorted: a device is matched by a handful, and a
+    /// vector of them costs a fraction of a hash set.
+    matched_by_device: HashMap<D, Vec<K>>,
 }
 
 impl<D, K> Default for TargetIndex<D, K> {
@@ -290,12 +293,6 @@ where
             shared,
             identity: self.identity_key.as_deref().map(|k| (k, device.as_ref())),
         }
-    }
-
-    /// The identity label of `device`, when the index has one.
-    fn identity_pair(&self, device: &D) -> Option<(String, String)> {
-        let key = self.identity_key.as_ref()?;
-        Some((key.clone(), device.as_ref().to_owned()))
     }
 
     /// Number of known devices.
@@ -353,18 +350,21 @@ where
         self.file_device(&device, &labels);
 
         let mut candidates: HashSet<&K> = self.broad_selectors.iter().collect();
-        let identity = self.identity_pair(&device);
-        for (k, v) in labels.iter().chain(identity.as_ref().map(|(k, v)| (k, v))) {
-            // Lookups by borrowed tuple need an owned key; the clone is per label, not per
-            // selector, so it stays within the documented bound.
-            if let Some(set) = self.selectors_by_pair.get(&(k.clone(), v.clone())) {
+        let identity = self.identity_key.as_deref().map(|k| (k, device.as_ref()));
+        let pairs = labels.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+        for (k, v) in pairs.chain(identity) {
+            if let Some(set) = self
+                .selectors_by_pair
+                .get(k)
+                .and_then(|values| values.get(v))
+            {
                 candidates.extend(set);
             }
             if let Some(set) = self.selectors_by_key.get(k) {
                 candidates.extend(set);
             }
         }
-        let now: BTreeSet<K> = candidates
+        let mut now: Vec<K> = candidates
             .into_iter()
             .filter(|k| {
                 self.selectors
@@ -373,6 +373,7 @@ where
             })
             .cloned()
             .collect();
+        now.sort_unstable();
         self.devices.insert(device.clone(), labels);
         self.apply_device_matches(device, now)
     }
@@ -384,7 +385,7 @@ where
         };
         self.unfile_device(device, &old);
         self.label_sets.release(old);
-        self.apply_device_matches(device.clone(), BTreeSet::new())
+        self.apply_device_matches(device.clone(), Vec::new())
     }
 
     /// Adds a deployment or replaces its selector. Returns the pairs that changed.
@@ -484,9 +485,11 @@ where
     fn file_selector(&mut self, deployment: &K, anchor: &Anchor) {
         match anchor {
             Anchor::Pairs(pairs) => {
-                for p in pairs {
+                for (k, v) in pairs {
                     self.selectors_by_pair
-                        .entry(p.clone())
+                        .entry(k.clone())
+                        .or_default()
+                        .entry(v.clone())
                         .or_default()
                         .insert(deployment.clone());
                 }
@@ -506,12 +509,18 @@ where
     fn unfile_selector(&mut self, deployment: &K, anchor: &Anchor) {
         match anchor {
             Anchor::Pairs(pairs) => {
-                for p in pairs {
-                    if let Some(set) = self.selectors_by_pair.get_mut(p) {
+                for (k, v) in pairs {
+                    let Some(values) = self.selectors_by_pair.get_mut(k) else {
+                        continue;
+                    };
+                    if let Some(set) = values.get_mut(v) {
                         set.remove(deployment);
                         if set.is_empty() {
-                            self.selectors_by_pair.remove(p);
+                            values.remove(v);
                         }
+                    }
+                    if values.is_empty() {
+                        self.selectors_by_pair.remove(k);
                     }
                 }
             }
@@ -529,14 +538,11 @@ where
         }
     }
 
-    fn apply_device_matches(&mut self, device: D, now: BTreeSet<K>) -> Vec<Change<D, K>> {
-        let before: BTreeSet<K> = self
-            .matched_by_device
-            .remove(&device)
-            .map(|s| s.into_iter().collect())
-            .unwrap_or_default();
+    /// `now`: the deployments matching `device`, sorted.
+    fn apply_device_matches(&mut self, device: D, now: Vec<K>) -> Vec<Change<D, K>> {
+        let before = self.matched_by_device.remove(&device).unwrap_or_default();
         let mut changes = Vec::new();
-        for k in before.difference(&now) {
+        for k in sorted_difference(&before, &now) {
             if let Some(set) = self.matched.get_mut(k) {
                 set.remove(&device);
             }
@@ -545,7 +551,7 @@ where
                 deployment: k.clone(),
             });
         }
-        for k in now.difference(&before) {
+        for k in sorted_difference(&now, &before) {
             self.matched
                 .entry(k.clone())
                 .or_default()
@@ -556,8 +562,7 @@ where
             });
         }
         if !now.is_empty() {
-            self.matched_by_device
-                .insert(device, now.into_iter().collect());
+            self.matched_by_device.insert(device, now);
         }
         changes
     }
@@ -567,7 +572,9 @@ where
         let mut changes = Vec::new();
         for d in before.difference(&now) {
             if let Some(set) = self.matched_by_device.get_mut(d) {
-                set.remove(&deployment);
+                if let Ok(at) = set.binary_search(&deployment) {
+                    set.remove(at);
+                }
                 if set.is_empty() {
                     self.matched_by_device.remove(d);
                 }
@@ -578,10 +585,12 @@ where
             });
         }
         for d in now.difference(&before) {
-            self.matched_by_device
-                .entry(d.clone())
-                .or_default()
-                .insert(deployment.clone());
+            let set = self.matched_by_device.entry(d.clone()).or_default();
+            if let Err(at) = set.binary_search(&deployment) {
+                // Exactly as long as needed: a fleet holds 100k of these.
+                set.reserve_exact(1);
+                set.insert(at, deployment.clone());
+            }
             changes.push(Change::Matched {
                 device: d.clone(),
                 deployment: deployment.clone(),
@@ -592,6 +601,11 @@ where
         }
         changes
     }
+}
+
+/// The items of sorted `a` that sorted `b` lacks, in order.
+fn sorted_difference<'a, T: Ord>(a: &'a [T], b: &'a [T]) -> impl Iterator<Item = &'a T> {
+    a.iter().filter(move |x| b.binary_search(x).is_err())
 }
 
 #[cfg(test)]

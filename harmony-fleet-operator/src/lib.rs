@@ -44,6 +44,7 @@ pub mod labels;
 pub mod leader;
 pub mod metrics;
 pub mod registry;
+mod revisions;
 pub mod rollout;
 #[cfg(feature = "web-frontend")]
 pub mod service;

@@ -251,13 +251,22 @@ impl<R: Clone + Eq> RolloutState<R> {
         R: 'a,
     {
         let mut assign = Vec::new();
-        let mut on_target: Vec<(&D, DeviceView<'_, R>)> = Vec::new();
+        // Devices on the target, with their last good revision (a rollback's way back).
+        let mut on_target: Vec<(&D, Option<&R>)> = Vec::new();
         let mut candidates: Vec<(&D, DeviceView<'_, R>)> = Vec::new();
+        let (mut succeeded, mut failed) = (0u64, 0u64);
         let joiner_rev = self.joiner_revision().clone();
         for (d, view) in devices {
             match view.assigned {
                 None => assign.push((d.clone(), joiner_rev.clone())),
-                Some(r) if *r == self.target => on_target.push((d, view)),
+                Some(r) if *r == self.target => {
+                    match view.observed {
+                        Some((r, Outcome::Succeeded)) if *r == self.target => succeeded += 1,
+                        Some((r, Outcome::Failed)) if *r == self.target => failed += 1,
+                        _ => {}
+                    }
+                    on_target.push((d, view.last_good));
+                }
                 Some(_) => candidates.push((d, view)),
             }
         }
@@ -267,18 +276,6 @@ impl<R: Clone + Eq> RolloutState<R> {
         } else {
             0
         };
-        let outcome_on_target = |view: &DeviceView<'_, R>| match view.observed {
-            Some((r, o)) if *r == self.target => Some(o),
-            _ => None,
-        };
-        let succeeded = on_target
-            .iter()
-            .filter(|(_, v)| outcome_on_target(v) == Some(Outcome::Succeeded))
-            .count() as u64;
-        let failed = on_target
-            .iter()
-            .filter(|(_, v)| outcome_on_target(v) == Some(Outcome::Failed))
-            .count() as u64;
         let mut updated = on_target.len() as u64 + joined_on_target;
 
         if self.phase == Phase::Progressing {
@@ -348,9 +345,8 @@ impl<R: Clone + Eq> RolloutState<R> {
             Phase::Paused => {}
             Phase::RolledBack => {
                 let mut stuck = 0u64;
-                for (d, view) in &on_target {
-                    let back = view
-                        .last_good
+                for (d, last_good) in &on_target {
+                    let back = last_good
                         .filter(|r| **r != self.target)
                         .or(self.previous.as_ref());
                     match back {

@@ -7,6 +7,10 @@
 //! the failing set); building one status is O(failing devices of that deployment). Updates
 //! mark the deployment dirty so the controller patches only what changed.
 //!
+//! Everything of a deployment (its pairs, their counts, failing set and failed reports'
+//! details) sits in one record, so an update costs one lookup of the deployment and one of
+//! the device: a cold start applies a few million of them (adr/0053).
+//!
 //! # Memory
 //!
 //! A fleet of 100k devices with 1,000 Deployments holds 1.1M pairs, so a pair is kept in
@@ -14,7 +18,7 @@
 //! revisions in use (`Revisions`; a fleet has about as many as it has Deployment versions),
 //! and the error text and time of a failed report live beside it, only for failed reports.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 // The core's maps hash device ids and names a few million times a second: foldhash
 // (seeded per process) instead of SipHash (adr/0044).
@@ -25,9 +29,7 @@ use jiff::Timestamp;
 
 use crate::rollout::Outcome;
 
-mod revisions;
-
-use revisions::{RevId, Revisions};
+use crate::revisions::{RevId, Revisions};
 
 /// What a device reported about one deployment.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -175,16 +177,39 @@ impl<'a, D: Eq + Hash, R: Clone + Eq + Hash> Pairs<'a, D, R> {
     }
 }
 
+/// What is known of one deployment's pairs: the device-keyed records, the details of failed
+/// reports, and the counts and failing set they add up to. Kept together so that an update
+/// finds everything of its pair with one lookup of the deployment.
+#[derive(Debug)]
+struct Deployment<D> {
+    entries: HashMap<D, Entry>,
+    /// Error and time of failed reports.
+    details: HashMap<D, Detail>,
+    counts: Counts,
+    failing: BTreeSet<D>,
+    /// Listed in [`FleetState::dirty`] since the last [`FleetState::take_dirty`].
+    dirty: bool,
+}
+
+impl<D> Default for Deployment<D> {
+    fn default() -> Self {
+        Self {
+            entries: HashMap::new(),
+            details: HashMap::new(),
+            counts: Counts::default(),
+            failing: BTreeSet::new(),
+            dirty: false,
+        }
+    }
+}
+
 /// Everything the operator knows about the fleet, keyed by deployment then device.
 #[derive(Debug)]
 pub struct FleetState<D, K, R> {
-    entries: HashMap<K, HashMap<D, Entry>>,
+    deployments: HashMap<K, Deployment<D>>,
     revisions: Revisions<R>,
-    /// Error and time of failed reports, by deployment then device.
-    details: HashMap<K, HashMap<D, Detail>>,
-    counts: HashMap<K, Counts>,
-    failing: HashMap<K, BTreeMap<D, ()>>,
     offline: HashSet<D>,
+    /// Deployments whose counts or failing set changed since the last take.
     dirty: HashSet<K>,
     /// Pairs with a report.
     reported: usize,
@@ -193,11 +218,8 @@ pub struct FleetState<D, K, R> {
 impl<D, K, R> Default for FleetState<D, K, R> {
     fn default() -> Self {
         Self {
-            entries: HashMap::new(),
+            deployments: HashMap::new(),
             revisions: Revisions::default(),
-            details: HashMap::new(),
-            counts: HashMap::new(),
-            failing: HashMap::new(),
             offline: HashSet::new(),
             dirty: HashSet::new(),
             reported: 0,
@@ -255,22 +277,20 @@ where
         if !changed {
             return;
         }
-        for deployment in deployments {
-            let matched = self
-                .entries
-                .get(deployment)
-                .and_then(|d| d.get(device))
-                .is_some_and(|e| e.matched);
-            if !matched {
+        for name in deployments {
+            let Some(deployment) = self.deployments.get_mut(name) else {
+                continue;
+            };
+            if !deployment.entries.get(device).is_some_and(|e| e.matched) {
                 continue;
             }
-            let counts = self.counts.entry(deployment.clone()).or_default();
+            let counts = &mut deployment.counts;
             if offline {
                 counts.offline += 1;
             } else {
                 counts.offline = counts.offline.saturating_sub(1);
             }
-            self.dirty.insert(deployment.clone());
+            mark(&mut self.dirty, name, &mut deployment.dirty);
         }
     }
 
@@ -309,17 +329,19 @@ where
 
     /// Counts of a deployment.
     pub fn counts(&self, deployment: &K) -> Counts {
-        self.counts.get(deployment).copied().unwrap_or_default()
+        self.deployments
+            .get(deployment)
+            .map(|d| d.counts)
+            .unwrap_or_default()
     }
 
     /// Up to `limit` failing devices of a deployment, in device order, and the most recent
     /// error among all of them. Cost O(failing devices).
     pub fn failing(&self, deployment: &K, limit: usize) -> (Vec<Failing<D>>, Option<Failing<D>>) {
-        let Some(set) = self.failing.get(deployment) else {
+        let Some(deployment) = self.deployments.get(deployment) else {
             return (Vec::new(), None);
         };
-        let details = self.details.get(deployment);
-        let detail = |device: &D| details.and_then(|d| d.get(device));
+        let detail = |device: &D| deployment.details.get(device);
         let to_failing = |device: &D| {
             let detail = detail(device);
             Failing {
@@ -330,9 +352,10 @@ where
                 at: detail.and_then(|d| d.at),
             }
         };
-        let first = set.keys().take(limit).map(to_failing).collect();
+        let set = &deployment.failing;
+        let first = set.iter().take(limit).map(to_failing).collect();
         let latest = set
-            .keys()
+            .iter()
             .max_by_key(|d| (detail(d).and_then(|d| d.at), std::cmp::Reverse(*d)))
             .map(to_failing);
         (first, latest)
@@ -341,8 +364,9 @@ where
     /// Every pair with a report but no `desired-state` key: reports a device should not have
     /// written (or left behind). Used once, after a cold start, to collect them.
     pub fn unassigned_reports(&self) -> impl Iterator<Item = (&K, &D)> {
-        self.entries.iter().flat_map(|(k, devices)| {
-            devices
+        self.deployments.iter().flat_map(|(k, deployment)| {
+            deployment
+                .entries
                 .iter()
                 .filter(|(_, e)| e.reported.is_some() && e.assigned.is_none())
                 .map(move |(d, _)| (k, d))
@@ -352,11 +376,11 @@ where
     /// Every report held, grouped by deployment, with the error and time of failed ones: what
     /// the reports snapshot saves (adr/0052).
     pub fn reports(&self) -> impl Iterator<Item = (&K, &D, Report<&R>)> {
-        self.entries.iter().flat_map(move |(k, devices)| {
-            devices.iter().filter_map(move |(d, e)| {
+        self.deployments.iter().flat_map(move |(k, deployment)| {
+            deployment.entries.iter().filter_map(move |(d, e)| {
                 let rev = self.revisions.get(e.reported?)?;
                 let detail = (e.outcome == Outcome::Failed)
-                    .then(|| self.detail(k, d))
+                    .then(|| deployment.details.get(d))
                     .flatten();
                 Some((
                     k,
@@ -375,8 +399,8 @@ where
     /// Every pair that has a `desired-state` key, as `(deployment, device, revision,
     /// matched)`. Used once, after a cold start, to collect orphaned keys.
     pub fn assigned_pairs(&self) -> impl Iterator<Item = (&K, &D, &R, bool)> {
-        self.entries.iter().flat_map(move |(k, devices)| {
-            devices.iter().filter_map(move |(d, e)| {
+        self.deployments.iter().flat_map(move |(k, deployment)| {
+            deployment.entries.iter().filter_map(move |(d, e)| {
                 let rev = self.revisions.get(e.assigned?)?;
                 Some((k, d, rev, e.matched))
             })
@@ -386,17 +410,18 @@ where
     /// The pairs of one deployment, for reading many of its devices with one lookup each.
     pub fn pairs_of(&self, deployment: &K) -> Pairs<'_, D, R> {
         Pairs {
-            entries: self.entries.get(deployment),
+            entries: self.deployments.get(deployment).map(|d| &d.entries),
             revisions: &self.revisions,
         }
     }
 
     /// Devices that still have a `desired-state` key of `deployment`. O(its entries).
     pub fn assigned_devices(&self, deployment: &K) -> Vec<D> {
-        self.entries
+        self.deployments
             .get(deployment)
-            .map(|devices| {
-                devices
+            .map(|deployment| {
+                deployment
+                    .entries
                     .iter()
                     .filter(|(_, e)| e.assigned.is_some())
                     .map(|(d, _)| d.clone())
@@ -412,66 +437,71 @@ where
 
     /// Takes the set of deployments whose counts or failing set changed since the last call.
     pub fn take_dirty(&mut self) -> Vec<K> {
-        self.dirty.drain().collect()
+        let dirty: Vec<K> = self.dirty.drain().collect();
+        for name in &dirty {
+            if let Some(deployment) = self.deployments.get_mut(name) {
+                deployment.dirty = false;
+            }
+        }
+        dirty
     }
 
     /// Marks a deployment dirty from outside (spec or rollout changes).
-    pub fn mark_dirty(&mut self, deployment: &K) {
-        self.dirty.insert(deployment.clone());
-    }
-
-    fn entry(&self, deployment: &K, device: &D) -> Option<&Entry> {
-        self.entries.get(deployment)?.get(device)
-    }
-
-    fn detail(&self, deployment: &K, device: &D) -> Option<&Detail> {
-        self.details.get(deployment)?.get(device)
-    }
-
-    /// Keeps the failed report's error and time (and forgets them for any other report).
-    fn set_detail(&mut self, deployment: &K, device: &D, detail: Option<Detail>) {
-        match detail {
-            Some(d) => {
-                self.details
-                    .entry(deployment.clone())
-                    .or_default()
-                    .insert(device.clone(), d);
-            }
+    pub fn mark_dirty(&mut self, name: &K) {
+        match self.deployments.get_mut(name) {
+            Some(deployment) => mark(&mut self.dirty, name, &mut deployment.dirty),
             None => {
-                if let Some(devices) = self.details.get_mut(deployment) {
-                    devices.remove(device);
-                    if devices.is_empty() {
-                        self.details.remove(deployment);
-                    }
-                }
+                self.dirty.insert(name.clone());
             }
         }
     }
 
-    fn update(&mut self, deployment: &K, device: &D, change: Change<R>) {
-        let offline = self.offline.contains(device);
-        let old = self.entry(deployment, device).copied().unwrap_or_default();
+    fn entry(&self, deployment: &K, device: &D) -> Option<&Entry> {
+        self.deployments.get(deployment)?.entries.get(device)
+    }
+
+    /// Applies one change to a pair: one lookup of the deployment, one of the device.
+    fn update(&mut self, name: &K, device: &D, change: Change<R>) {
+        if !self.deployments.contains_key(name) {
+            if change.clears() {
+                // Nothing to clear on a deployment with no pairs.
+                return;
+            }
+            self.deployments.insert(name.clone(), Deployment::default());
+        }
+        let Some(deployment) = self.deployments.get_mut(name) else {
+            return;
+        };
+        let offline = !self.offline.is_empty() && self.offline.contains(device);
+        let revisions = &mut self.revisions;
+        let Deployment {
+            entries,
+            details,
+            counts,
+            failing,
+            dirty,
+        } = deployment;
+        let slot = entries.get_mut(device);
+        let old = slot.as_deref().copied().unwrap_or_default();
         let before = old.class();
-        let was_failed_error = (before == Class::Failed)
-            .then(|| self.detail(deployment, device).cloned())
-            .flatten();
         let mut new = old;
+        let mut detail_changed = false;
         // Each field set takes a reference to its new revision and drops the old one's
         // (taken first, so a revision both refer to keeps its slot).
         let mut dropped: [Option<RevId>; 2] = [None, None];
         match change {
             Change::Matched(matched) => new.matched = matched,
             Change::Assigned(rev) => {
-                new.assigned = rev.map(|r| self.revisions.acquire(&r));
+                new.assigned = rev.map(|r| revisions.acquire(&r));
                 dropped[0] = old.assigned;
             }
             Change::Report(report) => {
-                new.reported = report.as_ref().map(|r| self.revisions.acquire(&r.rev));
+                new.reported = report.as_ref().map(|r| revisions.acquire(&r.rev));
                 dropped[0] = old.reported;
                 if let Some(r) = &report {
                     new.outcome = r.outcome;
                     if r.outcome == Outcome::Succeeded {
-                        new.last_good = Some(self.revisions.acquire(&r.rev));
+                        new.last_good = Some(revisions.acquire(&r.rev));
                         dropped[1] = old.last_good;
                     }
                 }
@@ -481,87 +511,111 @@ where
                         error: r.error,
                         at: r.at,
                     });
-                if detail.as_ref() != self.detail(deployment, device) {
-                    self.set_detail(deployment, device, detail);
+                if detail.as_ref() != details.get(device) {
+                    detail_changed = true;
+                    match detail {
+                        Some(d) => {
+                            details.insert(device.clone(), d);
+                        }
+                        None => {
+                            details.remove(device);
+                        }
+                    }
                 }
             }
         }
         for id in dropped.into_iter().flatten() {
-            self.revisions.release(id);
+            revisions.release(id);
         }
         match (old.reported.is_some(), new.reported.is_some()) {
             (false, true) => self.reported += 1,
             (true, false) => self.reported -= 1,
             _ => {}
         }
-        let after = new.class();
-        let devices = self.entries.entry(deployment.clone()).or_default();
+        match slot {
+            Some(_) if new.is_empty() => {
+                entries.remove(device);
+            }
+            Some(slot) => *slot = new,
+            None if new.is_empty() => {}
+            None => {
+                entries.insert(device.clone(), new);
+            }
+        }
         if new.is_empty() {
-            devices.remove(device);
-            if devices.is_empty() {
-                self.entries.remove(deployment);
-            }
             for id in new.revs().into_iter().flatten() {
-                self.revisions.release(id);
+                revisions.release(id);
             }
+        }
+        // Nothing is left of the deployment's pairs (its counts are zero then).
+        let forget = entries.is_empty();
+        let after = new.class();
+        // A failed pair's error or time is part of the status.
+        if before != after || (after == Class::Failed && detail_changed) {
+            count(counts, before, after, offline);
+            if before == Class::Failed && after != Class::Failed {
+                failing.remove(device);
+            } else if after == Class::Failed && before != Class::Failed {
+                failing.insert(device.clone());
+            }
+            mark(&mut self.dirty, name, dirty);
+        }
+        if forget {
+            self.deployments.remove(name);
+        }
+    }
+}
+
+/// Moves a pair from class `before` to class `after` in `counts`.
+fn count(counts: &mut Counts, before: Class, after: Class, offline: bool) {
+    if offline && (before == Class::Unmatched) != (after == Class::Unmatched) {
+        if after == Class::Unmatched {
+            counts.offline = counts.offline.saturating_sub(1);
         } else {
-            devices.insert(device.clone(), new);
+            counts.offline += 1;
         }
-        let now_failed_error = (after == Class::Failed)
-            .then(|| self.detail(deployment, device).cloned())
-            .flatten();
-        if before == after && was_failed_error == now_failed_error {
-            return;
+    }
+    match before {
+        Class::Unmatched => {}
+        Class::Succeeded => {
+            counts.matched -= 1;
+            counts.succeeded -= 1;
         }
-        let counts = self.counts.entry(deployment.clone()).or_default();
-        if offline && (before == Class::Unmatched) != (after == Class::Unmatched) {
-            if after == Class::Unmatched {
-                counts.offline = counts.offline.saturating_sub(1);
-            } else {
-                counts.offline += 1;
-            }
+        Class::Failed => {
+            counts.matched -= 1;
+            counts.failed -= 1;
         }
-        match before {
-            Class::Unmatched => {}
-            Class::Succeeded => {
-                counts.matched -= 1;
-                counts.succeeded -= 1;
-            }
-            Class::Failed => {
-                counts.matched -= 1;
-                counts.failed -= 1;
-            }
-            Class::Pending => counts.matched -= 1,
+        Class::Pending => counts.matched -= 1,
+    }
+    match after {
+        Class::Unmatched => {}
+        Class::Succeeded => {
+            counts.matched += 1;
+            counts.succeeded += 1;
         }
-        match after {
-            Class::Unmatched => {}
-            Class::Succeeded => {
-                counts.matched += 1;
-                counts.succeeded += 1;
-            }
-            Class::Failed => {
-                counts.matched += 1;
-                counts.failed += 1;
-            }
-            Class::Pending => counts.matched += 1,
+        Class::Failed => {
+            counts.matched += 1;
+            counts.failed += 1;
         }
-        if *counts == Counts::default() {
-            self.counts.remove(deployment);
-        }
-        if before == Class::Failed && after != Class::Failed {
-            if let Some(set) = self.failing.get_mut(deployment) {
-                set.remove(device);
-                if set.is_empty() {
-                    self.failing.remove(deployment);
-                }
-            }
-        } else if after == Class::Failed {
-            self.failing
-                .entry(deployment.clone())
-                .or_default()
-                .insert(device.clone(), ());
-        }
-        self.dirty.insert(deployment.clone());
+        Class::Pending => counts.matched += 1,
+    }
+}
+
+/// Lists a deployment as dirty, once until the next take (`listed`: its [`Deployment::dirty`]).
+fn mark<K: Clone + Eq + Hash>(dirty: &mut HashSet<K>, name: &K, listed: &mut bool) {
+    if !*listed {
+        *listed = true;
+        dirty.insert(name.clone());
+    }
+}
+
+impl<R> Change<R> {
+    /// Whether the change only removes something (a no-op on a pair not known).
+    fn clears(&self) -> bool {
+        matches!(
+            self,
+            Change::Matched(false) | Change::Assigned(None) | Change::Report(None)
+        )
     }
 }
 

@@ -192,14 +192,17 @@ fn revisions_are_held_once_and_forgotten_with_their_last_pair() {
     }
     assert_eq!(f.revisions_in_use(), 1);
     assert_eq!(f.failing(&web, 10).0, Vec::new());
-    assert!(f.details.is_empty(), "no error kept for a succeeded report");
+    assert!(
+        f.deployments[&web].details.is_empty(),
+        "no error kept for a succeeded report"
+    );
     for d in &devices {
         f.set_matched(&web, d, false);
         f.set_assigned(&web, d, None);
         f.set_report(&web, d, None);
     }
     assert_eq!(f.revisions_in_use(), 0);
-    assert!(f.entries.is_empty());
+    assert!(f.deployments.is_empty(), "nothing is left of web");
     // Slots are reused.
     f.set_assigned(&web, &devices[0], Some(3));
     assert_eq!(f.revisions.slot_count(), 2);
@@ -217,7 +220,7 @@ fn empty_entries_are_forgotten() {
     f.set_assigned(&web, &k("a"), Some(1));
     f.set_assigned(&web, &k("a"), None);
     assert_eq!(f.assigned_pairs().count(), 0);
-    assert!(f.entries.is_empty());
+    assert!(f.deployments.is_empty(), "nothing is left of web");
 }
 
 #[test]

@@ -6,6 +6,7 @@
 
 use std::time::Instant;
 
+use harmony_fleet_contracts::canonical::ContentHash;
 use harmony_fleet_contracts::ids::{DeploymentName, DeviceId};
 use harmony_fleet_contracts::keys::{self, DesiredKey};
 
@@ -49,31 +50,36 @@ impl Reconciler {
     /// `true` once the backlog is read.
     pub fn load_desired(&mut self, event: DesiredEvent) -> bool {
         match event {
-            DesiredEvent::Index { device, value } => {
+            DesiredEvent::Index { device, stored } => {
                 let device = self.ids.device(device);
-                self.indexes.load_stored(device, value.as_deref());
+                self.indexes.load_stored(device, stored);
             }
             DesiredEvent::Listed {
                 device,
-                value,
+                stored,
                 index,
             } => {
                 let device = self.ids.device(device);
-                self.indexes.load_stored(device.clone(), Some(&value));
                 self.caught_up.listed += 1;
                 match index {
                     Ok(index) => {
-                        for (deployment, rev) in index.deployments {
-                            let deployment = self.ids.deployment(deployment);
-                            self.indexes.set(&device, &deployment, Some(&rev));
-                            self.fleet.set_assigned(&deployment, &device, Some(rev));
-                            self.caught_up.desired_keys += 1;
+                        // Whole: the index is taken as what KV holds, nothing to compare.
+                        let entries: Vec<(DeploymentName, ContentHash)> = index
+                            .deployments
+                            .into_iter()
+                            .map(|(deployment, rev)| (self.ids.deployment(deployment), rev))
+                            .collect();
+                        for (deployment, rev) in &entries {
+                            self.fleet.set_assigned(deployment, &device, Some(*rev));
                         }
+                        self.caught_up.desired_keys += entries.len();
+                        self.indexes.load_listed(device, stored, entries);
                     }
                     // Only a hand-written index can be unreadable: its device's keys from
-                    // before the checkpoint stay unknown (adr/0051).
+                    // before the checkpoint stay unknown (adr/0051), and it is rewritten.
                     Err(reason) => {
-                        tracing::warn!(%device, reason, "index at the checkpoint does not decode; this device's earlier keys are not known")
+                        tracing::warn!(%device, reason, "index at the checkpoint does not decode; this device's earlier keys are not known");
+                        self.indexes.load_stored(device, Some(stored));
                     }
                 }
             }
@@ -100,7 +106,6 @@ impl Reconciler {
             DesiredEvent::CaughtUp => {
                 self.caught_up.desired = true;
                 self.fleet.take_dirty();
-                self.indexes.mark_all_dirty();
                 tracing::info!(
                     keys = self.caught_up.desired_keys,
                     indexes_listed = self.caught_up.listed,

@@ -42,6 +42,11 @@ pub const INDEX_MAX_HOLD: Duration = Duration::from_secs(1);
 /// then their indexes, then the notices.
 pub const KEY_BATCH: usize = 65_536;
 
+/// The most device indexes one [`Effect::WriteIndexes`] carries. Each is its own bytes (about
+/// 1 KiB for a device holding ten deployments), held until the batch is acknowledged: a
+/// fan-out to 100k devices in one batch held 100 MiB of them.
+pub const INDEX_BATCH: usize = 8_192;
+
 /// Keys decided and not acknowledged beyond which the shell waits for the writer before it
 /// reads more inputs ([`Reconciler::writes_pending`]): what waits in memory is bounded (at 1.1M
 /// keys twice this cost the 512 MiB goal its margin).
@@ -427,8 +432,12 @@ impl Reconciler {
                 return;
             }
         }
-        self.indexes_held_since = None;
-        let writes = self.indexes.take_writes();
+        let held_since = self.indexes_held_since.take();
+        let writes = self.indexes.take_writes(INDEX_BATCH);
+        if self.indexes.has_pending() {
+            // The rest of the round has waited as long: it goes before more keys once overdue.
+            self.indexes_held_since = Some(held_since.unwrap_or_else(|| self.mono()));
+        }
         if writes.is_empty() {
             return;
         }
@@ -556,8 +565,12 @@ impl Reconciler {
         wake.filter(|_| self.converged && self.leader)
     }
 
-    /// `name`'s rollout may step: checked at the end of this input.
+    /// `name`'s rollout may step: checked at the end of this input. Before the cold start
+    /// converged there is nothing to note: convergence steps every rollout.
     pub(super) fn dirty_rollout(&mut self, name: DeploymentName) {
+        if !self.converged {
+            return;
+        }
         self.rollout_dirty.insert(name.clone());
         self.touched_rollouts.push(name);
     }

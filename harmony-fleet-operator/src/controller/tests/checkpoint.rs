@@ -23,7 +23,7 @@ fn listed(device: &str, entries: &[(&str, &str)]) -> DesiredEvent {
     };
     DesiredEvent::Listed {
         device: id(device),
-        value: Bytes::from(index.to_bytes()),
+        stored: ContentHash::of_bytes(&index.to_bytes()),
         index: Ok(index),
     }
 }

@@ -1,4 +1,6 @@
-//! The table of revisions a fleet's pairs refer to (see the parent's "Memory").
+//! The table of revisions that per-pair records refer to by a 4-byte id: the fleet state's
+//! pairs ([`crate::aggregate`], see its "Memory") and the per-device indexes
+//! ([`crate::device_index`]). A fleet has about as many revisions as Deployment versions.
 
 use std::hash::Hash;
 use std::num::NonZeroU32;
@@ -6,12 +8,12 @@ use std::num::NonZeroU32;
 use foldhash::{HashMap, HashMapExt};
 
 /// Index of a revision in [`Revisions`] (plus one).
-pub(super) type RevId = NonZeroU32;
+pub(crate) type RevId = NonZeroU32;
 
 /// The revisions entries refer to, each held once with the number of references to it; a
 /// slot is reused once nothing refers to its revision.
 #[derive(Debug)]
-pub(super) struct Revisions<R> {
+pub(crate) struct Revisions<R> {
     slots: Vec<Option<(R, u32)>>,
     ids: HashMap<R, RevId>,
     free: Vec<RevId>,
@@ -29,7 +31,7 @@ impl<R> Default for Revisions<R> {
 
 impl<R: Clone + Eq + Hash> Revisions<R> {
     /// The id of `rev`, taking a reference to it.
-    pub(super) fn acquire(&mut self, rev: &R) -> RevId {
+    pub(crate) fn acquire(&mut self, rev: &R) -> RevId {
         if let Some(id) = self.ids.get(rev) {
             if let Some((_, refs)) = &mut self.slots[slot(*id)] {
                 *refs += 1;
@@ -53,7 +55,7 @@ impl<R: Clone + Eq + Hash> Revisions<R> {
     }
 
     /// Drops one reference to `id`; the revision is forgotten with its last reference.
-    pub(super) fn release(&mut self, id: RevId) {
+    pub(crate) fn release(&mut self, id: RevId) {
         let entry = &mut self.slots[slot(id)];
         let Some((rev, refs)) = entry else {
             return;
@@ -66,18 +68,18 @@ impl<R: Clone + Eq + Hash> Revisions<R> {
         }
     }
 
-    pub(super) fn get(&self, id: RevId) -> Option<&R> {
+    pub(crate) fn get(&self, id: RevId) -> Option<&R> {
         self.slots[slot(id)].as_ref().map(|(rev, _)| rev)
     }
 
     /// Revisions in use.
-    pub(super) fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.ids.len()
     }
 
     /// Slots allocated, used or free (tests: slots are reused).
     #[cfg(test)]
-    pub(super) fn slot_count(&self) -> usize {
+    pub(crate) fn slot_count(&self) -> usize {
         self.slots.len()
     }
 }
