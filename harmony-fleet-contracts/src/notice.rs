@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::canonical::{ContentHash, to_canonical_json};
+use crate::canonical::ContentHash;
 use crate::ids::{DeploymentName, DeviceId};
 
 /// Prefix of the notice subjects.
@@ -79,10 +79,27 @@ pub struct IndexError {
 }
 
 impl DesiredIndex {
-    /// The canonical bytes stored in KV.
+    /// The canonical bytes stored in KV: what [`to_canonical_json`](crate::canonical::to_canonical_json) gives for the index,
+    /// written directly (the operator encodes one per device it writes, 100k in a fan-out;
+    /// through a JSON value tree that was a tenth of its CPU).
     pub fn to_bytes(&self) -> Vec<u8> {
-        // A map of validated strings cannot fail to serialise.
-        to_canonical_json(self).unwrap_or_default()
+        const HEAD: &[u8] = br#"{"deployments":{"#;
+        // A name, the quotes and separators, a hash: 64 hex digits.
+        let mut out = Vec::with_capacity(HEAD.len() + 2 + self.deployments.len() * 100);
+        out.extend_from_slice(HEAD);
+        for (i, (deployment, hash)) in self.deployments.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            // Map keys sort as their bytes, as canonical JSON orders them; a validated name
+            // needs no escaping, and JSON-escaping it anyway cannot fail.
+            let _ = serde_json::to_writer(&mut out, deployment.as_str());
+            out.extend_from_slice(b":\"");
+            out.extend_from_slice(hash.hex().as_bytes());
+            out.push(b'"');
+        }
+        out.extend_from_slice(b"}}");
+        out
     }
 
     /// Decodes stored bytes; an empty value (no key) is an empty index.
@@ -102,6 +119,39 @@ impl DesiredIndex {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::canonical::to_canonical_json;
+
+    #[test]
+    fn index_bytes_are_its_canonical_json() {
+        let hash = |s: &str| ContentHash::of_bytes(s.as_bytes());
+        let name = |s: &str| -> DeploymentName { s.parse().expect("name") };
+        let indexes = [
+            DesiredIndex::default(),
+            DesiredIndex {
+                deployments: [(name("web"), hash("a"))].into(),
+            },
+            DesiredIndex {
+                deployments: [
+                    (name("web"), hash("a")),
+                    (name("api-2"), hash("b")),
+                    (name("api"), hash("c")),
+                    (name("a1"), hash("a")),
+                ]
+                .into(),
+            },
+        ];
+        for index in indexes {
+            let canonical = to_canonical_json(&index).expect("encodes");
+            assert_eq!(
+                String::from_utf8_lossy(&index.to_bytes()),
+                String::from_utf8_lossy(&canonical)
+            );
+            assert_eq!(
+                DesiredIndex::from_bytes(&index.to_bytes()).expect("decodes"),
+                index
+            );
+        }
+    }
 
     #[test]
     fn index_keys_are_one_token_and_deployment_keys_are_not() {
