@@ -539,7 +539,7 @@ where
     }
 
     /// `now`: the deployments matching `device`, sorted.
-    fn apply_device_matches(&mut self, device: D, now: Vec<K>) -> Vec<Change<D, K>> {
+    fn apply_device_matches(&mut self, device: D, mut now: Vec<K>) -> Vec<Change<D, K>> {
         let before = self.matched_by_device.remove(&device).unwrap_or_default();
         let mut changes = Vec::new();
         for k in sorted_difference(&before, &now) {
@@ -562,6 +562,7 @@ where
             });
         }
         if !now.is_empty() {
+            now.shrink_to_fit();
             self.matched_by_device.insert(device, now);
         }
         changes
