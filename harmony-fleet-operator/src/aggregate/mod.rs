@@ -462,15 +462,11 @@ where
 
     /// Applies one change to a pair: one lookup of the deployment, one of the device.
     fn update(&mut self, name: &K, device: &D, change: Change<R>) {
-        if !self.deployments.contains_key(name) {
-            if change.clears() {
-                // Nothing to clear on a deployment with no pairs.
-                return;
-            }
-            self.deployments.insert(name.clone(), Deployment::default());
-        }
-        let Some(deployment) = self.deployments.get_mut(name) else {
-            return;
+        let deployment = match self.deployments.get_mut(name) {
+            Some(deployment) => deployment,
+            // Nothing to clear on a deployment with no pairs.
+            None if change.clears() => return,
+            None => self.deployments.entry(name.clone()).or_default(),
         };
         let offline = !self.offline.is_empty() && self.offline.contains(device);
         let revisions = &mut self.revisions;
